@@ -1,0 +1,106 @@
+//! Authentication Service requests and responses (`/phoenix/v1/as/<operation>`).
+//!
+//! | operation | auth | request → response |
+//! |---|---|---|
+//! | `register` | none | [`RegisterRequest`] → [`RegisterResponse`] |
+//! | `publish_connection_packages` | AsClient | [`PublishConnectionPackagesRequest`] → `Empty` |
+//! | `fetch_connection_package` | none | [`FetchConnectionPackageRequest`] → [`FetchConnectionPackageResponse`] |
+//! | `enqueue_connection` | none | [`EnqueueConnectionRequest`] → `Empty` |
+//! | `dequeue_connection` | AsClient | `DequeueRequest` → `DequeueResponse` |
+//! | `client_certificates` | none | [`ClientCertificatesRequest`] → [`ClientCertificatesResponse`] |
+//! | `server_certificate` | none | `Empty` → [`ServerCertificateResponse`] |
+
+use openmls_traits::types::HpkeCiphertext;
+use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
+
+pub const REGISTER: &str = "register";
+pub const PUBLISH_CONNECTION_PACKAGES: &str = "publish_connection_packages";
+pub const FETCH_CONNECTION_PACKAGE: &str = "fetch_connection_package";
+pub const ENQUEUE_CONNECTION: &str = "enqueue_connection";
+pub const DEQUEUE_CONNECTION: &str = "dequeue_connection";
+pub const CLIENT_CERTIFICATES: &str = "client_certificates";
+pub const SERVER_CERTIFICATE: &str = "server_certificate";
+
+/// Most connection packages one upload may carry.
+pub const MAX_CONNECTION_PACKAGES: usize = 100;
+/// Largest encrypted connection establishment package (bytes).
+pub const MAX_CONNECTION_CIPHERTEXT: usize = 16 * 1024;
+
+/// Register a new user with its first client: the DER ID-CSR names the FID (its `UID`)
+/// and the client id (its `uniqueIdentifier`).
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct RegisterRequest {
+    pub csr: VLBytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct RegisterResponse {
+    /// The client's ID-Cert (DER).
+    pub client_certificate: VLBytes,
+    /// The home server's CA certificate that issued it (DER).
+    pub ca_certificate: VLBytes,
+}
+
+/// What a connection package offers: an HPKE key to encrypt a connection establishment
+/// package to, valid until `not_after`.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct ConnectionPackagePayload {
+    pub fid: String,
+    pub client_id: String,
+    pub encryption_key: VLBytes,
+    pub not_after: u64,
+    /// 1 for the last-resort package (reused when no other is left), else 0.
+    pub last_resort: u8,
+}
+
+/// A connection package: the encoded payload and the client's signature over it
+/// (label [`crate::crypto::label::CONNECTION_PACKAGE`]) with its ID-Cert key.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct ConnectionPackage {
+    pub payload: VLBytes,
+    pub signature: VLBytes,
+}
+
+/// Replace the caller's connection packages. Exactly one must be last-resort.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct PublishConnectionPackagesRequest {
+    pub timestamp: u64,
+    pub packages: Vec<ConnectionPackage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct FetchConnectionPackageRequest {
+    pub fid: String,
+}
+
+/// One connection package of one of the user's clients, consumed unless last-resort, with
+/// that client's ID-Cert so the caller can check the chain.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct FetchConnectionPackageResponse {
+    pub package: ConnectionPackage,
+    pub client_certificate: VLBytes,
+}
+
+/// Anonymous enqueue into a client's direct queue.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct EnqueueConnectionRequest {
+    pub fid: String,
+    pub client_id: String,
+    /// An HPKE-encrypted [`crate::messages::client::ConnectionEstablishmentPackage`].
+    pub ciphertext: HpkeCiphertext,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct ClientCertificatesRequest {
+    pub fid: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct ClientCertificatesResponse {
+    pub certificates: Vec<VLBytes>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct ServerCertificateResponse {
+    pub ca_certificate: VLBytes,
+}

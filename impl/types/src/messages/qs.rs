@@ -1,0 +1,99 @@
+//! Queuing Service requests and responses (`/phoenix/v1/qs/<operation>`).
+//!
+//! | operation | auth | request → response |
+//! |---|---|---|
+//! | `queue_config_key` | none | `Empty` → [`QueueConfigKeyResponse`] |
+//! | `create_user` | none | [`CreateUserRequest`] → [`CreateUserResponse`] |
+//! | `publish_key_packages` | QsClient | [`PublishKeyPackagesRequest`] → `Empty` |
+//! | `fetch_key_packages` | friendship token | [`FetchKeyPackagesRequest`] → [`FetchKeyPackagesResponse`] |
+//! | `dequeue` | QsClient | `DequeueRequest` → `DequeueResponse` |
+//!
+//! Nothing here names an FID: QS records are pseudonymous.
+
+use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
+
+use crate::ids::QsId;
+
+pub const QUEUE_CONFIG_KEY: &str = "queue_config_key";
+pub const CREATE_USER: &str = "create_user";
+pub const PUBLISH_KEY_PACKAGES: &str = "publish_key_packages";
+pub const FETCH_KEY_PACKAGES: &str = "fetch_key_packages";
+pub const DEQUEUE: &str = "dequeue";
+
+/// Most key packages one upload may carry.
+pub const MAX_KEY_PACKAGES: usize = 100;
+/// Largest single key package (bytes).
+pub const MAX_KEY_PACKAGE_LEN: usize = 8 * 1024;
+
+/// The MLS extension type (private-use range) of the sealed queue config extension that
+/// every key package uploaded to a QS must carry.
+pub const QUEUE_CONFIG_EXTENSION_TYPE: u16 = 0xff01;
+
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct QueueConfigKeyResponse {
+    /// The QS's HPKE public key that clients seal their queue configs to.
+    pub public_key: VLBytes,
+}
+
+/// Create a pseudonymous user record with its first client record.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct CreateUserRequest {
+    /// Ed25519 key authenticating the user record.
+    pub user_auth_key: VLBytes,
+    /// The secret contacts present to fetch this user's key packages. The QS stores only
+    /// its SHA-256 hash.
+    pub friendship_token: [u8; 32],
+    /// Ed25519 key authenticating the first client record.
+    pub client_auth_key: VLBytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct CreateUserResponse {
+    pub user_id: QsId,
+    pub client_id: QsId,
+}
+
+/// The plaintext of a sealed queue config: which client queue a message goes to. Sealed
+/// with HPKE to the QS's queue config key (info [`crate::crypto::hpke_info::QUEUE_CONFIG`],
+/// aad = the QS domain), so the DS that stores it cannot read it.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct QueueConfig {
+    pub client_id: QsId,
+}
+
+/// A sealed queue config as the DS stores it: the QS domain in clear (so the DS knows
+/// where to deliver) and the sealed [`QueueConfig`].
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct SealedQueueConfig {
+    pub qs_domain: String,
+    pub sealed: openmls_traits::types::HpkeCiphertext,
+}
+
+/// A key package as published to and fetched from the QS.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct AddPackage {
+    /// A TLS-encoded MLS `KeyPackage` whose extensions hold the [`SealedQueueConfig`]
+    /// (extension type [`QUEUE_CONFIG_EXTENSION_TYPE`]).
+    pub key_package: VLBytes,
+    /// The client's [`crate::messages::client::ClientCredentialInfo`] for this package's
+    /// leaf, encrypted under the user's friendship encryption key. Opaque to the QS.
+    pub encrypted_client_info: VLBytes,
+}
+
+/// Replace all key packages of the calling client. Exactly one must be last-resort.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct PublishKeyPackagesRequest {
+    pub timestamp: u64,
+    pub add_packages: Vec<AddPackage>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct FetchKeyPackagesRequest {
+    pub friendship_token: [u8; 32],
+}
+
+/// One add package per client of the user; consumed unless it is the last-resort one.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct FetchKeyPackagesResponse {
+    pub add_packages: Vec<AddPackage>,
+}
