@@ -1,1 +1,247 @@
-fn main() {}
+//! `phoenix`: the Phoenix command-line client. See `phoenix --help` and the README's quick
+//! start. Every command takes `--home DIR` (the client's state directory) and `--json`.
+//! Errors are one line on stderr and a non-zero exit code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+use phoenix_client::{Client, ClientError};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "phoenix",
+    version,
+    about = "Phoenix end-to-end encrypted messaging client"
+)]
+struct Cli {
+    /// The client's state directory (default: the user's data dir, e.g. ~/.local/share/phoenix).
+    #[arg(long, env = "PHOENIX_HOME", global = true)]
+    home: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Register a new user (local@domain) with this client at a homeserver.
+    Register {
+        fid: String,
+        /// The homeserver's base URL, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        server: String,
+    },
+    /// Ask another user to connect.
+    Connect { fid: String },
+    /// Fetch and list incoming connection requests.
+    Requests,
+    /// Accept a connection request.
+    Accept { fid: String },
+    /// List contacts.
+    Contacts,
+    /// Group commands.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
+    /// Send a message to a group.
+    Send { group: String, text: String },
+    /// Fetch and process new messages, invitations and connection confirmations.
+    Sync,
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCommand {
+    /// Create a group.
+    Create { name: String },
+    /// Invite a connected contact into a group.
+    Invite { name: String, fid: String },
+    /// List a group's members with their verified identities.
+    Members { name: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let json_out = cli.json;
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("phoenix: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok((value, text)) => {
+            if json_out {
+                println!("{value}");
+            } else if !text.is_empty() {
+                println!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if json_out {
+                let code = e.code();
+                eprintln!("{}", json!({"error": e.to_string(), "code": code}));
+            } else {
+                eprintln!("phoenix: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn default_home() -> Result<PathBuf, ClientError> {
+    dirs::data_dir().map(|d| d.join("phoenix")).ok_or_else(|| {
+        ClientError::Usage("cannot determine a data directory: pass --home DIR".into())
+    })
+}
+
+async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
+    let home = match cli.home {
+        Some(h) => h,
+        None => default_home()?,
+    };
+    let mut client = Client::open(&home).await?;
+    Ok(match cli.command {
+        Command::Register { fid, server } => {
+            let r = client.register(&fid, &server).await?;
+            let text = format!(
+                "registered {} (client {}) at {}\nserver CA fingerprint: {}",
+                r.fid, r.client_id, r.server, r.ca_fingerprint
+            );
+            (serde_json::to_value(&r).unwrap_or(Value::Null), text)
+        }
+        Command::Connect { fid } => {
+            client.connect(&fid).await?;
+            (
+                json!({"contact": fid.to_ascii_lowercase(), "status": "requested"}),
+                format!(
+                    "connection request sent to {fid}; it completes when they accept and you sync"
+                ),
+            )
+        }
+        Command::Requests => {
+            let requests = client.requests().await?;
+            let list: Vec<Value> = requests
+                .iter()
+                .map(|r| json!({"fid": r.fid, "client_id": r.client_id, "received_at": r.received_at}))
+                .collect();
+            let text = if requests.is_empty() {
+                "no connection requests".to_owned()
+            } else {
+                requests
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{} wants to connect (accept with: phoenix accept {})",
+                            r.fid, r.fid
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            (json!({"requests": list}), text)
+        }
+        Command::Accept { fid } => {
+            client.accept(&fid).await?;
+            (
+                json!({"contact": fid.to_ascii_lowercase(), "status": "connected"}),
+                format!("connected with {fid}"),
+            )
+        }
+        Command::Contacts => {
+            let contacts = client.contacts().await?;
+            let text = if contacts.is_empty() {
+                "no contacts".to_owned()
+            } else {
+                contacts
+                    .iter()
+                    .map(|c| format!("{} ({}) clients: {}", c.fid, c.status, c.clients.join(", ")))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            (json!({"contacts": contacts}), text)
+        }
+        Command::Group { command } => match command {
+            GroupCommand::Create { name } => {
+                let group_id = client.create_group(&name).await?;
+                (
+                    json!({"group": name, "group_id": hex::encode(&group_id)}),
+                    format!("created group {name}"),
+                )
+            }
+            GroupCommand::Invite { name, fid } => {
+                client.invite(&name, &fid).await?;
+                (
+                    json!({"group": name, "invited": fid.to_ascii_lowercase()}),
+                    format!("invited {fid} to {name}"),
+                )
+            }
+            GroupCommand::Members { name } => {
+                let members = client.members(&name).await?;
+                let text = members
+                    .iter()
+                    .map(|m| match (&m.fid, m.verified) {
+                        (Some(fid), true) => format!("{fid} (verified)"),
+                        _ => format!(
+                            "leaf {} UNVERIFIED: {}",
+                            m.leaf_index,
+                            m.problem.clone().unwrap_or_default()
+                        ),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                (json!({"group": name, "members": members}), text)
+            }
+        },
+        Command::Send { group, text } => {
+            client.send(&group, &text).await?;
+            (json!({"group": group, "sent": true}), String::new())
+        }
+        Command::Sync => {
+            let events = client.sync().await?;
+            let text = events.iter().map(describe).collect::<Vec<_>>().join("\n");
+            (json!({"events": events}), text)
+        }
+    })
+}
+
+fn describe(event: &Value) -> String {
+    let s = |k: &str| event[k].as_str().unwrap_or("?").to_owned();
+    match event["kind"].as_str().unwrap_or("") {
+        "message" if event["verified"] == true => {
+            format!("[{}] {}: {}", s("group"), s("sender"), s("text"))
+        }
+        "message" => format!(
+            "[{}] UNVERIFIED SENDER ({}): {}",
+            s("group"),
+            s("problem"),
+            s("text")
+        ),
+        "connected" => format!("connected with {}", s("contact")),
+        "joined" => format!(
+            "joined group {} (invited by {})",
+            s("group"),
+            s("invited_by")
+        ),
+        "members_added" => format!("[{}] new members: {}", s("group"), event["members"]),
+        "removed" => format!("you were removed from {}", s("group")),
+        "invitation_refused" => format!(
+            "refused an invitation to {} from {}: {}",
+            s("group"),
+            s("invited_by"),
+            s("reason")
+        ),
+        "error" => format!("error: {}", s("detail")),
+        other => format!("{other}: {event}"),
+    }
+}

@@ -1,1 +1,29 @@
+//! The Phoenix homeserver: Authentication Service, Queuing Service and Delivery Service
+//! behind one HTTP endpoint, on SQLite (embedded default) or Postgres.
+//!
+//! Layout:
+//! - [`config`]: command line, TOML file and `PHOENIX_*` environment settings.
+//! - [`server`]: the [`server::Server`] context every operation runs in (domain, store,
+//!   keys, limits) and start-up (migrations, first-start key generation).
+//! - [`auth`]: request envelopes, signature checks over exact bytes, freshness.
+//! - [`as_`], [`qs`], [`ds`]: one module per service, one file per spec operation. Each
+//!   operation is a function of (server, request bytes, now) that returns response bytes or
+//!   a [`phoenix_types::error::WireError`]; HTTP stays out of them.
+//! - [`outbox`]: delivery of fan-out messages after the state change that produced them
+//!   committed, retried with backoff until delivered.
+//! - [`store`]: storage traits and the SQLite and Postgres backends.
+//! - [`http`]: the warp routes: the one place where errors become HTTP responses.
+//!
+//! Design: operations are sans-IO in the sense of the design document: they read the
+//! clock and randomness only from their arguments and the server context, and write
+//! effects (fan-out) to the durable outbox in the same transaction as the state change.
 
+pub mod as_;
+pub mod auth;
+pub mod config;
+pub mod ds;
+pub mod http;
+pub mod outbox;
+pub mod qs;
+pub mod server;
+pub mod store;

@@ -35,10 +35,8 @@ pub enum CryptoError {
 
 /// Signature labels: one per signed structure.
 pub mod label {
-    pub const AS_REQUEST: &str = "as request";
-    pub const QS_USER_REQUEST: &str = "qs user request";
-    pub const QS_CLIENT_REQUEST: &str = "qs client request";
-    pub const DS_REQUEST: &str = "ds request";
+    // Requests are signed under their operation label, "<service>/<operation>"
+    // (see `messages::operation_label`).
     pub const CONNECTION_PACKAGE: &str = "connection package";
     pub const CONNECTION_ESTABLISHMENT: &str = "connection establishment package";
     pub const LEAF_BINDING: &str = "leaf binding";
@@ -47,7 +45,9 @@ pub mod label {
 
 const SIGNATURE_PREFIX: &[u8] = b"phoenix-v1 ";
 
-fn labelled(label: &str, payload: &[u8]) -> Vec<u8> {
+/// The message a labelled signature is made over: `"phoenix-v1 " || label || 0x00 ||
+/// payload`. Public so that signers held elsewhere (openmls key pairs) sign the same bytes.
+pub fn labelled(label: &str, payload: &[u8]) -> Vec<u8> {
     let mut msg = Vec::with_capacity(SIGNATURE_PREFIX.len() + label.len() + 1 + payload.len());
     msg.extend_from_slice(SIGNATURE_PREFIX);
     msg.extend_from_slice(label.as_bytes());
@@ -236,18 +236,18 @@ mod tests {
     fn labels_separate_signatures() {
         let key = generate_signing_key(&mut OsRng);
         let pk = key.verifying_key().to_bytes();
-        let sig = sign(&key, label::AS_REQUEST, b"payload");
-        assert!(verify(&pk, label::AS_REQUEST, b"payload", &sig).is_ok());
+        let sig = sign(&key, "as/register", b"payload");
+        assert!(verify(&pk, "as/register", b"payload", &sig).is_ok());
         assert_eq!(
-            verify(&pk, label::DS_REQUEST, b"payload", &sig),
+            verify(&pk, "ds/send_message", b"payload", &sig),
             Err(CryptoError::BadSignature)
         );
         assert_eq!(
-            verify(&pk, label::AS_REQUEST, b"payloaD", &sig),
+            verify(&pk, "as/register", b"payloaD", &sig),
             Err(CryptoError::BadSignature)
         );
         assert_eq!(
-            verify(&pk[..31], label::AS_REQUEST, b"payload", &sig),
+            verify(&pk[..31], "as/register", b"payload", &sig),
             Err(CryptoError::BadPublicKey)
         );
     }

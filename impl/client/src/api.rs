@@ -1,0 +1,135 @@
+//! The HTTP API client: builds request envelopes, signs them over the exact payload bytes
+//! with the key the operation needs, and turns problem documents back into errors.
+
+use std::time::Duration;
+
+use tls_codec::{Deserialize, Serialize, VLBytes};
+
+use phoenix_types::PROTOCOL_VERSION;
+use phoenix_types::crypto;
+use phoenix_types::error::{ErrorCode, Problem, WireError};
+use phoenix_types::messages::{
+    AsClientAuth, Auth, DsLeafAuth, QsAuth, RequestEnvelope, operation_label,
+};
+
+use crate::error::ClientError;
+
+/// Who signs a request.
+pub enum Signer<'a> {
+    Anonymous,
+    AsClient {
+        fid: &'a str,
+        client_id: &'a str,
+        key: &'a ed25519_dalek::SigningKey,
+    },
+    QsClient {
+        id: [u8; 16],
+        key: &'a ed25519_dalek::SigningKey,
+    },
+    /// A group member's leaf key (held by openmls).
+    DsLeaf {
+        leaf_index: u32,
+        key: &'a dyn openmls_traits::signatures::Signer,
+    },
+}
+
+/// An API client for one server.
+#[derive(Debug, Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Api {
+    pub fn new(base: &str) -> Result<Self, ClientError> {
+        let base = base.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::Usage(format!(
+                "server URL {base:?} must start with http:// or https://"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        Ok(Self { http, base })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Call `service/operation` with `payload`, signed by `signer`.
+    pub async fn call<Req: Serialize, Resp: Deserialize>(
+        &self,
+        service: &str,
+        operation: &str,
+        payload: &Req,
+        signer: Signer<'_>,
+    ) -> Result<Resp, ClientError> {
+        let payload = payload
+            .tls_serialize_detached()
+            .map_err(|e| ClientError::Usage(format!("request too large: {e}")))?;
+        let label = operation_label(service, operation);
+        let auth = match signer {
+            Signer::Anonymous => Auth::None,
+            Signer::AsClient {
+                fid,
+                client_id,
+                key,
+            } => Auth::AsClient(AsClientAuth {
+                fid: fid.to_owned(),
+                client_id: client_id.to_owned(),
+                signature: VLBytes::new(crypto::sign(key, &label, &payload).to_vec()),
+            }),
+            Signer::QsClient { id, key } => Auth::QsClient(QsAuth {
+                id,
+                signature: VLBytes::new(crypto::sign(key, &label, &payload).to_vec()),
+            }),
+            Signer::DsLeaf { leaf_index, key } => {
+                let signature = key
+                    .sign(&crypto::labelled(&label, &payload))
+                    .map_err(|e| ClientError::Mls(format!("signing failed: {e:?}")))?;
+                Auth::DsLeaf(DsLeafAuth {
+                    leaf_index,
+                    signature: VLBytes::new(signature),
+                })
+            }
+        };
+        let envelope = RequestEnvelope {
+            version: PROTOCOL_VERSION,
+            payload: VLBytes::new(payload),
+            auth,
+        };
+        let body = envelope
+            .tls_serialize_detached()
+            .map_err(|e| ClientError::Usage(format!("request too large: {e}")))?;
+        let url = format!("{}/phoenix/v1/{service}/{operation}", self.base);
+        let response = self
+            .http
+            .post(&url)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(format!("{url}: {e}")))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Transport(format!("{url}: {e}")))?;
+        if !status.is_success() {
+            let error = serde_json::from_slice::<Problem>(&bytes)
+                .map(|p| p.to_error())
+                .unwrap_or_else(|_| {
+                    WireError::new(
+                        ErrorCode::Internal,
+                        format!("HTTP {status} without a problem document"),
+                    )
+                });
+            return Err(ClientError::Server(error));
+        }
+        Resp::tls_deserialize_exact(&bytes)
+            .map_err(|e| ClientError::Transport(format!("{url}: malformed response: {e}")))
+    }
+}

@@ -1,0 +1,1638 @@
+//! The operations a user performs, each a complete protocol flow against the server:
+//! registration, connection establishment (connect / requests / accept), groups (create,
+//! invite, members), sending, and sync (processing the QS queue).
+//!
+//! Every operation loads the openmls state from the local store and saves it only when
+//! the operation succeeded; a failed operation leaves the local state as it was.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::SigningKey;
+use openmls::prelude::{
+    Extension, Extensions, GroupId, KeyPackage, KeyPackageIn, LeafNodeParameters, MlsGroup,
+    MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, ProtocolVersion, RatchetTreeIn,
+    Sender, StagedWelcome, UnknownExtension,
+};
+use openmls_traits::OpenMlsProvider;
+use rand_core::{OsRng, RngCore};
+use serde_json::json;
+use tls_codec::{Deserialize, Serialize, VLBytes};
+
+use phoenix_types::certs::{self, ParsedCert};
+use phoenix_types::codec;
+use phoenix_types::crypto::{self, HpkeKeyPair, SymmetricKey, hpke_info, label};
+use phoenix_types::ids::{ClientId, Fid};
+use phoenix_types::messages::as_::{self, ConnectionPackage, ConnectionPackagePayload};
+use phoenix_types::messages::client::{
+    ADD_PACKAGE_AAD, ApplicationPayload, ClientCredentialInfo, ConnectionEstablishmentPackage,
+    ConnectionEstablishmentTbs, FriendshipPackage, WelcomeAttributionInfo, WelcomeAttributionTbs,
+};
+use phoenix_types::messages::ds::{
+    self, AddedMember, GroupMessage, MemberInfo, QueuePayload, WelcomeBundle,
+};
+use phoenix_types::messages::qs::{
+    self, AddPackage, QUEUE_CONFIG_EXTENSION_TYPE, QueueConfig, SealedQueueConfig,
+};
+use phoenix_types::messages::{DequeueRequest, DequeueResponse, Empty};
+
+use crate::api::{Api, Signer};
+use crate::error::{ClientError, mls_err, usage, verification};
+use crate::mls::{self, CIPHERSUITE, Provider};
+use crate::store::{ConnectionRequest, Contact, Group, Identity, Store};
+use crate::verify::{self, VerifiedMember};
+
+/// One-time connection packages published per upload (plus one last-resort).
+const CONNECTION_PACKAGES: usize = 5;
+/// One-time key packages published per upload (plus one last-resort).
+const KEY_PACKAGES: usize = 5;
+/// How long published connection packages are valid (seconds).
+const CONNECTION_PACKAGE_LIFETIME: u64 = 30 * 24 * 3600;
+/// Messages fetched per dequeue round.
+const DEQUEUE_BATCH: u16 = 100;
+/// Prefix of the local names of connection groups (user group names may not start with it).
+const CONNECTION_GROUP_PREFIX: &str = "@contact:";
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn random32() -> [u8; 32] {
+    let mut b = [0u8; 32];
+    OsRng.fill_bytes(&mut b);
+    b
+}
+
+/// What `register` reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Registration {
+    pub fid: String,
+    pub client_id: String,
+    pub server: String,
+    pub ca_fingerprint: String,
+}
+
+/// A group member as shown to the user.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemberView {
+    pub leaf_index: u32,
+    pub fid: Option<String>,
+    pub verified: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+}
+
+/// A contact as shown to the user.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ContactView {
+    pub fid: String,
+    pub status: String,
+    /// SHA-256 fingerprints of the contact's pinned client certificates.
+    pub clients: Vec<String>,
+}
+
+/// A Phoenix client with its state directory.
+pub struct Client {
+    home: PathBuf,
+    store: Store,
+    provider: Provider,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("home", &self.home)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Open the client state in `home` (created if missing).
+    pub async fn open(home: &Path) -> Result<Self, ClientError> {
+        let store = Store::open(home).await?;
+        let provider = Provider::from_values(store.load_mls().await?);
+        Ok(Self {
+            home: home.to_owned(),
+            store,
+            provider,
+        })
+    }
+
+    async fn save(&self) -> Result<(), ClientError> {
+        self.store.save_mls(&self.provider.values()?).await
+    }
+
+    /// Drop unsaved openmls changes after a failed operation.
+    async fn rollback(&mut self) -> Result<(), ClientError> {
+        self.provider = Provider::from_values(self.store.load_mls().await?);
+        Ok(())
+    }
+
+    async fn finish<T>(&mut self, result: Result<T, ClientError>) -> Result<T, ClientError> {
+        match result {
+            Ok(v) => {
+                self.save().await?;
+                Ok(v)
+            }
+            Err(e) => {
+                self.rollback().await?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn identity(&self) -> Result<Identity, ClientError> {
+        self.store.identity().await?.ok_or_else(|| {
+            usage(format!(
+                "no identity in {}: run `phoenix register FID --server URL` first",
+                self.home.display()
+            ))
+        })
+    }
+
+    /// The FID of this client, if registered.
+    pub async fn fid(&self) -> Result<Option<String>, ClientError> {
+        Ok(self.store.identity().await?.map(|i| i.fid))
+    }
+
+    fn signing_key(id: &Identity) -> SigningKey {
+        SigningKey::from_bytes(&id.signing_key)
+    }
+
+    fn api(id: &Identity) -> Result<Api, ClientError> {
+        Api::new(&id.server_url)
+    }
+
+    fn as_signer<'a>(id: &'a Identity, key: &'a SigningKey) -> Signer<'a> {
+        Signer::AsClient {
+            fid: &id.fid,
+            client_id: &id.client_id,
+            key,
+        }
+    }
+
+    /// The pinned CA certificate of `domain`.
+    async fn ca_for(&self, domain: &str) -> Result<Vec<u8>, ClientError> {
+        self.store.ca_certificate(domain).await?.ok_or_else(|| {
+            verification(format!(
+                "no CA certificate known for {domain}: talking to other homeservers (federation) is not supported yet"
+            ))
+        })
+    }
+
+    // ----- registration -------------------------------------------------------------
+
+    /// Register `fid` with its first client at the server `server_url`.
+    pub async fn register(
+        &mut self,
+        fid: &str,
+        server_url: &str,
+    ) -> Result<Registration, ClientError> {
+        if let Some(existing) = self.store.identity().await? {
+            return Err(usage(format!(
+                "{} already holds the identity {}; use another --home",
+                self.home.display(),
+                existing.fid
+            )));
+        }
+        let result = self.register_inner(fid, server_url).await;
+        self.finish(result).await
+    }
+
+    async fn register_inner(
+        &mut self,
+        fid: &str,
+        server_url: &str,
+    ) -> Result<Registration, ClientError> {
+        let fid = Fid::parse(fid).map_err(|e| usage(e.to_string()))?;
+        let api = Api::new(server_url)?;
+        let client_id = ClientId::random(&mut OsRng);
+        let key = crypto::generate_signing_key(&mut OsRng);
+        let csr = certs::create_csr(&fid, &client_id, &key)
+            .map_err(|e| usage(format!("cannot build CSR: {e}")))?;
+        let resp: as_::RegisterResponse = api
+            .call(
+                "as",
+                as_::REGISTER,
+                &as_::RegisterRequest {
+                    csr: VLBytes::new(csr),
+                },
+                Signer::Anonymous,
+            )
+            .await?;
+        let ca = ParsedCert::parse(resp.ca_certificate.as_slice())
+            .map_err(|e| verification(format!("server CA certificate: {e}")))?;
+        ca.verify_self_signed_ca(fid.domain())
+            .map_err(|e| verification(format!("server CA certificate: {e}")))?;
+        let cert = ParsedCert::parse(resp.client_certificate.as_slice())
+            .map_err(|e| verification(format!("issued certificate: {e}")))?;
+        let subject = cert
+            .verify_issued_by(&ca, Some(now()))
+            .map_err(|e| verification(format!("issued certificate: {e}")))?;
+        if subject.fid != fid
+            || subject.client_id != client_id
+            || cert.public_key != key.verifying_key().to_bytes()
+        {
+            return Err(verification(
+                "the server issued a certificate for another identity or key",
+            ));
+        }
+
+        let qs_key: qs::QueueConfigKeyResponse = api
+            .call("qs", qs::QUEUE_CONFIG_KEY, &Empty {}, Signer::Anonymous)
+            .await?;
+        let user_key = crypto::generate_signing_key(&mut OsRng);
+        let client_key = crypto::generate_signing_key(&mut OsRng);
+        let friendship_token = random32();
+        let created: qs::CreateUserResponse = api
+            .call(
+                "qs",
+                qs::CREATE_USER,
+                &qs::CreateUserRequest {
+                    user_auth_key: VLBytes::new(user_key.verifying_key().to_bytes().to_vec()),
+                    friendship_token,
+                    client_auth_key: VLBytes::new(client_key.verifying_key().to_bytes().to_vec()),
+                },
+                Signer::Anonymous,
+            )
+            .await?;
+        let identity = Identity {
+            fid: fid.to_string(),
+            client_id: client_id.to_string(),
+            server_url: api.base().to_owned(),
+            certificate: cert.der.clone(),
+            signing_key: key.to_bytes(),
+            qs_user_id: created.user_id,
+            qs_client_id: created.client_id,
+            qs_user_key: user_key.to_bytes(),
+            qs_client_key: client_key.to_bytes(),
+            friendship_token,
+            friendship_key: random32(),
+            qs_domain: fid.domain().to_string(),
+            queue_config_key: qs_key.public_key.as_slice().to_vec(),
+            qs_next_seq: 0,
+            as_next_seq: 0,
+        };
+        self.store.insert_identity(&identity).await?;
+        self.store
+            .put_ca_certificate(fid.domain().as_str(), &ca.der)
+            .await?;
+        self.publish_connection_packages(&identity).await?;
+        self.publish_key_packages(&identity).await?;
+        Ok(Registration {
+            fid: identity.fid,
+            client_id: identity.client_id,
+            server: identity.server_url,
+            ca_fingerprint: hex::encode(ca.fingerprint()),
+        })
+    }
+
+    async fn publish_connection_packages(&self, id: &Identity) -> Result<(), ClientError> {
+        let key = Self::signing_key(id);
+        let mut packages = Vec::with_capacity(CONNECTION_PACKAGES + 1);
+        for n in 0..=CONNECTION_PACKAGES {
+            let pair =
+                HpkeKeyPair::generate(&mut OsRng).map_err(|e| ClientError::Mls(e.to_string()))?;
+            self.store
+                .put_connection_key(&pair.public, &pair.private)
+                .await?;
+            let payload = codec::encode(&ConnectionPackagePayload {
+                fid: id.fid.clone(),
+                client_id: id.client_id.clone(),
+                encryption_key: VLBytes::new(pair.public.clone()),
+                not_after: now() + CONNECTION_PACKAGE_LIFETIME,
+                last_resort: u8::from(n == CONNECTION_PACKAGES),
+            })
+            .map_err(ClientError::Server)?;
+            let signature = crypto::sign(&key, label::CONNECTION_PACKAGE, &payload);
+            packages.push(ConnectionPackage {
+                payload: VLBytes::new(payload),
+                signature: VLBytes::new(signature.to_vec()),
+            });
+        }
+        let _: Empty = Self::api(id)?
+            .call(
+                "as",
+                as_::PUBLISH_CONNECTION_PACKAGES,
+                &as_::PublishConnectionPackagesRequest {
+                    timestamp: now(),
+                    packages,
+                },
+                Self::as_signer(id, &key),
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn seal_queue_config(id: &Identity) -> Result<SealedQueueConfig, ClientError> {
+        let plain = codec::encode(&QueueConfig {
+            client_id: id.qs_client_id,
+        })
+        .map_err(ClientError::Server)?;
+        let sealed = crypto::hpke_seal(
+            &id.queue_config_key,
+            hpke_info::QUEUE_CONFIG,
+            id.qs_domain.as_bytes(),
+            &plain,
+        )
+        .map_err(|e| ClientError::Mls(e.to_string()))?;
+        Ok(SealedQueueConfig {
+            qs_domain: id.qs_domain.clone(),
+            sealed,
+        })
+    }
+
+    /// Our credential info binding `leaf_key` to our ID-Cert.
+    fn credential_info(id: &Identity, leaf_key: &[u8]) -> ClientCredentialInfo {
+        let key = Self::signing_key(id);
+        ClientCredentialInfo {
+            client_certificate: VLBytes::new(id.certificate.clone()),
+            leaf_signature_key: VLBytes::new(leaf_key.to_vec()),
+            binding_signature: VLBytes::new(
+                crypto::sign(&key, label::LEAF_BINDING, leaf_key).to_vec(),
+            ),
+        }
+    }
+
+    fn encrypt_credential(
+        cek: &SymmetricKey,
+        group_id: &[u8],
+        info: &ClientCredentialInfo,
+    ) -> Result<Vec<u8>, ClientError> {
+        let plain = codec::encode(info).map_err(ClientError::Server)?;
+        crypto::seal_aead(cek, &verify::credential_aad(group_id), &plain, &mut OsRng)
+            .map_err(|e| ClientError::Mls(e.to_string()))
+    }
+
+    async fn publish_key_packages(&self, id: &Identity) -> Result<(), ClientError> {
+        let friendship_key = SymmetricKey(id.friendship_key);
+        let mut add_packages = Vec::with_capacity(KEY_PACKAGES + 1);
+        for n in 0..=KEY_PACKAGES {
+            let (signer, credential) = mls::new_leaf(&self.provider)?;
+            let sealed =
+                codec::encode(&Self::seal_queue_config(id)?).map_err(ClientError::Server)?;
+            let extensions = Extensions::single(Extension::Unknown(
+                QUEUE_CONFIG_EXTENSION_TYPE,
+                UnknownExtension(sealed),
+            ))
+            .map_err(mls_err)?;
+            let mut builder = KeyPackage::builder()
+                .leaf_node_capabilities(mls::capabilities())
+                .key_package_extensions(extensions);
+            if n == KEY_PACKAGES {
+                builder = builder.mark_as_last_resort();
+            }
+            let bundle = builder
+                .build(CIPHERSUITE, &self.provider, &signer, credential)
+                .map_err(mls_err)?;
+            let key_package = bundle
+                .key_package()
+                .tls_serialize_detached()
+                .map_err(mls_err)?;
+            let info = codec::encode(&Self::credential_info(id, signer.public()))
+                .map_err(ClientError::Server)?;
+            let encrypted_client_info =
+                crypto::seal_aead(&friendship_key, ADD_PACKAGE_AAD, &info, &mut OsRng)
+                    .map_err(|e| ClientError::Mls(e.to_string()))?;
+            add_packages.push(AddPackage {
+                key_package: VLBytes::new(key_package),
+                encrypted_client_info: VLBytes::new(encrypted_client_info),
+            });
+        }
+        let qs_key = SigningKey::from_bytes(&id.qs_client_key);
+        let _: Empty = Self::api(id)?
+            .call(
+                "qs",
+                qs::PUBLISH_KEY_PACKAGES,
+                &qs::PublishKeyPackagesRequest {
+                    timestamp: now(),
+                    add_packages,
+                },
+                Signer::QsClient {
+                    id: id.qs_client_id,
+                    key: &qs_key,
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    // ----- groups (shared) -----------------------------------------------------------
+
+    /// Request a group id, create the MLS group with a fresh pseudonymous leaf and store
+    /// it at the DS under fresh EAR and credential keys.
+    async fn create_group_internal(
+        &mut self,
+        id: &Identity,
+        name: &str,
+        kind: &str,
+        contact: Option<String>,
+    ) -> Result<Group, ClientError> {
+        let api = Self::api(id)?;
+        let reserved: ds::RequestGroupIdResponse = api
+            .call("ds", ds::REQUEST_GROUP_ID, &Empty {}, Signer::Anonymous)
+            .await?;
+        let group_id = reserved.group_id.as_slice().to_vec();
+        let (signer, credential) = mls::new_leaf(&self.provider)?;
+        let group = MlsGroup::new_with_group_id(
+            &self.provider,
+            &signer,
+            &mls::create_config(),
+            GroupId::from_slice(&group_id),
+            credential,
+        )
+        .map_err(mls_err)?;
+        let group_info = group
+            .export_group_info(self.provider.crypto(), &signer, false)
+            .map_err(mls_err)?
+            .tls_serialize_detached()
+            .map_err(mls_err)?;
+        let tree = group
+            .export_ratchet_tree()
+            .tls_serialize_detached()
+            .map_err(mls_err)?;
+        let ear_key = random32();
+        let credential_key = SymmetricKey(random32());
+        let encrypted_credential = Self::encrypt_credential(
+            &credential_key,
+            &group_id,
+            &Self::credential_info(id, signer.public()),
+        )?;
+        let own_leaf = group.own_leaf_index().u32();
+        let _: Empty = api
+            .call(
+                "ds",
+                ds::CREATE_GROUP,
+                &ds::CreateGroupRequest {
+                    timestamp: now(),
+                    group_id: VLBytes::new(group_id.clone()),
+                    ear_key,
+                    group_info: VLBytes::new(group_info),
+                    ratchet_tree: VLBytes::new(tree),
+                    creator: MemberInfo {
+                        queue_config: Self::seal_queue_config(id)?,
+                        encrypted_credential: VLBytes::new(encrypted_credential.clone()),
+                    },
+                },
+                Signer::DsLeaf {
+                    leaf_index: own_leaf,
+                    key: &signer,
+                },
+            )
+            .await?;
+        let record = Group {
+            group_id: group_id.clone(),
+            name: name.to_owned(),
+            ear_key,
+            credential_key: credential_key.0,
+            kind: kind.to_owned(),
+            contact,
+            active: true,
+        };
+        self.store.put_group(&record).await?;
+        self.store
+            .set_member(&group_id, own_leaf, &encrypted_credential)
+            .await?;
+        Ok(record)
+    }
+
+    fn load_group(&self, group_id: &[u8]) -> Result<MlsGroup, ClientError> {
+        MlsGroup::load(self.provider.storage(), &GroupId::from_slice(group_id))
+            .map_err(mls_err)?
+            .ok_or_else(|| ClientError::Store("the group's MLS state is missing".into()))
+    }
+
+    /// Verify the member at `leaf` of `group` from its stored encrypted credential.
+    async fn verify_member(
+        &self,
+        record: &Group,
+        group: &MlsGroup,
+        leaf: u32,
+    ) -> Result<VerifiedMember, ClientError> {
+        let members = self.store.members(&record.group_id).await?;
+        let encrypted = members
+            .iter()
+            .find(|(l, _)| *l == leaf)
+            .map(|(_, c)| c.clone())
+            .ok_or_else(|| verification(format!("no credential is known for leaf {leaf}")))?;
+        let leaf_key = group
+            .members()
+            .find(|m| m.index.u32() == leaf)
+            .map(|m| m.signature_key)
+            .ok_or_else(|| verification(format!("leaf {leaf} is not in the group")))?;
+        let info = verify::decrypt_credential(
+            &SymmetricKey(record.credential_key),
+            &record.group_id,
+            &encrypted,
+        )?;
+        let ca = self.ca_for(&verify::claimed_domain(&info)?).await?;
+        verify::verify_credential_info(&info, &leaf_key, &ca, now())
+    }
+
+    async fn send_in_group(
+        &mut self,
+        id: &Identity,
+        record: &Group,
+        payload: &ApplicationPayload,
+    ) -> Result<(), ClientError> {
+        let mut group = self.load_group(&record.group_id)?;
+        let signer = mls::own_signer(&self.provider, &group)?;
+        let plain = codec::encode(payload).map_err(ClientError::Server)?;
+        let message = group
+            .create_message(&self.provider, &signer, &plain)
+            .map_err(mls_err)?
+            .tls_serialize_detached()
+            .map_err(mls_err)?;
+        let _: Empty = Self::api(id)?
+            .call(
+                "ds",
+                ds::SEND_MESSAGE,
+                &ds::SendMessageRequest {
+                    timestamp: now(),
+                    group_id: VLBytes::new(record.group_id.clone()),
+                    ear_key: record.ear_key,
+                    message: VLBytes::new(message),
+                },
+                Signer::DsLeaf {
+                    leaf_index: group.own_leaf_index().u32(),
+                    key: &signer,
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    // ----- connections ---------------------------------------------------------------
+
+    /// Ask `fid` to connect: fetch one of its connection packages, create a connection
+    /// group, and send the signed, encrypted connection establishment package.
+    pub async fn connect(&mut self, fid: &str) -> Result<(), ClientError> {
+        let result = self.connect_inner(fid).await;
+        self.finish(result).await
+    }
+
+    async fn connect_inner(&mut self, fid: &str) -> Result<(), ClientError> {
+        let id = self.identity().await?;
+        let target = Fid::parse(fid).map_err(|e| usage(e.to_string()))?;
+        let target_str = target.to_string();
+        if target_str == id.fid {
+            return Err(usage("you cannot connect to yourself"));
+        }
+        if let Some(c) = self.store.contact(&target_str).await? {
+            return Err(usage(format!(
+                "{} is already a contact ({})",
+                c.fid, c.status
+            )));
+        }
+        if target.domain().as_str() != id.qs_domain {
+            return Err(usage(format!(
+                "{target} is on another homeserver ({}): federation is not supported yet",
+                target.domain()
+            )));
+        }
+        let api = Self::api(&id)?;
+        let fetched: as_::FetchConnectionPackageResponse = api
+            .call(
+                "as",
+                as_::FETCH_CONNECTION_PACKAGE,
+                &as_::FetchConnectionPackageRequest {
+                    fid: target_str.clone(),
+                },
+                Signer::Anonymous,
+            )
+            .await?;
+        let ca_der = self.ca_for(target.domain().as_str()).await?;
+        let ca = ParsedCert::parse(&ca_der).map_err(|e| verification(e.to_string()))?;
+        let cert = ParsedCert::parse(fetched.client_certificate.as_slice())
+            .map_err(|e| verification(format!("{target}'s certificate: {e}")))?;
+        let subject = cert
+            .verify_issued_by(&ca, Some(now()))
+            .map_err(|e| verification(format!("{target}'s certificate: {e}")))?
+            .clone();
+        if subject.fid != target {
+            return Err(verification(format!(
+                "the server returned a certificate of {} for {target}",
+                subject.fid
+            )));
+        }
+        crypto::verify(
+            &cert.public_key,
+            label::CONNECTION_PACKAGE,
+            fetched.package.payload.as_slice(),
+            fetched.package.signature.as_slice(),
+        )
+        .map_err(|_| verification("the connection package is not signed by its client"))?;
+        let payload: ConnectionPackagePayload =
+            codec::decode(fetched.package.payload.as_slice(), 1024)
+                .map_err(|e| verification(e.detail))?;
+        if payload.fid != target_str
+            || payload.client_id != subject.client_id.as_str()
+            || payload.not_after <= now()
+        {
+            return Err(verification(
+                "the connection package does not match its certificate or has expired",
+            ));
+        }
+
+        let name = format!("{CONNECTION_GROUP_PREFIX}{target_str}");
+        let group = self
+            .create_group_internal(&id, &name, "connection", Some(target_str.clone()))
+            .await?;
+        let tbs = codec::encode(&ConnectionEstablishmentTbs {
+            sender_certificate: VLBytes::new(id.certificate.clone()),
+            recipient_fid: target_str.clone(),
+            recipient_client_id: subject.client_id.to_string(),
+            timestamp: now(),
+            connection_group_id: VLBytes::new(group.group_id.clone()),
+            ear_key: group.ear_key,
+            credential_key: group.credential_key,
+            friendship: self.friendship_package(&id),
+        })
+        .map_err(ClientError::Server)?;
+        let signature = crypto::sign(
+            &Self::signing_key(&id),
+            label::CONNECTION_ESTABLISHMENT,
+            &tbs,
+        );
+        let cep = codec::encode(&ConnectionEstablishmentPackage {
+            tbs: VLBytes::new(tbs),
+            signature: VLBytes::new(signature.to_vec()),
+        })
+        .map_err(ClientError::Server)?;
+        let ciphertext = crypto::hpke_seal(
+            payload.encryption_key.as_slice(),
+            hpke_info::CONNECTION_ESTABLISHMENT,
+            &direct_queue_aad(&target_str, subject.client_id.as_str()),
+            &cep,
+        )
+        .map_err(|e| ClientError::Mls(e.to_string()))?;
+        let _: Empty = api
+            .call(
+                "as",
+                as_::ENQUEUE_CONNECTION,
+                &as_::EnqueueConnectionRequest {
+                    fid: target_str.clone(),
+                    client_id: subject.client_id.to_string(),
+                    ciphertext,
+                },
+                Signer::Anonymous,
+            )
+            .await?;
+        self.store
+            .put_contact(
+                &Contact {
+                    fid: target_str.clone(),
+                    status: "pending".into(),
+                    friendship_token: None,
+                    friendship_key: None,
+                    qs_domain: None,
+                    connection_group_id: group.group_id.clone(),
+                },
+                now(),
+            )
+            .await?;
+        self.store
+            .pin_contact_client(&target_str, subject.client_id.as_str(), &cert.der)
+            .await?;
+        Ok(())
+    }
+
+    fn friendship_package(&self, id: &Identity) -> FriendshipPackage {
+        FriendshipPackage {
+            friendship_token: id.friendship_token,
+            friendship_key: id.friendship_key,
+            qs_domain: id.qs_domain.clone(),
+        }
+    }
+
+    /// Fetch new connection requests from the AS direct queue and list all pending ones.
+    pub async fn requests(&mut self) -> Result<Vec<ConnectionRequest>, ClientError> {
+        let id = self.identity().await?;
+        let mut start = id.as_next_seq;
+        let api = Self::api(&id)?;
+        let key = Self::signing_key(&id);
+        let connection_keys = self.store.connection_keys().await?;
+        loop {
+            let batch: DequeueResponse = api
+                .call(
+                    "as",
+                    as_::DEQUEUE_CONNECTION,
+                    &DequeueRequest {
+                        timestamp: now(),
+                        sequence_number_start: start,
+                        max: DEQUEUE_BATCH,
+                    },
+                    Self::as_signer(&id, &key),
+                )
+                .await?;
+            for message in &batch.messages {
+                match self
+                    .open_connection_request(&id, &connection_keys, message.payload.as_slice())
+                    .await
+                {
+                    Ok(request) => self.store.put_request(&request).await?,
+                    Err(e) => tracing::warn!(error = %e, "ignoring an invalid connection request"),
+                }
+                start = message.sequence_number.saturating_add(1);
+                self.store.set_as_next_seq(start).await?;
+            }
+            if batch.remaining == 0 || batch.messages.is_empty() {
+                break;
+            }
+        }
+        self.store.requests().await
+    }
+
+    async fn open_connection_request(
+        &self,
+        id: &Identity,
+        keys: &[(Vec<u8>, Vec<u8>)],
+        payload: &[u8],
+    ) -> Result<ConnectionRequest, ClientError> {
+        let ciphertext: openmls_traits::types::HpkeCiphertext =
+            codec::decode(payload, 64 * 1024).map_err(|e| verification(e.detail))?;
+        let aad = direct_queue_aad(&id.fid, &id.client_id);
+        let plain = keys
+            .iter()
+            .find_map(|(_, private)| {
+                crypto::hpke_open(
+                    private,
+                    hpke_info::CONNECTION_ESTABLISHMENT,
+                    &aad,
+                    &ciphertext,
+                )
+                .ok()
+            })
+            .ok_or_else(|| {
+                verification(
+                    "the connection request does not decrypt with any of our connection keys",
+                )
+            })?;
+        let cep: ConnectionEstablishmentPackage =
+            codec::decode(&plain, 64 * 1024).map_err(|e| verification(e.detail))?;
+        let tbs: ConnectionEstablishmentTbs =
+            codec::decode(cep.tbs.as_slice(), 64 * 1024).map_err(|e| verification(e.detail))?;
+        let cert = ParsedCert::parse(tbs.sender_certificate.as_slice())
+            .map_err(|e| verification(e.to_string()))?;
+        let ca = ParsedCert::parse(&self.ca_for(cert.issuer_domain.as_str()).await?)
+            .map_err(|e| verification(e.to_string()))?;
+        let sender = cert
+            .verify_issued_by(&ca, Some(now()))
+            .map_err(|e| verification(format!("sender certificate: {e}")))?
+            .clone();
+        crypto::verify(
+            &cert.public_key,
+            label::CONNECTION_ESTABLISHMENT,
+            cep.tbs.as_slice(),
+            cep.signature.as_slice(),
+        )
+        .map_err(|_| verification("the connection request is not signed by its sender"))?;
+        if tbs.recipient_fid != id.fid || tbs.recipient_client_id != id.client_id {
+            return Err(verification(
+                "the connection request is addressed to someone else",
+            ));
+        }
+        Ok(ConnectionRequest {
+            fid: sender.fid.to_string(),
+            client_id: sender.client_id.to_string(),
+            certificate: cert.der.clone(),
+            group_id: tbs.connection_group_id.as_slice().to_vec(),
+            ear_key: tbs.ear_key,
+            credential_key: tbs.credential_key,
+            friendship_token: tbs.friendship.friendship_token,
+            friendship_key: tbs.friendship.friendship_key,
+            qs_domain: tbs.friendship.qs_domain,
+            received_at: now(),
+        })
+    }
+
+    /// Accept `fid`'s connection request: join its connection group by external commit
+    /// and send our friendship package in it.
+    pub async fn accept(&mut self, fid: &str) -> Result<(), ClientError> {
+        let result = self.accept_inner(fid).await;
+        self.finish(result).await
+    }
+
+    async fn accept_inner(&mut self, fid: &str) -> Result<(), ClientError> {
+        let id = self.identity().await?;
+        let fid = Fid::parse(fid)
+            .map_err(|e| usage(e.to_string()))?
+            .to_string();
+        let request = self
+            .store
+            .requests()
+            .await?
+            .into_iter()
+            .find(|r| r.fid == fid)
+            .ok_or_else(|| {
+                usage(format!(
+                    "no connection request from {fid} (run `phoenix requests` to fetch new ones)"
+                ))
+            })?;
+        let api = Self::api(&id)?;
+        let info: ds::ExternalCommitInfoResponse = api
+            .call(
+                "ds",
+                ds::EXTERNAL_COMMIT_INFO,
+                &ds::ExternalCommitInfoRequest {
+                    group_id: VLBytes::new(request.group_id.clone()),
+                    ear_key: request.ear_key,
+                },
+                Signer::Anonymous,
+            )
+            .await?;
+        let message =
+            MlsMessageIn::tls_deserialize_exact(info.group_info.as_slice()).map_err(mls_err)?;
+        let MlsMessageBodyIn::GroupInfo(group_info) = message.extract() else {
+            return Err(verification(
+                "the DS returned something other than a group info",
+            ));
+        };
+        let tree =
+            RatchetTreeIn::tls_deserialize_exact(info.ratchet_tree.as_slice()).map_err(mls_err)?;
+        let (signer, credential) = mls::new_leaf(&self.provider)?;
+        let (group, bundle) = MlsGroup::external_commit_builder()
+            .with_ratchet_tree(tree)
+            .with_config(mls::join_config())
+            .build_group(&self.provider, group_info, credential)
+            .map_err(mls_err)?
+            .leaf_node_parameters(
+                LeafNodeParameters::builder()
+                    .with_capabilities(mls::capabilities())
+                    .build(),
+            )
+            .load_psks(self.provider.storage())
+            .map_err(mls_err)?
+            .create_group_info(true)
+            .build(
+                self.provider.rand(),
+                self.provider.crypto(),
+                &signer,
+                |_| true,
+            )
+            .map_err(mls_err)?
+            .finalize(&self.provider)
+            .map_err(mls_err)?;
+        let (commit, _, group_info) = bundle.into_messages();
+        let group_info =
+            group_info.ok_or_else(|| ClientError::Mls("no group info for the new epoch".into()))?;
+
+        // The group must consist of the requester's client (as pinned by its signed
+        // request) and us.
+        let record = Group {
+            group_id: request.group_id.clone(),
+            name: format!("{CONNECTION_GROUP_PREFIX}{fid}"),
+            ear_key: request.ear_key,
+            credential_key: request.credential_key,
+            kind: "connection".into(),
+            contact: Some(fid.clone()),
+            active: true,
+        };
+        let own_leaf = group.own_leaf_index().u32();
+        for credential in &info.credentials {
+            self.store
+                .set_member(
+                    &record.group_id,
+                    credential.leaf_index,
+                    credential.encrypted_credential.as_slice(),
+                )
+                .await?;
+        }
+        for member in group.members() {
+            if member.index.u32() == own_leaf {
+                continue;
+            }
+            let verified = self
+                .verify_member(&record, &group, member.index.u32())
+                .await?;
+            if verified.fid != fid || verified.certificate != request.certificate {
+                return Err(verification(format!(
+                    "the connection group holds a client that is not {fid}'s requesting client"
+                )));
+            }
+        }
+        let encrypted_credential = Self::encrypt_credential(
+            &SymmetricKey(record.credential_key),
+            &record.group_id,
+            &Self::credential_info(&id, signer.public()),
+        )?;
+        let _: Empty = api
+            .call(
+                "ds",
+                ds::JOIN_CONNECTION_GROUP,
+                &ds::JoinConnectionGroupRequest {
+                    group_id: VLBytes::new(record.group_id.clone()),
+                    ear_key: record.ear_key,
+                    commit: VLBytes::new(commit.tls_serialize_detached().map_err(mls_err)?),
+                    group_info: VLBytes::new(group_info.tls_serialize_detached().map_err(mls_err)?),
+                    joiner: MemberInfo {
+                        queue_config: Self::seal_queue_config(&id)?,
+                        encrypted_credential: VLBytes::new(encrypted_credential.clone()),
+                    },
+                },
+                Signer::Anonymous,
+            )
+            .await?;
+        self.store.put_group(&record).await?;
+        self.store
+            .set_member(&record.group_id, own_leaf, &encrypted_credential)
+            .await?;
+        self.store
+            .put_contact(
+                &Contact {
+                    fid: fid.clone(),
+                    status: "connected".into(),
+                    friendship_token: Some(request.friendship_token),
+                    friendship_key: Some(request.friendship_key),
+                    qs_domain: Some(request.qs_domain.clone()),
+                    connection_group_id: record.group_id.clone(),
+                },
+                now(),
+            )
+            .await?;
+        self.store
+            .pin_contact_client(&fid, &request.client_id, &request.certificate)
+            .await?;
+        self.store.delete_requests_of(&fid).await?;
+        // Hand our friendship package to the requester inside the (end-to-end encrypted)
+        // connection group.
+        self.send_in_group(
+            &id,
+            &record,
+            &ApplicationPayload::Friendship(self.friendship_package(&id)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn contacts(&self) -> Result<Vec<ContactView>, ClientError> {
+        let mut out = Vec::new();
+        for contact in self.store.contacts().await? {
+            let mut clients: Vec<String> = self
+                .store
+                .contact_clients(&contact.fid)
+                .await?
+                .values()
+                .map(|der| hex::encode(crypto::sha256(der)))
+                .collect();
+            clients.sort();
+            out.push(ContactView {
+                fid: contact.fid,
+                status: contact.status,
+                clients,
+            });
+        }
+        Ok(out)
+    }
+
+    // ----- groups ---------------------------------------------------------------------
+
+    /// Create a group named `name` (a local name; members learn it from the invitation).
+    pub async fn create_group(&mut self, name: &str) -> Result<Vec<u8>, ClientError> {
+        let result = self.create_group_inner(name).await;
+        self.finish(result).await
+    }
+
+    async fn create_group_inner(&mut self, name: &str) -> Result<Vec<u8>, ClientError> {
+        let id = self.identity().await?;
+        check_group_name(name)?;
+        if self.store.name_taken(name).await? {
+            return Err(usage(format!("a group named {name:?} exists already")));
+        }
+        Ok(self
+            .create_group_internal(&id, name, "group", None)
+            .await?
+            .group_id)
+    }
+
+    async fn user_group(&self, name: &str) -> Result<Group, ClientError> {
+        self.store
+            .group_by_name(name)
+            .await?
+            .filter(|g| g.kind == "group" || name.starts_with(CONNECTION_GROUP_PREFIX))
+            .ok_or_else(|| usage(format!("no group named {name:?}")))
+    }
+
+    /// Invite the connected contact `fid` (all its clients) into the group `name`.
+    pub async fn invite(&mut self, name: &str, fid: &str) -> Result<(), ClientError> {
+        let result = self.invite_inner(name, fid).await;
+        self.finish(result).await
+    }
+
+    async fn invite_inner(&mut self, name: &str, fid: &str) -> Result<(), ClientError> {
+        let id = self.identity().await?;
+        // Catch up first, so that the commit is for the group's current epoch.
+        self.pull_into_events(&id).await?;
+        let record = self.user_group(name).await?;
+        if record.kind != "group" {
+            return Err(usage("connection groups cannot be extended"));
+        }
+        if !record.active {
+            return Err(usage(format!("you are no longer a member of {name:?}")));
+        }
+        let fid = Fid::parse(fid)
+            .map_err(|e| usage(e.to_string()))?
+            .to_string();
+        let contact = self.store.contact(&fid).await?;
+        let (token, friendship_key) = match contact
+            .as_ref()
+            .and_then(|c| c.friendship_token.zip(c.friendship_key))
+        {
+            Some(pair) => pair,
+            None => {
+                return Err(usage(format!(
+                    "{fid} is not a connected contact: `phoenix connect {fid}`, and they must accept (then `phoenix sync`)"
+                )));
+            }
+        };
+        let pinned = self.store.contact_clients(&fid).await?;
+        let api = Self::api(&id)?;
+        let fetched: qs::FetchKeyPackagesResponse = api
+            .call(
+                "qs",
+                qs::FETCH_KEY_PACKAGES,
+                &qs::FetchKeyPackagesRequest {
+                    friendship_token: token,
+                },
+                Signer::Anonymous,
+            )
+            .await?;
+        let friendship_key = SymmetricKey(friendship_key);
+        let mut key_packages = Vec::new();
+        let mut infos = Vec::new();
+        for add_package in &fetched.add_packages {
+            let plain = crypto::open_aead(
+                &friendship_key,
+                ADD_PACKAGE_AAD,
+                add_package.encrypted_client_info.as_slice(),
+            )
+            .map_err(|_| {
+                verification(format!(
+                    "a key package of {fid} does not decrypt with their friendship key"
+                ))
+            })?;
+            let info: ClientCredentialInfo =
+                codec::decode(&plain, 8192).map_err(|e| verification(e.detail))?;
+            let key_package =
+                KeyPackageIn::tls_deserialize_exact(add_package.key_package.as_slice())
+                    .map_err(mls_err)?
+                    .validate(self.provider.crypto(), ProtocolVersion::Mls10)
+                    .map_err(|e| verification(format!("invalid key package of {fid}: {e}")))?;
+            let ca = self.ca_for(&verify::claimed_domain(&info)?).await?;
+            let member = verify::verify_credential_info(
+                &info,
+                key_package.leaf_node().signature_key().as_slice(),
+                &ca,
+                now(),
+            )?;
+            if member.fid != fid {
+                return Err(verification(format!(
+                    "a key package for {fid} belongs to {}",
+                    member.fid
+                )));
+            }
+            if pinned.get(&member.client_id) != Some(&member.certificate) {
+                return Err(verification(format!(
+                    "a key package of {fid} comes from client {} that is not in your connection group with {fid}; \
+                     refusing to add it (its certificate fingerprint is {})",
+                    member.client_id, member.fingerprint
+                )));
+            }
+            key_packages.push(key_package);
+            infos.push(info);
+        }
+        let mut group = self.load_group(&record.group_id)?;
+        let signer = mls::own_signer(&self.provider, &group)?;
+        let bundle = group
+            .commit_builder()
+            .propose_adds(key_packages.iter().cloned())
+            .load_psks(self.provider.storage())
+            .map_err(mls_err)?
+            .create_group_info(true)
+            .build(
+                self.provider.rand(),
+                self.provider.crypto(),
+                &signer,
+                |_| true,
+            )
+            .map_err(mls_err)?
+            .stage_commit(&self.provider)
+            .map_err(mls_err)?;
+        let (commit, welcome, group_info) = bundle.into_messages();
+        let welcome =
+            welcome.ok_or_else(|| ClientError::Mls("no welcome for the added members".into()))?;
+        let group_info =
+            group_info.ok_or_else(|| ClientError::Mls("no group info for the new epoch".into()))?;
+        let cek = SymmetricKey(record.credential_key);
+        let wai_tbs = codec::encode(&WelcomeAttributionTbs {
+            sender_certificate: VLBytes::new(id.certificate.clone()),
+            group_id: VLBytes::new(record.group_id.clone()),
+            group_name: record.name.clone(),
+            ear_key: record.ear_key,
+            credential_key: record.credential_key,
+            timestamp: now(),
+        })
+        .map_err(ClientError::Server)?;
+        let wai = codec::encode(&WelcomeAttributionInfo {
+            signature: VLBytes::new(
+                crypto::sign(
+                    &Self::signing_key(&id),
+                    label::WELCOME_ATTRIBUTION,
+                    &wai_tbs,
+                )
+                .to_vec(),
+            ),
+            tbs: VLBytes::new(wai_tbs),
+        })
+        .map_err(ClientError::Server)?;
+        let mut added = Vec::with_capacity(infos.len());
+        let mut encrypted = Vec::with_capacity(infos.len());
+        for info in &infos {
+            let credential = Self::encrypt_credential(&cek, &record.group_id, info)?;
+            let welcome_info =
+                crypto::seal_aead(&friendship_key, &record.group_id, &wai, &mut OsRng)
+                    .map_err(|e| ClientError::Mls(e.to_string()))?;
+            encrypted.push(credential.clone());
+            added.push(AddedMember {
+                encrypted_credential: VLBytes::new(credential),
+                welcome_info: VLBytes::new(welcome_info),
+            });
+        }
+        let result: Result<Empty, ClientError> = api
+            .call(
+                "ds",
+                ds::ADD_USERS,
+                &ds::AddUsersRequest {
+                    timestamp: now(),
+                    group_id: VLBytes::new(record.group_id.clone()),
+                    ear_key: record.ear_key,
+                    commit: VLBytes::new(commit.tls_serialize_detached().map_err(mls_err)?),
+                    welcome: VLBytes::new(welcome.tls_serialize_detached().map_err(mls_err)?),
+                    group_info: VLBytes::new(group_info.tls_serialize_detached().map_err(mls_err)?),
+                    added,
+                },
+                Signer::DsLeaf {
+                    leaf_index: group.own_leaf_index().u32(),
+                    key: &signer,
+                },
+            )
+            .await;
+        if let Err(e) = result {
+            group
+                .clear_pending_commit(self.provider.storage())
+                .map_err(mls_err)?;
+            return Err(e);
+        }
+        group
+            .merge_pending_commit(&self.provider)
+            .map_err(mls_err)?;
+        for (key_package, credential) in key_packages.iter().zip(encrypted) {
+            let key = key_package.leaf_node().signature_key().as_slice();
+            if let Some(member) = group.members().find(|m| m.signature_key == key) {
+                self.store
+                    .set_member(&record.group_id, member.index.u32(), &credential)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The members of group `name`, each with its verified FID (or why it did not verify).
+    pub async fn members(&self, name: &str) -> Result<Vec<MemberView>, ClientError> {
+        let record = self.user_group(name).await?;
+        let group = self.load_group(&record.group_id)?;
+        let mut out = Vec::new();
+        for member in group.members() {
+            let leaf = member.index.u32();
+            out.push(match self.verify_member(&record, &group, leaf).await {
+                Ok(v) => MemberView {
+                    leaf_index: leaf,
+                    fid: Some(v.fid),
+                    verified: true,
+                    problem: None,
+                    fingerprint: Some(v.fingerprint),
+                },
+                Err(e) => MemberView {
+                    leaf_index: leaf,
+                    fid: None,
+                    verified: false,
+                    problem: Some(e.to_string()),
+                    fingerprint: None,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// Send `text` to the group `name`.
+    pub async fn send(&mut self, name: &str, text: &str) -> Result<(), ClientError> {
+        let result = self.send_inner(name, text).await;
+        self.finish(result).await
+    }
+
+    async fn send_inner(&mut self, name: &str, text: &str) -> Result<(), ClientError> {
+        let id = self.identity().await?;
+        self.pull_into_events(&id).await?;
+        let record = self.user_group(name).await?;
+        if !record.active {
+            return Err(usage(format!("you are no longer a member of {name:?}")));
+        }
+        if text.len() > 64 * 1024 {
+            return Err(usage("messages are limited to 64 KiB"));
+        }
+        self.send_in_group(&id, &record, &ApplicationPayload::Text(text.to_owned()))
+            .await
+    }
+
+    // ----- sync -------------------------------------------------------------------------
+
+    /// Process everything queued for us and return the events, oldest first (including
+    /// events received during earlier operations).
+    pub async fn sync(&mut self) -> Result<Vec<serde_json::Value>, ClientError> {
+        let id = self.identity().await?;
+        let mut events = self.store.take_events().await?;
+        let result = self.pull(&id).await;
+        let fresh = self.finish(result).await?;
+        events.extend(fresh);
+        Ok(events)
+    }
+
+    async fn pull_into_events(&mut self, id: &Identity) -> Result<(), ClientError> {
+        let events = self.pull(id).await?;
+        self.save().await?;
+        for event in &events {
+            self.store.push_event(event).await?;
+        }
+        Ok(())
+    }
+
+    async fn pull(&mut self, id: &Identity) -> Result<Vec<serde_json::Value>, ClientError> {
+        let api = Self::api(id)?;
+        let qs_key = SigningKey::from_bytes(&id.qs_client_key);
+        let mut start = self
+            .store
+            .identity()
+            .await?
+            .map(|i| i.qs_next_seq)
+            .unwrap_or(id.qs_next_seq);
+        let mut events = Vec::new();
+        let mut joined = false;
+        loop {
+            let batch: DequeueResponse = api
+                .call(
+                    "qs",
+                    qs::DEQUEUE,
+                    &DequeueRequest {
+                        timestamp: now(),
+                        sequence_number_start: start,
+                        max: DEQUEUE_BATCH,
+                    },
+                    Signer::QsClient {
+                        id: id.qs_client_id,
+                        key: &qs_key,
+                    },
+                )
+                .await?;
+            for message in &batch.messages {
+                match self
+                    .handle_queue_message(id, message.payload.as_slice())
+                    .await
+                {
+                    Ok(Some(event)) => {
+                        if event["kind"] == "joined" {
+                            joined = true;
+                        }
+                        events.push(event);
+                    }
+                    Ok(None) => {}
+                    Err(e) => events.push(json!({"kind": "error", "detail": e.to_string()})),
+                }
+                // Persist the MLS state before acknowledging the message.
+                self.save().await?;
+                start = message.sequence_number.saturating_add(1);
+                self.store.set_qs_next_seq(start).await?;
+            }
+            if batch.remaining == 0 || batch.messages.is_empty() {
+                break;
+            }
+        }
+        if joined {
+            // Joining consumed one of our key packages: publish a fresh set.
+            self.publish_key_packages(id).await?;
+        }
+        Ok(events)
+    }
+
+    async fn handle_queue_message(
+        &mut self,
+        id: &Identity,
+        payload: &[u8],
+    ) -> Result<Option<serde_json::Value>, ClientError> {
+        let payload: QueuePayload =
+            codec::decode(payload, 4 * 1024 * 1024).map_err(ClientError::Server)?;
+        match payload {
+            QueuePayload::GroupMessage(message) => self.handle_group_message(id, message).await,
+            QueuePayload::Welcome(bundle) => self.handle_welcome(id, bundle).await.map(Some),
+        }
+    }
+
+    async fn handle_group_message(
+        &mut self,
+        id: &Identity,
+        message: GroupMessage,
+    ) -> Result<Option<serde_json::Value>, ClientError> {
+        let Some(mut record) = self.store.group_by_id(message.group_id.as_slice()).await? else {
+            return Err(verification("a message for a group we are not in"));
+        };
+        let mut group = self.load_group(&record.group_id)?;
+        let protocol = MlsMessageIn::tls_deserialize_exact(message.message.as_slice())
+            .map_err(mls_err)?
+            .try_into_protocol_message()
+            .map_err(mls_err)?;
+        let processed = group
+            .process_message(&self.provider, protocol)
+            .map_err(mls_err)?;
+        let sender = processed.sender().clone();
+        let display = display_name(&record);
+        match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(app) => {
+                let Sender::Member(leaf) = sender else {
+                    return Err(verification("an application message from a non-member"));
+                };
+                let payload: ApplicationPayload =
+                    codec::decode(&app.into_bytes(), 128 * 1024).map_err(ClientError::Server)?;
+                let verified = self.verify_member(&record, &group, leaf.u32()).await;
+                match payload {
+                    ApplicationPayload::Text(text) => Ok(Some(match verified {
+                        Ok(member) => {
+                            json!({"kind": "message", "group": display, "sender": member.fid, "verified": true, "text": text})
+                        }
+                        Err(e) => {
+                            json!({"kind": "message", "group": display, "sender": null, "verified": false,
+                                         "problem": e.to_string(), "text": text})
+                        }
+                    })),
+                    ApplicationPayload::Friendship(friendship) => {
+                        let member = verified?;
+                        let Some(contact_fid) = record
+                            .contact
+                            .clone()
+                            .filter(|_| record.kind == "connection")
+                        else {
+                            return Err(verification(
+                                "a friendship package outside a connection group",
+                            ));
+                        };
+                        if member.fid != contact_fid {
+                            return Err(verification(format!(
+                                "{} sent a friendship package in the connection group with {contact_fid}",
+                                member.fid
+                            )));
+                        }
+                        let pinned = self.store.contact_clients(&contact_fid).await?;
+                        if pinned.is_empty() {
+                            self.store
+                                .pin_contact_client(
+                                    &contact_fid,
+                                    &member.client_id,
+                                    &member.certificate,
+                                )
+                                .await?;
+                        }
+                        self.store
+                            .put_contact(
+                                &Contact {
+                                    fid: contact_fid.clone(),
+                                    status: "connected".into(),
+                                    friendship_token: Some(friendship.friendship_token),
+                                    friendship_key: Some(friendship.friendship_key),
+                                    qs_domain: Some(friendship.qs_domain),
+                                    connection_group_id: record.group_id.clone(),
+                                },
+                                now(),
+                            )
+                            .await?;
+                        Ok(Some(json!({"kind": "connected", "contact": contact_fid})))
+                    }
+                }
+            }
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                let removed: Vec<u32> = staged
+                    .remove_proposals()
+                    .map(|r| r.remove_proposal().removed().u32())
+                    .collect();
+                let self_removed = staged.self_removed();
+                group
+                    .merge_staged_commit(&self.provider, *staged)
+                    .map_err(mls_err)?;
+                for leaf in &removed {
+                    self.store.remove_member(&record.group_id, *leaf).await?;
+                }
+                for credential in &message.new_credentials {
+                    self.store
+                        .set_member(
+                            &record.group_id,
+                            credential.leaf_index,
+                            credential.encrypted_credential.as_slice(),
+                        )
+                        .await?;
+                }
+                if self_removed {
+                    record.active = false;
+                    self.store.put_group(&record).await?;
+                    return Ok(Some(json!({"kind": "removed", "group": display})));
+                }
+                let mut joined = Vec::new();
+                for credential in &message.new_credentials {
+                    let member = self
+                        .verify_member(&record, &group, credential.leaf_index)
+                        .await?;
+                    if record.kind == "connection" {
+                        // The only client that may join our connection group with a contact is
+                        // the one whose connection package we used (pinned at `connect`).
+                        let contact = record.contact.clone().unwrap_or_default();
+                        let pinned = self.store.contact_clients(&contact).await?;
+                        if member.fid != contact
+                            || pinned.get(&member.client_id) != Some(&member.certificate)
+                        {
+                            return Err(verification(format!(
+                                "{} joined the connection group with {contact}, which is not {contact}'s pinned client",
+                                member.fid
+                            )));
+                        }
+                    }
+                    joined.push(member.fid);
+                }
+                let _ = id;
+                Ok(if joined.is_empty() || record.kind == "connection" {
+                    None
+                } else {
+                    Some(json!({"kind": "members_added", "group": display, "members": joined}))
+                })
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn handle_welcome(
+        &mut self,
+        id: &Identity,
+        bundle: WelcomeBundle,
+    ) -> Result<serde_json::Value, ClientError> {
+        let group_id = bundle.group_id.as_slice().to_vec();
+        let friendship_key = SymmetricKey(id.friendship_key);
+        let wai_bytes =
+            crypto::open_aead(&friendship_key, &group_id, bundle.welcome_info.as_slice()).map_err(
+                |_| verification("an invitation whose attribution does not decrypt: refused"),
+            )?;
+        let wai: WelcomeAttributionInfo =
+            codec::decode(&wai_bytes, 64 * 1024).map_err(|e| verification(e.detail))?;
+        let tbs: WelcomeAttributionTbs =
+            codec::decode(wai.tbs.as_slice(), 64 * 1024).map_err(|e| verification(e.detail))?;
+        let cert = ParsedCert::parse(tbs.sender_certificate.as_slice())
+            .map_err(|e| verification(e.to_string()))?;
+        let ca = ParsedCert::parse(&self.ca_for(cert.issuer_domain.as_str()).await?)
+            .map_err(|e| verification(e.to_string()))?;
+        let inviter = cert
+            .verify_issued_by(&ca, Some(now()))
+            .map_err(|e| verification(format!("inviter's certificate: {e}")))?
+            .clone();
+        crypto::verify(
+            &cert.public_key,
+            label::WELCOME_ATTRIBUTION,
+            wai.tbs.as_slice(),
+            wai.signature.as_slice(),
+        )
+        .map_err(|_| verification("the invitation is not signed by its inviter"))?;
+        if tbs.group_id.as_slice() != group_id.as_slice() {
+            return Err(verification(
+                "the invitation's attribution names another group",
+            ));
+        }
+        let inviter_fid = inviter.fid.to_string();
+        let connected = self
+            .store
+            .contact(&inviter_fid)
+            .await?
+            .is_some_and(|c| c.status == "connected");
+        let pinned = self.store.contact_clients(&inviter_fid).await?;
+        if !connected || pinned.get(inviter.client_id.as_str()) != Some(&cert.der) {
+            return Ok(
+                json!({"kind": "invitation_refused", "group": tbs.group_name, "invited_by": inviter_fid,
+                "reason": "the inviting client is not in our connection group with the inviter"}),
+            );
+        }
+        let welcome = match MlsMessageIn::tls_deserialize_exact(bundle.welcome.as_slice())
+            .map_err(mls_err)?
+            .extract()
+        {
+            MlsMessageBodyIn::Welcome(w) => w,
+            _ => return Err(verification("the welcome bundle holds no welcome")),
+        };
+        let tree = RatchetTreeIn::tls_deserialize_exact(bundle.ratchet_tree.as_slice())
+            .map_err(mls_err)?;
+        let group = StagedWelcome::new_from_welcome(
+            &self.provider,
+            &mls::join_config(),
+            welcome,
+            Some(tree),
+        )
+        .map_err(mls_err)?
+        .into_group(&self.provider)
+        .map_err(mls_err)?;
+        if group.group_id().as_slice() != group_id.as_slice() {
+            return Err(verification("the welcome is for another group"));
+        }
+        let mut name = tbs.group_name.clone();
+        let mut n = 2;
+        while self.store.name_taken(&name).await? || check_group_name(&name).is_err() {
+            name = format!(
+                "{}-{n}",
+                tbs.group_name
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(48)
+                    .collect::<String>()
+            );
+            n += 1;
+        }
+        let record = Group {
+            group_id: group_id.clone(),
+            name: name.clone(),
+            ear_key: tbs.ear_key,
+            credential_key: tbs.credential_key,
+            kind: "group".into(),
+            contact: None,
+            active: true,
+        };
+        for credential in &bundle.credentials {
+            self.store
+                .set_member(
+                    &group_id,
+                    credential.leaf_index,
+                    credential.encrypted_credential.as_slice(),
+                )
+                .await?;
+        }
+        let mut inviter_present = false;
+        for member in group.members() {
+            if let Ok(v) = self
+                .verify_member(&record, &group, member.index.u32())
+                .await
+            {
+                inviter_present |= v.fid == inviter_fid && v.certificate == cert.der;
+            }
+        }
+        if !inviter_present {
+            return Err(verification(
+                "the inviter is not a verified member of the group it invited us to",
+            ));
+        }
+        self.store.put_group(&record).await?;
+        Ok(json!({"kind": "joined", "group": name, "invited_by": inviter_fid}))
+    }
+
+    /// Pending connection requests as stored (without fetching new ones).
+    pub async fn stored_requests(&self) -> Result<Vec<ConnectionRequest>, ClientError> {
+        self.store.requests().await
+    }
+
+    /// The local state directory.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// Group names and ids, for listing.
+    pub async fn group(&self, name: &str) -> Result<Group, ClientError> {
+        self.user_group(name).await
+    }
+}
+
+fn direct_queue_aad(fid: &str, client_id: &str) -> Vec<u8> {
+    let mut aad = fid.as_bytes().to_vec();
+    aad.push(0);
+    aad.extend_from_slice(client_id.as_bytes());
+    aad
+}
+
+fn display_name(record: &Group) -> String {
+    record.name.clone()
+}
+
+fn check_group_name(name: &str) -> Result<(), ClientError> {
+    if name.is_empty()
+        || name.len() > 64
+        || name.starts_with('@')
+        || name.chars().any(|c| c.is_control())
+    {
+        return Err(usage(
+            "group names are 1 to 64 printable characters and may not start with @",
+        ));
+    }
+    Ok(())
+}

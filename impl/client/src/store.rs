@@ -1,0 +1,493 @@
+//! The client's local store: one SQLite file in the client's state directory. Plain data
+//! access; protocol decisions live in [`crate::client`].
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+use crate::error::ClientError;
+
+/// The client's identity and service records.
+#[derive(Clone)]
+pub struct Identity {
+    pub fid: String,
+    pub client_id: String,
+    pub server_url: String,
+    pub certificate: Vec<u8>,
+    pub signing_key: [u8; 32],
+    pub qs_user_id: [u8; 16],
+    pub qs_client_id: [u8; 16],
+    pub qs_user_key: [u8; 32],
+    pub qs_client_key: [u8; 32],
+    pub friendship_token: [u8; 32],
+    pub friendship_key: [u8; 32],
+    pub qs_domain: String,
+    pub queue_config_key: Vec<u8>,
+    pub qs_next_seq: u64,
+    pub as_next_seq: u64,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("fid", &self.fid)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Contact {
+    pub fid: String,
+    /// `pending` (we asked, they have not joined yet) or `connected`.
+    pub status: String,
+    pub friendship_token: Option<[u8; 32]>,
+    pub friendship_key: Option<[u8; 32]>,
+    pub qs_domain: Option<String>,
+    pub connection_group_id: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub group_id: Vec<u8>,
+    pub name: String,
+    pub ear_key: [u8; 32],
+    pub credential_key: [u8; 32],
+    /// `connection` or `group`.
+    pub kind: String,
+    pub contact: Option<String>,
+    pub active: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConnectionRequest {
+    pub fid: String,
+    pub client_id: String,
+    pub certificate: Vec<u8>,
+    pub group_id: Vec<u8>,
+    pub ear_key: [u8; 32],
+    pub credential_key: [u8; 32],
+    pub friendship_token: [u8; 32],
+    pub friendship_key: [u8; 32],
+    pub qs_domain: String,
+    pub received_at: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+fn arr<const N: usize>(v: Vec<u8>) -> Result<[u8; N], ClientError> {
+    v.try_into()
+        .map_err(|_| ClientError::Store("corrupt key length".into()))
+}
+
+fn u(v: i64) -> Result<u64, ClientError> {
+    u64::try_from(v).map_err(|_| ClientError::Store("negative counter".into()))
+}
+
+fn i(v: u64) -> Result<i64, ClientError> {
+    i64::try_from(v).map_err(|_| ClientError::Store("counter overflow".into()))
+}
+
+impl Store {
+    /// Open (creating if needed) the store in `dir`.
+    pub async fn open(dir: &Path) -> Result<Self, ClientError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ClientError::Store(format!("cannot create {}: {e}", dir.display())))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
+        let url = format!("sqlite://{}", dir.join("client.db").display());
+        let options = SqliteConnectOptions::from_str(&url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub async fn identity(&self) -> Result<Option<Identity>, ClientError> {
+        let Some(r) = sqlx::query("SELECT * FROM identity WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Identity {
+            fid: r.try_get("fid")?,
+            client_id: r.try_get("client_id")?,
+            server_url: r.try_get("server_url")?,
+            certificate: r.try_get("certificate")?,
+            signing_key: arr(r.try_get("signing_key")?)?,
+            qs_user_id: arr(r.try_get("qs_user_id")?)?,
+            qs_client_id: arr(r.try_get("qs_client_id")?)?,
+            qs_user_key: arr(r.try_get("qs_user_key")?)?,
+            qs_client_key: arr(r.try_get("qs_client_key")?)?,
+            friendship_token: arr(r.try_get("friendship_token")?)?,
+            friendship_key: arr(r.try_get("friendship_key")?)?,
+            qs_domain: r.try_get("qs_domain")?,
+            queue_config_key: r.try_get("queue_config_key")?,
+            qs_next_seq: u(r.try_get("qs_next_seq")?)?,
+            as_next_seq: u(r.try_get("as_next_seq")?)?,
+        }))
+    }
+
+    pub async fn insert_identity(&self, id: &Identity) -> Result<(), ClientError> {
+        sqlx::query(
+            "INSERT INTO identity (id, fid, client_id, server_url, certificate, signing_key, qs_user_id, qs_client_id,
+             qs_user_key, qs_client_key, friendship_token, friendship_key, qs_domain, queue_config_key, qs_next_seq, as_next_seq)
+             VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&id.fid)
+        .bind(&id.client_id)
+        .bind(&id.server_url)
+        .bind(&id.certificate)
+        .bind(id.signing_key.as_slice())
+        .bind(id.qs_user_id.as_slice())
+        .bind(id.qs_client_id.as_slice())
+        .bind(id.qs_user_key.as_slice())
+        .bind(id.qs_client_key.as_slice())
+        .bind(id.friendship_token.as_slice())
+        .bind(id.friendship_key.as_slice())
+        .bind(&id.qs_domain)
+        .bind(&id.queue_config_key)
+        .bind(i(id.qs_next_seq)?)
+        .bind(i(id.as_next_seq)?)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_qs_next_seq(&self, seq: u64) -> Result<(), ClientError> {
+        sqlx::query("UPDATE identity SET qs_next_seq = ? WHERE id = 1")
+            .bind(i(seq)?)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_as_next_seq(&self, seq: u64) -> Result<(), ClientError> {
+        sqlx::query("UPDATE identity SET as_next_seq = ? WHERE id = 1")
+            .bind(i(seq)?)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn ca_certificate(&self, domain: &str) -> Result<Option<Vec<u8>>, ClientError> {
+        Ok(
+            sqlx::query_scalar("SELECT certificate FROM ca_certificates WHERE domain = ?")
+                .bind(domain)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn put_ca_certificate(&self, domain: &str, der: &[u8]) -> Result<(), ClientError> {
+        sqlx::query("INSERT INTO ca_certificates (domain, certificate) VALUES (?, ?) ON CONFLICT (domain) DO UPDATE SET certificate = excluded.certificate")
+            .bind(domain)
+            .bind(der)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn put_connection_key(
+        &self,
+        public: &[u8],
+        private: &[u8],
+    ) -> Result<(), ClientError> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO connection_keys (public_key, private_key) VALUES (?, ?)",
+        )
+        .bind(public)
+        .bind(private)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn connection_keys(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ClientError> {
+        let rows = sqlx::query("SELECT public_key, private_key FROM connection_keys")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get("public_key")?, r.try_get("private_key")?)))
+            .collect()
+    }
+
+    pub async fn contact(&self, fid: &str) -> Result<Option<Contact>, ClientError> {
+        let row = sqlx::query("SELECT * FROM contacts WHERE fid = ?")
+            .bind(fid)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(contact_from_row).transpose()
+    }
+
+    pub async fn contacts(&self) -> Result<Vec<Contact>, ClientError> {
+        let rows = sqlx::query("SELECT * FROM contacts ORDER BY fid")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(contact_from_row).collect()
+    }
+
+    pub async fn put_contact(&self, c: &Contact, now: u64) -> Result<(), ClientError> {
+        sqlx::query(
+            "INSERT INTO contacts (fid, status, friendship_token, friendship_key, qs_domain, connection_group_id, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (fid) DO UPDATE SET status = excluded.status, friendship_token = excluded.friendship_token,
+             friendship_key = excluded.friendship_key, qs_domain = excluded.qs_domain,
+             connection_group_id = excluded.connection_group_id",
+        )
+        .bind(&c.fid)
+        .bind(&c.status)
+        .bind(c.friendship_token.map(|t| t.to_vec()))
+        .bind(c.friendship_key.map(|t| t.to_vec()))
+        .bind(&c.qs_domain)
+        .bind(&c.connection_group_id)
+        .bind(i(now)?)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn pin_contact_client(
+        &self,
+        fid: &str,
+        client_id: &str,
+        certificate: &[u8],
+    ) -> Result<(), ClientError> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO contact_clients (fid, client_id, certificate) VALUES (?, ?, ?)",
+        )
+        .bind(fid)
+        .bind(client_id)
+        .bind(certificate)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The pinned clients of a contact: client id → certificate.
+    pub async fn contact_clients(
+        &self,
+        fid: &str,
+    ) -> Result<HashMap<String, Vec<u8>>, ClientError> {
+        let rows = sqlx::query("SELECT client_id, certificate FROM contact_clients WHERE fid = ?")
+            .bind(fid)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get("client_id")?, r.try_get("certificate")?)))
+            .collect()
+    }
+
+    pub async fn group_by_name(&self, name: &str) -> Result<Option<Group>, ClientError> {
+        let row = sqlx::query("SELECT * FROM groups WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(group_from_row).transpose()
+    }
+
+    pub async fn group_by_id(&self, group_id: &[u8]) -> Result<Option<Group>, ClientError> {
+        let row = sqlx::query("SELECT * FROM groups WHERE group_id = ?")
+            .bind(group_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(group_from_row).transpose()
+    }
+
+    pub async fn put_group(&self, g: &Group) -> Result<(), ClientError> {
+        sqlx::query(
+            "INSERT INTO groups (group_id, name, ear_key, credential_key, kind, contact, active) VALUES (?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (group_id) DO UPDATE SET name = excluded.name, active = excluded.active",
+        )
+        .bind(&g.group_id)
+        .bind(&g.name)
+        .bind(g.ear_key.as_slice())
+        .bind(g.credential_key.as_slice())
+        .bind(&g.kind)
+        .bind(&g.contact)
+        .bind(g.active)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn name_taken(&self, name: &str) -> Result<bool, ClientError> {
+        Ok(self.group_by_name(name).await?.is_some())
+    }
+
+    pub async fn set_member(
+        &self,
+        group_id: &[u8],
+        leaf: u32,
+        encrypted_credential: &[u8],
+    ) -> Result<(), ClientError> {
+        sqlx::query("INSERT OR REPLACE INTO group_members (group_id, leaf_index, encrypted_credential) VALUES (?, ?, ?)")
+            .bind(group_id)
+            .bind(i64::from(leaf))
+            .bind(encrypted_credential)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn remove_member(&self, group_id: &[u8], leaf: u32) -> Result<(), ClientError> {
+        sqlx::query("DELETE FROM group_members WHERE group_id = ? AND leaf_index = ?")
+            .bind(group_id)
+            .bind(i64::from(leaf))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// leaf index → encrypted credential.
+    pub async fn members(&self, group_id: &[u8]) -> Result<Vec<(u32, Vec<u8>)>, ClientError> {
+        let rows = sqlx::query("SELECT leaf_index, encrypted_credential FROM group_members WHERE group_id = ? ORDER BY leaf_index")
+            .bind(group_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let leaf: i64 = r.try_get("leaf_index")?;
+                let leaf =
+                    u32::try_from(leaf).map_err(|_| ClientError::Store("bad leaf index".into()))?;
+                Ok((leaf, r.try_get("encrypted_credential")?))
+            })
+            .collect()
+    }
+
+    pub async fn put_request(&self, r: &ConnectionRequest) -> Result<(), ClientError> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO requests (fid, client_id, certificate, group_id, ear_key, credential_key,
+             friendship_token, friendship_key, qs_domain, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&r.fid)
+        .bind(&r.client_id)
+        .bind(&r.certificate)
+        .bind(&r.group_id)
+        .bind(r.ear_key.as_slice())
+        .bind(r.credential_key.as_slice())
+        .bind(r.friendship_token.as_slice())
+        .bind(r.friendship_key.as_slice())
+        .bind(&r.qs_domain)
+        .bind(i(r.received_at)?)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn requests(&self) -> Result<Vec<ConnectionRequest>, ClientError> {
+        let rows = sqlx::query("SELECT * FROM requests ORDER BY received_at, fid")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(ConnectionRequest {
+                    fid: r.try_get("fid")?,
+                    client_id: r.try_get("client_id")?,
+                    certificate: r.try_get("certificate")?,
+                    group_id: r.try_get("group_id")?,
+                    ear_key: arr(r.try_get("ear_key")?)?,
+                    credential_key: arr(r.try_get("credential_key")?)?,
+                    friendship_token: arr(r.try_get("friendship_token")?)?,
+                    friendship_key: arr(r.try_get("friendship_key")?)?,
+                    qs_domain: r.try_get("qs_domain")?,
+                    received_at: u(r.try_get("received_at")?)?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn delete_requests_of(&self, fid: &str) -> Result<(), ClientError> {
+        sqlx::query("DELETE FROM requests WHERE fid = ?")
+            .bind(fid)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn push_event(&self, event: &serde_json::Value) -> Result<(), ClientError> {
+        sqlx::query("INSERT INTO events (event) VALUES (?)")
+            .bind(event.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Take (and delete) every stored event, oldest first.
+    pub async fn take_events(&self) -> Result<Vec<serde_json::Value>, ClientError> {
+        let mut tx = self.pool.begin().await?;
+        let rows: Vec<String> = sqlx::query_scalar("SELECT event FROM events ORDER BY id")
+            .fetch_all(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM events").execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(rows
+            .iter()
+            .filter_map(|s| serde_json::from_str(s).ok())
+            .collect())
+    }
+
+    pub async fn load_mls(&self) -> Result<HashMap<Vec<u8>, Vec<u8>>, ClientError> {
+        let rows = sqlx::query("SELECT key, value FROM mls_kv")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get("key")?, r.try_get("value")?)))
+            .collect()
+    }
+
+    /// Replace the stored openmls state with `values`, atomically.
+    pub async fn save_mls(&self, values: &HashMap<Vec<u8>, Vec<u8>>) -> Result<(), ClientError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM mls_kv").execute(&mut *tx).await?;
+        for (k, v) in values {
+            sqlx::query("INSERT INTO mls_kv (key, value) VALUES (?, ?)")
+                .bind(k)
+                .bind(v)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn contact_from_row(r: sqlx::sqlite::SqliteRow) -> Result<Contact, ClientError> {
+    let token: Option<Vec<u8>> = r.try_get("friendship_token")?;
+    let key: Option<Vec<u8>> = r.try_get("friendship_key")?;
+    Ok(Contact {
+        fid: r.try_get("fid")?,
+        status: r.try_get("status")?,
+        friendship_token: token.map(arr).transpose()?,
+        friendship_key: key.map(arr).transpose()?,
+        qs_domain: r.try_get("qs_domain")?,
+        connection_group_id: r.try_get("connection_group_id")?,
+    })
+}
+
+fn group_from_row(r: sqlx::sqlite::SqliteRow) -> Result<Group, ClientError> {
+    Ok(Group {
+        group_id: r.try_get("group_id")?,
+        name: r.try_get("name")?,
+        ear_key: arr(r.try_get("ear_key")?)?,
+        credential_key: arr(r.try_get("credential_key")?)?,
+        kind: r.try_get("kind")?,
+        contact: r.try_get("contact")?,
+        active: r.try_get("active")?,
+    })
+}

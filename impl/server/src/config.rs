@@ -1,0 +1,264 @@
+//! Settings, from (highest precedence first) the command line, `PHOENIX_*` environment
+//! variables, a TOML config file (`--config`), and defaults.
+//!
+//! | flag | env | TOML key | default |
+//! |---|---|---|---|
+//! | `--domain` | `PHOENIX_DOMAIN` | `domain` | (required) |
+//! | `--listen` | `PHOENIX_LISTEN` | `listen` | `127.0.0.1:8080` |
+//! | `--database-url` | `PHOENIX_DATABASE_URL` | `database_url` | SQLite file in the data dir |
+//! | `--data-dir` | `PHOENIX_DATA_DIR` | `data_dir` | `./phoenix-data` |
+//! | `--config` | `PHOENIX_CONFIG` | | none |
+//! | `--log-format` | `PHOENIX_LOG_FORMAT` | `log_format` | `text` |
+//! | `--max-body-bytes` | `PHOENIX_MAX_BODY_BYTES` | `max_body_bytes` | 1048576 |
+//! | `--max-dequeue` | `PHOENIX_MAX_DEQUEUE` | `max_dequeue` | 500 |
+//! | `--client-cert-lifetime-days` | `PHOENIX_CLIENT_CERT_LIFETIME_DAYS` | `client_cert_lifetime_days` | 30 |
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+use thiserror::Error;
+
+use phoenix_types::ids::Domain;
+
+use crate::server::Limits;
+
+/// Command line (and environment) of `phoenix-server`.
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "phoenix-server",
+    version,
+    about = "The Phoenix homeserver (AS, QS and DS) over HTTP"
+)]
+pub struct Args {
+    /// The home domain this server is authoritative for (an FQDN; localhost and names
+    /// under .test are accepted for local use).
+    #[arg(long, env = "PHOENIX_DOMAIN")]
+    pub domain: Option<String>,
+    /// Address to listen on (port 0 picks a free port; the bound address is printed).
+    #[arg(long, env = "PHOENIX_LISTEN")]
+    pub listen: Option<String>,
+    /// `postgres://...` for Postgres, `sqlite:PATH` for a given SQLite file; by default an
+    /// embedded SQLite database in the data directory.
+    #[arg(long, env = "PHOENIX_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Directory for the embedded database.
+    #[arg(long, env = "PHOENIX_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// A TOML config file with any of the settings above (snake_case keys).
+    #[arg(long, env = "PHOENIX_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// `text` or `json`.
+    #[arg(long, env = "PHOENIX_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    #[arg(long, env = "PHOENIX_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    #[arg(long, env = "PHOENIX_MAX_DEQUEUE")]
+    pub max_dequeue: Option<u32>,
+    #[arg(long, env = "PHOENIX_CLIENT_CERT_LIFETIME_DAYS")]
+    pub client_cert_lifetime_days: Option<u64>,
+}
+
+/// The TOML config file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub domain: Option<String>,
+    pub listen: Option<String>,
+    pub database_url: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub log_format: Option<String>,
+    pub max_body_bytes: Option<usize>,
+    pub max_dequeue: Option<u32>,
+    pub client_cert_lifetime_days: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub domain: Domain,
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error(
+        "no domain given: pass --domain, set PHOENIX_DOMAIN, or put domain = \"...\" in the config file"
+    )]
+    MissingDomain,
+    #[error("{0}")]
+    Domain(String),
+    #[error("invalid listen address {0:?}: expected IP:PORT, e.g. 127.0.0.1:8080")]
+    Listen(String),
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("invalid log format {0:?}: expected text or json")]
+    LogFormat(String),
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+}
+
+impl Settings {
+    pub fn resolve(args: Args) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let domain = args
+            .domain
+            .or(file.domain)
+            .ok_or(ConfigError::MissingDomain)?;
+        let domain = Domain::parse(&domain).map_err(|e| ConfigError::Domain(e.to_string()))?;
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen: SocketAddr = listen.parse().map_err(|_| ConfigError::Listen(listen))?;
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./phoenix-data"));
+        let database_url = args
+            .database_url
+            .or(file.database_url)
+            .unwrap_or_else(|| sqlite_url(&data_dir));
+        let log_format = match args.log_format.or(file.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => return Err(ConfigError::LogFormat(other.into())),
+        };
+        let mut limits = Limits::default();
+        if let Some(v) = args.max_body_bytes.or(file.max_body_bytes) {
+            limits.max_body = nonzero(v, "max_body_bytes")?;
+        }
+        if let Some(v) = args.max_dequeue.or(file.max_dequeue) {
+            limits.max_dequeue = nonzero(v, "max_dequeue")?;
+        }
+        if let Some(days) = args
+            .client_cert_lifetime_days
+            .or(file.client_cert_lifetime_days)
+        {
+            limits.client_cert_lifetime =
+                nonzero(days, "client_cert_lifetime_days")?.saturating_mul(24 * 3600);
+        }
+        Ok(Self {
+            domain,
+            listen,
+            database_url,
+            data_dir,
+            log_format,
+            limits,
+        })
+    }
+
+    /// Whether the database is the embedded SQLite file in the data directory.
+    pub fn uses_data_dir(&self) -> bool {
+        self.database_url == sqlite_url(&self.data_dir)
+    }
+}
+
+fn nonzero<T: PartialEq + Default>(value: T, what: &'static str) -> Result<T, ConfigError> {
+    if value == T::default() {
+        Err(ConfigError::Zero(what))
+    } else {
+        Ok(value)
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// The URL of the embedded SQLite database in `data_dir`.
+pub fn sqlite_url(data_dir: &Path) -> String {
+    format!("sqlite://{}", data_dir.join("phoenix.db").display())
+}
+
+/// The database URL with any password replaced, for logs.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence_and_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "domain = \"a.test\"\nlisten = \"127.0.0.1:9000\"\nmax_dequeue = 7\n",
+        )
+        .unwrap();
+        let settings = Settings::resolve(Args {
+            config: Some(file.clone()),
+            listen: Some("127.0.0.1:9001".into()),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!(settings.domain.as_str(), "a.test");
+        assert_eq!(settings.listen.port(), 9001);
+        assert_eq!(settings.limits.max_dequeue, 7);
+        assert!(settings.uses_data_dir());
+
+        assert!(matches!(
+            Settings::resolve(Args::default()),
+            Err(ConfigError::MissingDomain)
+        ));
+        let bad = Settings::resolve(Args {
+            domain: Some("not a domain".into()),
+            ..Args::default()
+        });
+        assert!(matches!(bad, Err(ConfigError::Domain(_))));
+        std::fs::write(&file, "domian = \"a.test\"\n").unwrap();
+        let typo = Settings::resolve(Args {
+            config: Some(file),
+            ..Args::default()
+        });
+        assert!(matches!(typo, Err(ConfigError::ParseFile { .. })));
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redacted("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(redacted("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redacted("sqlite://x"), "sqlite://x");
+    }
+}

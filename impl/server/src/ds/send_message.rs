@@ -1,0 +1,54 @@
+//! `send_message`: a member sends an application message (an MLS `PrivateMessage` of the
+//! current epoch) to the group. The DS cannot read it; it checks the request signature
+//! with the sender's leaf key, the group and epoch, and fans it out to every other member.
+
+use openmls::prelude::{ContentType, ProtocolMessage};
+use zeroize::Zeroize;
+
+use phoenix_types::codec;
+use phoenix_types::crypto::SymmetricKey;
+use phoenix_types::error::{ErrorCode, WireError};
+use phoenix_types::messages::Empty;
+use phoenix_types::messages::ds::{GroupMessage, QueuePayload, SendMessageRequest};
+
+use crate::auth::{Request, check_fresh};
+use crate::ds::commit;
+use crate::ds::group_state::LoadedGroup;
+use crate::ds::{authenticate_leaf, fan_out_to_members};
+use crate::server::Server;
+use crate::store::DsStore;
+
+pub async fn send_message(
+    server: &Server,
+    request: &Request,
+    now: u64,
+) -> Result<Vec<u8>, WireError> {
+    let mut req: SendMessageRequest = request.payload()?;
+    let ear_key = SymmetricKey(req.ear_key);
+    req.ear_key.zeroize();
+    check_fresh(req.timestamp, now)?;
+    let group = LoadedGroup::load(server, req.group_id.as_slice(), ear_key).await?;
+    let sender = authenticate_leaf(request, &group)?;
+    let message = commit::protocol_message(&group, req.message.as_slice())?;
+    if !matches!(message, ProtocolMessage::PrivateMessage(_))
+        || message.content_type() != ContentType::Application
+    {
+        return Err(WireError::new(
+            ErrorCode::InvalidMlsMessage,
+            "send_message takes an application message sent as a private message",
+        ));
+    }
+    let payload = QueuePayload::GroupMessage(GroupMessage {
+        group_id: req.group_id.clone(),
+        message: req.message.clone(),
+        new_credentials: Vec::new(),
+    });
+    let outbox = fan_out_to_members(&group.state.members, Some(sender), &payload)?;
+    server
+        .store
+        .append_outbox(&outbox)
+        .await
+        .map_err(server.internal())?;
+    server.outbox_wakeup.notify_one();
+    codec::encode(&Empty {})
+}

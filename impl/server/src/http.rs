@@ -1,0 +1,181 @@
+//! The HTTP boundary (warp): routes, body limits, and the one place where a
+//! [`WireError`] becomes an RFC 9457 problem response. Nothing below this module knows
+//! about HTTP.
+//!
+//! Routes:
+//! - `POST /phoenix/v1/{as,qs,ds}/<operation>`: TLS-codec request envelope in, TLS-codec
+//!   response out (`application/octet-stream`);
+//! - `GET /health`;
+//! - `GET /.well-known/phoenix`: domain, protocol version, the CA certificate (PEM) and
+//!   its SHA-256 fingerprint, the QS queue-config key.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use phoenix_types::PROTOCOL_VERSION;
+use phoenix_types::error::{ErrorCode, Problem, WireError};
+
+use crate::auth::Request;
+use crate::server::{Server, now};
+use crate::{as_, ds, qs};
+
+/// All routes of the server.
+pub fn routes(
+    server: Arc<Server>,
+) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let max_body = u64::try_from(server.limits.max_body).unwrap_or(u64::MAX);
+    let with_server = {
+        let server = server.clone();
+        warp::any().map(move || server.clone())
+    };
+    let health = warp::path("health")
+        .and(warp::path::end())
+        .and(warp::get())
+        .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response());
+    let discovery = warp::path!(".well-known" / "phoenix")
+        .and(warp::get())
+        .and(with_server.clone())
+        .map(|server: Arc<Server>| warp::reply::json(&Discovery::of(&server)).into_response());
+    let operations = warp::path!("phoenix" / "v1" / String / String)
+        .and(warp::post())
+        .and(warp::body::content_length_limit(max_body))
+        .and(warp::body::bytes())
+        .and(with_server)
+        .then(
+            |service: String, operation: String, body: Bytes, server: Arc<Server>| async move {
+                match dispatch(&server, &service, &operation, &body).await {
+                    Ok(bytes) => {
+                        warp::reply::with_header(bytes, "content-type", "application/octet-stream")
+                            .into_response()
+                    }
+                    Err(e) => problem(&e),
+                }
+            },
+        );
+    health
+        .or(discovery)
+        .unify()
+        .or(operations)
+        .unify()
+        .recover(recover)
+        .unify()
+        .with(warp::log::custom(|info| {
+            tracing::info!(
+                target: "phoenix_server::http",
+                method = %info.method(),
+                path = %info.path(),
+                status = info.status().as_u16(),
+                micros = info.elapsed().as_micros() as u64,
+                "request"
+            );
+        }))
+}
+
+async fn dispatch(
+    server: &Server,
+    service: &str,
+    operation: &str,
+    body: &[u8],
+) -> Result<Vec<u8>, WireError> {
+    let not_found = || {
+        WireError::new(
+            ErrorCode::NotFound,
+            format!("no operation {service}/{operation}"),
+        )
+    };
+    let now = now();
+    let max = server.limits.max_body;
+    match service {
+        "as" => {
+            let op = as_::operation(operation).ok_or_else(not_found)?;
+            as_::handle(server, &Request::decode("as", op, body, max)?, now).await
+        }
+        "qs" => {
+            let op = qs::operation(operation).ok_or_else(not_found)?;
+            qs::handle(server, &Request::decode("qs", op, body, max)?, now).await
+        }
+        "ds" => {
+            let op = ds::operation(operation).ok_or_else(not_found)?;
+            ds::handle(server, &Request::decode("ds", op, body, max)?, now).await
+        }
+        _ => Err(not_found()),
+    }
+}
+
+fn problem(err: &WireError) -> Response {
+    let problem = Problem::from_error(err);
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    warp::reply::with_status(
+        warp::reply::with_header(body, "content-type", Problem::CONTENT_TYPE),
+        status,
+    )
+    .into_response()
+}
+
+async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    let err = if rejection.is_not_found() {
+        WireError::new(ErrorCode::NotFound, "no such route")
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        WireError::new(ErrorCode::TooLarge, "request body exceeds the size limit")
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        WireError::new(
+            ErrorCode::MethodNotAllowed,
+            "method not allowed on this route",
+        )
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        WireError::new(ErrorCode::Malformed, "a content-length header is required")
+    } else if rejection
+        .find::<warp::reject::UnsupportedMediaType>()
+        .is_some()
+    {
+        WireError::new(ErrorCode::UnsupportedMediaType, "unsupported content type")
+    } else {
+        WireError::new(ErrorCode::Malformed, "bad request")
+    };
+    Ok(problem(&err))
+}
+
+/// `GET /.well-known/phoenix`.
+#[derive(Debug, Serialize)]
+pub struct Discovery {
+    pub domain: String,
+    pub protocol_version: u16,
+    /// The home server's CA certificate, PEM.
+    pub ca_certificate: String,
+    /// SHA-256 of the CA certificate's DER, hex.
+    pub ca_fingerprint: String,
+    /// The QS's HPKE queue-config public key, hex.
+    pub queue_config_key: String,
+}
+
+impl Discovery {
+    pub fn of(server: &Server) -> Self {
+        Self {
+            domain: server.domain.to_string(),
+            protocol_version: PROTOCOL_VERSION,
+            ca_certificate: pem("CERTIFICATE", &server.ca.certificate.der),
+            ca_fingerprint: hex::encode(server.ca.certificate.fingerprint()),
+            queue_config_key: hex::encode(&server.queue_config_key.public),
+        }
+    }
+}
+
+/// PEM with base64 wrapped at 64 columns (RFC 7468).
+pub fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}

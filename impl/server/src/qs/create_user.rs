@@ -1,0 +1,54 @@
+//! `create_user`: create a pseudonymous QS user record with its first client record. The
+//! ids are random and the request names no FID, so nothing links the record to the AS.
+//! The friendship token is stored only as its hash.
+
+use rand_core::{OsRng, RngCore};
+
+use phoenix_types::codec;
+use phoenix_types::crypto;
+use phoenix_types::error::{ErrorCode, WireError};
+use phoenix_types::messages::qs::{CreateUserRequest, CreateUserResponse};
+
+use crate::auth::Request;
+use crate::server::Server;
+use crate::store::{CreateQsUser, QsClientRecord, QsStore, QsUserRecord};
+
+fn auth_key(bytes: &[u8]) -> Result<[u8; 32], WireError> {
+    crypto::verifying_key(bytes)
+        .map(|k| k.to_bytes())
+        .map_err(|_| {
+            WireError::new(
+                ErrorCode::Malformed,
+                "auth keys must be Ed25519 public keys",
+            )
+        })
+}
+
+pub async fn create_user(server: &Server, request: &Request) -> Result<Vec<u8>, WireError> {
+    request.require_anonymous()?;
+    let req: CreateUserRequest = request.payload()?;
+    let mut user_id = [0u8; 16];
+    let mut client_id = [0u8; 16];
+    OsRng.fill_bytes(&mut user_id);
+    OsRng.fill_bytes(&mut client_id);
+    let user = QsUserRecord {
+        user_id,
+        auth_key: auth_key(req.user_auth_key.as_slice())?,
+        friendship_token_hash: crypto::sha256(&req.friendship_token),
+    };
+    let client = QsClientRecord {
+        client_id,
+        user_id,
+        auth_key: auth_key(req.client_auth_key.as_slice())?,
+    };
+    match QsStore::create_user(&server.store, &user, &client)
+        .await
+        .map_err(server.internal())?
+    {
+        CreateQsUser::Created => codec::encode(&CreateUserResponse { user_id, client_id }),
+        CreateQsUser::DuplicateFriendshipToken => Err(WireError::new(
+            ErrorCode::DuplicateFriendshipToken,
+            "this friendship token is taken; choose a fresh random one",
+        )),
+    }
+}

@@ -1,0 +1,617 @@
+//! Storage: one small trait per service ([`AsStore`], [`QsStore`], [`DsStore`]) and two
+//! backends, [`sqlite::SqliteStore`] (the embedded default) and [`postgres::PgStore`],
+//! each with its own migrations. [`Store`] picks one at start-up from the database URL.
+//!
+//! Conventions: `Result<Option<T>, StoreError>` where `Ok(None)` means absent; every
+//! method is one transaction; nothing here decides protocol questions (that is the
+//! services' job), but every method that must be atomic for the protocol to be correct says
+//! so and is tested for it in `tests/store_suite.rs`, which runs against both backends.
+//!
+//! What this module is not: a cache, or a place for business rules.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::future::Future;
+
+use thiserror::Error;
+
+use phoenix_types::ids::QsId;
+use phoenix_types::messages::QueueMessage;
+
+/// A storage failure. Always our fault (5xx): bad input is rejected before storage.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(&'static str),
+    #[error("unsupported database url (expected sqlite:... or postgres://...)")]
+    UnsupportedUrl,
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The home server's CA: its signing key and self-signed certificate. Rotation (a later
+/// issue) adds rows; every certificate is kept.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaRecord {
+    pub signing_key: [u8; 32],
+    pub certificate: Vec<u8>,
+    pub not_before: u64,
+    pub not_after: u64,
+}
+
+impl std::fmt::Debug for CaRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaRecord")
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .finish()
+    }
+}
+
+/// A client known to the AS, with its current ID-Cert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AsClientRecord {
+    pub fid: String,
+    pub client_id: String,
+    pub certificate: Vec<u8>,
+    pub public_key: [u8; 32],
+    /// Serial of the certificate (hex), unique across the server.
+    pub serial: String,
+    pub not_before: u64,
+    pub not_after: u64,
+}
+
+/// A stored connection package (the encoded, signed `ConnectionPackage`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredConnectionPackage {
+    pub package: Vec<u8>,
+    pub last_resort: bool,
+}
+
+/// Outcome of [`AsStore::create_user`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateUser {
+    Created,
+    /// The FID is taken.
+    UserExists,
+}
+
+pub trait AsStore {
+    /// The current CA, if one was created.
+    fn ca(&self) -> impl Future<Output = StoreResult<Option<CaRecord>>> + Send;
+    /// Insert the first CA. Returns false (and changes nothing) if one exists already, so
+    /// that two processes starting at once agree on one CA.
+    fn insert_first_ca(&self, ca: &CaRecord) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// Create a user with its first client and certificate, atomically; the FID is unique.
+    fn create_user(
+        &self,
+        client: &AsClientRecord,
+        now: u64,
+    ) -> impl Future<Output = StoreResult<CreateUser>> + Send;
+    fn client(
+        &self,
+        fid: &str,
+        client_id: &str,
+    ) -> impl Future<Output = StoreResult<Option<AsClientRecord>>> + Send;
+    /// All clients of a user (empty if the user is unknown).
+    fn user_clients(
+        &self,
+        fid: &str,
+    ) -> impl Future<Output = StoreResult<Vec<AsClientRecord>>> + Send;
+    /// Every certificate ever issued to a user, oldest first: (client id, DER, not_before, not_after).
+    #[allow(clippy::type_complexity)]
+    fn user_certificates(
+        &self,
+        fid: &str,
+    ) -> impl Future<Output = StoreResult<Vec<(String, Vec<u8>, u64, u64)>>> + Send;
+    /// Replace all connection packages of a client, atomically.
+    fn replace_connection_packages(
+        &self,
+        fid: &str,
+        client_id: &str,
+        packages: &[StoredConnectionPackage],
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Take one connection package of one of the user's clients: a non-last-resort one is
+    /// deleted as it is returned (never handed out twice, even under concurrent calls);
+    /// if none is left, the last-resort one is returned and kept. Returns (client id,
+    /// package).
+    fn take_connection_package(
+        &self,
+        fid: &str,
+    ) -> impl Future<Output = StoreResult<Option<(String, Vec<u8>)>>> + Send;
+    /// Append to a client's direct queue; the sequence number is assigned atomically and
+    /// is one more than the last one ever assigned in that queue. `Ok(None)` if the client
+    /// is unknown.
+    fn enqueue_direct(
+        &self,
+        fid: &str,
+        client_id: &str,
+        payload: &[u8],
+    ) -> impl Future<Output = StoreResult<Option<u64>>> + Send;
+    /// Delete the messages below `start`, return up to `max` from `start` on, in order,
+    /// and how many remain after them.
+    fn dequeue_direct(
+        &self,
+        fid: &str,
+        client_id: &str,
+        start: u64,
+        max: u32,
+    ) -> impl Future<Output = StoreResult<(Vec<QueueMessage>, u64)>> + Send;
+}
+
+/// A QS user record. The friendship token is stored only as its SHA-256 hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QsUserRecord {
+    pub user_id: QsId,
+    pub auth_key: [u8; 32],
+    pub friendship_token_hash: [u8; 32],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QsClientRecord {
+    pub client_id: QsId,
+    pub user_id: QsId,
+    pub auth_key: [u8; 32],
+}
+
+/// A stored key package (the encoded `AddPackage`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredKeyPackage {
+    pub add_package: Vec<u8>,
+    pub last_resort: bool,
+}
+
+/// One message to append to a QS queue. `dedup` makes delivery from the outbox
+/// idempotent: a second enqueue with the same key into the same queue is a no-op.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnqueueEntry {
+    pub client_id: QsId,
+    pub payload: Vec<u8>,
+    pub dedup: Option<[u8; 16]>,
+}
+
+/// Outcome of [`QsStore::create_user`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateQsUser {
+    Created,
+    DuplicateFriendshipToken,
+}
+
+pub trait QsStore {
+    /// The QS's queue-config HPKE key pair (private, public), if created.
+    fn queue_config_key(
+        &self,
+    ) -> impl Future<Output = StoreResult<Option<(Vec<u8>, Vec<u8>)>>> + Send;
+    /// Insert the key pair unless one exists; returns false if one existed.
+    fn insert_queue_config_key(
+        &self,
+        private: &[u8],
+        public: &[u8],
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// Create a user record and its first client record atomically. The friendship
+    /// token hash is unique.
+    fn create_user(
+        &self,
+        user: &QsUserRecord,
+        client: &QsClientRecord,
+    ) -> impl Future<Output = StoreResult<CreateQsUser>> + Send;
+    fn user(
+        &self,
+        user_id: &QsId,
+    ) -> impl Future<Output = StoreResult<Option<QsUserRecord>>> + Send;
+    fn user_by_friendship_token_hash(
+        &self,
+        hash: &[u8; 32],
+    ) -> impl Future<Output = StoreResult<Option<QsUserRecord>>> + Send;
+    fn client(
+        &self,
+        client_id: &QsId,
+    ) -> impl Future<Output = StoreResult<Option<QsClientRecord>>> + Send;
+    /// Replace all key packages of a client, atomically.
+    fn replace_key_packages(
+        &self,
+        client_id: &QsId,
+        packages: &[StoredKeyPackage],
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// For each client of the user that has a package: take one, preferring a
+    /// non-last-resort one (deleted as it is returned, never handed out twice even under
+    /// concurrent calls); the last-resort one is returned and kept. Returns (client id,
+    /// add package).
+    fn take_key_packages(
+        &self,
+        user_id: &QsId,
+    ) -> impl Future<Output = StoreResult<Vec<(QsId, Vec<u8>)>>> + Send;
+    /// Append each entry to its client's queue in one transaction; sequence numbers are
+    /// assigned atomically per queue. Returns, per entry, the sequence number, or `None`
+    /// if the client is unknown (or the entry was a duplicate by `dedup`).
+    fn enqueue(
+        &self,
+        entries: &[EnqueueEntry],
+    ) -> impl Future<Output = StoreResult<Vec<Option<u64>>>> + Send;
+    /// Delete the messages below `start`, return up to `max` from `start` on, in order,
+    /// and how many remain after them.
+    fn dequeue(
+        &self,
+        client_id: &QsId,
+        start: u64,
+        max: u32,
+    ) -> impl Future<Output = StoreResult<(Vec<QueueMessage>, u64)>> + Send;
+}
+
+/// A group as stored: only the id, the ciphertext, a version for compare-and-swap and the
+/// month of last activity are in clear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredGroup {
+    pub ciphertext: Vec<u8>,
+    pub version: u64,
+}
+
+/// A fan-out message waiting in the outbox. Delivered by the outbox worker after the
+/// state change that produced it committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// The domain of the QS that serves the destination queue.
+    pub destination: String,
+    /// The encoded `SealedQueueConfig`.
+    pub queue_config: Vec<u8>,
+    /// The encoded `QueuePayload`.
+    pub payload: Vec<u8>,
+    /// Idempotency key, random per entry.
+    pub dedup: [u8; 16],
+}
+
+/// Outcome of [`DsStore::create_group`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateGroup {
+    Created,
+    NotReserved,
+    Exists,
+}
+
+pub trait DsStore {
+    /// Reserve a group id until `expires_at`. False if it is reserved or used.
+    fn reserve_group_id(
+        &self,
+        group_id: &[u8],
+        expires_at: u64,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// Turn a live reservation (not expired at `now`) into a group, atomically.
+    fn create_group(
+        &self,
+        group_id: &[u8],
+        ciphertext: &[u8],
+        now: u64,
+    ) -> impl Future<Output = StoreResult<CreateGroup>> + Send;
+    fn group(
+        &self,
+        group_id: &[u8],
+    ) -> impl Future<Output = StoreResult<Option<StoredGroup>>> + Send;
+    /// Compare-and-swap: if the group's version is `expected_version`, store the new
+    /// ciphertext with version + 1 and append the outbox entries, in one transaction.
+    /// Returns false (and changes nothing) if the version moved on.
+    fn update_group(
+        &self,
+        group_id: &[u8],
+        expected_version: u64,
+        ciphertext: &[u8],
+        now: u64,
+        outbox: &[OutboxEntry],
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// Append outbox entries (for messages that do not change the group state).
+    fn append_outbox(&self, outbox: &[OutboxEntry])
+    -> impl Future<Output = StoreResult<()>> + Send;
+    /// Up to `limit` outbox entries that are due at `now`, oldest first, with their ids.
+    fn due_outbox(
+        &self,
+        now: u64,
+        limit: u32,
+    ) -> impl Future<Output = StoreResult<Vec<(i64, OutboxEntry)>>> + Send;
+    fn delete_outbox(&self, ids: &[i64]) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Postpone an entry after a failed delivery attempt: attempts + 1, due at `next_attempt_at`.
+    fn postpone_outbox(
+        &self,
+        id: i64,
+        next_attempt_at: u64,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+}
+
+mod rows;
+
+/// The configured backend, chosen at start-up from the database URL. Each trait is
+/// implemented by delegating to the backend, so services are written once against the
+/// traits and never see which database is underneath.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
+}
+
+impl Store {
+    /// Connect to `sqlite:...` or `postgres://...` (`postgresql://...`) and run the
+    /// backend's migrations.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        if url.starts_with("sqlite:") {
+            return Ok(Self::Sqlite(sqlite::SqliteStore::connect(url).await?));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self::Postgres(postgres::PgStore::connect(url).await?));
+        }
+        Err(StoreError::UnsupportedUrl)
+    }
+
+    /// `"sqlite"` or `"postgres"`, for logs and metrics.
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// Calls the same trait method on whichever backend is configured. The method is named
+/// through its trait because `AsStore` and `QsStore` share method names.
+macro_rules! delegate {
+    ($self:ident, $trait:ident :: $method:ident ( $($arg:expr),* )) => {
+        match $self {
+            Store::Sqlite(store) => $trait::$method(store, $($arg),*).await,
+            Store::Postgres(store) => $trait::$method(store, $($arg),*).await,
+        }
+    };
+}
+
+impl AsStore for Store {
+    async fn ca(&self) -> StoreResult<Option<CaRecord>> {
+        delegate!(self, AsStore::ca())
+    }
+
+    async fn insert_first_ca(&self, ca: &CaRecord) -> StoreResult<bool> {
+        delegate!(self, AsStore::insert_first_ca(ca))
+    }
+
+    async fn create_user(&self, client: &AsClientRecord, now: u64) -> StoreResult<CreateUser> {
+        delegate!(self, AsStore::create_user(client, now))
+    }
+
+    async fn client(&self, fid: &str, client_id: &str) -> StoreResult<Option<AsClientRecord>> {
+        delegate!(self, AsStore::client(fid, client_id))
+    }
+
+    async fn user_clients(&self, fid: &str) -> StoreResult<Vec<AsClientRecord>> {
+        delegate!(self, AsStore::user_clients(fid))
+    }
+
+    async fn user_certificates(&self, fid: &str) -> StoreResult<Vec<(String, Vec<u8>, u64, u64)>> {
+        delegate!(self, AsStore::user_certificates(fid))
+    }
+
+    async fn replace_connection_packages(
+        &self,
+        fid: &str,
+        client_id: &str,
+        packages: &[StoredConnectionPackage],
+    ) -> StoreResult<()> {
+        delegate!(
+            self,
+            AsStore::replace_connection_packages(fid, client_id, packages)
+        )
+    }
+
+    async fn take_connection_package(&self, fid: &str) -> StoreResult<Option<(String, Vec<u8>)>> {
+        delegate!(self, AsStore::take_connection_package(fid))
+    }
+
+    async fn enqueue_direct(
+        &self,
+        fid: &str,
+        client_id: &str,
+        payload: &[u8],
+    ) -> StoreResult<Option<u64>> {
+        delegate!(self, AsStore::enqueue_direct(fid, client_id, payload))
+    }
+
+    async fn dequeue_direct(
+        &self,
+        fid: &str,
+        client_id: &str,
+        start: u64,
+        max: u32,
+    ) -> StoreResult<(Vec<QueueMessage>, u64)> {
+        delegate!(self, AsStore::dequeue_direct(fid, client_id, start, max))
+    }
+}
+
+impl QsStore for Store {
+    async fn queue_config_key(&self) -> StoreResult<Option<(Vec<u8>, Vec<u8>)>> {
+        delegate!(self, QsStore::queue_config_key())
+    }
+
+    async fn insert_queue_config_key(&self, private: &[u8], public: &[u8]) -> StoreResult<bool> {
+        delegate!(self, QsStore::insert_queue_config_key(private, public))
+    }
+
+    async fn create_user(
+        &self,
+        user: &QsUserRecord,
+        client: &QsClientRecord,
+    ) -> StoreResult<CreateQsUser> {
+        delegate!(self, QsStore::create_user(user, client))
+    }
+
+    async fn user(&self, user_id: &QsId) -> StoreResult<Option<QsUserRecord>> {
+        delegate!(self, QsStore::user(user_id))
+    }
+
+    async fn user_by_friendship_token_hash(
+        &self,
+        hash: &[u8; 32],
+    ) -> StoreResult<Option<QsUserRecord>> {
+        delegate!(self, QsStore::user_by_friendship_token_hash(hash))
+    }
+
+    async fn client(&self, client_id: &QsId) -> StoreResult<Option<QsClientRecord>> {
+        delegate!(self, QsStore::client(client_id))
+    }
+
+    async fn replace_key_packages(
+        &self,
+        client_id: &QsId,
+        packages: &[StoredKeyPackage],
+    ) -> StoreResult<()> {
+        delegate!(self, QsStore::replace_key_packages(client_id, packages))
+    }
+
+    async fn take_key_packages(&self, user_id: &QsId) -> StoreResult<Vec<(QsId, Vec<u8>)>> {
+        delegate!(self, QsStore::take_key_packages(user_id))
+    }
+
+    async fn enqueue(&self, entries: &[EnqueueEntry]) -> StoreResult<Vec<Option<u64>>> {
+        delegate!(self, QsStore::enqueue(entries))
+    }
+
+    async fn dequeue(
+        &self,
+        client_id: &QsId,
+        start: u64,
+        max: u32,
+    ) -> StoreResult<(Vec<QueueMessage>, u64)> {
+        delegate!(self, QsStore::dequeue(client_id, start, max))
+    }
+}
+
+impl DsStore for Store {
+    async fn reserve_group_id(&self, group_id: &[u8], expires_at: u64) -> StoreResult<bool> {
+        delegate!(self, DsStore::reserve_group_id(group_id, expires_at))
+    }
+
+    async fn create_group(
+        &self,
+        group_id: &[u8],
+        ciphertext: &[u8],
+        now: u64,
+    ) -> StoreResult<CreateGroup> {
+        delegate!(self, DsStore::create_group(group_id, ciphertext, now))
+    }
+
+    async fn group(&self, group_id: &[u8]) -> StoreResult<Option<StoredGroup>> {
+        delegate!(self, DsStore::group(group_id))
+    }
+
+    async fn update_group(
+        &self,
+        group_id: &[u8],
+        expected_version: u64,
+        ciphertext: &[u8],
+        now: u64,
+        outbox: &[OutboxEntry],
+    ) -> StoreResult<bool> {
+        delegate!(
+            self,
+            DsStore::update_group(group_id, expected_version, ciphertext, now, outbox)
+        )
+    }
+
+    async fn append_outbox(&self, outbox: &[OutboxEntry]) -> StoreResult<()> {
+        delegate!(self, DsStore::append_outbox(outbox))
+    }
+
+    async fn due_outbox(&self, now: u64, limit: u32) -> StoreResult<Vec<(i64, OutboxEntry)>> {
+        delegate!(self, DsStore::due_outbox(now, limit))
+    }
+
+    async fn delete_outbox(&self, ids: &[i64]) -> StoreResult<()> {
+        delegate!(self, DsStore::delete_outbox(ids))
+    }
+
+    async fn postpone_outbox(&self, id: i64, next_attempt_at: u64) -> StoreResult<()> {
+        delegate!(self, DsStore::postpone_outbox(id, next_attempt_at))
+    }
+}
+
+// Conversions shared by the backends. Both databases store integers as signed 64 bits;
+// a silent `as` cast would turn a large `u64` into a negative number (or back), so every
+// crossing is checked.
+
+/// A `u64` that is about to be stored.
+fn to_db(value: u64) -> StoreResult<i64> {
+    i64::try_from(value)
+        .map_err(|_| StoreError::Corrupt("value does not fit a signed 64-bit column"))
+}
+
+/// A stored signed 64-bit value that must be a `u64`.
+fn from_db(value: i64) -> StoreResult<u64> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt("negative value in an unsigned column"))
+}
+
+/// A `u64` used only as a lower bound in a comparison (a dequeue start, a clock reading).
+/// It comes from a request, so it must not turn into a storage error: clamping is exact
+/// because no stored value is above `i64::MAX`, and sequence numbers, counted from zero,
+/// never come near it.
+fn bound(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Where the rest of a queue starts after a page of it: after the last message returned,
+/// or at `start` if the page is empty. Used to count what remains.
+fn after_page(messages: &[QueueMessage], start: i64) -> StoreResult<i64> {
+    match messages.last() {
+        Some(last) => Ok(to_db(last.sequence_number)?.saturating_add(1)),
+        None => Ok(start),
+    }
+}
+
+/// A stored blob that must be exactly `N` bytes (keys, ids, hashes).
+fn fixed<const N: usize>(bytes: &[u8], what: &'static str) -> StoreResult<[u8; N]> {
+    bytes.try_into().map_err(|_| StoreError::Corrupt(what))
+}
+
+/// The month of a unix time in seconds, as `YYYY-MM` (UTC). Groups keep only this in
+/// clear as their activity time, so that expiry can be decided without a finer timestamp.
+fn month(unix_seconds: u64) -> String {
+    // Howard Hinnant's `civil_from_days`, in unsigned arithmetic: days since 1970-01-01
+    // shifted to an era starting on 0000-03-01.
+    let z = unix_seconds / 86_400 + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    format!("{year:04}-{month:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn month_of_known_dates() {
+        assert_eq!(month(0), "1970-01");
+        // 2000-02-29T23:59:59Z and the second after it.
+        assert_eq!(month(951_868_799), "2000-02");
+        assert_eq!(month(951_868_800), "2000-03");
+        // 2026-11-15T00:00:00Z.
+        assert_eq!(month(1_794_700_800), "2026-11");
+        // 2024-12-31T23:59:59Z and 2025-01-01T00:00:00Z.
+        assert_eq!(month(1_735_689_599), "2024-12");
+        assert_eq!(month(1_735_689_600), "2025-01");
+    }
+
+    #[test]
+    fn integer_conversions_are_checked() {
+        assert!(to_db(u64::MAX).is_err());
+        assert_eq!(to_db(5).ok(), Some(5));
+        assert!(from_db(-1).is_err());
+        assert_eq!(bound(u64::MAX), i64::MAX);
+    }
+}
