@@ -1304,7 +1304,7 @@ impl Client {
                     .await
                 {
                     Ok(Some(event)) => {
-                        if event["kind"] == "joined" {
+                        if event.get("kind").and_then(|k| k.as_str()) == Some("joined") {
                             joined = true;
                         }
                         events.push(event);

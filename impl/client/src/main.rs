@@ -216,9 +216,10 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
 }
 
 fn describe(event: &Value) -> String {
-    let s = |k: &str| event[k].as_str().unwrap_or("?").to_owned();
-    match event["kind"].as_str().unwrap_or("") {
-        "message" if event["verified"] == true => {
+    let field = |k: &str| event.get(k).cloned().unwrap_or(Value::Null);
+    let s = |k: &str| field(k).as_str().unwrap_or("?").to_owned();
+    match field("kind").as_str().unwrap_or("") {
+        "message" if field("verified") == Value::Bool(true) => {
             format!("[{}] {}: {}", s("group"), s("sender"), s("text"))
         }
         "message" => format!(
@@ -233,7 +234,7 @@ fn describe(event: &Value) -> String {
             s("group"),
             s("invited_by")
         ),
-        "members_added" => format!("[{}] new members: {}", s("group"), event["members"]),
+        "members_added" => format!("[{}] new members: {}", s("group"), field("members")),
         "removed" => format!("you were removed from {}", s("group")),
         "invitation_refused" => format!(
             "refused an invitation to {} from {}: {}",

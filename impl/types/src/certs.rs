@@ -517,10 +517,8 @@ impl ParsedCert {
         if self.not_before < ca.not_before || self.not_after > ca.not_after {
             return Err(CertError::ValidityNotNested);
         }
-        if let Some(at) = at {
-            if !self.valid_at(at) {
-                return Err(CertError::Expired);
-            }
+        if at.is_some_and(|at| !self.valid_at(at)) {
+            return Err(CertError::Expired);
         }
         Ok(actor)
     }
