@@ -1,0 +1,210 @@
+//! Two users chat through one homeserver, driven only through the `phoenix` CLI against the
+//! real `phoenix-server`: registration, connection establishment, a group, messages both
+//! ways with verified senders, and a few errors a user will meet. Once per storage backend.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use phoenix_e2e::{Cli, TestServer};
+
+/// How long fan-out may take to reach a queue (the outbox worker delivers within a second).
+const DELIVERY: Duration = Duration::from_secs(15);
+
+#[test]
+fn chat_on_sqlite() {
+    let server = TestServer::sqlite("a.test");
+    chat(&server);
+    assert_graceful_stop(server);
+}
+
+#[test]
+fn chat_on_postgres() {
+    let Some(server) = TestServer::postgres("a.test") else {
+        return;
+    };
+    chat(&server);
+    assert_graceful_stop(server);
+}
+
+fn chat(server: &TestServer) {
+    let url = server.url();
+    let (health, _) = server.get("/health").expect("GET /health");
+    assert_eq!(health, 200);
+
+    let alice = Cli::for_server("alice", server);
+    let bob = Cli::for_server("bob", server);
+
+    // Registration.
+    let registered = alice.run(&["register", "alice@a.test", "--server", url]);
+    assert_eq!(registered["fid"], "alice@a.test", "{registered}");
+    assert_eq!(
+        registered["server"]
+            .as_str()
+            .map(|s| s.trim_end_matches('/')),
+        Some(url)
+    );
+    assert!(is_nonempty_str(&registered["client_id"]), "{registered}");
+    assert!(is_hex(&registered["ca_fingerprint"]), "{registered}");
+    let registered_bob = bob.run(&["register", "bob@a.test", "--server", url]);
+    assert_eq!(registered_bob["fid"], "bob@a.test", "{registered_bob}");
+    assert_eq!(
+        registered_bob["ca_fingerprint"], registered["ca_fingerprint"],
+        "one server, one CA"
+    );
+
+    // The FID is taken: the server refuses a second registration from another device.
+    let again =
+        Cli::for_server("alice-again", server).fail(&["register", "alice@a.test", "--server", url]);
+    assert_one_line_error(&again.stderr, &["USER_EXISTS", "already registered"]);
+
+    // Connection: alice asks, bob sees the request and accepts, alice learns of it.
+    let connect = alice.run(&["connect", "bob@a.test"]);
+    assert_fields(
+        &connect,
+        json!({"contact": "bob@a.test", "status": "requested"}),
+    );
+    let requests = bob.run(&["requests"]);
+    let request = requests["requests"]
+        .as_array()
+        .and_then(|list| list.iter().find(|r| r["fid"] == "alice@a.test"))
+        .unwrap_or_else(|| panic!("bob sees no request from alice: {requests}"));
+    assert!(is_nonempty_str(&request["client_id"]), "{requests}");
+    assert_eq!(request["client_id"], registered["client_id"], "{requests}");
+    let accept = bob.run(&["accept", "alice@a.test"]);
+    assert_fields(
+        &accept,
+        json!({"contact": "alice@a.test", "status": "connected"}),
+    );
+    alice.sync_until(DELIVERY, |e| {
+        e["kind"] == "connected" && e["contact"] == "bob@a.test"
+    });
+
+    assert_connected(&alice, "bob@a.test");
+    assert_connected(&bob, "alice@a.test");
+
+    // A group: alice creates it and invites bob, who learns who invited him.
+    let created = alice.run(&["group", "create", "team"]);
+    assert_eq!(created["group"], "team", "{created}");
+    assert!(is_hex(&created["group_id"]), "{created}");
+    let invited = alice.run(&["group", "invite", "team", "bob@a.test"]);
+    assert_fields(&invited, json!({"group": "team", "invited": "bob@a.test"}));
+    bob.sync_until(DELIVERY, |e| {
+        e["kind"] == "joined" && e["group"] == "team" && e["invited_by"] == "alice@a.test"
+    });
+
+    // Messages both ways, each with a sender verified through the whole chain.
+    let sent = alice.run(&["send", "team", "hello bob"]);
+    assert_fields(&sent, json!({"group": "team", "sent": true}));
+    let events = bob.sync_until(DELIVERY, |e| {
+        e["kind"] == "message" && e["text"] == "hello bob"
+    });
+    let message = find_message(&events, "hello bob");
+    assert_eq!(message["group"], "team", "{message}");
+    assert_eq!(message["sender"], "alice@a.test", "{message}");
+    assert_eq!(message["verified"], true, "{message}");
+
+    let sent = bob.run(&["send", "team", "hi alice"]);
+    assert_fields(&sent, json!({"group": "team", "sent": true}));
+    let events = alice.sync_until(DELIVERY, |e| {
+        e["kind"] == "message" && e["text"] == "hi alice"
+    });
+    let message = find_message(&events, "hi alice");
+    assert_eq!(message["group"], "team", "{message}");
+    assert_eq!(message["sender"], "bob@a.test", "{message}");
+    assert_eq!(message["verified"], true, "{message}");
+
+    // Both see the same membership, every member verified.
+    for cli in [&alice, &bob] {
+        let members = cli.run(&["group", "members", "team"]);
+        assert_eq!(members["group"], "team", "{members}");
+        let list = members["members"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{members}"));
+        let mut fids: Vec<&str> = list.iter().filter_map(|m| m["fid"].as_str()).collect();
+        fids.sort_unstable();
+        assert_eq!(fids, ["alice@a.test", "bob@a.test"], "{members}");
+        for member in list {
+            assert_eq!(member["verified"], true, "{members}");
+            assert!(member["leaf_index"].is_u64(), "{members}");
+        }
+    }
+
+    // A group that does not exist.
+    let missing = alice.fail(&["send", "nosuchgroup", "x"]);
+    assert!(
+        !missing.stderr.trim().is_empty(),
+        "no error message for an unknown group"
+    );
+}
+
+fn assert_connected(cli: &Cli, contact: &str) {
+    let contacts = cli.run(&["contacts"]);
+    let entry = contacts["contacts"]
+        .as_array()
+        .and_then(|list| list.iter().find(|c| c["fid"] == contact))
+        .unwrap_or_else(|| panic!("{contact} is not among the contacts: {contacts}"));
+    assert_eq!(entry["status"], "connected", "{contacts}");
+    let clients = entry["clients"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{contacts}"));
+    assert!(
+        !clients.is_empty() && clients.iter().all(is_hex),
+        "{contacts}"
+    );
+}
+
+fn find_message<'a>(events: &'a [Value], text: &str) -> &'a Value {
+    events
+        .iter()
+        .find(|e| e["kind"] == "message" && e["text"] == text)
+        .unwrap_or_else(|| panic!("no message {text:?} in {events:?}"))
+}
+
+/// Every field of `expected` is in `actual` with the same value (extra fields are allowed).
+fn assert_fields(actual: &Value, expected: Value) {
+    for (key, value) in expected.as_object().unwrap() {
+        assert_eq!(&actual[key], value, "field {key:?} of {actual}");
+    }
+}
+
+fn assert_one_line_error(stderr: &str, any_of: &[&str]) {
+    let trimmed = stderr.trim();
+    assert_eq!(
+        trimmed.lines().count(),
+        1,
+        "expected a one-line error, got:\n{stderr}"
+    );
+    let lower = trimmed.to_lowercase();
+    assert!(
+        any_of
+            .iter()
+            .any(|needle| lower.contains(&needle.to_lowercase())),
+        "expected an error mentioning one of {any_of:?}, got: {trimmed}"
+    );
+}
+
+fn assert_graceful_stop(server: TestServer) {
+    let status = server.stop().expect("the server was running");
+    assert!(
+        status.success(),
+        "phoenix-server did not exit cleanly on SIGTERM: {status}"
+    );
+}
+
+fn is_nonempty_str(value: &Value) -> bool {
+    value.as_str().is_some_and(|s| !s.is_empty())
+}
+
+fn is_hex(value: &Value) -> bool {
+    value
+        .as_str()
+        .is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit()))
+}
