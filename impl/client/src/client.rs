@@ -1202,6 +1202,148 @@ impl Client {
         Ok(())
     }
 
+    /// Rotate our leaf's keys in group `name` (an MLS update commit).
+    pub async fn update(&mut self, name: &str) -> Result<(), ClientError> {
+        let result = self.update_inner(name).await;
+        self.finish(result).await
+    }
+
+    async fn update_inner(&mut self, name: &str) -> Result<(), ClientError> {
+        let id = self.identity().await?;
+        self.pull_into_events(&id).await?;
+        let record = self.active_group(name).await?;
+        let mut group = self.load_group(&record.group_id)?;
+        let signer = mls::own_signer(&self.provider, &group)?;
+        let bundle = group
+            .commit_builder()
+            .force_self_update(true)
+            .consume_proposal_store(false)
+            .load_psks(self.provider.storage())
+            .map_err(mls_err)?
+            .create_group_info(true)
+            .build(
+                self.provider.rand(),
+                self.provider.crypto(),
+                &signer,
+                |_| true,
+            )
+            .map_err(mls_err)?
+            .stage_commit(&self.provider)
+            .map_err(mls_err)?;
+        self.send_commit(&id, &record, &mut group, &signer, ds::UPDATE, bundle)
+            .await
+    }
+
+    /// Remove the member `fid` (all its clients) from group `name`.
+    pub async fn remove(&mut self, name: &str, fid: &str) -> Result<(), ClientError> {
+        let result = self.remove_inner(name, fid).await;
+        self.finish(result).await
+    }
+
+    async fn remove_inner(&mut self, name: &str, fid: &str) -> Result<(), ClientError> {
+        let id = self.identity().await?;
+        self.pull_into_events(&id).await?;
+        let record = self.active_group(name).await?;
+        if record.kind != "group" {
+            return Err(usage("members cannot be removed from connection groups"));
+        }
+        let fid = Fid::parse(fid)
+            .map_err(|e| usage(e.to_string()))?
+            .to_string();
+        if fid == id.fid {
+            return Err(usage("you cannot remove yourself this way"));
+        }
+        let mut group = self.load_group(&record.group_id)?;
+        let mut leaves = Vec::new();
+        for member in group.members() {
+            if let Ok(v) = self
+                .verify_member(&record, &group, member.index.u32())
+                .await
+            {
+                if v.fid == fid {
+                    leaves.push(member.index);
+                }
+            }
+        }
+        if leaves.is_empty() {
+            return Err(usage(format!("{fid} is not a member of {name:?}")));
+        }
+        let signer = mls::own_signer(&self.provider, &group)?;
+        let bundle = group
+            .commit_builder()
+            .propose_removals(leaves.iter().copied())
+            .consume_proposal_store(false)
+            .load_psks(self.provider.storage())
+            .map_err(mls_err)?
+            .create_group_info(true)
+            .build(
+                self.provider.rand(),
+                self.provider.crypto(),
+                &signer,
+                |_| true,
+            )
+            .map_err(mls_err)?
+            .stage_commit(&self.provider)
+            .map_err(mls_err)?;
+        self.send_commit(&id, &record, &mut group, &signer, ds::REMOVE_USERS, bundle)
+            .await?;
+        for leaf in leaves {
+            self.store
+                .remove_member(&record.group_id, leaf.u32())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Send a staged commit (update or remove) to the DS, then merge it, or drop it if the
+    /// DS refused it.
+    async fn send_commit(
+        &mut self,
+        id: &Identity,
+        record: &Group,
+        group: &mut MlsGroup,
+        signer: &openmls_basic_credential::SignatureKeyPair,
+        operation: &str,
+        bundle: openmls::group::CommitMessageBundle,
+    ) -> Result<(), ClientError> {
+        let (commit, _, group_info) = bundle.into_messages();
+        let group_info =
+            group_info.ok_or_else(|| ClientError::Mls("no group info for the new epoch".into()))?;
+        let result: Result<Empty, ClientError> = Self::api(id)?
+            .call(
+                "ds",
+                operation,
+                &ds::CommitRequest {
+                    timestamp: now(),
+                    group_id: VLBytes::new(record.group_id.clone()),
+                    ear_key: record.ear_key,
+                    commit: VLBytes::new(commit.tls_serialize_detached().map_err(mls_err)?),
+                    group_info: VLBytes::new(group_info.tls_serialize_detached().map_err(mls_err)?),
+                    new_encrypted_credential: None,
+                },
+                Signer::DsLeaf {
+                    leaf_index: group.own_leaf_index().u32(),
+                    key: signer,
+                },
+            )
+            .await;
+        if let Err(e) = result {
+            group
+                .clear_pending_commit(self.provider.storage())
+                .map_err(mls_err)?;
+            return Err(e);
+        }
+        group.merge_pending_commit(&self.provider).map_err(mls_err)
+    }
+
+    async fn active_group(&self, name: &str) -> Result<Group, ClientError> {
+        let record = self.user_group(name).await?;
+        if !record.active {
+            return Err(usage(format!("you are no longer a member of {name:?}")));
+        }
+        Ok(record)
+    }
+
     /// The members of group `name`, each with its verified FID (or why it did not verify).
     pub async fn members(&self, name: &str) -> Result<Vec<MemberView>, ClientError> {
         let record = self.user_group(name).await?;

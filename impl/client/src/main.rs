@@ -63,6 +63,10 @@ enum GroupCommand {
     Invite { name: String, fid: String },
     /// List a group's members with their verified identities.
     Members { name: String },
+    /// Remove a member (all its clients) from a group.
+    Remove { name: String, fid: String },
+    /// Rotate your keys in a group (an MLS update).
+    Update { name: String },
 }
 
 fn main() -> ExitCode {
@@ -184,6 +188,20 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
                 (
                     json!({"group": name, "invited": fid.to_ascii_lowercase()}),
                     format!("invited {fid} to {name}"),
+                )
+            }
+            GroupCommand::Remove { name, fid } => {
+                client.remove(&name, &fid).await?;
+                (
+                    json!({"group": name, "removed": fid.to_ascii_lowercase()}),
+                    format!("removed {fid} from {name}"),
+                )
+            }
+            GroupCommand::Update { name } => {
+                client.update(&name).await?;
+                (
+                    json!({"group": name, "updated": true}),
+                    format!("rotated your keys in {name}"),
                 )
             }
             GroupCommand::Members { name } => {

@@ -46,10 +46,14 @@ pub async fn remove_users(
         .remove_proposals()
         .map(|r| r.remove_proposal().removed().u32())
         .collect();
-    if removed.is_empty() || staged.commit.queued_proposals().count() != removed.len() {
+    let proposals = staged.commit.queued_proposals().count();
+    if removed.is_empty() || proposals != removed.len() {
         return Err(WireError::new(
             ErrorCode::InvalidCommit,
-            "remove_users takes a commit with only Remove proposals",
+            format!(
+                "remove_users takes a commit with only Remove proposals (found {proposals} proposals, {} removes)",
+                removed.len()
+            ),
         ));
     }
     if removed.contains(&sender) {
