@@ -101,6 +101,7 @@ pub struct Client {
     home: PathBuf,
     store: Store,
     provider: Provider,
+    sync_before_commit: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -120,7 +121,15 @@ impl Client {
             home: home.to_owned(),
             store,
             provider,
+            sync_before_commit: true,
         })
+    }
+
+    /// Whether operations that send to a group (send, invite, update, remove) first process
+    /// the queue so that they act on the group's latest epoch (default: on). Turned off, a
+    /// commit may be for an outdated epoch and the DS answers `WRONG_EPOCH`.
+    pub fn set_sync_before_commit(&mut self, on: bool) {
+        self.sync_before_commit = on;
     }
 
     async fn save(&self) -> Result<(), ClientError> {
@@ -1259,10 +1268,9 @@ impl Client {
             if let Ok(v) = self
                 .verify_member(&record, &group, member.index.u32())
                 .await
+                && v.fid == fid
             {
-                if v.fid == fid {
-                    leaves.push(member.index);
-                }
+                leaves.push(member.index);
             }
         }
         if leaves.is_empty() {
@@ -1405,6 +1413,9 @@ impl Client {
     }
 
     async fn pull_into_events(&mut self, id: &Identity) -> Result<(), ClientError> {
+        if !self.sync_before_commit {
+            return Ok(());
+        }
         let events = self.pull(id).await?;
         self.save().await?;
         for event in &events {

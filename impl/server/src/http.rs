@@ -78,6 +78,22 @@ pub fn routes(
         }))
 }
 
+/// Serve `server` on `listener` until `shutdown` completes, with the outbox worker running
+/// alongside. In-flight requests finish before this returns.
+pub async fn serve(
+    server: Arc<Server>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let worker = tokio::spawn(crate::outbox::run(server.clone()));
+    warp::serve(routes(server))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+    worker.abort();
+}
+
 async fn dispatch(
     server: &Server,
     service: &str,

@@ -6,9 +6,9 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use phoenix_server::config::{Args, LogFormat, Settings, redacted};
+use phoenix_server::http;
 use phoenix_server::server::Server;
 use phoenix_server::store::Store;
-use phoenix_server::{http, outbox};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -87,13 +87,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         settings.domain
     );
 
-    let worker = tokio::spawn(outbox::run(server.clone()));
-    warp::serve(http::routes(server))
-        .incoming(listener)
-        .graceful(shutdown_signal())
-        .run()
-        .await;
-    worker.abort();
+    http::serve(server, listener, shutdown_signal()).await;
     tracing::info!("phoenix-server stopped");
     Ok(())
 }

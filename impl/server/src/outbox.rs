@@ -52,6 +52,16 @@ pub async fn deliver_due(server: &Server) -> Result<usize, StoreError> {
     Ok(done.len() + remote.len())
 }
 
+/// Deliver right after a state change committed, so that a sender's request returns once
+/// local recipients have the message in their queues. Failures are left to the worker,
+/// which retries; they never fail the request (the state change has committed).
+pub async fn deliver_now(server: &Server) {
+    if let Err(e) = deliver_due(server).await {
+        tracing::warn!(error = %e, "immediate fan-out failed; the outbox worker will retry");
+        server.outbox_wakeup.notify_one();
+    }
+}
+
 /// Run the worker until the process ends: deliver what is due whenever woken, and at
 /// least once a second.
 pub async fn run(server: Arc<Server>) {

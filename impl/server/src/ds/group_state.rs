@@ -211,7 +211,7 @@ impl LoadedGroup {
                 "the group moved to a newer epoch concurrently; fetch the latest messages and retry",
             ));
         }
-        server.outbox_wakeup.notify_one();
+        crate::outbox::deliver_now(server).await;
         Ok(())
     }
 

@@ -49,6 +49,6 @@ pub async fn send_message(
         .append_outbox(&outbox)
         .await
         .map_err(server.internal())?;
-    server.outbox_wakeup.notify_one();
+    crate::outbox::deliver_now(server).await;
     codec::encode(&Empty {})
 }

@@ -1,0 +1,649 @@
+//! The HTTP API of a real server (in-process, over real HTTP on loopback), on SQLite and
+//! on Postgres: bad input gets a 4xx problem document with a stable code and changes
+//! nothing; authentication is checked over the exact bytes; connection packages are
+//! consumed once and the last-resort one is reused; of two commits for the same epoch
+//! exactly one wins and the other gets `WRONG_EPOCH`.
+//!
+//! Each test runs once per backend (`sqlite::<test>`, `postgres::<test>`). Postgres tests
+//! use a fresh schema on `PHOENIX_TEST_POSTGRES_URL`; if that server is unreachable they
+//! are skipped with a message, unless `CI=true` or `PHOENIX_TEST_REQUIRE_POSTGRES=1`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use rand_core::{OsRng, RngCore};
+use tempfile::TempDir;
+use tls_codec::{Serialize, VLBytes};
+
+use phoenix_client::api::{Api, Signer};
+use phoenix_client::{Client, ClientError};
+use phoenix_server::server::{Limits, Server};
+use phoenix_server::store::Store;
+use phoenix_server::store::postgres::PgStore;
+use phoenix_types::certs;
+use phoenix_types::codec;
+use phoenix_types::crypto;
+use phoenix_types::error::Problem;
+use phoenix_types::ids::{ClientId, Domain, Fid};
+use phoenix_types::messages::as_::{self, ConnectionPackagePayload};
+use phoenix_types::messages::{
+    Auth, DequeueRequest, DequeueResponse, Empty, RequestEnvelope, ds, qs,
+};
+
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A running server and its state.
+struct TestServer {
+    url: String,
+    _dir: TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    schema: Option<(String, String)>,
+}
+
+impl TestServer {
+    async fn start(store: Store, dir: TempDir, schema: Option<(String, String)>) -> Self {
+        let server = Server::start(Domain::parse("a.test").unwrap(), store, Limits::default())
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(phoenix_server::http::serve(server, listener, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            url,
+            _dir: dir,
+            shutdown: Some(tx),
+            schema,
+        }
+    }
+
+    async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("phoenix.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        Self::start(store, dir, None).await
+    }
+
+    async fn postgres() -> Option<Self> {
+        let url = std::env::var("PHOENIX_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into());
+        let mut bytes = [0u8; 8];
+        OsRng.fill_bytes(&mut bytes);
+        let schema = format!("api_{}", hex::encode(bytes));
+        match PgStore::connect_with_schema(&url, &schema).await {
+            Ok(pg) => Some(
+                Self::start(
+                    Store::Postgres(pg),
+                    tempfile::tempdir().unwrap(),
+                    Some((url, schema)),
+                )
+                .await,
+            ),
+            Err(e) => {
+                let required = std::env::var("CI").is_ok_and(|v| v == "true")
+                    || std::env::var("PHOENIX_TEST_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+                if required {
+                    panic!(
+                        "postgres is unreachable and required (CI=true or PHOENIX_TEST_REQUIRE_POSTGRES=1): {e}"
+                    );
+                }
+                eprintln!("skipping postgres: {e}");
+                None
+            }
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some((url, schema)) = self.schema.take() {
+            use sqlx::Connection;
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP SCHEMA IF EXISTS {schema} CASCADE"
+                )))
+                .execute(&mut conn)
+                .await;
+            }
+        }
+    }
+
+    async fn client(&self, fid: &str) -> (Client, TempDir) {
+        let home = tempfile::tempdir().unwrap();
+        let mut client = Client::open(home.path()).await.unwrap();
+        client.register(fid, &self.url).await.unwrap();
+        (client, home)
+    }
+
+    /// POST raw bytes to a route; returns status and the problem document if any.
+    async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, Option<Problem>) {
+        self.try_post_raw(path, body).await.unwrap()
+    }
+
+    async fn try_post_raw(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, Option<Problem>), reqwest::Error> {
+        let response = reqwest::Client::new()
+            .post(format!("{}{path}", self.url))
+            .body(body)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let is_problem = response
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.to_str().unwrap_or("") == Problem::CONTENT_TYPE);
+        let bytes = response.bytes().await?;
+        let problem = if is_problem {
+            Some(serde_json::from_slice(&bytes).unwrap())
+        } else {
+            None
+        };
+        Ok((status, problem))
+    }
+
+    async fn healthy(&self) -> bool {
+        reqwest::get(format!("{}/health", self.url))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+}
+
+fn code(result: Result<impl std::fmt::Debug, ClientError>) -> String {
+    match result {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e
+            .code()
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("expected a server error code, got {e}")),
+    }
+}
+
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let server = super::TestServer::sqlite().await;
+                    super::$test(&server).await;
+                    server.stop().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let Some(server) = super::TestServer::postgres().await else { return };
+                    super::$test(&server).await;
+                    server.stop().await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    bad_input_gets_a_problem_with_a_code,
+    registration_is_validated,
+    requests_are_authenticated_over_exact_bytes,
+    connection_packages_are_consumed_once_and_last_resort_is_reused,
+    of_two_commits_for_one_epoch_exactly_one_wins,
+    ds_refuses_wrong_keys_and_foreign_groups,
+);
+
+const ROUTES: &[(&str, &[&str])] = &[
+    (
+        "as",
+        &[
+            as_::REGISTER,
+            as_::PUBLISH_CONNECTION_PACKAGES,
+            as_::FETCH_CONNECTION_PACKAGE,
+            as_::ENQUEUE_CONNECTION,
+            as_::DEQUEUE_CONNECTION,
+            as_::CLIENT_CERTIFICATES,
+            as_::SERVER_CERTIFICATE,
+        ],
+    ),
+    (
+        "qs",
+        &[
+            qs::QUEUE_CONFIG_KEY,
+            qs::CREATE_USER,
+            qs::PUBLISH_KEY_PACKAGES,
+            qs::FETCH_KEY_PACKAGES,
+            qs::DEQUEUE,
+        ],
+    ),
+    (
+        "ds",
+        &[
+            ds::REQUEST_GROUP_ID,
+            ds::CREATE_GROUP,
+            ds::EXTERNAL_COMMIT_INFO,
+            ds::JOIN_CONNECTION_GROUP,
+            ds::ADD_USERS,
+            ds::REMOVE_USERS,
+            ds::UPDATE,
+            ds::SEND_MESSAGE,
+        ],
+    ),
+];
+
+fn envelope(payload: Vec<u8>, version: u16, auth: Auth) -> Vec<u8> {
+    RequestEnvelope {
+        version,
+        payload: VLBytes::new(payload),
+        auth,
+    }
+    .tls_serialize_detached()
+    .unwrap()
+}
+
+async fn bad_input_gets_a_problem_with_a_code(server: &TestServer) {
+    // Garbage, truncated and mutated bodies on every route: always a 4xx with a code.
+    let valid_empty = envelope(Vec::new(), 1, Auth::None);
+    for (service, operations) in ROUTES {
+        for operation in *operations {
+            let path = format!("/phoenix/v1/{service}/{operation}");
+            let mut bodies = vec![
+                Vec::new(),
+                vec![0xff; 3],
+                envelope(vec![0; 40], 1, Auth::None),
+            ];
+            // An empty payload is a valid request of the operations that take none.
+            let takes_nothing = [
+                as_::SERVER_CERTIFICATE,
+                qs::QUEUE_CONFIG_KEY,
+                ds::REQUEST_GROUP_ID,
+            ];
+            if !takes_nothing.contains(operation) {
+                bodies.push(valid_empty.clone());
+            }
+            for _ in 0..20 {
+                let mut body = vec![0u8; (OsRng.next_u32() % 300) as usize];
+                OsRng.fill_bytes(&mut body);
+                bodies.push(body);
+            }
+            for body in bodies {
+                let (status, problem) = server.post_raw(&path, body).await;
+                let problem = problem.unwrap_or_else(|| {
+                    panic!("{path}: status {status} without a problem document")
+                });
+                assert!(
+                    (400..500).contains(&status),
+                    "{path}: status {status} ({problem:?})"
+                );
+                assert_eq!(problem.status, status);
+                assert!(!problem.code.is_empty());
+            }
+        }
+    }
+    // Wrong protocol version.
+    let (status, problem) = server
+        .post_raw(
+            "/phoenix/v1/as/server_certificate",
+            envelope(Vec::new(), 99, Auth::None),
+        )
+        .await;
+    assert_eq!(
+        (status, problem.unwrap().code.as_str()),
+        (400, "VERSION_UNSUPPORTED")
+    );
+    // Unknown routes and methods, oversized bodies.
+    let (status, problem) = server
+        .post_raw("/phoenix/v1/as/nope", valid_empty.clone())
+        .await;
+    assert_eq!((status, problem.unwrap().code.as_str()), (404, "NOT_FOUND"));
+    let (status, problem) = server
+        .post_raw("/phoenix/v1/xx/register", valid_empty.clone())
+        .await;
+    assert_eq!((status, problem.unwrap().code.as_str()), (404, "NOT_FOUND"));
+    // The server refuses an oversized body by its content-length before reading it and may
+    // close the connection while the client is still sending; retry until the answer is read.
+    let mut oversized = None;
+    for _ in 0..10 {
+        if let Ok(answer) = server
+            .try_post_raw("/phoenix/v1/as/register", vec![0u8; 2 * 1024 * 1024])
+            .await
+        {
+            oversized = Some(answer);
+            break;
+        }
+    }
+    let (status, problem) = oversized.expect("no answer to an oversized body");
+    assert_eq!((status, problem.unwrap().code.as_str()), (413, "TOO_LARGE"));
+    let response = reqwest::get(format!("{}/phoenix/v1/as/register", server.url))
+        .await
+        .unwrap();
+    assert!(response.status().is_client_error());
+    // Authentication on anonymous routes is refused, not ignored.
+    let (status, problem) = server
+        .post_raw(
+            "/phoenix/v1/as/server_certificate",
+            envelope(
+                codec::encode(&Empty {}).unwrap(),
+                1,
+                Auth::QsClient(phoenix_types::messages::QsAuth {
+                    id: [0; 16],
+                    signature: VLBytes::new(vec![0; 64]),
+                }),
+            ),
+        )
+        .await;
+    assert_eq!((status, problem.unwrap().code.as_str()), (400, "MALFORMED"));
+    // The server is still healthy and works.
+    assert!(server.healthy().await);
+    let (mut alice, _home) = server.client("alice@a.test").await;
+    assert!(alice.sync().await.unwrap().is_empty());
+}
+
+async fn registration_is_validated(server: &TestServer) {
+    let api = Api::new(&server.url).unwrap();
+    let key = crypto::generate_signing_key(&mut OsRng);
+    let register = |csr: Vec<u8>| {
+        let api = api.clone();
+        async move {
+            api.call::<_, as_::RegisterResponse>(
+                "as",
+                as_::REGISTER,
+                &as_::RegisterRequest {
+                    csr: VLBytes::new(csr),
+                },
+                Signer::Anonymous,
+            )
+            .await
+        }
+    };
+    let cid = ClientId::parse("c1").unwrap();
+    let foreign = certs::create_csr(&Fid::parse("carol@b.test").unwrap(), &cid, &key).unwrap();
+    assert_eq!(code(register(foreign).await), "WRONG_DOMAIN");
+    let mut tampered = certs::create_csr(&Fid::parse("carol@a.test").unwrap(), &cid, &key).unwrap();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0x01;
+    assert_eq!(code(register(tampered).await), "INVALID_CSR");
+    assert_eq!(
+        code(register(vec![0x30, 0x03, 0x02, 0x01, 0x01]).await),
+        "INVALID_CSR"
+    );
+    let good = certs::create_csr(&Fid::parse("Carol@A.test").unwrap(), &cid, &key).unwrap();
+    let issued = register(good.clone()).await.unwrap();
+    let cert = certs::ParsedCert::parse(issued.client_certificate.as_slice()).unwrap();
+    let ca = certs::ParsedCert::parse(issued.ca_certificate.as_slice()).unwrap();
+    assert_eq!(
+        cert.verify_issued_by(&ca, None).unwrap().fid.to_string(),
+        "carol@a.test"
+    );
+    // The FID is taken now, whatever the case and whatever the key.
+    let other_key = crypto::generate_signing_key(&mut OsRng);
+    let again = certs::create_csr(
+        &Fid::parse("CAROL@a.test").unwrap(),
+        &ClientId::parse("c2").unwrap(),
+        &other_key,
+    )
+    .unwrap();
+    assert_eq!(code(register(again).await), "USER_EXISTS");
+    // Every certificate is served.
+    let certs: as_::ClientCertificatesResponse = api
+        .call(
+            "as",
+            as_::CLIENT_CERTIFICATES,
+            &as_::ClientCertificatesRequest {
+                fid: "carol@a.test".into(),
+            },
+            Signer::Anonymous,
+        )
+        .await
+        .unwrap();
+    assert_eq!(certs.certificates.len(), 1);
+    let unknown = api
+        .call::<_, as_::ClientCertificatesResponse>(
+            "as",
+            as_::CLIENT_CERTIFICATES,
+            &as_::ClientCertificatesRequest {
+                fid: "nobody@a.test".into(),
+            },
+            Signer::Anonymous,
+        )
+        .await;
+    assert_eq!(code(unknown), "UNKNOWN_USER");
+}
+
+async fn requests_are_authenticated_over_exact_bytes(server: &TestServer) {
+    let api = Api::new(&server.url).unwrap();
+    let key = crypto::generate_signing_key(&mut OsRng);
+    let fid = Fid::parse("dave@a.test").unwrap();
+    let cid = ClientId::parse("d1").unwrap();
+    let csr = certs::create_csr(&fid, &cid, &key).unwrap();
+    let _: as_::RegisterResponse = api
+        .call(
+            "as",
+            as_::REGISTER,
+            &as_::RegisterRequest {
+                csr: VLBytes::new(csr),
+            },
+            Signer::Anonymous,
+        )
+        .await
+        .unwrap();
+    let now = phoenix_server::server::now();
+    let dequeue = |key: ed25519_dalek::SigningKey, fid: &'static str, timestamp: u64| {
+        let api = api.clone();
+        async move {
+            api.call::<_, DequeueResponse>(
+                "as",
+                as_::DEQUEUE_CONNECTION,
+                &DequeueRequest {
+                    timestamp,
+                    sequence_number_start: 0,
+                    max: 10,
+                },
+                Signer::AsClient {
+                    fid,
+                    client_id: "d1",
+                    key: &key,
+                },
+            )
+            .await
+        }
+    };
+    let ok = dequeue(key.clone(), "dave@a.test", now).await.unwrap();
+    assert!(ok.messages.is_empty());
+    let stranger = crypto::generate_signing_key(&mut OsRng);
+    assert_eq!(
+        code(dequeue(stranger, "dave@a.test", now).await),
+        "BAD_SIGNATURE"
+    );
+    assert_eq!(
+        code(dequeue(key.clone(), "erin@a.test", now).await),
+        "UNKNOWN_CLIENT"
+    );
+    assert_eq!(
+        code(dequeue(key.clone(), "dave@a.test", now - 3600).await),
+        "STALE_REQUEST"
+    );
+
+    // A signature made for one operation does not authenticate another.
+    let payload = codec::encode(&DequeueRequest {
+        timestamp: now,
+        sequence_number_start: 0,
+        max: 10,
+    })
+    .unwrap();
+    let signature = crypto::sign(&key, "qs/dequeue", &payload);
+    let body = envelope(
+        payload,
+        1,
+        Auth::AsClient(phoenix_types::messages::AsClientAuth {
+            fid: "dave@a.test".into(),
+            client_id: "d1".into(),
+            signature: VLBytes::new(signature.to_vec()),
+        }),
+    );
+    let (status, problem) = server
+        .post_raw("/phoenix/v1/as/dequeue_connection", body)
+        .await;
+    assert_eq!(
+        (status, problem.unwrap().code.as_str()),
+        (401, "BAD_SIGNATURE")
+    );
+
+    // Unauthenticated calls to authenticated operations are refused.
+    let anonymous = api
+        .call::<_, DequeueResponse>(
+            "as",
+            as_::DEQUEUE_CONNECTION,
+            &DequeueRequest {
+                timestamp: now,
+                sequence_number_start: 0,
+                max: 10,
+            },
+            Signer::Anonymous,
+        )
+        .await;
+    assert_eq!(code(anonymous), "UNAUTHENTICATED");
+}
+
+async fn connection_packages_are_consumed_once_and_last_resort_is_reused(server: &TestServer) {
+    let (_bob, _home) = server.client("bob@a.test").await;
+    let api = Api::new(&server.url).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut last_resort = Vec::new();
+    for _ in 0..9 {
+        let fetched: as_::FetchConnectionPackageResponse = api
+            .call(
+                "as",
+                as_::FETCH_CONNECTION_PACKAGE,
+                &as_::FetchConnectionPackageRequest {
+                    fid: "BOB@a.test".into(),
+                },
+                Signer::Anonymous,
+            )
+            .await
+            .unwrap();
+        let payload: ConnectionPackagePayload =
+            codec::decode(fetched.package.payload.as_slice(), 4096).unwrap();
+        if payload.last_resort == 1 {
+            last_resort.push(payload.encryption_key.as_slice().to_vec());
+        } else {
+            assert!(
+                seen.insert(payload.encryption_key.as_slice().to_vec()),
+                "a one-time package was served twice"
+            );
+        }
+    }
+    // The client publishes 5 one-time packages and one last-resort package.
+    assert_eq!(seen.len(), 5);
+    assert_eq!(last_resort.len(), 4);
+    assert!(last_resort.windows(2).all(|w| w[0] == w[1]));
+    let missing = api
+        .call::<_, as_::FetchConnectionPackageResponse>(
+            "as",
+            as_::FETCH_CONNECTION_PACKAGE,
+            &as_::FetchConnectionPackageRequest {
+                fid: "nobody@a.test".into(),
+            },
+            Signer::Anonymous,
+        )
+        .await;
+    assert_eq!(code(missing), "NO_CONNECTION_PACKAGE");
+}
+
+/// alice and bob connected and both in group `team`.
+async fn two_members(server: &TestServer) -> ((Client, TempDir), (Client, TempDir)) {
+    let (mut alice, alice_home) = server.client("alice@a.test").await;
+    let (mut bob, bob_home) = server.client("bob@a.test").await;
+    alice.connect("bob@a.test").await.unwrap();
+    assert_eq!(bob.requests().await.unwrap().len(), 1);
+    bob.accept("alice@a.test").await.unwrap();
+    let events = alice.sync().await.unwrap();
+    assert_eq!(events[0]["kind"], "connected", "{events:?}");
+    alice.create_group("team").await.unwrap();
+    alice.invite("team", "bob@a.test").await.unwrap();
+    let events = bob.sync().await.unwrap();
+    assert_eq!(events[0]["kind"], "joined", "{events:?}");
+    ((alice, alice_home), (bob, bob_home))
+}
+
+async fn of_two_commits_for_one_epoch_exactly_one_wins(server: &TestServer) {
+    let ((mut alice, _ah), (mut bob, _bh)) = two_members(server).await;
+    for round in 0..5 {
+        // Neither processes the other's commit first: both commit for the same epoch.
+        alice.set_sync_before_commit(false);
+        bob.set_sync_before_commit(false);
+        let (a, b) = tokio::join!(alice.update("team"), bob.update("team"));
+        let outcomes = [a.is_ok(), b.is_ok()];
+        assert_eq!(
+            outcomes.iter().filter(|ok| **ok).count(),
+            1,
+            "round {round}: {a:?} {b:?}"
+        );
+        let loser = if a.is_ok() { b } else { a };
+        assert_eq!(code(loser), "WRONG_EPOCH");
+        alice.set_sync_before_commit(true);
+        bob.set_sync_before_commit(true);
+        // Both catch up and the group still works.
+        alice.send("team", &format!("round {round}")).await.unwrap();
+        let events = bob.sync().await.unwrap();
+        let texts: Vec<_> = events
+            .iter()
+            .filter(|e| e["kind"] == "message")
+            .map(|e| e["text"].clone())
+            .collect();
+        assert_eq!(
+            texts,
+            vec![serde_json::json!(format!("round {round}"))],
+            "{events:?}"
+        );
+        assert!(events.iter().all(|e| e["kind"] != "error"), "{events:?}");
+        alice.sync().await.unwrap();
+    }
+}
+
+async fn ds_refuses_wrong_keys_and_foreign_groups(server: &TestServer) {
+    let ((alice, _ah), (_bob, _bh)) = two_members(server).await;
+    let group = alice.group("team").await.unwrap();
+    let api = Api::new(&server.url).unwrap();
+    let info = |group_id: Vec<u8>, ear_key: [u8; 32]| {
+        let api = api.clone();
+        async move {
+            api.call::<_, ds::ExternalCommitInfoResponse>(
+                "ds",
+                ds::EXTERNAL_COMMIT_INFO,
+                &ds::ExternalCommitInfoRequest {
+                    group_id: VLBytes::new(group_id),
+                    ear_key,
+                },
+                Signer::Anonymous,
+            )
+            .await
+        }
+    };
+    assert!(info(group.group_id.clone(), group.ear_key).await.is_ok());
+    let mut wrong = group.ear_key;
+    wrong[0] ^= 1;
+    assert_eq!(
+        code(info(group.group_id.clone(), wrong).await),
+        "WRONG_EAR_KEY"
+    );
+    let mut unknown = group.group_id.clone();
+    unknown[0] ^= 1;
+    assert_eq!(code(info(unknown, group.ear_key).await), "UNKNOWN_GROUP");
+    let mut foreign = group.group_id[..16].to_vec();
+    foreign.extend_from_slice(b"b.test");
+    assert_eq!(
+        code(info(foreign, group.ear_key).await),
+        "WRONG_GROUP_DOMAIN"
+    );
+    assert_eq!(code(info(vec![1, 2, 3], group.ear_key).await), "MALFORMED");
+}
