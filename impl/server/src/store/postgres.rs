@@ -1,0 +1,831 @@
+//! The Postgres backend, for deployments where several server processes share one
+//! database.
+//!
+//! Transactions run at Postgres's default READ COMMITTED isolation, and every
+//! read-modify-write is made safe by row locks:
+//!
+//! - taking a package deletes a row picked with `FOR UPDATE SKIP LOCKED`, so concurrent
+//!   takers pick different rows and none waits for another;
+//! - a sequence number is assigned while the queue's counter row is locked (by the
+//!   upsert of the counter for a direct queue; for a fan-out by `SELECT ... FOR NO KEY
+//!   UPDATE` in client id order, so that two fan-outs over overlapping clients cannot
+//!   deadlock);
+//! - compare-and-swap updates re-check their `WHERE` clause after waiting for a
+//!   concurrent writer, so only one of two racing updates matches.
+//!
+//! The one retry is in the fan-out enqueue, when a concurrent delivery of the same entry
+//! trips the dedup constraint (see the `ENQUEUE` statement).
+//!
+//! Writes that the hot path makes often (enqueue, fan-out enqueue) are single statements
+//! in an implicit transaction, one round trip each; a fan-out passes its entries as
+//! arrays (`UNNEST`), so it is one statement whatever its size.
+//!
+//! This module is responsible for SQL and transactions only; the record types, the
+//! integer conversions and row decoding are shared with the SQLite backend.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres, Transaction};
+
+use phoenix_types::ids::QsId;
+use phoenix_types::messages::QueueMessage;
+
+use super::{
+    AsClientRecord, AsStore, CaRecord, CreateGroup, CreateQsUser, CreateUser, DsStore,
+    EnqueueEntry, OutboxEntry, QsClientRecord, QsStore, QsUserRecord, StoreError, StoreResult,
+    StoredConnectionPackage, StoredGroup, StoredKeyPackage, after_page, bound, fixed, from_db,
+    month, rows, to_db,
+};
+
+/// Pool size for [`PgStore::connect_with_schema`]: it serves tests, many of which run
+/// at once against one server, so each takes few connections.
+const SCHEMA_POOL_CONNECTIONS: u32 = 4;
+
+/// How often [`QsStore::enqueue`] runs its statement when a concurrent delivery of the
+/// same entry makes it fail on the dedup constraint.
+const ENQUEUE_ATTEMPTS: u32 = 4;
+
+/// Fan-out enqueue as one statement: one round trip and one implicit transaction, however
+/// many entries. Parameters: client ids, payloads and dedup keys (NULL for none), one
+/// array element per entry. Returns (1-based position, sequence number) for every entry
+/// that was enqueued; the others were for unknown clients or duplicates.
+///
+/// - `counters` locks the destination queues' counter rows in client id order, so two
+///   fan-outs over overlapping clients cannot deadlock; `FOR NO KEY UPDATE` waits for a
+///   concurrent enqueue and then returns the row as that one committed it.
+/// - `fresh` drops entries whose key is already in the queue, or is a repeat (`copy` >
+///   1) of an earlier entry of the batch.
+/// - `numbered` numbers the rest per queue, in batch order, from the counter on.
+/// - `inserted` and `moved` write the rows and the new counters.
+const ENQUEUE: &str = "\
+    WITH entries AS MATERIALIZED (\
+        SELECT e.*, row_number() OVER (PARTITION BY e.client_id, e.dedup ORDER BY e.position) AS copy \
+        FROM UNNEST($1::bytea[], $2::bytea[], $3::bytea[]) \
+            WITH ORDINALITY AS e(client_id, payload, dedup, position)), \
+    counters AS MATERIALIZED (\
+        SELECT client_id, next_seq FROM qs_clients WHERE client_id = ANY($1::bytea[]) \
+        ORDER BY client_id FOR NO KEY UPDATE), \
+    fresh AS (\
+        SELECT e.* FROM entries e JOIN counters c ON c.client_id = e.client_id \
+        WHERE e.dedup IS NULL OR (e.copy = 1 AND NOT EXISTS (\
+            SELECT 1 FROM qs_queue q WHERE q.client_id = e.client_id AND q.dedup = e.dedup))), \
+    numbered AS MATERIALIZED (\
+        SELECT f.position, f.client_id, f.payload, f.dedup, \
+            c.next_seq + row_number() OVER (PARTITION BY f.client_id ORDER BY f.position) - 1 AS seq \
+        FROM fresh f JOIN counters c ON c.client_id = f.client_id), \
+    inserted AS (\
+        INSERT INTO qs_queue (client_id, seq, payload, dedup) \
+        SELECT client_id, seq, payload, dedup FROM numbered), \
+    moved AS (\
+        UPDATE qs_clients SET next_seq = n.next_seq \
+        FROM (SELECT client_id, max(seq) + 1 AS next_seq FROM numbered GROUP BY client_id) n \
+        WHERE qs_clients.client_id = n.client_id) \
+    SELECT position, seq FROM numbered";
+
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connect to `postgres://...` and run the migrations.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let options = PgConnectOptions::from_str(url)?;
+        Self::connect_with(options, PgPoolOptions::new()).await
+    }
+
+    /// Connect with every pooled connection's `search_path` set to `schema`, creating the
+    /// schema if needed, and run the migrations there. This gives each test (or each
+    /// conformance run) a database of its own on a shared server.
+    ///
+    /// `schema` must be a plain lowercase identifier (`[a-z_][a-z0-9_]*`, at most 63
+    /// bytes), since it is spliced into SQL.
+    pub async fn connect_with_schema(url: &str, schema: &str) -> StoreResult<Self> {
+        if !is_plain_identifier(schema) {
+            return Err(StoreError::Database(sqlx::Error::Configuration(
+                format!("schema name {schema:?} is not a plain lowercase identifier").into(),
+            )));
+        }
+        let options = PgConnectOptions::from_str(url)?;
+        let mut connection = PgConnection::connect_with(&options).await?;
+        // Validated above: the name is only lowercase letters, digits and underscores.
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}"
+        )))
+        .execute(&mut connection)
+        .await?;
+        connection.close().await?;
+        let options = options.options([("search_path", schema)]);
+        Self::connect_with(
+            options,
+            PgPoolOptions::new().max_connections(SCHEMA_POOL_CONNECTIONS),
+        )
+        .await
+    }
+
+    async fn connect_with(
+        options: PgConnectOptions,
+        pool_options: PgPoolOptions,
+    ) -> StoreResult<Self> {
+        // Every statement here is a key lookup whose best plan does not depend on the
+        // bound values. By default Postgres re-plans prepared statements with array
+        // parameters on each call, and planning the fan-out enqueue costs about as much as
+        // running it: generic plans almost double enqueue throughput.
+        let options = options.options([("plan_cache_mode", "force_generic_plan")]);
+        let pool = pool_options.connect_with(options).await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    async fn begin(&self) -> StoreResult<Transaction<'static, Postgres>> {
+        Ok(self.pool.begin().await?)
+    }
+}
+
+impl AsStore for PgStore {
+    async fn ca(&self) -> StoreResult<Option<CaRecord>> {
+        sqlx::query(
+            "SELECT signing_key, certificate, not_before, not_after FROM as_ca ORDER BY id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| rows::ca(&row))
+        .transpose()
+    }
+
+    async fn insert_first_ca(&self, ca: &CaRecord) -> StoreResult<bool> {
+        // Id 1 is the first CA: the primary key settles a race between two processes
+        // starting at once (the loser waits for the winner's commit, then does nothing);
+        // the NOT EXISTS keeps a later call from adding a row once rotation has added
+        // others.
+        let inserted = sqlx::query(
+            "INSERT INTO as_ca (id, signing_key, certificate, not_before, not_after) \
+             SELECT 1, $1::bytea, $2::bytea, $3::bigint, $4::bigint WHERE NOT EXISTS (SELECT 1 FROM as_ca) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(ca.signing_key.as_slice())
+        .bind(ca.certificate.as_slice())
+        .bind(to_db(ca.not_before)?)
+        .bind(to_db(ca.not_after)?)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    async fn create_user(&self, client: &AsClientRecord, now: u64) -> StoreResult<CreateUser> {
+        // Convert before the transaction starts, so a bad value changes nothing.
+        let (now, not_before, not_after) = (
+            to_db(now)?,
+            to_db(client.not_before)?,
+            to_db(client.not_after)?,
+        );
+        let mut tx = self.begin().await?;
+        // A concurrent insert of the same FID waits for ours to commit, then does nothing.
+        let inserted = sqlx::query(
+            "INSERT INTO as_users (fid, created_at) VALUES ($1, $2) ON CONFLICT (fid) DO NOTHING",
+        )
+        .bind(&client.fid)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await?;
+            return Ok(CreateUser::UserExists);
+        }
+        sqlx::query(
+            "INSERT INTO as_clients (fid, client_id, certificate, public_key, serial, not_before, not_after) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&client.fid)
+        .bind(&client.client_id)
+        .bind(client.certificate.as_slice())
+        .bind(client.public_key.as_slice())
+        .bind(&client.serial)
+        .bind(not_before)
+        .bind(not_after)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO as_certificates (serial, fid, client_id, certificate, not_before, not_after) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&client.serial)
+        .bind(&client.fid)
+        .bind(&client.client_id)
+        .bind(client.certificate.as_slice())
+        .bind(not_before)
+        .bind(not_after)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(CreateUser::Created)
+    }
+
+    async fn client(&self, fid: &str, client_id: &str) -> StoreResult<Option<AsClientRecord>> {
+        sqlx::query(
+            "SELECT fid, client_id, certificate, public_key, serial, not_before, not_after \
+             FROM as_clients WHERE fid = $1 AND client_id = $2",
+        )
+        .bind(fid)
+        .bind(client_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| rows::as_client(&row))
+        .transpose()
+    }
+
+    async fn user_clients(&self, fid: &str) -> StoreResult<Vec<AsClientRecord>> {
+        sqlx::query(
+            "SELECT fid, client_id, certificate, public_key, serial, not_before, not_after \
+             FROM as_clients WHERE fid = $1 ORDER BY client_id",
+        )
+        .bind(fid)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::as_client)
+        .collect()
+    }
+
+    async fn user_certificates(&self, fid: &str) -> StoreResult<Vec<(String, Vec<u8>, u64, u64)>> {
+        sqlx::query(
+            "SELECT client_id, certificate, not_before, not_after FROM as_certificates \
+             WHERE fid = $1 ORDER BY not_before, serial",
+        )
+        .bind(fid)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::certificate)
+        .collect()
+    }
+
+    async fn replace_connection_packages(
+        &self,
+        fid: &str,
+        client_id: &str,
+        packages: &[StoredConnectionPackage],
+    ) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM as_connection_packages WHERE fid = $1 AND client_id = $2")
+            .bind(fid)
+            .bind(client_id)
+            .execute(&mut *tx)
+            .await?;
+        let (contents, last_resort): (Vec<&[u8]>, Vec<bool>) = packages
+            .iter()
+            .map(|package| (package.package.as_slice(), package.last_resort))
+            .unzip();
+        sqlx::query(
+            "INSERT INTO as_connection_packages (fid, client_id, package, last_resort) \
+             SELECT $1, $2, package, last_resort \
+             FROM UNNEST($3::bytea[], $4::boolean[]) WITH ORDINALITY AS p(package, last_resort, n) \
+             ORDER BY n",
+        )
+        .bind(fid)
+        .bind(client_id)
+        .bind(contents)
+        .bind(last_resort)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn take_connection_package(&self, fid: &str) -> StoreResult<Option<(String, Vec<u8>)>> {
+        // SKIP LOCKED: a package locked by a concurrent taker is as good as gone, so take
+        // the next one instead of waiting.
+        let taken = sqlx::query_as(
+            "DELETE FROM as_connection_packages WHERE id = (\
+                 SELECT id FROM as_connection_packages WHERE fid = $1 AND NOT last_resort \
+                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             RETURNING client_id, package",
+        )
+        .bind(fid)
+        .fetch_optional(&self.pool)
+        .await?;
+        if taken.is_some() {
+            return Ok(taken);
+        }
+        Ok(sqlx::query_as(
+            "SELECT client_id, package FROM as_connection_packages \
+             WHERE fid = $1 AND last_resort ORDER BY id LIMIT 1",
+        )
+        .bind(fid)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn enqueue_direct(
+        &self,
+        fid: &str,
+        client_id: &str,
+        payload: &[u8],
+    ) -> StoreResult<Option<u64>> {
+        // One statement. The counter row is created on a client's first message
+        // (selecting from as_clients means an unknown client gets no row and no number);
+        // the upsert locks it until commit, so concurrent enqueues take numbers one by one.
+        let seq: Option<i64> = sqlx::query_scalar(
+            "WITH counter AS (\
+                 INSERT INTO as_direct_queue_state (fid, client_id, next_seq) \
+                 SELECT fid, client_id, 1 FROM as_clients WHERE fid = $1 AND client_id = $2 \
+                 ON CONFLICT (fid, client_id) DO UPDATE \
+                     SET next_seq = as_direct_queue_state.next_seq + 1 \
+                 RETURNING next_seq - 1 AS seq) \
+             INSERT INTO as_direct_queue (fid, client_id, seq, payload) \
+             SELECT $1, $2, seq, $3 FROM counter \
+             RETURNING seq",
+        )
+        .bind(fid)
+        .bind(client_id)
+        .bind(payload)
+        .fetch_optional(&self.pool)
+        .await?;
+        seq.map(from_db).transpose()
+    }
+
+    async fn dequeue_direct(
+        &self,
+        fid: &str,
+        client_id: &str,
+        start: u64,
+        max: u32,
+    ) -> StoreResult<(Vec<QueueMessage>, u64)> {
+        let start = bound(start);
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM as_direct_queue WHERE fid = $1 AND client_id = $2 AND seq < $3")
+            .bind(fid)
+            .bind(client_id)
+            .bind(start)
+            .execute(&mut *tx)
+            .await?;
+        let messages = sqlx::query(
+            "SELECT seq, payload FROM as_direct_queue WHERE fid = $1 AND client_id = $2 AND seq >= $3 \
+             ORDER BY seq LIMIT $4",
+        )
+        .bind(fid)
+        .bind(client_id)
+        .bind(start)
+        .bind(i64::from(max))
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(rows::queue_message)
+        .collect::<StoreResult<Vec<_>>>()?;
+        let after = after_page(&messages, start)?;
+        let remaining: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM as_direct_queue WHERE fid = $1 AND client_id = $2 AND seq >= $3",
+        )
+        .bind(fid)
+        .bind(client_id)
+        .bind(after)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok((messages, from_db(remaining)?))
+    }
+}
+
+impl QsStore for PgStore {
+    async fn queue_config_key(&self) -> StoreResult<Option<(Vec<u8>, Vec<u8>)>> {
+        Ok(sqlx::query_as(
+            "SELECT queue_config_private_key, queue_config_public_key FROM qs_config WHERE id = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn insert_queue_config_key(&self, private: &[u8], public: &[u8]) -> StoreResult<bool> {
+        let inserted = sqlx::query(
+            "INSERT INTO qs_config (id, queue_config_private_key, queue_config_public_key) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(private)
+        .bind(public)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    async fn create_user(
+        &self,
+        user: &QsUserRecord,
+        client: &QsClientRecord,
+    ) -> StoreResult<CreateQsUser> {
+        let mut tx = self.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO qs_users (user_id, auth_key, friendship_token_hash) VALUES ($1, $2, $3) \
+             ON CONFLICT (friendship_token_hash) DO NOTHING",
+        )
+        .bind(user.user_id.as_slice())
+        .bind(user.auth_key.as_slice())
+        .bind(user.friendship_token_hash.as_slice())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await?;
+            return Ok(CreateQsUser::DuplicateFriendshipToken);
+        }
+        sqlx::query("INSERT INTO qs_clients (client_id, user_id, auth_key) VALUES ($1, $2, $3)")
+            .bind(client.client_id.as_slice())
+            .bind(client.user_id.as_slice())
+            .bind(client.auth_key.as_slice())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(CreateQsUser::Created)
+    }
+
+    async fn user(&self, user_id: &QsId) -> StoreResult<Option<QsUserRecord>> {
+        sqlx::query(
+            "SELECT user_id, auth_key, friendship_token_hash FROM qs_users WHERE user_id = $1",
+        )
+        .bind(user_id.as_slice())
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|row| rows::qs_user(&row))
+        .transpose()
+    }
+
+    async fn user_by_friendship_token_hash(
+        &self,
+        hash: &[u8; 32],
+    ) -> StoreResult<Option<QsUserRecord>> {
+        sqlx::query("SELECT user_id, auth_key, friendship_token_hash FROM qs_users WHERE friendship_token_hash = $1")
+            .bind(hash.as_slice())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| rows::qs_user(&row))
+            .transpose()
+    }
+
+    async fn client(&self, client_id: &QsId) -> StoreResult<Option<QsClientRecord>> {
+        sqlx::query("SELECT client_id, user_id, auth_key FROM qs_clients WHERE client_id = $1")
+            .bind(client_id.as_slice())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| rows::qs_client(&row))
+            .transpose()
+    }
+
+    async fn replace_key_packages(
+        &self,
+        client_id: &QsId,
+        packages: &[StoredKeyPackage],
+    ) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM qs_key_packages WHERE client_id = $1")
+            .bind(client_id.as_slice())
+            .execute(&mut *tx)
+            .await?;
+        let (contents, last_resort): (Vec<&[u8]>, Vec<bool>) = packages
+            .iter()
+            .map(|package| (package.add_package.as_slice(), package.last_resort))
+            .unzip();
+        sqlx::query(
+            "INSERT INTO qs_key_packages (client_id, add_package, last_resort) \
+             SELECT $1, add_package, last_resort \
+             FROM UNNEST($2::bytea[], $3::boolean[]) WITH ORDINALITY AS p(add_package, last_resort, n) \
+             ORDER BY n",
+        )
+        .bind(client_id.as_slice())
+        .bind(contents)
+        .bind(last_resort)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn take_key_packages(&self, user_id: &QsId) -> StoreResult<Vec<(QsId, Vec<u8>)>> {
+        // Each client's oldest unlocked non-last-resort package, locked (SKIP LOCKED: one
+        // locked by a concurrent taker is as good as gone) and deleted in one statement.
+        // MATERIALIZED makes the picking run exactly once.
+        let consumed: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "WITH picked AS MATERIALIZED (\
+                 SELECT p.id FROM qs_clients c \
+                 CROSS JOIN LATERAL (\
+                     SELECT k.id FROM qs_key_packages k \
+                     WHERE k.client_id = c.client_id AND NOT k.last_resort \
+                     ORDER BY k.id LIMIT 1 FOR UPDATE SKIP LOCKED) p \
+                 WHERE c.user_id = $1) \
+             DELETE FROM qs_key_packages k USING picked WHERE k.id = picked.id \
+             RETURNING k.client_id, k.add_package",
+        )
+        .bind(user_id.as_slice())
+        .fetch_all(&self.pool)
+        .await?;
+        let served: Vec<&[u8]> = consumed
+            .iter()
+            .map(|(client, _)| client.as_slice())
+            .collect();
+        // The clients that had none get their last-resort package, which is kept.
+        let last_resort: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT DISTINCT ON (k.client_id) k.client_id, k.add_package \
+             FROM qs_key_packages k JOIN qs_clients c ON c.client_id = k.client_id \
+             WHERE c.user_id = $1 AND k.last_resort AND k.client_id <> ALL($2::bytea[]) \
+             ORDER BY k.client_id, k.id",
+        )
+        .bind(user_id.as_slice())
+        .bind(&served)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut taken = BTreeMap::new();
+        for (client, package) in consumed.into_iter().chain(last_resort) {
+            taken.insert(fixed::<16>(&client, "QS id is not 16 bytes")?, package);
+        }
+        Ok(taken.into_iter().collect())
+    }
+
+    async fn enqueue(&self, entries: &[EnqueueEntry]) -> StoreResult<Vec<Option<u64>>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let client_ids: Vec<&[u8]> = entries
+            .iter()
+            .map(|entry| entry.client_id.as_slice())
+            .collect();
+        let payloads: Vec<&[u8]> = entries
+            .iter()
+            .map(|entry| entry.payload.as_slice())
+            .collect();
+        let dedups: Vec<Option<&[u8]>> = entries
+            .iter()
+            .map(|entry| entry.dedup.as_ref().map(|dedup| dedup.as_slice()))
+            .collect();
+        // The statement takes the counter locks, then checks dedup keys with a snapshot
+        // from before it waited for them. A duplicate committed in between is therefore
+        // missed by the check but caught by the unique constraint, which aborts the whole
+        // statement; running it again (a new snapshot) sees the duplicate. Each retry needs
+        // another concurrent delivery of the same entry, so a few are plenty.
+        let mut attempts = 0;
+        let numbered: Vec<(i64, i64)> = loop {
+            attempts += 1;
+            let result = sqlx::query_as(ENQUEUE)
+                .bind(&client_ids)
+                .bind(&payloads)
+                .bind(&dedups)
+                .fetch_all(&self.pool)
+                .await;
+            match result {
+                Err(sqlx::Error::Database(error))
+                    if error.constraint() == Some("qs_queue_dedup")
+                        && attempts < ENQUEUE_ATTEMPTS => {}
+                result => break result?,
+            }
+        };
+        let mut assigned = vec![None; entries.len()];
+        for (position, seq) in numbered {
+            // `position` is the entry's 1-based ordinality in the arrays we sent.
+            let slot = usize::try_from(position)
+                .ok()
+                .and_then(|position| position.checked_sub(1))
+                .and_then(|index| assigned.get_mut(index))
+                .ok_or(StoreError::Corrupt(
+                    "enqueue returned an unknown entry position",
+                ))?;
+            *slot = Some(from_db(seq)?);
+        }
+        Ok(assigned)
+    }
+
+    async fn dequeue(
+        &self,
+        client_id: &QsId,
+        start: u64,
+        max: u32,
+    ) -> StoreResult<(Vec<QueueMessage>, u64)> {
+        let start = bound(start);
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM qs_queue WHERE client_id = $1 AND seq < $2")
+            .bind(client_id.as_slice())
+            .bind(start)
+            .execute(&mut *tx)
+            .await?;
+        let messages =
+            sqlx::query("SELECT seq, payload FROM qs_queue WHERE client_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3")
+                .bind(client_id.as_slice())
+                .bind(start)
+                .bind(i64::from(max))
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(rows::queue_message)
+                .collect::<StoreResult<Vec<_>>>()?;
+        let after = after_page(&messages, start)?;
+        let remaining: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM qs_queue WHERE client_id = $1 AND seq >= $2")
+                .bind(client_id.as_slice())
+                .bind(after)
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok((messages, from_db(remaining)?))
+    }
+}
+
+impl DsStore for PgStore {
+    async fn reserve_group_id(&self, group_id: &[u8], expires_at: u64) -> StoreResult<bool> {
+        let inserted = sqlx::query(
+            "INSERT INTO ds_reservations (group_id, expires_at) \
+             SELECT $1::bytea, $2::bigint WHERE NOT EXISTS (SELECT 1 FROM ds_groups WHERE group_id = $1) \
+             ON CONFLICT (group_id) DO NOTHING",
+        )
+        .bind(group_id)
+        .bind(to_db(expires_at)?)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    async fn create_group(
+        &self,
+        group_id: &[u8],
+        ciphertext: &[u8],
+        now: u64,
+    ) -> StoreResult<CreateGroup> {
+        let last_active_month = month(now);
+        let mut tx = self.begin().await?;
+        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM ds_groups WHERE group_id = $1")
+            .bind(group_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_some() {
+            tx.rollback().await?;
+            return Ok(CreateGroup::Exists);
+        }
+        // The reservation is used up by the creation; an expired one does not count. Of
+        // two concurrent creations, the second waits on the row lock and then finds the
+        // reservation gone.
+        let reserved =
+            sqlx::query("DELETE FROM ds_reservations WHERE group_id = $1 AND expires_at > $2")
+                .bind(group_id)
+                .bind(bound(now))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if reserved == 0 {
+            tx.rollback().await?;
+            return Ok(CreateGroup::NotReserved);
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO ds_groups (group_id, ciphertext, version, last_active_month) VALUES ($1, $2, 0, $3) \
+             ON CONFLICT (group_id) DO NOTHING",
+        )
+        .bind(group_id)
+        .bind(ciphertext)
+        .bind(last_active_month)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            tx.rollback().await?;
+            return Ok(CreateGroup::Exists);
+        }
+        tx.commit().await?;
+        Ok(CreateGroup::Created)
+    }
+
+    async fn group(&self, group_id: &[u8]) -> StoreResult<Option<StoredGroup>> {
+        sqlx::query("SELECT ciphertext, version FROM ds_groups WHERE group_id = $1")
+            .bind(group_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|row| rows::group(&row))
+            .transpose()
+    }
+
+    async fn update_group(
+        &self,
+        group_id: &[u8],
+        expected_version: u64,
+        ciphertext: &[u8],
+        now: u64,
+        outbox: &[OutboxEntry],
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
+        // Of two racing updates, the second waits for the first's row lock and then
+        // re-checks the version, which has moved on.
+        let updated = sqlx::query(
+            "UPDATE ds_groups SET ciphertext = $1, version = version + 1, last_active_month = $2 \
+             WHERE group_id = $3 AND version = $4",
+        )
+        .bind(ciphertext)
+        .bind(month(now))
+        .bind(group_id)
+        .bind(to_db(expected_version)?)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        insert_outbox(&mut tx, outbox).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn append_outbox(&self, outbox: &[OutboxEntry]) -> StoreResult<()> {
+        if outbox.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        insert_outbox(&mut tx, outbox).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn due_outbox(&self, now: u64, limit: u32) -> StoreResult<Vec<(i64, OutboxEntry)>> {
+        sqlx::query(
+            "SELECT id, destination, queue_config, payload, dedup FROM ds_outbox \
+             WHERE next_attempt_at <= $1 ORDER BY id LIMIT $2",
+        )
+        .bind(bound(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rows::outbox)
+        .collect()
+    }
+
+    async fn delete_outbox(&self, ids: &[i64]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("DELETE FROM ds_outbox WHERE id = ANY($1::bigint[])")
+            .bind(ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn postpone_outbox(&self, id: i64, next_attempt_at: u64) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE ds_outbox SET attempts = attempts + 1, next_attempt_at = $1 WHERE id = $2",
+        )
+        .bind(to_db(next_attempt_at)?)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Append outbox entries in one statement, keeping their order (ids increase in the
+/// order given, and `due_outbox` returns them by id).
+async fn insert_outbox(
+    tx: &mut Transaction<'static, Postgres>,
+    outbox: &[OutboxEntry],
+) -> StoreResult<()> {
+    if outbox.is_empty() {
+        return Ok(());
+    }
+    let destinations: Vec<&str> = outbox
+        .iter()
+        .map(|entry| entry.destination.as_str())
+        .collect();
+    let queue_configs: Vec<&[u8]> = outbox
+        .iter()
+        .map(|entry| entry.queue_config.as_slice())
+        .collect();
+    let payloads: Vec<&[u8]> = outbox
+        .iter()
+        .map(|entry| entry.payload.as_slice())
+        .collect();
+    let dedups: Vec<&[u8]> = outbox.iter().map(|entry| entry.dedup.as_slice()).collect();
+    sqlx::query(
+        "INSERT INTO ds_outbox (destination, queue_config, payload, dedup) \
+         SELECT destination, queue_config, payload, dedup \
+         FROM UNNEST($1::text[], $2::bytea[], $3::bytea[], $4::bytea[]) \
+             WITH ORDINALITY AS o(destination, queue_config, payload, dedup, n) \
+         ORDER BY n",
+    )
+    .bind(&destinations)
+    .bind(&queue_configs)
+    .bind(&payloads)
+    .bind(&dedups)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// A name that is safe to splice into SQL unquoted: `[a-z_][a-z0-9_]*`, at most 63 bytes
+/// (Postgres's identifier limit).
+fn is_plain_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    let Some(first) = chars.next() else {
+        return false;
+    };
+    name.len() <= 63
+        && (first.is_ascii_lowercase() || first == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
