@@ -29,11 +29,13 @@ pub const MAX_CONNECTION_CIPHERTEXT: usize = 16 * 1024;
 /// Register a new user with its first client: the DER ID-CSR names the FID (its `UID`)
 /// and the client id (its `uniqueIdentifier`).
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct RegisterRequest {
     pub csr: VLBytes,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct RegisterResponse {
     /// The client's ID-Cert (DER).
     pub client_certificate: VLBytes,
@@ -44,6 +46,7 @@ pub struct RegisterResponse {
 /// What a connection package offers: an HPKE key to encrypt a connection establishment
 /// package to, valid until `not_after`.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ConnectionPackagePayload {
     pub fid: String,
     pub client_id: String,
@@ -56,6 +59,7 @@ pub struct ConnectionPackagePayload {
 /// A connection package: the encoded payload and the client's signature over it
 /// (label [`crate::crypto::label::CONNECTION_PACKAGE`]) with its ID-Cert key.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ConnectionPackage {
     pub payload: VLBytes,
     pub signature: VLBytes,
@@ -63,12 +67,14 @@ pub struct ConnectionPackage {
 
 /// Replace the caller's connection packages. Exactly one must be last-resort.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct PublishConnectionPackagesRequest {
     pub timestamp: u64,
     pub packages: Vec<ConnectionPackage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct FetchConnectionPackageRequest {
     pub fid: String,
 }
@@ -76,6 +82,7 @@ pub struct FetchConnectionPackageRequest {
 /// One connection package of one of the user's clients, consumed unless last-resort, with
 /// that client's ID-Cert so the caller can check the chain.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct FetchConnectionPackageResponse {
     pub package: ConnectionPackage,
     pub client_certificate: VLBytes,
@@ -83,24 +90,32 @@ pub struct FetchConnectionPackageResponse {
 
 /// Anonymous enqueue into a client's direct queue.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct EnqueueConnectionRequest {
     pub fid: String,
     pub client_id: String,
     /// An HPKE-encrypted [`crate::messages::client::ConnectionEstablishmentPackage`].
+    #[cfg_attr(
+        feature = "arbitrary",
+        arbitrary(with = crate::messages::qs::arbitrary_hpke_ciphertext)
+    )]
     pub ciphertext: HpkeCiphertext,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ClientCertificatesRequest {
     pub fid: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ClientCertificatesResponse {
     pub certificates: Vec<VLBytes>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ServerCertificateResponse {
     pub ca_certificate: VLBytes,
 }

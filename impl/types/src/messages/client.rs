@@ -8,6 +8,7 @@ use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 /// signature key (label [`crate::crypto::label::LEAF_BINDING`]). Always encrypted, so the
 /// DS cannot link a client's leaves across groups.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ClientCredentialInfo {
     /// DER ID-Cert of the client.
     pub client_certificate: VLBytes,
@@ -19,6 +20,7 @@ pub struct ClientCredentialInfo {
 /// The secrets a user hands to each contact: the token to fetch its key packages and the
 /// key its add packages' credentials and welcome attribution infos are encrypted under.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct FriendshipPackage {
     pub friendship_token: [u8; 32],
     pub friendship_key: [u8; 32],
@@ -28,6 +30,7 @@ pub struct FriendshipPackage {
 
 /// Signed part of a connection establishment package.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ConnectionEstablishmentTbs {
     pub sender_certificate: VLBytes,
     pub recipient_fid: String,
@@ -43,6 +46,7 @@ pub struct ConnectionEstablishmentTbs {
 /// responder's connection package key. Signed with the initiator's ID-Cert key (label
 /// [`crate::crypto::label::CONNECTION_ESTABLISHMENT`]).
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ConnectionEstablishmentPackage {
     pub tbs: VLBytes,
     pub signature: VLBytes,
@@ -50,6 +54,7 @@ pub struct ConnectionEstablishmentPackage {
 
 /// Signed part of a welcome attribution info.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct WelcomeAttributionTbs {
     pub sender_certificate: VLBytes,
     pub group_id: VLBytes,
@@ -63,6 +68,7 @@ pub struct WelcomeAttributionTbs {
 /// ID-Cert key (label [`crate::crypto::label::WELCOME_ATTRIBUTION`]) and encrypted under
 /// the joiner's friendship key (AEAD, aad = group id).
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct WelcomeAttributionInfo {
     pub tbs: VLBytes,
     pub signature: VLBytes,
@@ -70,6 +76,7 @@ pub struct WelcomeAttributionInfo {
 
 /// The plaintext of an MLS application message.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[repr(u8)]
 pub enum ApplicationPayload {
     /// A chat message.

@@ -36,6 +36,7 @@ pub const MAX_GROUP_SIZE: usize = 1024;
 pub const MAX_ENCRYPTED_CREDENTIAL: usize = 4 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct RequestGroupIdResponse {
     /// A fresh [`crate::ids::QualifiedGroupId`], reserved until used or expired.
     pub group_id: VLBytes,
@@ -44,6 +45,7 @@ pub struct RequestGroupIdResponse {
 /// A member's entry as the DS keeps it: where to deliver (sealed) and its encrypted
 /// credential (opaque).
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct MemberInfo {
     pub queue_config: SealedQueueConfig,
     /// A [`crate::messages::client::ClientCredentialInfo`] encrypted under the group's
@@ -53,12 +55,14 @@ pub struct MemberInfo {
 
 /// A leaf's encrypted credential, as handed to members and joiners.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct LeafCredential {
     pub leaf_index: u32,
     pub encrypted_credential: VLBytes,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct CreateGroupRequest {
     pub timestamp: u64,
     pub group_id: VLBytes,
@@ -71,12 +75,14 @@ pub struct CreateGroupRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ExternalCommitInfoRequest {
     pub group_id: VLBytes,
     pub ear_key: [u8; 32],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ExternalCommitInfoResponse {
     /// TLS-encoded `MlsMessage` with the current `GroupInfo` (with the external_pub
     /// extension), as last uploaded by a committer.
@@ -90,6 +96,7 @@ pub struct ExternalCommitInfoResponse {
 /// one member: knowing the EAR key (from the connection establishment package) is the
 /// authorisation.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct JoinConnectionGroupRequest {
     pub group_id: VLBytes,
     pub ear_key: [u8; 32],
@@ -102,6 +109,7 @@ pub struct JoinConnectionGroupRequest {
 
 /// One joiner of an `add_users` commit, in the order of the commit's Add proposals.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct AddedMember {
     /// The joiner's credential info re-encrypted under the group's credential key.
     pub encrypted_credential: VLBytes,
@@ -110,6 +118,7 @@ pub struct AddedMember {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct AddUsersRequest {
     pub timestamp: u64,
     pub group_id: VLBytes,
@@ -125,6 +134,7 @@ pub struct AddUsersRequest {
 /// `remove_users` (a commit with only Remove proposals) and `update` (a commit with a path
 /// and no proposals, optionally replacing the sender's encrypted credential).
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct CommitRequest {
     pub timestamp: u64,
     pub group_id: VLBytes,
@@ -135,6 +145,7 @@ pub struct CommitRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct SendMessageRequest {
     pub timestamp: u64,
     pub group_id: VLBytes,
@@ -145,6 +156,7 @@ pub struct SendMessageRequest {
 
 /// What the DS enqueues in a member's QS queue.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[repr(u8)]
 pub enum QueuePayload {
     #[tls_codec(discriminant = 1)]
@@ -156,6 +168,7 @@ pub enum QueuePayload {
 /// A commit or application message of a group, with the encrypted credentials of leaves
 /// the commit added or changed.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct GroupMessage {
     pub group_id: VLBytes,
     pub message: VLBytes,
@@ -165,6 +178,7 @@ pub struct GroupMessage {
 /// Everything a joiner needs: the Welcome, the tree, every member's encrypted credential
 /// and the inviter's encrypted attribution info.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct WelcomeBundle {
     pub group_id: VLBytes,
     pub welcome: VLBytes,

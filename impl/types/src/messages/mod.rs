@@ -28,6 +28,7 @@ pub const MAX_CLOCK_SKEW: u64 = 300;
 
 /// The body of every Phoenix request.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct RequestEnvelope {
     /// Must be [`crate::PROTOCOL_VERSION`].
     pub version: u16,
@@ -39,6 +40,7 @@ pub struct RequestEnvelope {
 /// Who sends a request and their proof. Each variant's signature is an Ed25519 signature
 /// over `label(operation) || payload` made with the key named.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[repr(u8)]
 pub enum Auth {
     /// Anonymous operations (registration, anonymous enqueue, public lookups).
@@ -59,6 +61,7 @@ pub enum Auth {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct AsClientAuth {
     pub fid: String,
     pub client_id: String,
@@ -66,12 +69,14 @@ pub struct AsClientAuth {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct QsAuth {
     pub id: QsId,
     pub signature: VLBytes,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct DsLeafAuth {
     pub leaf_index: u32,
     pub signature: VLBytes,
@@ -79,6 +84,7 @@ pub struct DsLeafAuth {
 
 /// One message of a queue (an AS direct queue or a QS fan-out queue).
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct QueueMessage {
     pub sequence_number: u64,
     pub payload: VLBytes,
@@ -87,6 +93,7 @@ pub struct QueueMessage {
 /// Request body of a dequeue: delete every message below `sequence_number_start` (the
 /// caller has processed them), then return up to `max` messages from there on.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct DequeueRequest {
     pub timestamp: u64,
     pub sequence_number_start: u64,
@@ -94,6 +101,7 @@ pub struct DequeueRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct DequeueResponse {
     pub messages: Vec<QueueMessage>,
     /// How many messages remain after the returned ones.
@@ -102,6 +110,7 @@ pub struct DequeueResponse {
 
 /// The empty response of operations that only succeed or fail.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Empty {}
 
 /// The operation label used in request signatures: `"<service>/<operation>"`.

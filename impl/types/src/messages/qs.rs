@@ -30,6 +30,7 @@ pub const MAX_KEY_PACKAGE_LEN: usize = 8 * 1024;
 pub const QUEUE_CONFIG_EXTENSION_TYPE: u16 = 0xff01;
 
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct QueueConfigKeyResponse {
     /// The QS's HPKE public key that clients seal their queue configs to.
     pub public_key: VLBytes,
@@ -37,6 +38,7 @@ pub struct QueueConfigKeyResponse {
 
 /// Create a pseudonymous user record with its first client record.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct CreateUserRequest {
     /// Ed25519 key authenticating the user record.
     pub user_auth_key: VLBytes,
@@ -48,6 +50,7 @@ pub struct CreateUserRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct CreateUserResponse {
     pub user_id: QsId,
     pub client_id: QsId,
@@ -57,6 +60,7 @@ pub struct CreateUserResponse {
 /// with HPKE to the QS's queue config key (info [`crate::crypto::hpke_info::QUEUE_CONFIG`],
 /// aad = the QS domain), so the DS that stores it cannot read it.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct QueueConfig {
     pub client_id: QsId,
 }
@@ -64,13 +68,19 @@ pub struct QueueConfig {
 /// A sealed queue config as the DS stores it: the QS domain in clear (so the DS knows
 /// where to deliver) and the sealed [`QueueConfig`].
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct SealedQueueConfig {
     pub qs_domain: String,
+    #[cfg_attr(
+        feature = "arbitrary",
+        arbitrary(with = crate::messages::qs::arbitrary_hpke_ciphertext)
+    )]
     pub sealed: openmls_traits::types::HpkeCiphertext,
 }
 
 /// A key package as published to and fetched from the QS.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct AddPackage {
     /// A TLS-encoded MLS `KeyPackage` whose extensions hold the [`SealedQueueConfig`]
     /// (extension type [`QUEUE_CONFIG_EXTENSION_TYPE`]).
@@ -82,18 +92,33 @@ pub struct AddPackage {
 
 /// Replace all key packages of the calling client. Exactly one must be last-resort.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct PublishKeyPackagesRequest {
     pub timestamp: u64,
     pub add_packages: Vec<AddPackage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct FetchKeyPackagesRequest {
     pub friendship_token: [u8; 32],
 }
 
 /// One add package per client of the user; consumed unless it is the last-resort one.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct FetchKeyPackagesResponse {
     pub add_packages: Vec<AddPackage>,
+}
+
+/// `Arbitrary` for [`openmls_traits::types::HpkeCiphertext`], which does not implement it
+/// (a foreign type): used by the derives of the types that carry one.
+#[cfg(feature = "arbitrary")]
+pub(crate) fn arbitrary_hpke_ciphertext(
+    u: &mut arbitrary::Unstructured<'_>,
+) -> arbitrary::Result<openmls_traits::types::HpkeCiphertext> {
+    Ok(openmls_traits::types::HpkeCiphertext {
+        kem_output: u.arbitrary()?,
+        ciphertext: u.arbitrary()?,
+    })
 }
