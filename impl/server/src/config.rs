@@ -12,6 +12,11 @@
 //! | `--max-body-bytes` | `PHOENIX_MAX_BODY_BYTES` | `max_body_bytes` | 1048576 |
 //! | `--max-dequeue` | `PHOENIX_MAX_DEQUEUE` | `max_dequeue` | 500 |
 //! | `--client-cert-lifetime-days` | `PHOENIX_CLIENT_CERT_LIFETIME_DAYS` | `client_cert_lifetime_days` | 30 |
+//! | `--resolve DOMAIN=URL` (repeatable) | `PHOENIX_RESOLVE` (comma-separated) | `resolve = [...]` | https://DOMAIN |
+//! | `--federation-mode` | `PHOENIX_FEDERATION_MODE` | `federation_mode` | `open` |
+//! | `--federation-allow DOMAIN` (repeatable) | `PHOENIX_FEDERATION_ALLOW` | `federation_allow = [...]` | none |
+//! | `--federation-block DOMAIN` (repeatable) | `PHOENIX_FEDERATION_BLOCK` | `federation_block = [...]` | none |
+//! | `--outbox-max-backoff-secs` | `PHOENIX_OUTBOX_MAX_BACKOFF_SECS` | `outbox_max_backoff_secs` | 60 |
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +27,7 @@ use thiserror::Error;
 
 use phoenix_types::ids::Domain;
 
+use crate::federation::{FederationSettings, Policy};
 use crate::server::Limits;
 
 /// Command line (and environment) of `phoenix-server`.
@@ -58,6 +64,47 @@ pub struct Args {
     pub max_dequeue: Option<u32>,
     #[arg(long, env = "PHOENIX_CLIENT_CERT_LIFETIME_DAYS")]
     pub client_cert_lifetime_days: Option<u64>,
+    /// Reach DOMAIN's homeserver at URL instead of https://DOMAIN (repeatable, like curl's
+    /// --resolve), e.g. `--resolve b.test=http://127.0.0.1:8081`.
+    #[arg(
+        long = "resolve",
+        value_name = "DOMAIN=URL",
+        env = "PHOENIX_RESOLVE",
+        value_delimiter = ','
+    )]
+    pub resolve: Vec<String>,
+    /// `open` (federate with everyone but --federation-block) or `allowlist` (only with
+    /// --federation-allow).
+    #[arg(long, env = "PHOENIX_FEDERATION_MODE")]
+    pub federation_mode: Option<String>,
+    /// A peer domain allowed in allowlist mode (repeatable).
+    #[arg(
+        long = "federation-allow",
+        value_name = "DOMAIN",
+        env = "PHOENIX_FEDERATION_ALLOW",
+        value_delimiter = ','
+    )]
+    pub federation_allow: Vec<String>,
+    /// A peer domain refused in open mode (repeatable).
+    #[arg(
+        long = "federation-block",
+        value_name = "DOMAIN",
+        env = "PHOENIX_FEDERATION_BLOCK",
+        value_delimiter = ','
+    )]
+    pub federation_block: Vec<String>,
+    /// Cap of the outbox's exponential retry backoff for unreachable peers (seconds).
+    #[arg(long, env = "PHOENIX_OUTBOX_MAX_BACKOFF_SECS")]
+    pub outbox_max_backoff_secs: Option<u64>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Maintenance commands (without one, the server runs).
+#[derive(Debug, Clone, clap::Subcommand, PartialEq, Eq)]
+pub enum Command {
+    /// Run the server (the default).
+    Run,
 }
 
 /// The TOML config file.
@@ -72,6 +119,11 @@ pub struct FileConfig {
     pub max_body_bytes: Option<usize>,
     pub max_dequeue: Option<u32>,
     pub client_cert_lifetime_days: Option<u64>,
+    pub resolve: Option<Vec<String>>,
+    pub federation_mode: Option<String>,
+    pub federation_allow: Option<Vec<String>>,
+    pub federation_block: Option<Vec<String>>,
+    pub outbox_max_backoff_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +141,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
     pub limits: Limits,
+    pub federation: FederationSettings,
+    pub command: Command,
 }
 
 #[derive(Debug, Error)]
@@ -112,6 +166,12 @@ pub enum ConfigError {
     LogFormat(String),
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
+    #[error("{0}")]
+    Resolve(#[from] phoenix_types::discovery::ResolveError),
+    #[error("invalid federation mode {0:?}: expected open or allowlist")]
+    FederationMode(String),
+    #[error("invalid peer domain {0:?} in the federation policy")]
+    PeerDomain(String),
 }
 
 impl Settings {
@@ -120,6 +180,14 @@ impl Settings {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
         };
+        let federation = federation_settings(
+            &args.resolve,
+            &args.federation_mode,
+            &args.federation_allow,
+            &args.federation_block,
+            args.outbox_max_backoff_secs,
+            &file,
+        )?;
         let domain = args
             .domain
             .or(file.domain)
@@ -164,6 +232,8 @@ impl Settings {
             data_dir,
             log_format,
             limits,
+            federation,
+            command: args.command.unwrap_or(Command::Run),
         })
     }
 
@@ -171,6 +241,47 @@ impl Settings {
     pub fn uses_data_dir(&self) -> bool {
         self.database_url == sqlite_url(&self.data_dir)
     }
+}
+
+/// Lists from the command line (or environment) replace those of the config file.
+fn list(cli: &[String], file: &Option<Vec<String>>) -> Vec<String> {
+    if cli.is_empty() {
+        file.clone().unwrap_or_default()
+    } else {
+        cli.to_vec()
+    }
+}
+
+fn domains(entries: Vec<String>) -> Result<std::collections::BTreeSet<Domain>, ConfigError> {
+    entries
+        .into_iter()
+        .map(|d| Domain::parse(&d).map_err(|_| ConfigError::PeerDomain(d)))
+        .collect()
+}
+
+fn federation_settings(
+    resolve: &[String],
+    mode: &Option<String>,
+    allow: &[String],
+    block: &[String],
+    max_backoff: Option<u64>,
+    file: &FileConfig,
+) -> Result<FederationSettings, ConfigError> {
+    let mut settings = FederationSettings::default();
+    let resolve = list(resolve, &file.resolve);
+    settings.resolver =
+        phoenix_types::discovery::Resolver::parse(resolve.iter().map(String::as_str))?;
+    let allow = domains(list(allow, &file.federation_allow))?;
+    let block = domains(list(block, &file.federation_block))?;
+    settings.policy = match mode.clone().or(file.federation_mode.clone()).as_deref() {
+        None | Some("open") => Policy::Open { blocked: block },
+        Some("allowlist") => Policy::Allowlist { allowed: allow },
+        Some(other) => return Err(ConfigError::FederationMode(other.into())),
+    };
+    if let Some(secs) = max_backoff.or(file.outbox_max_backoff_secs) {
+        settings.max_backoff = nonzero(secs, "outbox_max_backoff_secs")?;
+    }
+    Ok(settings)
 }
 
 fn nonzero<T: PartialEq + Default>(value: T, what: &'static str) -> Result<T, ConfigError> {

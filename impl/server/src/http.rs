@@ -5,25 +5,30 @@
 //! Routes:
 //! - `POST /phoenix/v1/{as,qs,ds}/<operation>`: TLS-codec request envelope in, TLS-codec
 //!   response out (`application/octet-stream`);
+//! - `POST /phoenix/v1/federation/enqueue`: QS-to-QS forwarding (a signed
+//!   `FederatedEnqueue`, not an envelope);
 //! - `GET /health`;
+//! - `GET /metrics`: counters and outbox gauges, Prometheus text format;
 //! - `GET /.well-known/phoenix`: domain, protocol version, the CA certificate (PEM) and
-//!   its SHA-256 fingerprint, the QS queue-config key.
+//!   its SHA-256 fingerprint, the QS queue-config key and the QS verifying key.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use base64::Engine;
 use bytes::Bytes;
-use serde::Serialize;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use phoenix_types::PROTOCOL_VERSION;
+use phoenix_types::certs;
+use phoenix_types::discovery::Discovery;
 use phoenix_types::error::{ErrorCode, Problem, WireError};
+use phoenix_types::messages::federation as federation_messages;
 
 use crate::auth::Request;
 use crate::server::{Server, now};
+use crate::store::DsStore;
 use crate::{as_, ds, qs};
 
 /// All routes of the server.
@@ -42,7 +47,19 @@ pub fn routes(
     let discovery = warp::path!(".well-known" / "phoenix")
         .and(warp::get())
         .and(with_server.clone())
-        .map(|server: Arc<Server>| warp::reply::json(&Discovery::of(&server)).into_response());
+        .map(|server: Arc<Server>| warp::reply::json(&discovery(&server)).into_response());
+    let metrics = warp::path("metrics")
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_server.clone())
+        .then(|server: Arc<Server>| async move {
+            warp::reply::with_header(
+                metrics(&server).await,
+                "content-type",
+                "text/plain; version=0.0.4",
+            )
+            .into_response()
+        });
     let operations = warp::path!("phoenix" / "v1" / String / String)
         .and(warp::post())
         .and(warp::body::content_length_limit(max_body))
@@ -61,6 +78,8 @@ pub fn routes(
         );
     health
         .or(discovery)
+        .unify()
+        .or(metrics)
         .unify()
         .or(operations)
         .unify()
@@ -121,6 +140,9 @@ async fn dispatch(
             let op = ds::operation(operation).ok_or_else(not_found)?;
             ds::handle(server, &Request::decode("ds", op, body, max)?, now).await
         }
+        "federation" if operation == federation_messages::ENQUEUE => {
+            crate::federation::receive::enqueue(server, body, now).await
+        }
         _ => Err(not_found()),
     }
 }
@@ -160,38 +182,99 @@ async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
 }
 
 /// `GET /.well-known/phoenix`.
-#[derive(Debug, Serialize)]
-pub struct Discovery {
-    pub domain: String,
-    pub protocol_version: u16,
-    /// The home server's CA certificate, PEM.
-    pub ca_certificate: String,
-    /// SHA-256 of the CA certificate's DER, hex.
-    pub ca_fingerprint: String,
-    /// The QS's HPKE queue-config public key, hex.
-    pub queue_config_key: String,
+pub fn discovery(server: &Server) -> Discovery {
+    Discovery {
+        domain: server.domain.to_string(),
+        protocol_version: PROTOCOL_VERSION,
+        ca_certificate: certs::to_pem(&server.ca.certificate.der).unwrap_or_default(),
+        ca_fingerprint: hex::encode(server.ca.certificate.fingerprint()),
+        queue_config_key: hex::encode(&server.queue_config_key.public),
+        qs_verifying_key: hex::encode(server.qs_signing_key.verifying_key().to_bytes()),
+    }
 }
 
-impl Discovery {
-    pub fn of(server: &Server) -> Self {
-        Self {
-            domain: server.domain.to_string(),
-            protocol_version: PROTOCOL_VERSION,
-            ca_certificate: pem("CERTIFICATE", &server.ca.certificate.der),
-            ca_fingerprint: hex::encode(server.ca.certificate.fingerprint()),
-            queue_config_key: hex::encode(&server.queue_config_key.public),
+/// The DER of a PEM certificate (for peers' discovery documents).
+pub fn pem_decode(pem: &str) -> Option<Vec<u8>> {
+    certs::from_pem(pem).ok()
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(server: &Server) -> String {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering;
+    let m = &server.metrics;
+    let mut out = String::new();
+    let counters = [
+        (
+            "phoenix_local_fanout_delivered_total",
+            "Fan-out messages enqueued in local queues.",
+            &m.local_delivered,
+        ),
+        (
+            "phoenix_federation_sent_total",
+            "Messages delivered to remote QSs.",
+            &m.federation_sent,
+        ),
+        (
+            "phoenix_federation_retries_total",
+            "Failed federated delivery attempts that will be retried.",
+            &m.federation_retried,
+        ),
+        (
+            "phoenix_federation_dropped_total",
+            "Federated messages dropped after a permanent refusal.",
+            &m.federation_dropped,
+        ),
+        (
+            "phoenix_federation_received_total",
+            "Messages accepted from remote QSs.",
+            &m.federation_received,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            value.load(Ordering::Relaxed)
+        );
+    }
+    match server.store.outbox_summary(now()).await {
+        Ok(summary) => {
+            let _ = writeln!(
+                out,
+                "# HELP phoenix_outbox_pending Outbox entries waiting for delivery.\n# TYPE phoenix_outbox_pending gauge"
+            );
+            for s in &summary {
+                let _ = writeln!(
+                    out,
+                    "phoenix_outbox_pending{{destination=\"{}\"}} {}",
+                    s.destination, s.pending
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP phoenix_outbox_due Outbox entries due for a delivery attempt now.\n# TYPE phoenix_outbox_due gauge"
+            );
+            for s in &summary {
+                let _ = writeln!(
+                    out,
+                    "phoenix_outbox_due{{destination=\"{}\"}} {}",
+                    s.destination, s.due
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP phoenix_outbox_max_attempts Most failed attempts of a pending entry.\n# TYPE phoenix_outbox_max_attempts gauge"
+            );
+            for s in &summary {
+                let _ = writeln!(
+                    out,
+                    "phoenix_outbox_max_attempts{{destination=\"{}\"}} {}",
+                    s.destination, s.max_attempts
+                );
+            }
         }
+        Err(e) => tracing::error!(error = %e, "cannot read the outbox for metrics"),
     }
-}
-
-/// PEM with base64 wrapped at 64 columns (RFC 7468).
-pub fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
     out
 }

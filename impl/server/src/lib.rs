@@ -9,6 +9,7 @@
 //! - [`as_`], [`qs`], [`ds`]: one module per service, one file per spec operation. Each
 //!   operation is a function of (server, request bytes, now) that returns response bytes or
 //!   a [`phoenix_types::error::WireError`]; HTTP stays out of them.
+//! - [`federation`]: peers (discovery, policy, key cache) and QS-to-QS forwarding.
 //! - [`outbox`]: delivery of fan-out messages after the state change that produced them
 //!   committed, retried with backoff until delivered.
 //! - [`store`]: storage traits and the SQLite and Postgres backends.
@@ -22,6 +23,7 @@ pub mod as_;
 pub mod auth;
 pub mod config;
 pub mod ds;
+pub mod federation;
 pub mod http;
 pub mod outbox;
 pub mod qs;

@@ -66,9 +66,14 @@ async fn run(settings: Settings) -> Result<(), String> {
         )
     })?;
     let backend = store.backend_name();
-    let server = Server::start(settings.domain.clone(), store, settings.limits.clone())
-        .await
-        .map_err(|e| e.to_string())?;
+    let server = Server::start_with(
+        settings.domain.clone(),
+        store,
+        settings.limits.clone(),
+        settings.federation.clone(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;

@@ -3,6 +3,7 @@
 //! load them on every later start.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
@@ -15,6 +16,7 @@ use phoenix_types::crypto::{self, HpkeKeyPair};
 use phoenix_types::error::{ErrorCode, WireError};
 use phoenix_types::ids::Domain;
 
+use crate::federation::{FederationSettings, Peers};
 use crate::store::{AsStore, CaRecord, QsStore, Store, StoreError};
 
 /// Operator-tunable limits (see docs/operations.md).
@@ -57,9 +59,24 @@ pub struct Server {
     pub store: Store,
     pub ca: CaKeys,
     pub queue_config_key: HpkeKeyPair,
+    /// Signs QS-to-QS messages; its public half is in the discovery document.
+    pub qs_signing_key: SigningKey,
     pub limits: Limits,
+    pub federation: FederationSettings,
+    pub peers: Peers,
+    pub metrics: Metrics,
     /// Woken when new outbox entries were written.
     pub outbox_wakeup: Notify,
+}
+
+/// Counters exported at `GET /metrics` (gauges come from the database).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub federation_sent: AtomicU64,
+    pub federation_retried: AtomicU64,
+    pub federation_dropped: AtomicU64,
+    pub federation_received: AtomicU64,
+    pub local_delivered: AtomicU64,
 }
 
 impl std::fmt::Debug for Server {
@@ -93,20 +110,37 @@ pub fn now() -> u64 {
 }
 
 impl Server {
-    /// Load (or on first start create) the server's keys.
+    /// Load (or on first start create) the server's keys; no federation settings.
     pub async fn start(
         domain: Domain,
         store: Store,
         limits: Limits,
     ) -> Result<Arc<Self>, StartError> {
+        Self::start_with(domain, store, limits, FederationSettings::default()).await
+    }
+
+    /// Load (or on first start create) the server's keys.
+    pub async fn start_with(
+        domain: Domain,
+        store: Store,
+        limits: Limits,
+        federation: FederationSettings,
+    ) -> Result<Arc<Self>, StartError> {
         let ca = load_or_create_ca(&domain, &store).await?;
         let queue_config_key = load_or_create_queue_config_key(&store).await?;
+        let qs_signing_key = load_or_create_signing_key(&store, QS_SIGNING_KEY).await?;
+        let peers = Peers::new(federation.resolver.clone(), federation.peer_cache_ttl)
+            .map_err(StartError::Keys)?;
         Ok(Arc::new(Self {
             domain,
             store,
             ca,
             queue_config_key,
+            qs_signing_key,
             limits,
+            federation,
+            peers,
+            metrics: Metrics::default(),
             outbox_wakeup: Notify::new(),
         }))
     }
@@ -171,6 +205,35 @@ async fn load_or_create_ca(domain: &Domain, store: &Store) -> Result<CaKeys, Sta
         signing_key,
         certificate,
     })
+}
+
+/// Name of the QS signing key in the `server_keys` table.
+const QS_SIGNING_KEY: &str = "qs_signing";
+
+async fn load_or_create_signing_key(store: &Store, name: &str) -> Result<SigningKey, StartError> {
+    if store.server_key(name).await?.is_none() {
+        let key = crypto::generate_signing_key(&mut OsRng);
+        store
+            .insert_server_key(name, &key.to_bytes(), &key.verifying_key().to_bytes())
+            .await?;
+    }
+    // Another process may have won the race: use whatever is stored.
+    let (private, public) = store
+        .server_key(name)
+        .await?
+        .ok_or(StartError::Keys(format!(
+            "{name} key missing after creation"
+        )))?;
+    let private: [u8; 32] = private
+        .try_into()
+        .map_err(|_| StartError::Keys(format!("stored {name} key is corrupt")))?;
+    let key = SigningKey::from_bytes(&private);
+    if key.verifying_key().to_bytes().as_slice() != public.as_slice() {
+        return Err(StartError::Keys(format!(
+            "stored {name} key pair does not match"
+        )));
+    }
+    Ok(key)
 }
 
 async fn load_or_create_queue_config_key(store: &Store) -> Result<HpkeKeyPair, StartError> {

@@ -524,6 +524,27 @@ impl ParsedCert {
     }
 }
 
+/// A certificate as PEM (`CERTIFICATE`, base64 wrapped at 64 columns, LF line endings).
+pub fn to_pem(der_bytes: &[u8]) -> Result<String, CertError> {
+    der::pem::encode_string("CERTIFICATE", der::pem::LineEnding::LF, der_bytes)
+        .map_err(|e| CertError::Der(e.to_string()))
+}
+
+/// The DER of a PEM `CERTIFICATE` block.
+pub fn from_pem(pem: &str) -> Result<Vec<u8>, CertError> {
+    if pem.len() > 4 * MAX_CERT_LEN {
+        return Err(CertError::TooLarge);
+    }
+    let (label, der_bytes) =
+        der::pem::decode_vec(pem.as_bytes()).map_err(|e| CertError::Der(e.to_string()))?;
+    if label != "CERTIFICATE" {
+        return Err(CertError::Der(format!(
+            "expected a CERTIFICATE PEM block, got {label}"
+        )));
+    }
+    Ok(der_bytes)
+}
+
 /// Issue an ID-Cert for a verified CSR.
 pub fn issue_client_certificate(
     csr: &VerifiedCsr,
@@ -611,6 +632,16 @@ mod tests {
             cert.verify_issued_by(&b_ca, Some(NOW)).unwrap_err(),
             CertError::Issuer
         );
+    }
+
+    #[test]
+    fn pem_roundtrip() {
+        let (_, ca) = ca("a.test");
+        let pem = to_pem(&ca.der).unwrap();
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n"));
+        assert!(pem.lines().all(|l| l.len() <= 64));
+        assert_eq!(from_pem(&pem).unwrap(), ca.der);
+        assert!(from_pem("-----BEGIN KEY-----\nAAAA\n-----END KEY-----\n").is_err());
     }
 
     #[test]

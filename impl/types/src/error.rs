@@ -70,6 +70,10 @@ codes! {
     NotConnectionGroup = (409, "NOT_A_CONNECTION_GROUP"),
     GroupFull = (413, "GROUP_FULL"),
     RateLimited = (429, "RATE_LIMITED"),
+    FederationRefused = (403, "FEDERATION_REFUSED"),
+    Misaddressed = (421, "MISADDRESSED"),
+    Replayed = (409, "REPLAYED"),
+    UnknownPeer = (502, "UNKNOWN_PEER"),
     NotFound = (404, "NOT_FOUND"),
     MethodNotAllowed = (405, "METHOD_NOT_ALLOWED"),
     UnsupportedMediaType = (415, "UNSUPPORTED_MEDIA_TYPE"),
@@ -143,7 +147,10 @@ mod tests {
         for code in ErrorCode::ALL {
             assert_eq!(ErrorCode::parse(code.as_str()), Some(*code));
             let status = code.http_status();
-            let ours = matches!(code, ErrorCode::Internal | ErrorCode::Unavailable);
+            let ours = matches!(
+                code,
+                ErrorCode::Internal | ErrorCode::Unavailable | ErrorCode::UnknownPeer
+            );
             assert_eq!(status >= 500, ours, "{code:?}");
         }
     }

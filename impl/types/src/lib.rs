@@ -7,6 +7,7 @@
 //! - [`crypto`]: labelled Ed25519 signatures, AEAD for data at rest (group-state EAR,
 //!   credential encryption), HPKE sealing (queue configs, connection establishment).
 //! - [`certs`]: the X.509 PKI: the home server's CA certificate, client CSRs and ID-Certs.
+//! - [`discovery`]: the discovery document and the domain → URL resolver.
 //! - [`messages`]: every request and response body of the AS, QS and DS, the request
 //!   envelope with its authentication, and the payloads clients exchange through the server.
 //!
@@ -19,6 +20,7 @@
 pub mod certs;
 pub mod codec;
 pub mod crypto;
+pub mod discovery;
 pub mod error;
 pub mod ids;
 pub mod messages;

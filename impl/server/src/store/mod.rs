@@ -241,6 +241,28 @@ pub trait QsStore {
         start: u64,
         max: u32,
     ) -> impl Future<Output = StoreResult<(Vec<QueueMessage>, u64)>> + Send;
+    /// A named long-term key pair of the server (private, public), if created.
+    fn server_key(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = StoreResult<Option<(Vec<u8>, Vec<u8>)>>> + Send;
+    /// Insert a named key pair unless one exists; returns false if one existed.
+    fn insert_server_key(
+        &self,
+        name: &str,
+        private: &[u8],
+        public: &[u8],
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// Record the federated message `message_id` of `sender` and enqueue its entry, in one
+    /// transaction. If the message was recorded before, nothing changes and the answer is
+    /// [`FederatedEnqueue::Replayed`].
+    fn enqueue_federated(
+        &self,
+        sender: &str,
+        message_id: &[u8; 16],
+        now: u64,
+        entry: &EnqueueEntry,
+    ) -> impl Future<Output = StoreResult<FederatedEnqueue>> + Send;
 }
 
 /// A group as stored: only the id, the ciphertext, a version for compare-and-swap and the
@@ -263,6 +285,24 @@ pub struct OutboxEntry {
     pub payload: Vec<u8>,
     /// Idempotency key, random per entry.
     pub dedup: [u8; 16],
+}
+
+/// Outcome of [`QsStore::enqueue_federated`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FederatedEnqueue {
+    /// Recorded; the entry got this sequence number (`None`: its client is unknown).
+    Enqueued(Option<u64>),
+    /// The message id was recorded before.
+    Replayed,
+}
+
+/// Outbox state of one destination, for metrics and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxSummary {
+    pub destination: String,
+    pub pending: u64,
+    pub due: u64,
+    pub max_attempts: u64,
 }
 
 /// Outcome of [`DsStore::create_group`].
@@ -318,6 +358,13 @@ pub trait DsStore {
         id: i64,
         next_attempt_at: u64,
     ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// How many failed attempts an outbox entry has had.
+    fn outbox_attempts(&self, id: i64) -> impl Future<Output = StoreResult<u32>> + Send;
+    /// Outbox entries per destination: (destination, pending, due at `now`, most attempts).
+    fn outbox_summary(
+        &self,
+        now: u64,
+    ) -> impl Future<Output = StoreResult<Vec<OutboxSummary>>> + Send;
 }
 
 mod rows;
@@ -481,6 +528,32 @@ impl QsStore for Store {
     ) -> StoreResult<(Vec<QueueMessage>, u64)> {
         delegate!(self, QsStore::dequeue(client_id, start, max))
     }
+
+    async fn server_key(&self, name: &str) -> StoreResult<Option<(Vec<u8>, Vec<u8>)>> {
+        delegate!(self, QsStore::server_key(name))
+    }
+
+    async fn insert_server_key(
+        &self,
+        name: &str,
+        private: &[u8],
+        public: &[u8],
+    ) -> StoreResult<bool> {
+        delegate!(self, QsStore::insert_server_key(name, private, public))
+    }
+
+    async fn enqueue_federated(
+        &self,
+        sender: &str,
+        message_id: &[u8; 16],
+        now: u64,
+        entry: &EnqueueEntry,
+    ) -> StoreResult<FederatedEnqueue> {
+        delegate!(
+            self,
+            QsStore::enqueue_federated(sender, message_id, now, entry)
+        )
+    }
 }
 
 impl DsStore for Store {
@@ -529,6 +602,14 @@ impl DsStore for Store {
 
     async fn postpone_outbox(&self, id: i64, next_attempt_at: u64) -> StoreResult<()> {
         delegate!(self, DsStore::postpone_outbox(id, next_attempt_at))
+    }
+
+    async fn outbox_attempts(&self, id: i64) -> StoreResult<u32> {
+        delegate!(self, DsStore::outbox_attempts(id))
+    }
+
+    async fn outbox_summary(&self, now: u64) -> StoreResult<Vec<OutboxSummary>> {
+        delegate!(self, DsStore::outbox_summary(now))
     }
 }
 

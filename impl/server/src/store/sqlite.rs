@@ -16,16 +16,16 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 
 use phoenix_types::ids::QsId;
 use phoenix_types::messages::QueueMessage;
 
 use super::{
     AsClientRecord, AsStore, CaRecord, CreateGroup, CreateQsUser, CreateUser, DsStore,
-    EnqueueEntry, OutboxEntry, QsClientRecord, QsStore, QsUserRecord, StoreResult,
-    StoredConnectionPackage, StoredGroup, StoredKeyPackage, after_page, bound, fixed, from_db,
-    month, rows, to_db,
+    EnqueueEntry, FederatedEnqueue, OutboxEntry, OutboxSummary, QsClientRecord, QsStore,
+    QsUserRecord, StoreResult, StoredConnectionPackage, StoredGroup, StoredKeyPackage, after_page,
+    bound, fixed, from_db, month, rows, to_db,
 };
 
 /// How long a writer waits for the write lock before giving up with `SQLITE_BUSY`.
@@ -539,6 +539,80 @@ impl QsStore for SqliteStore {
         tx.commit().await?;
         Ok((messages, from_db(remaining)?))
     }
+
+    async fn server_key(&self, name: &str) -> StoreResult<Option<(Vec<u8>, Vec<u8>)>> {
+        let row = sqlx::query("SELECT private_key, public_key FROM server_keys WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => Some((row.try_get("private_key")?, row.try_get("public_key")?)),
+            None => None,
+        })
+    }
+
+    async fn insert_server_key(
+        &self,
+        name: &str,
+        private: &[u8],
+        public: &[u8],
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "INSERT INTO server_keys (name, private_key, public_key) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(private)
+        .bind(public)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn enqueue_federated(
+        &self,
+        sender: &str,
+        message_id: &[u8; 16],
+        now: u64,
+        entry: &EnqueueEntry,
+    ) -> StoreResult<FederatedEnqueue> {
+        let mut tx = self.write().await?;
+        let recorded = sqlx::query(
+            "INSERT INTO qs_federation_seen (sender, message_id, received_at) VALUES (?, ?, ?) \
+             ON CONFLICT (sender, message_id) DO NOTHING",
+        )
+        .bind(sender)
+        .bind(message_id.as_slice())
+        .bind(to_db(now)?)
+        .execute(&mut *tx)
+        .await?;
+        if recorded.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(FederatedEnqueue::Replayed);
+        }
+        let seq: Option<i64> = sqlx::query_scalar(
+            "UPDATE qs_clients SET next_seq = next_seq + 1 WHERE client_id = ? RETURNING next_seq - 1",
+        )
+        .bind(entry.client_id.as_slice())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let assigned = match seq {
+            Some(seq) => {
+                sqlx::query(
+                    "INSERT INTO qs_queue (client_id, seq, payload, dedup) VALUES (?, ?, ?, ?)",
+                )
+                .bind(entry.client_id.as_slice())
+                .bind(seq)
+                .bind(entry.payload.as_slice())
+                .bind(entry.dedup.as_ref().map(|dedup| dedup.as_slice()))
+                .execute(&mut *tx)
+                .await?;
+                Some(from_db(seq)?)
+            }
+            None => None,
+        };
+        tx.commit().await?;
+        Ok(FederatedEnqueue::Enqueued(assigned))
+    }
 }
 
 impl DsStore for SqliteStore {
@@ -681,6 +755,36 @@ impl DsStore for SqliteStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn outbox_attempts(&self, id: i64) -> StoreResult<u32> {
+        let attempts: Option<i64> =
+            sqlx::query_scalar("SELECT attempts FROM ds_outbox WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(u32::try_from(attempts.unwrap_or(0)).unwrap_or(u32::MAX))
+    }
+
+    async fn outbox_summary(&self, now: u64) -> StoreResult<Vec<OutboxSummary>> {
+        let rows = sqlx::query(
+            "SELECT destination, COUNT(*) AS pending, \
+             SUM(CASE WHEN next_attempt_at <= ? THEN 1 ELSE 0 END) AS due, MAX(attempts) AS max_attempts \
+             FROM ds_outbox GROUP BY destination ORDER BY destination",
+        )
+        .bind(to_db(now)?)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(OutboxSummary {
+                    destination: row.try_get("destination")?,
+                    pending: from_db(row.try_get("pending")?)?,
+                    due: from_db(row.try_get("due")?)?,
+                    max_attempts: from_db(row.try_get("max_attempts")?)?,
+                })
+            })
+            .collect()
     }
 }
 

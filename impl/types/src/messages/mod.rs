@@ -11,12 +11,14 @@
 //! - [`as_`]: Authentication Service (real identities, certificates, connection setup).
 //! - [`qs`]: Queuing Service (pseudonymous records, key packages, queues).
 //! - [`ds`]: Delivery Service (groups, commits, application messages).
+//! - [`federation`]: QS-to-QS forwarding between homeservers.
 //! - [`client`]: payloads clients exchange through the server, opaque to it (connection
 //!   establishment packages, encrypted credentials, welcome attribution).
 
 pub mod as_;
 pub mod client;
 pub mod ds;
+pub mod federation;
 pub mod qs;
 
 use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
