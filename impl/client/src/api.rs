@@ -59,6 +59,26 @@ impl Api {
         &self.base
     }
 
+    /// The server's discovery document (`GET /.well-known/phoenix`).
+    pub async fn discovery(&self) -> Result<phoenix_types::discovery::Discovery, ClientError> {
+        let url = format!("{}{}", self.base, phoenix_types::discovery::WELL_KNOWN_PATH);
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(format!("{url}: {e}")))?;
+        if !response.status().is_success() {
+            return Err(ClientError::Transport(format!(
+                "{url}: HTTP {}",
+                response.status()
+            )));
+        }
+        response.json().await.map_err(|e| {
+            ClientError::Transport(format!("{url}: malformed discovery document: {e}"))
+        })
+    }
+
     /// Call `service/operation` with `payload`, signed by `signer`.
     pub async fn call<Req: Serialize, Resp: Deserialize>(
         &self,

@@ -22,7 +22,8 @@ use tls_codec::{Deserialize, Serialize, VLBytes};
 use phoenix_types::certs::{self, ParsedCert};
 use phoenix_types::codec;
 use phoenix_types::crypto::{self, HpkeKeyPair, SymmetricKey, hpke_info, label};
-use phoenix_types::ids::{ClientId, Fid};
+use phoenix_types::discovery::Resolver;
+use phoenix_types::ids::{ClientId, Domain, Fid, QualifiedGroupId};
 use phoenix_types::messages::as_::{self, ConnectionPackage, ConnectionPackagePayload};
 use phoenix_types::messages::client::{
     ADD_PACKAGE_AAD, ApplicationPayload, ClientCredentialInfo, ConnectionEstablishmentPackage,
@@ -185,13 +186,65 @@ impl Client {
         }
     }
 
-    /// The pinned CA certificate of `domain`.
+    /// Remember where to reach other homeservers (`DOMAIN=URL`, like curl's --resolve).
+    pub async fn add_resolve(&self, entries: &[String]) -> Result<(), ClientError> {
+        let resolver = Resolver::parse(entries.iter().map(String::as_str))
+            .map_err(|e| usage(e.to_string()))?;
+        for entry in resolver.entries() {
+            if let Some((domain, url)) = entry.split_once('=') {
+                self.store.put_resolve(domain, url).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn resolver(&self) -> Result<Resolver, ClientError> {
+        let entries = self.store.resolve_entries().await?;
+        Resolver::parse(entries.iter().map(String::as_str))
+            .map_err(|e| ClientError::Store(e.to_string()))
+    }
+
+    /// The API of `domain`'s homeserver: ours, or another one (federation).
+    async fn api_for(&self, id: &Identity, domain: &str) -> Result<Api, ClientError> {
+        if domain == id.qs_domain {
+            return Self::api(id);
+        }
+        let domain = Domain::parse(domain).map_err(|e| verification(e.to_string()))?;
+        Api::new(&self.resolver().await?.url(&domain))
+    }
+
+    /// The API of the DS that hosts `group_id`.
+    async fn ds_api(&self, id: &Identity, group_id: &[u8]) -> Result<Api, ClientError> {
+        let gid = QualifiedGroupId::parse(group_id).map_err(|e| verification(e.to_string()))?;
+        self.api_for(id, gid.domain().as_str()).await
+    }
+
+    /// The CA certificate of `domain`: pinned when first seen (for another homeserver:
+    /// fetched from its discovery document and checked to be a self-signed CA of that
+    /// domain).
     async fn ca_for(&self, domain: &str) -> Result<Vec<u8>, ClientError> {
-        self.store.ca_certificate(domain).await?.ok_or_else(|| {
-            verification(format!(
-                "no CA certificate known for {domain}: talking to other homeservers (federation) is not supported yet"
-            ))
-        })
+        if let Some(der) = self.store.ca_certificate(domain).await? {
+            return Ok(der);
+        }
+        let id = self.identity().await?;
+        let parsed_domain = Domain::parse(domain).map_err(|e| verification(e.to_string()))?;
+        let api = self.api_for(&id, domain).await?;
+        let discovery = api.discovery().await?;
+        if discovery.domain != domain {
+            return Err(verification(format!(
+                "{} describes itself as {}, not {domain}",
+                api.base(),
+                discovery.domain
+            )));
+        }
+        let der = certs::from_pem(&discovery.ca_certificate)
+            .map_err(|e| verification(format!("{domain}'s CA certificate: {e}")))?;
+        let ca = ParsedCert::parse(&der)
+            .map_err(|e| verification(format!("{domain}'s CA certificate: {e}")))?;
+        ca.verify_self_signed_ca(&parsed_domain)
+            .map_err(|e| verification(format!("{domain}'s CA certificate: {e}")))?;
+        self.store.put_ca_certificate(domain, &der).await?;
+        Ok(der)
     }
 
     // ----- registration -------------------------------------------------------------
@@ -557,7 +610,9 @@ impl Client {
             .map_err(mls_err)?
             .tls_serialize_detached()
             .map_err(mls_err)?;
-        let _: Empty = Self::api(id)?
+        let _: Empty = self
+            .ds_api(id, &record.group_id)
+            .await?
             .call(
                 "ds",
                 ds::SEND_MESSAGE,
@@ -598,13 +653,8 @@ impl Client {
                 c.fid, c.status
             )));
         }
-        if target.domain().as_str() != id.qs_domain {
-            return Err(usage(format!(
-                "{target} is on another homeserver ({}): federation is not supported yet",
-                target.domain()
-            )));
-        }
-        let api = Self::api(&id)?;
+        // The AS of the target's homeserver (ours, or another one).
+        let api = self.api_for(&id, target.domain().as_str()).await?;
         let fetched: as_::FetchConnectionPackageResponse = api
             .call(
                 "as",
@@ -843,7 +893,7 @@ impl Client {
                     "no connection request from {fid} (run `phoenix requests` to fetch new ones)"
                 ))
             })?;
-        let api = Self::api(&id)?;
+        let api = self.ds_api(&id, &request.group_id).await?;
         let info: ds::ExternalCommitInfoResponse = api
             .call(
                 "ds",
@@ -1060,7 +1110,11 @@ impl Client {
             }
         };
         let pinned = self.store.contact_clients(&fid).await?;
-        let api = Self::api(&id)?;
+        let contact_qs = contact
+            .as_ref()
+            .and_then(|c| c.qs_domain.clone())
+            .unwrap_or_else(|| id.qs_domain.clone());
+        let api = self.api_for(&id, &contact_qs).await?;
         let fetched: qs::FetchKeyPackagesResponse = api
             .call(
                 "qs",
@@ -1172,7 +1226,8 @@ impl Client {
                 welcome_info: VLBytes::new(welcome_info),
             });
         }
-        let result: Result<Empty, ClientError> = api
+        let ds_api = self.ds_api(&id, &record.group_id).await?;
+        let result: Result<Empty, ClientError> = ds_api
             .call(
                 "ds",
                 ds::ADD_USERS,
@@ -1317,7 +1372,9 @@ impl Client {
         let (commit, _, group_info) = bundle.into_messages();
         let group_info =
             group_info.ok_or_else(|| ClientError::Mls("no group info for the new epoch".into()))?;
-        let result: Result<Empty, ClientError> = Self::api(id)?
+        let result: Result<Empty, ClientError> = self
+            .ds_api(id, &record.group_id)
+            .await?
             .call(
                 "ds",
                 operation,

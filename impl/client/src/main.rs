@@ -23,6 +23,10 @@ struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Reach DOMAIN's homeserver at URL instead of https://DOMAIN (repeatable, like curl's
+    /// --resolve); remembered in the state directory for later commands.
+    #[arg(long = "resolve", value_name = "DOMAIN=URL", global = true)]
+    resolve: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -115,6 +119,7 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
         None => default_home()?,
     };
     let mut client = Client::open(&home).await?;
+    client.add_resolve(&cli.resolve).await?;
     Ok(match cli.command {
         Command::Register { fid, server } => {
             let r = client.register(&fid, &server).await?;

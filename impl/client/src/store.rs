@@ -442,6 +442,29 @@ impl Store {
             .collect())
     }
 
+    pub async fn put_resolve(&self, domain: &str, url: &str) -> Result<(), ClientError> {
+        sqlx::query("INSERT INTO resolve (domain, url) VALUES (?, ?) ON CONFLICT (domain) DO UPDATE SET url = excluded.url")
+            .bind(domain)
+            .bind(url)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The stored `DOMAIN=URL` entries.
+    pub async fn resolve_entries(&self) -> Result<Vec<String>, ClientError> {
+        let rows = sqlx::query("SELECT domain, url FROM resolve ORDER BY domain")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let domain: String = r.try_get("domain")?;
+                let url: String = r.try_get("url")?;
+                Ok(format!("{domain}={url}"))
+            })
+            .collect()
+    }
+
     pub async fn load_mls(&self) -> Result<HashMap<Vec<u8>, Vec<u8>>, ClientError> {
         let rows = sqlx::query("SELECT key, value FROM mls_kv")
             .fetch_all(&self.pool)
