@@ -310,6 +310,8 @@ pub struct TestServer {
     child: Option<Child>,
     url: String,
     log: PathBuf,
+    /// The command line, kept to restart the server the same way.
+    args: Vec<String>,
     // Dropped after the process is stopped (fields drop in declaration order, after `drop`).
     _database: Option<TestDatabase>,
     _dir: TempDir,
@@ -328,19 +330,78 @@ impl TestServer {
     }
 
     fn start(domain: &str, database: Option<TestDatabase>) -> Self {
+        Self::start_with(domain, database, "127.0.0.1:0", &[])
+    }
+
+    /// A server for `domain` listening on `listen` (e.g. `127.0.0.1:0`, or a port from
+    /// [`free_port`] when peers must know it in advance), with `extra` flags (e.g.
+    /// `--resolve`), on `database` (`None`: a fresh SQLite data directory).
+    pub fn start_with(
+        domain: &str,
+        database: Option<TestDatabase>,
+        listen: &str,
+        extra: &[String],
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("phoenix-e2e-server-")
             .tempdir()
             .unwrap();
         let data_dir = dir.path().join("data");
         let log = dir.path().join("server.log");
+        let mut args: Vec<String> = vec![
+            "--domain".into(),
+            domain.into(),
+            "--listen".into(),
+            listen.into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+        ];
+        if let Some(db) = &database {
+            args.extend(["--database-url".into(), db.url.clone()]);
+        }
+        args.extend(extra.iter().cloned());
+        let mut server = Self {
+            child: None,
+            url: String::new(),
+            log,
+            args,
+            _database: database,
+            _dir: dir,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Stop the server (SIGTERM) and start it again on the same database, address and flags.
+    pub fn restart(&mut self) {
+        self.terminate();
+        self.spawn();
+    }
+
+    /// Stop the server (SIGTERM) but keep its database, to [`TestServer::start_again`] later.
+    pub fn pause(&mut self) -> Option<ExitStatus> {
+        self.terminate()
+    }
+
+    /// Start a paused server again.
+    pub fn start_again(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
+        }
+    }
+
+    fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let mut command = Command::new(binary("phoenix-server"));
         command
-            .args(["--domain", domain, "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data_dir)
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(fs::File::create(&log).unwrap());
+            .stderr(log);
         // Only the flags above configure the server, whatever the caller's environment holds.
         for var in [
             "PHOENIX_DOMAIN",
@@ -348,11 +409,12 @@ impl TestServer {
             "PHOENIX_DATABASE_URL",
             "PHOENIX_DATA_DIR",
             "PHOENIX_CONFIG",
+            "PHOENIX_RESOLVE",
+            "PHOENIX_FEDERATION_MODE",
+            "PHOENIX_FEDERATION_ALLOW",
+            "PHOENIX_FEDERATION_BLOCK",
         ] {
             command.env_remove(var);
-        }
-        if let Some(db) = &database {
-            command.args(["--database-url", &db.url]);
         }
         let mut child = command
             .spawn()
@@ -369,22 +431,15 @@ impl TestServer {
             let _ = tx.send(line);
             let _ = std::io::copy(&mut reader, &mut std::io::sink());
         });
-        let mut server = Self {
-            child: Some(child),
-            url: String::new(),
-            log,
-            _database: database,
-            _dir: dir,
-        };
+        self.child = Some(child);
         let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
-        server.url = parse_listening_line(&line).unwrap_or_else(|| {
+        self.url = parse_listening_line(&line).unwrap_or_else(|| {
             panic!(
                 "phoenix-server did not print its listening line (got {line:?}); its log:\n{}",
-                server.log()
+                self.log()
             )
         });
-        server.wait_healthy();
-        server
+        self.wait_healthy();
     }
 
     /// The base URL, e.g. `http://127.0.0.1:41234`.
@@ -483,6 +538,15 @@ fn http_get(base: &str, path: &str) -> Option<(u16, String)> {
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default();
     Some((status, body))
+}
+
+/// A free TCP port on loopback (bound and released: good enough for tests that must tell
+/// a server its peers' addresses before they start).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
 }
 
 /// One user of the `phoenix` CLI, with its own home directory.
