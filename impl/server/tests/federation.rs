@@ -1,0 +1,341 @@
+//! QS-to-QS federation over real HTTP between two in-process servers, `a.test` and
+//! `b.test` (on SQLite and on Postgres): a message signed by a.test's QS is accepted by
+//! b.test once; a replay, a forgery, a misaddressed message and one from a peer b.test's
+//! policy refuses are each rejected with their own error code and change nothing.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use rand_core::{OsRng, RngCore};
+use tempfile::TempDir;
+use tls_codec::VLBytes;
+
+use phoenix_client::api::{Api, Signer};
+use phoenix_server::federation::{FederationSettings, Policy};
+use phoenix_server::server::{Limits, Server, now};
+use phoenix_server::store::postgres::PgStore;
+use phoenix_server::store::{OutboxEntry, Store};
+use phoenix_types::codec;
+use phoenix_types::crypto::{self, hpke_info};
+use phoenix_types::discovery::Resolver;
+use phoenix_types::error::Problem;
+use phoenix_types::ids::{Domain, QsId};
+use phoenix_types::messages::federation::{self, FederatedEnqueue, FederatedEnqueueTbs};
+use phoenix_types::messages::qs::{self, QueueConfig, SealedQueueConfig};
+use phoenix_types::messages::{DequeueRequest, DequeueResponse};
+
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+struct Running {
+    server: Arc<Server>,
+    url: String,
+    _dir: TempDir,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn listen() -> (tokio::net::TcpListener, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    (listener, url)
+}
+
+async fn run(
+    domain: &str,
+    store: Store,
+    federation: FederationSettings,
+    listener: tokio::net::TcpListener,
+    url: String,
+) -> Running {
+    let server = Server::start_with(
+        Domain::parse(domain).unwrap(),
+        store,
+        Limits::default(),
+        federation,
+    )
+    .await
+    .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(phoenix_server::http::serve(
+        server.clone(),
+        listener,
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    Running {
+        server,
+        url,
+        _dir: tempfile::tempdir().unwrap(),
+        _shutdown: tx,
+    }
+}
+
+async fn sqlite_store() -> (Store, TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::connect(&format!("sqlite://{}", dir.path().join("db").display()))
+        .await
+        .unwrap();
+    (store, dir)
+}
+
+async fn postgres_store() -> Option<Store> {
+    let url =
+        std::env::var("PHOENIX_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into());
+    let mut bytes = [0u8; 8];
+    OsRng.fill_bytes(&mut bytes);
+    match PgStore::connect_with_schema(&url, &format!("fed_{}", hex::encode(bytes))).await {
+        Ok(pg) => Some(Store::Postgres(pg)),
+        Err(e) => {
+            let required = std::env::var("CI").is_ok_and(|v| v == "true")
+                || std::env::var("PHOENIX_TEST_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
+            assert!(!required, "postgres is unreachable and required: {e}");
+            eprintln!("skipping postgres: {e}");
+            None
+        }
+    }
+}
+
+/// a.test and b.test, b.test refusing evil.test; plus evil.test itself (so that its key
+/// could be fetched if b.test asked, which it must not).
+struct Federation {
+    a: Running,
+    b: Running,
+    evil: Running,
+    _dirs: Vec<TempDir>,
+}
+
+async fn federation(b_store: Store) -> Federation {
+    let (la, ua) = listen().await;
+    let (lb, ub) = listen().await;
+    let (le, ue) = listen().await;
+    let resolver = Resolver::parse(
+        [
+            format!("a.test={ua}"),
+            format!("b.test={ub}"),
+            format!("evil.test={ue}"),
+        ]
+        .iter()
+        .map(String::as_str),
+    )
+    .unwrap();
+    let settings = |policy: Policy| FederationSettings {
+        resolver: resolver.clone(),
+        policy,
+        ..FederationSettings::default()
+    };
+    let (a_store, da) = sqlite_store().await;
+    let (e_store, de) = sqlite_store().await;
+    let a = run("a.test", a_store, settings(Policy::default()), la, ua).await;
+    let b = run(
+        "b.test",
+        b_store,
+        settings(Policy::Open {
+            blocked: BTreeSet::from([Domain::parse("evil.test").unwrap()]),
+        }),
+        lb,
+        ub,
+    )
+    .await;
+    let evil = run("evil.test", e_store, settings(Policy::default()), le, ue).await;
+    Federation {
+        a,
+        b,
+        evil,
+        _dirs: vec![da, de],
+    }
+}
+
+/// A QS user on b.test: its client id and auth key.
+async fn queue_on(b: &Running) -> (QsId, ed25519_dalek::SigningKey) {
+    let api = Api::new(&b.url).unwrap();
+    let client_key = crypto::generate_signing_key(&mut OsRng);
+    let user_key = crypto::generate_signing_key(&mut OsRng);
+    let mut token = [0u8; 32];
+    OsRng.fill_bytes(&mut token);
+    let created: qs::CreateUserResponse = api
+        .call(
+            "qs",
+            qs::CREATE_USER,
+            &qs::CreateUserRequest {
+                user_auth_key: VLBytes::new(user_key.verifying_key().to_bytes().to_vec()),
+                friendship_token: token,
+                client_auth_key: VLBytes::new(client_key.verifying_key().to_bytes().to_vec()),
+            },
+            Signer::Anonymous,
+        )
+        .await
+        .unwrap();
+    (created.client_id, client_key)
+}
+
+fn sealed_for(server: &Server, client_id: QsId) -> Vec<u8> {
+    let plain = codec::encode(&QueueConfig { client_id }).unwrap();
+    let sealed = crypto::hpke_seal(
+        &server.queue_config_key.public,
+        hpke_info::QUEUE_CONFIG,
+        server.domain.as_str().as_bytes(),
+        &plain,
+    )
+    .unwrap();
+    codec::encode(&SealedQueueConfig {
+        qs_domain: server.domain.to_string(),
+        sealed,
+    })
+    .unwrap()
+}
+
+fn entry(destination: &str, queue_config: Vec<u8>, payload: &[u8]) -> OutboxEntry {
+    let mut dedup = [0u8; 16];
+    OsRng.fill_bytes(&mut dedup);
+    OutboxEntry {
+        destination: destination.into(),
+        queue_config,
+        payload: payload.to_vec(),
+        dedup,
+    }
+}
+
+async fn post(url: &str, body: Vec<u8>) -> (u16, Option<String>) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}/phoenix/v1/federation/enqueue"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.unwrap();
+    let code = serde_json::from_slice::<Problem>(&bytes)
+        .ok()
+        .map(|p| p.code);
+    (status, code)
+}
+
+async fn queue(b: &Running, client: QsId, key: &ed25519_dalek::SigningKey) -> Vec<Vec<u8>> {
+    let response: DequeueResponse = Api::new(&b.url)
+        .unwrap()
+        .call(
+            "qs",
+            qs::DEQUEUE,
+            &DequeueRequest {
+                timestamp: now(),
+                sequence_number_start: 0,
+                max: 100,
+            },
+            Signer::QsClient { id: client, key },
+        )
+        .await
+        .unwrap();
+    response
+        .messages
+        .into_iter()
+        .map(|m| m.payload.as_slice().to_vec())
+        .collect()
+}
+
+async fn each_refusal_has_its_own_code(b_store: Store) {
+    let f = federation(b_store).await;
+    let (client, key) = queue_on(&f.b).await;
+    let b_domain = Domain::parse("b.test").unwrap();
+
+    // A genuine message from a.test is accepted, once.
+    let genuine = entry("b.test", sealed_for(&f.b.server, client), b"payload 1");
+    let body =
+        phoenix_server::federation::send::build(&f.a.server, &b_domain, &genuine, now()).unwrap();
+    assert_eq!(post(&f.b.url, body.clone()).await, (200, None));
+    // Replayed: the same bytes again.
+    assert_eq!(post(&f.b.url, body).await, (409, Some("REPLAYED".into())));
+    // A retry of the same message (same id, fresh signature) is a replay too: delivered once.
+    let retry =
+        phoenix_server::federation::send::build(&f.a.server, &b_domain, &genuine, now() + 1)
+            .unwrap();
+    assert_eq!(post(&f.b.url, retry).await, (409, Some("REPLAYED".into())));
+
+    // Forged: claims to come from a.test, signed by another key.
+    let forged_entry = entry("b.test", sealed_for(&f.b.server, client), b"forged");
+    let tbs = codec::encode(&FederatedEnqueueTbs {
+        sender: "a.test".into(),
+        destination: "b.test".into(),
+        message_id: forged_entry.dedup,
+        timestamp: now(),
+        queue_config: VLBytes::new(forged_entry.queue_config.clone()),
+        payload: VLBytes::new(forged_entry.payload.clone()),
+    })
+    .unwrap();
+    let forger = crypto::generate_signing_key(&mut OsRng);
+    let forged = codec::encode(&FederatedEnqueue {
+        signature: VLBytes::new(crypto::sign(&forger, federation::LABEL, &tbs).to_vec()),
+        tbs: VLBytes::new(tbs),
+    })
+    .unwrap();
+    assert_eq!(
+        post(&f.b.url, forged).await,
+        (401, Some("BAD_SIGNATURE".into()))
+    );
+
+    // Misaddressed: signed by a.test but for c.test (no open relay) ...
+    let elsewhere = entry("c.test", sealed_for(&f.b.server, client), b"relay me");
+    let body = phoenix_server::federation::send::build(
+        &f.a.server,
+        &Domain::parse("c.test").unwrap(),
+        &elsewhere,
+        now(),
+    )
+    .unwrap();
+    assert_eq!(
+        post(&f.b.url, body).await,
+        (421, Some("MISADDRESSED".into()))
+    );
+    // ... or addressed to b.test with a queue config for another QS.
+    let other_qs = entry("b.test", sealed_for(&f.a.server, client), b"relay me too");
+    let body =
+        phoenix_server::federation::send::build(&f.a.server, &b_domain, &other_qs, now()).unwrap();
+    assert_eq!(
+        post(&f.b.url, body).await,
+        (421, Some("MISADDRESSED".into()))
+    );
+
+    // Refused by policy: evil.test is blocked on b.test, however well it signs.
+    let from_evil = entry("b.test", sealed_for(&f.b.server, client), b"spam");
+    let body =
+        phoenix_server::federation::send::build(&f.evil.server, &b_domain, &from_evil, now())
+            .unwrap();
+    assert_eq!(
+        post(&f.b.url, body).await,
+        (403, Some("FEDERATION_REFUSED".into()))
+    );
+
+    // Stale: a genuine signature on an old message.
+    let old = entry("b.test", sealed_for(&f.b.server, client), b"old");
+    let body = phoenix_server::federation::send::build(&f.a.server, &b_domain, &old, now() - 3600)
+        .unwrap();
+    assert_eq!(
+        post(&f.b.url, body).await,
+        (401, Some("STALE_REQUEST".into()))
+    );
+
+    // Garbage.
+    assert_eq!(post(&f.b.url, vec![1, 2, 3]).await.0, 400);
+
+    // Only the genuine message reached the queue.
+    assert_eq!(queue(&f.b, client, &key).await, vec![b"payload 1".to_vec()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_each_refusal_has_its_own_code() {
+    let (store, _dir) = sqlite_store().await;
+    each_refusal_has_its_own_code(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_each_refusal_has_its_own_code() {
+    if let Some(store) = postgres_store().await {
+        each_refusal_has_its_own_code(store).await;
+    }
+}
