@@ -16,6 +16,7 @@
 //! | `--federation-mode` | `PHOENIX_FEDERATION_MODE` | `federation_mode` | `open` |
 //! | `--federation-allow DOMAIN` (repeatable) | `PHOENIX_FEDERATION_ALLOW` | `federation_allow = [...]` | none |
 //! | `--federation-block DOMAIN` (repeatable) | `PHOENIX_FEDERATION_BLOCK` | `federation_block = [...]` | none |
+//! | `--ca-rotation-days` | `PHOENIX_CA_ROTATION_DAYS` | `ca_rotation_days` | off |
 //! | `--outbox-max-backoff-secs` | `PHOENIX_OUTBOX_MAX_BACKOFF_SECS` | `outbox_max_backoff_secs` | 60 |
 
 use std::net::SocketAddr;
@@ -93,6 +94,10 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub federation_block: Vec<String>,
+    /// Rotate the CA key automatically when the current CA is this many days old (off by
+    /// default; `phoenix-server rotate-ca-key` rotates by hand).
+    #[arg(long, env = "PHOENIX_CA_ROTATION_DAYS")]
+    pub ca_rotation_days: Option<u64>,
     /// Cap of the outbox's exponential retry backoff for unreachable peers (seconds).
     #[arg(long, env = "PHOENIX_OUTBOX_MAX_BACKOFF_SECS")]
     pub outbox_max_backoff_secs: Option<u64>,
@@ -105,6 +110,10 @@ pub struct Args {
 pub enum Command {
     /// Run the server (the default).
     Run,
+    /// Create a new CA key and certificate and make it current, then exit. Earlier CA
+    /// certificates stay in the history, so certificates they issued keep verifying; a
+    /// running server sharing the database picks the new CA up within a minute.
+    RotateCaKey,
 }
 
 /// The TOML config file.
@@ -124,6 +133,7 @@ pub struct FileConfig {
     pub federation_allow: Option<Vec<String>>,
     pub federation_block: Option<Vec<String>>,
     pub outbox_max_backoff_secs: Option<u64>,
+    pub ca_rotation_days: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,6 +234,9 @@ impl Settings {
         {
             limits.client_cert_lifetime =
                 nonzero(days, "client_cert_lifetime_days")?.saturating_mul(24 * 3600);
+        }
+        if let Some(days) = args.ca_rotation_days.or(file.ca_rotation_days) {
+            limits.ca_rotation = Some(nonzero(days, "ca_rotation_days")?.saturating_mul(24 * 3600));
         }
         Ok(Self {
             domain,

@@ -186,8 +186,8 @@ pub fn discovery(server: &Server) -> Discovery {
     Discovery {
         domain: server.domain.to_string(),
         protocol_version: PROTOCOL_VERSION,
-        ca_certificate: certs::to_pem(&server.ca.certificate.der).unwrap_or_default(),
-        ca_fingerprint: hex::encode(server.ca.certificate.fingerprint()),
+        ca_certificate: certs::to_pem(&server.ca().certificate.der).unwrap_or_default(),
+        ca_fingerprint: hex::encode(server.ca().certificate.fingerprint()),
         queue_config_key: hex::encode(&server.queue_config_key.public),
         qs_verifying_key: hex::encode(server.qs_signing_key.verifying_key().to_bytes()),
     }

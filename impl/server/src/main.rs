@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use phoenix_server::config::{Args, LogFormat, Settings, redacted};
+use phoenix_server::config::{Args, Command, LogFormat, Settings, redacted};
 use phoenix_server::http;
 use phoenix_server::server::Server;
 use phoenix_server::store::Store;
@@ -74,6 +74,16 @@ async fn run(settings: Settings) -> Result<(), String> {
     )
     .await
     .map_err(|e| e.to_string())?;
+    if settings.command == Command::RotateCaKey {
+        let old = hex::encode(server.ca().certificate.fingerprint());
+        let ca = server.rotate_ca().await.map_err(|e| e.to_string())?;
+        println!(
+            "rotated the CA of {}: new certificate {} (previous {old}); earlier certificates stay valid until they expire",
+            settings.domain,
+            hex::encode(ca.certificate.fingerprint())
+        );
+        return Ok(());
+    }
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", settings.listen))?;
@@ -83,7 +93,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         %addr,
         database = %redacted(&settings.database_url),
         backend,
-        ca_fingerprint = %hex::encode(server.ca.certificate.fingerprint()),
+        ca_fingerprint = %hex::encode(server.ca().certificate.fingerprint()),
         "phoenix-server started"
     );
     // One line on stdout for scripts and tests that start the server on port 0.

@@ -2,8 +2,8 @@
 //! migrations), create the CA certificate and the QS queue-config key on first start, and
 //! load them on every later start.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::SigningKey;
@@ -30,6 +30,9 @@ pub struct Limits {
     pub client_cert_lifetime: u64,
     /// How long a requested group id stays reserved (seconds).
     pub group_id_reservation: u64,
+    /// Rotate the CA key when the current CA is this old (seconds); `None`: never
+    /// automatically.
+    pub ca_rotation: Option<u64>,
 }
 
 impl Default for Limits {
@@ -39,6 +42,7 @@ impl Default for Limits {
             max_dequeue: 500,
             client_cert_lifetime: 30 * 24 * 3600,
             group_id_reservation: 24 * 3600,
+            ca_rotation: None,
         }
     }
 }
@@ -57,7 +61,8 @@ pub struct CaKeys {
 pub struct Server {
     pub domain: Domain,
     pub store: Store,
-    pub ca: CaKeys,
+    /// The current CA; replaced on rotation (see [`Server::rotate_ca`]).
+    ca: RwLock<Arc<CaKeys>>,
     pub queue_config_key: HpkeKeyPair,
     /// Signs QS-to-QS messages; its public half is in the discovery document.
     pub qs_signing_key: SigningKey,
@@ -134,7 +139,7 @@ impl Server {
         Ok(Arc::new(Self {
             domain,
             store,
-            ca,
+            ca: RwLock::new(Arc::new(ca)),
             queue_config_key,
             qs_signing_key,
             limits,
@@ -143,6 +148,58 @@ impl Server {
             metrics: Metrics::default(),
             outbox_wakeup: Notify::new(),
         }))
+    }
+
+    /// The current CA.
+    pub fn ca(&self) -> Arc<CaKeys> {
+        match self.ca.read() {
+            Ok(ca) => ca.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Create a new CA key and certificate, store it as the current CA and use it from now
+    /// on. Certificates issued by earlier CAs stay valid until they expire, and every CA
+    /// certificate stays in the history that clients verify against.
+    pub async fn rotate_ca(&self) -> Result<Arc<CaKeys>, StartError> {
+        let record = new_ca(&self.domain)?;
+        self.store.insert_ca(&record).await?;
+        self.reload_ca().await?;
+        let ca = self.ca();
+        tracing::info!(fingerprint = %hex::encode(ca.certificate.fingerprint()), "rotated the CA key");
+        Ok(ca)
+    }
+
+    /// Pick up a CA rotated by another process sharing the database
+    /// (`phoenix-server rotate-ca-key`).
+    pub async fn reload_ca(&self) -> Result<(), StartError> {
+        let current = load_ca(&self.domain, &self.store).await?;
+        if current.certificate.der != self.ca().certificate.der {
+            tracing::info!(fingerprint = %hex::encode(current.certificate.fingerprint()), "using a new CA certificate");
+            match self.ca.write() {
+                Ok(mut ca) => *ca = Arc::new(current),
+                Err(poisoned) => *poisoned.into_inner() = Arc::new(current),
+            }
+        }
+        Ok(())
+    }
+
+    /// Background identity jobs, once a minute: pick up a CA rotated by another process,
+    /// and rotate the CA when it reached the configured age.
+    pub async fn run_ca_jobs(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            if let Err(e) = self.reload_ca().await {
+                tracing::error!(error = %e, "cannot reload the CA");
+                continue;
+            }
+            if let Some(max_age) = self.limits.ca_rotation
+                && now().saturating_sub(self.ca().certificate.not_before) >= max_age
+                && let Err(e) = self.rotate_ca().await
+            {
+                tracing::error!(error = %e, "scheduled CA rotation failed");
+            }
+        }
     }
 
     /// Map a storage failure to a 500 without leaking its details, logging them here.
@@ -154,36 +211,39 @@ impl Server {
     }
 }
 
+fn new_ca(domain: &Domain) -> Result<CaRecord, StartError> {
+    let key = crypto::generate_signing_key(&mut OsRng);
+    let now = now();
+    // Back-date a minute so that certificates issued right away nest inside it even
+    // with a little clock skew between processes sharing a database.
+    let not_before = now.saturating_sub(60);
+    let not_after = now + CA_LIFETIME;
+    let der = certs::create_ca_certificate(
+        domain,
+        &key,
+        &certs::random_serial(&mut OsRng),
+        not_before,
+        not_after,
+    )
+    .map_err(|e| StartError::Keys(e.to_string()))?;
+    Ok(CaRecord {
+        signing_key: key.to_bytes(),
+        certificate: der,
+        not_before,
+        not_after,
+    })
+}
+
 async fn load_or_create_ca(domain: &Domain, store: &Store) -> Result<CaKeys, StartError> {
-    if store.ca().await?.is_none() {
-        let key = crypto::generate_signing_key(&mut OsRng);
-        let now = now();
-        // Back-date a minute so that certificates issued right away nest inside it even
-        // with a little clock skew between processes sharing a database.
-        let not_before = now.saturating_sub(60);
-        let not_after = now + CA_LIFETIME;
-        let der = certs::create_ca_certificate(
-            domain,
-            &key,
-            &certs::random_serial(&mut OsRng),
-            not_before,
-            not_after,
-        )
-        .map_err(|e| StartError::Keys(e.to_string()))?;
-        let record = CaRecord {
-            signing_key: key.to_bytes(),
-            certificate: der,
-            not_before,
-            not_after,
-        };
-        if store.insert_first_ca(&record).await? {
-            tracing::info!(%domain, "created the home server CA certificate");
-        }
+    if store.ca().await?.is_none() && store.insert_first_ca(&new_ca(domain)?).await? {
+        tracing::info!(%domain, "created the home server CA certificate");
     }
-    let record = store
-        .ca()
-        .await?
-        .ok_or(StartError::Ca("missing after creation".into()))?;
+    load_ca(domain, store).await
+}
+
+/// The current CA from the store, checked.
+async fn load_ca(domain: &Domain, store: &Store) -> Result<CaKeys, StartError> {
+    let record = store.ca().await?.ok_or(StartError::Ca("missing".into()))?;
     let certificate =
         ParsedCert::parse(&record.certificate).map_err(|e| StartError::Ca(e.to_string()))?;
     if certificate.issuer_domain != *domain {

@@ -50,10 +50,18 @@ pub async fn client_certificates(server: &Server, request: &Request) -> Result<V
     })
 }
 
-pub fn server_certificate(server: &Server, request: &Request) -> Result<Vec<u8>, WireError> {
+pub async fn server_certificate(server: &Server, request: &Request) -> Result<Vec<u8>, WireError> {
     request.require_anonymous()?;
     let _: Empty = request.payload()?;
     codec::encode(&ServerCertificateResponse {
-        ca_certificate: VLBytes::new(server.ca.certificate.der.clone()),
+        ca_certificate: VLBytes::new(server.ca().certificate.der.clone()),
+        history: server
+            .store
+            .ca_history()
+            .await
+            .map_err(server.internal())?
+            .into_iter()
+            .map(|ca| VLBytes::new(ca.certificate))
+            .collect(),
     })
 }

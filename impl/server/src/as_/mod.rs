@@ -25,6 +25,7 @@ pub fn operation(name: &str) -> Option<&'static str> {
         as_::DEQUEUE_CONNECTION,
         as_::CLIENT_CERTIFICATES,
         as_::SERVER_CERTIFICATE,
+        as_::RENEW_CERTIFICATE,
     ]
     .into_iter()
     .find(|op| *op == name)
@@ -41,7 +42,8 @@ pub async fn handle(server: &Server, request: &Request, now: u64) -> Result<Vec<
         as_::ENQUEUE_CONNECTION => direct_queue::enqueue(server, request).await,
         as_::DEQUEUE_CONNECTION => direct_queue::dequeue(server, request, now).await,
         as_::CLIENT_CERTIFICATES => certificates::client_certificates(server, request).await,
-        as_::SERVER_CERTIFICATE => certificates::server_certificate(server, request),
+        as_::SERVER_CERTIFICATE => certificates::server_certificate(server, request).await,
+        as_::RENEW_CERTIFICATE => register::renew_certificate(server, request, now).await,
         _ => Err(WireError::new(ErrorCode::NotFound, "unknown AS operation")),
     }
 }

@@ -8,9 +8,9 @@ use tls_codec::VLBytes;
 use phoenix_types::certs;
 use phoenix_types::codec;
 use phoenix_types::error::{ErrorCode, WireError};
-use phoenix_types::messages::as_::{RegisterRequest, RegisterResponse};
+use phoenix_types::messages::as_::{RegisterRequest, RegisterResponse, RenewCertificateRequest};
 
-use crate::auth::Request;
+use crate::auth::{Request, check_fresh};
 use crate::server::Server;
 use crate::store::{AsClientRecord, AsStore, CreateUser};
 
@@ -26,33 +26,7 @@ pub async fn register(server: &Server, request: &Request, now: u64) -> Result<Ve
             format!("{fid} does not belong to this server ({})", server.domain),
         ));
     }
-    let serial = certs::random_serial(&mut OsRng);
-    let not_before = now.saturating_sub(60);
-    let not_after = now + server.limits.client_cert_lifetime;
-    let der = certs::issue_client_certificate(
-        &csr,
-        &server.ca.signing_key,
-        &server.ca.certificate,
-        &serial,
-        not_before,
-        not_after,
-    )
-    .map_err(|e| {
-        tracing::error!(error = %e, "certificate issuance failed");
-        WireError::new(ErrorCode::Internal, "certificate issuance failed")
-    })?;
-    // Read back what was issued (issuance clamps the validity into the CA's).
-    let issued = certs::ParsedCert::parse(&der)
-        .map_err(|_| WireError::new(ErrorCode::Internal, "issued an unparsable certificate"))?;
-    let record = AsClientRecord {
-        fid: fid.to_string(),
-        client_id: csr.subject.client_id.to_string(),
-        certificate: der.clone(),
-        public_key: csr.public_key,
-        serial: issued.serial_hex(),
-        not_before: issued.not_before,
-        not_after: issued.not_after,
-    };
+    let (der, record) = issue(server, &csr, now).await?;
     match server
         .store
         .create_user(&record, now)
@@ -70,6 +44,84 @@ pub async fn register(server: &Server, request: &Request, now: u64) -> Result<Ve
     tracing::info!(serial = %record.serial, "registered a user");
     codec::encode(&RegisterResponse {
         client_certificate: VLBytes::new(der),
-        ca_certificate: VLBytes::new(server.ca.certificate.der.clone()),
+        ca_certificate: VLBytes::new(server.ca().certificate.der.clone()),
     })
+}
+
+/// `renew_certificate`: a registered client, authenticated by its current certificate,
+/// gets a new one for the same FID and client id (usually for a new key). The previous
+/// certificate stays in the history.
+pub async fn renew_certificate(
+    server: &Server,
+    request: &Request,
+    now: u64,
+) -> Result<Vec<u8>, WireError> {
+    let client = request.as_client(server, now).await?;
+    let req: RenewCertificateRequest = request.payload()?;
+    check_fresh(req.timestamp, now)?;
+    let csr = certs::verify_csr(req.csr.as_slice())
+        .map_err(|e| WireError::new(ErrorCode::InvalidCsr, format!("invalid CSR: {e}")))?;
+    if csr.subject.fid.to_string() != client.fid
+        || csr.subject.client_id.as_str() != client.client_id
+    {
+        return Err(WireError::new(
+            ErrorCode::InvalidCsr,
+            "a renewal CSR must name the same federation id and client id",
+        ));
+    }
+    let (der, record) = issue(server, &csr, now).await?;
+    if !server
+        .store
+        .renew_client(&record)
+        .await
+        .map_err(server.internal())?
+    {
+        return Err(WireError::new(ErrorCode::UnknownClient, "no such client"));
+    }
+    tracing::info!(serial = %record.serial, "renewed a client certificate");
+    codec::encode(&RegisterResponse {
+        client_certificate: VLBytes::new(der),
+        ca_certificate: VLBytes::new(server.ca().certificate.der.clone()),
+    })
+}
+
+/// Issue an ID-Cert for a verified CSR with the current CA (picking up a CA rotated by
+/// another process first).
+async fn issue(
+    server: &Server,
+    csr: &certs::VerifiedCsr,
+    now: u64,
+) -> Result<(Vec<u8>, AsClientRecord), WireError> {
+    if let Err(e) = server.reload_ca().await {
+        tracing::error!(error = %e, "cannot reload the CA; issuing with the one in memory");
+    }
+    let ca = server.ca();
+    let serial = certs::random_serial(&mut OsRng);
+    let not_before = now.saturating_sub(60);
+    let not_after = now + server.limits.client_cert_lifetime;
+    let der = certs::issue_client_certificate(
+        csr,
+        &ca.signing_key,
+        &ca.certificate,
+        &serial,
+        not_before,
+        not_after,
+    )
+    .map_err(|e| {
+        tracing::error!(error = %e, "certificate issuance failed");
+        WireError::new(ErrorCode::Internal, "certificate issuance failed")
+    })?;
+    // Read back what was issued (issuance clamps the validity into the CA's).
+    let issued = certs::ParsedCert::parse(&der)
+        .map_err(|_| WireError::new(ErrorCode::Internal, "issued an unparsable certificate"))?;
+    let record = AsClientRecord {
+        fid: csr.subject.fid.to_string(),
+        client_id: csr.subject.client_id.to_string(),
+        certificate: der.clone(),
+        public_key: csr.public_key,
+        serial: issued.serial_hex(),
+        not_before: issued.not_before,
+        not_after: issued.not_after,
+    };
+    Ok((der, record))
 }

@@ -34,6 +34,7 @@ pub const MAX_GROUP_STATE: usize = 16 * 1024 * 1024;
 
 /// The plaintext group state.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct GroupState {
     /// openmls storage entries of the public group, sorted by key.
     pub mls: Vec<StorageEntry>,
@@ -44,12 +45,14 @@ pub struct GroupState {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct StorageEntry {
     pub key: VLBytes,
     pub value: VLBytes,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Member {
     pub leaf_index: u32,
     pub info: MemberInfo,

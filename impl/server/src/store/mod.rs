@@ -142,6 +142,16 @@ pub trait AsStore {
         start: u64,
         max: u32,
     ) -> impl Future<Output = StoreResult<(Vec<QueueMessage>, u64)>> + Send;
+    /// Every CA this server ever had, oldest first (the last one is current).
+    fn ca_history(&self) -> impl Future<Output = StoreResult<Vec<CaRecord>>> + Send;
+    /// Add a CA after the existing ones (key rotation); it becomes the current one.
+    fn insert_ca(&self, ca: &CaRecord) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Replace a client's current certificate (renewal), keeping every earlier one in the
+    /// certificate history. False if the client is unknown.
+    fn renew_client(
+        &self,
+        client: &AsClientRecord,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
 }
 
 /// A QS user record. The friendship token is stored only as its SHA-256 hash.
@@ -469,6 +479,18 @@ impl AsStore for Store {
         max: u32,
     ) -> StoreResult<(Vec<QueueMessage>, u64)> {
         delegate!(self, AsStore::dequeue_direct(fid, client_id, start, max))
+    }
+
+    async fn ca_history(&self) -> StoreResult<Vec<CaRecord>> {
+        delegate!(self, AsStore::ca_history())
+    }
+
+    async fn insert_ca(&self, ca: &CaRecord) -> StoreResult<()> {
+        delegate!(self, AsStore::insert_ca(ca))
+    }
+
+    async fn renew_client(&self, client: &AsClientRecord) -> StoreResult<bool> {
+        delegate!(self, AsStore::renew_client(client))
     }
 }
 

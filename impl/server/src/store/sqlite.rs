@@ -312,6 +312,66 @@ impl AsStore for SqliteStore {
         tx.commit().await?;
         Ok((messages, from_db(remaining)?))
     }
+
+    async fn ca_history(&self) -> StoreResult<Vec<CaRecord>> {
+        sqlx::query("SELECT signing_key, certificate, not_before, not_after FROM as_ca ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(rows::ca)
+            .collect()
+    }
+
+    async fn insert_ca(&self, ca: &CaRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO as_ca (id, signing_key, certificate, not_before, not_after) \
+             SELECT COALESCE(MAX(id), 0) + 1, ?, ?, ?, ? FROM as_ca",
+        )
+        .bind(ca.signing_key.as_slice())
+        .bind(ca.certificate.as_slice())
+        .bind(to_db(ca.not_before)?)
+        .bind(to_db(ca.not_after)?)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn renew_client(&self, client: &AsClientRecord) -> StoreResult<bool> {
+        let (not_before, not_after) = (to_db(client.not_before)?, to_db(client.not_after)?);
+        let mut tx = self.write().await?;
+        let updated = sqlx::query(
+            "UPDATE as_clients SET certificate = ?, public_key = ?, serial = ?, not_before = ?, \
+             not_after = ? WHERE fid = ? AND client_id = ?",
+        )
+        .bind(client.certificate.as_slice())
+        .bind(client.public_key.as_slice())
+        .bind(&client.serial)
+        .bind(not_before)
+        .bind(not_after)
+        .bind(&client.fid)
+        .bind(&client.client_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO as_certificates (serial, fid, client_id, certificate, not_before, not_after) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&client.serial)
+        .bind(&client.fid)
+        .bind(&client.client_id)
+        .bind(client.certificate.as_slice())
+        .bind(not_before)
+        .bind(not_after)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
 }
 
 impl QsStore for SqliteStore {

@@ -9,6 +9,7 @@
 //! | `dequeue_connection` | AsClient | `DequeueRequest` → `DequeueResponse` |
 //! | `client_certificates` | none | [`ClientCertificatesRequest`] → [`ClientCertificatesResponse`] |
 //! | `server_certificate` | none | `Empty` → [`ServerCertificateResponse`] |
+//! | `renew_certificate` | AsClient | [`RenewCertificateRequest`] → [`RegisterResponse`] |
 
 use openmls_traits::types::HpkeCiphertext;
 use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
@@ -20,6 +21,7 @@ pub const ENQUEUE_CONNECTION: &str = "enqueue_connection";
 pub const DEQUEUE_CONNECTION: &str = "dequeue_connection";
 pub const CLIENT_CERTIFICATES: &str = "client_certificates";
 pub const SERVER_CERTIFICATE: &str = "server_certificate";
+pub const RENEW_CERTIFICATE: &str = "renew_certificate";
 
 /// Most connection packages one upload may carry.
 pub const MAX_CONNECTION_PACKAGES: usize = 100;
@@ -114,8 +116,21 @@ pub struct ClientCertificatesResponse {
     pub certificates: Vec<VLBytes>,
 }
 
+/// Renew the calling client's ID-Cert: a CSR for the same FID and client id, usually with
+/// a new key. The previous certificate stays in the history (and valid until it expires).
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct RenewCertificateRequest {
+    pub timestamp: u64,
+    pub csr: VLBytes,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ServerCertificateResponse {
+    /// The current CA certificate (DER).
     pub ca_certificate: VLBytes,
+    /// Every CA certificate this server ever had, oldest first (the last is the current
+    /// one): a certificate issued before a CA key rotation verifies against its issuer here.
+    pub history: Vec<VLBytes>,
 }
