@@ -40,7 +40,7 @@ use phoenix_types::messages::{DequeueRequest, DequeueResponse, Empty};
 use crate::api::{Api, Signer};
 use crate::error::{ClientError, mls_err, usage, verification};
 use crate::mls::{self, CIPHERSUITE, Provider};
-use crate::store::{ConnectionRequest, Contact, Group, Identity, Store};
+use crate::store::{ConnectionRequest, Contact, Group, Identity, Store, StoredMessage};
 use crate::verify::{self, VerifiedMember};
 
 /// One-time connection packages published per upload (plus one last-resort).
@@ -74,6 +74,14 @@ pub struct Registration {
     pub client_id: String,
     pub server: String,
     pub ca_fingerprint: String,
+}
+
+/// What `renew` reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Renewal {
+    pub fingerprint: String,
+    pub not_after: u64,
+    pub groups_updated: usize,
 }
 
 /// A group member as shown to the user.
@@ -219,32 +227,80 @@ impl Client {
         self.api_for(id, gid.domain().as_str()).await
     }
 
-    /// The CA certificate of `domain`: pinned when first seen (for another homeserver:
-    /// fetched from its discovery document and checked to be a self-signed CA of that
-    /// domain).
-    async fn ca_for(&self, domain: &str) -> Result<Vec<u8>, ClientError> {
-        if let Some(der) = self.store.ca_certificate(domain).await? {
-            return Ok(der);
+    /// The CA certificates known for `domain`; fetched when none is known yet.
+    async fn cas_for(&self, domain: &str) -> Result<Vec<Vec<u8>>, ClientError> {
+        let cas = self.store.cas(domain).await?;
+        if !cas.is_empty() {
+            return Ok(cas);
         }
+        self.refresh_cas(domain).await?;
+        Ok(self.store.cas(domain).await?)
+    }
+
+    /// Fetch `domain`'s CA certificate history from its homeserver and keep every one that
+    /// is a valid self-signed CA certificate of that domain.
+    async fn refresh_cas(&self, domain: &str) -> Result<(), ClientError> {
         let id = self.identity().await?;
         let parsed_domain = Domain::parse(domain).map_err(|e| verification(e.to_string()))?;
         let api = self.api_for(&id, domain).await?;
-        let discovery = api.discovery().await?;
-        if discovery.domain != domain {
+        let response: as_::ServerCertificateResponse = api
+            .call("as", as_::SERVER_CERTIFICATE, &Empty {}, Signer::Anonymous)
+            .await?;
+        let mut kept = 0;
+        for der in response
+            .history
+            .iter()
+            .chain(std::iter::once(&response.ca_certificate))
+        {
+            let Ok(ca) = ParsedCert::parse(der.as_slice()) else {
+                continue;
+            };
+            if ca.verify_self_signed_ca(&parsed_domain).is_ok() {
+                self.store.put_ca(domain, &ca.der).await?;
+                kept += 1;
+            }
+        }
+        if kept == 0 {
             return Err(verification(format!(
-                "{} describes itself as {}, not {domain}",
-                api.base(),
-                discovery.domain
+                "{domain} served no valid CA certificate of its own"
             )));
         }
-        let der = certs::from_pem(&discovery.ca_certificate)
-            .map_err(|e| verification(format!("{domain}'s CA certificate: {e}")))?;
-        let ca = ParsedCert::parse(&der)
-            .map_err(|e| verification(format!("{domain}'s CA certificate: {e}")))?;
-        ca.verify_self_signed_ca(&parsed_domain)
-            .map_err(|e| verification(format!("{domain}'s CA certificate: {e}")))?;
-        self.store.put_ca_certificate(domain, &der).await?;
-        Ok(der)
+        Ok(())
+    }
+
+    /// Verify an actor certificate as of `at` against its domain's CA certificates. If it
+    /// does not verify, follow the ladder: fetch the domain's CA history again, retry, and
+    /// only then fail (the caller reports the message as unverified, with the reason).
+    async fn verify_actor(
+        &self,
+        cert: &ParsedCert,
+        at: u64,
+    ) -> Result<phoenix_types::certs::ActorSubject, ClientError> {
+        let domain = cert.issuer_domain.to_string();
+        let cas = self.cas_for(&domain).await?;
+        match verify::verify_chain(cert, &cas, at) {
+            Ok(subject) => Ok(subject),
+            Err(first) => {
+                if let Err(e) = self.refresh_cas(&domain).await {
+                    tracing::warn!(error = %e, %domain, "cannot refresh the CA certificates");
+                    return Err(first);
+                }
+                let cas = self.store.cas(&domain).await?;
+                verify::verify_chain(cert, &cas, at)
+            }
+        }
+    }
+
+    /// Verify a credential info for `leaf_key` as of `at`.
+    async fn verify_info(
+        &self,
+        info: &ClientCredentialInfo,
+        leaf_key: &[u8],
+        at: u64,
+    ) -> Result<VerifiedMember, ClientError> {
+        let cert = verify::check_binding(info, leaf_key)?;
+        let subject = self.verify_actor(&cert, at).await?;
+        Ok(VerifiedMember::new(&cert, &subject))
     }
 
     // ----- registration -------------------------------------------------------------
@@ -341,9 +397,7 @@ impl Client {
             as_next_seq: 0,
         };
         self.store.insert_identity(&identity).await?;
-        self.store
-            .put_ca_certificate(fid.domain().as_str(), &ca.der)
-            .await?;
+        self.store.put_ca(fid.domain().as_str(), &ca.der).await?;
         self.publish_connection_packages(&identity).await?;
         self.publish_key_packages(&identity).await?;
         Ok(Registration {
@@ -592,8 +646,7 @@ impl Client {
             &record.group_id,
             &encrypted,
         )?;
-        let ca = self.ca_for(&verify::claimed_domain(&info)?).await?;
-        verify::verify_credential_info(&info, &leaf_key, &ca, now())
+        self.verify_info(&info, &leaf_key, now()).await
     }
 
     async fn send_in_group(
@@ -665,14 +718,9 @@ impl Client {
                 Signer::Anonymous,
             )
             .await?;
-        let ca_der = self.ca_for(target.domain().as_str()).await?;
-        let ca = ParsedCert::parse(&ca_der).map_err(|e| verification(e.to_string()))?;
         let cert = ParsedCert::parse(fetched.client_certificate.as_slice())
             .map_err(|e| verification(format!("{target}'s certificate: {e}")))?;
-        let subject = cert
-            .verify_issued_by(&ca, Some(now()))
-            .map_err(|e| verification(format!("{target}'s certificate: {e}")))?
-            .clone();
+        let subject = self.verify_actor(&cert, now()).await?;
         if subject.fid != target {
             return Err(verification(format!(
                 "the server returned a certificate of {} for {target}",
@@ -838,12 +886,7 @@ impl Client {
             codec::decode(cep.tbs.as_slice(), 64 * 1024).map_err(|e| verification(e.detail))?;
         let cert = ParsedCert::parse(tbs.sender_certificate.as_slice())
             .map_err(|e| verification(e.to_string()))?;
-        let ca = ParsedCert::parse(&self.ca_for(cert.issuer_domain.as_str()).await?)
-            .map_err(|e| verification(e.to_string()))?;
-        let sender = cert
-            .verify_issued_by(&ca, Some(now()))
-            .map_err(|e| verification(format!("sender certificate: {e}")))?
-            .clone();
+        let sender = self.verify_actor(&cert, now()).await?;
         crypto::verify(
             &cert.public_key,
             label::CONNECTION_ESTABLISHMENT,
@@ -1146,13 +1189,13 @@ impl Client {
                     .map_err(mls_err)?
                     .validate(self.provider.crypto(), ProtocolVersion::Mls10)
                     .map_err(|e| verification(format!("invalid key package of {fid}: {e}")))?;
-            let ca = self.ca_for(&verify::claimed_domain(&info)?).await?;
-            let member = verify::verify_credential_info(
-                &info,
-                key_package.leaf_node().signature_key().as_slice(),
-                &ca,
-                now(),
-            )?;
+            let member = self
+                .verify_info(
+                    &info,
+                    key_package.leaf_node().signature_key().as_slice(),
+                    now(),
+                )
+                .await?;
             if member.fid != fid {
                 return Err(verification(format!(
                     "a key package for {fid} belongs to {}",
@@ -1294,7 +1337,7 @@ impl Client {
             .map_err(mls_err)?
             .stage_commit(&self.provider)
             .map_err(mls_err)?;
-        self.send_commit(&id, &record, &mut group, &signer, ds::UPDATE, bundle)
+        self.send_commit(&id, &record, &mut group, &signer, ds::UPDATE, bundle, None)
             .await
     }
 
@@ -1348,8 +1391,16 @@ impl Client {
             .map_err(mls_err)?
             .stage_commit(&self.provider)
             .map_err(mls_err)?;
-        self.send_commit(&id, &record, &mut group, &signer, ds::REMOVE_USERS, bundle)
-            .await?;
+        self.send_commit(
+            &id,
+            &record,
+            &mut group,
+            &signer,
+            ds::REMOVE_USERS,
+            bundle,
+            None,
+        )
+        .await?;
         for leaf in leaves {
             self.store
                 .remove_member(&record.group_id, leaf.u32())
@@ -1368,6 +1419,7 @@ impl Client {
         signer: &openmls_basic_credential::SignatureKeyPair,
         operation: &str,
         bundle: openmls::group::CommitMessageBundle,
+        new_credential: Option<Vec<u8>>,
     ) -> Result<(), ClientError> {
         let (commit, _, group_info) = bundle.into_messages();
         let group_info =
@@ -1384,7 +1436,7 @@ impl Client {
                     ear_key: record.ear_key,
                     commit: VLBytes::new(commit.tls_serialize_detached().map_err(mls_err)?),
                     group_info: VLBytes::new(group_info.tls_serialize_detached().map_err(mls_err)?),
-                    new_encrypted_credential: None,
+                    new_encrypted_credential: new_credential.clone().map(VLBytes::new),
                 },
                 Signer::DsLeaf {
                     leaf_index: group.own_leaf_index().u32(),
@@ -1398,7 +1450,15 @@ impl Client {
                 .map_err(mls_err)?;
             return Err(e);
         }
-        group.merge_pending_commit(&self.provider).map_err(mls_err)
+        group
+            .merge_pending_commit(&self.provider)
+            .map_err(mls_err)?;
+        if let Some(credential) = new_credential {
+            self.store
+                .set_member(&record.group_id, group.own_leaf_index().u32(), &credential)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn active_group(&self, name: &str) -> Result<Group, ClientError> {
@@ -1407,6 +1467,146 @@ impl Client {
             return Err(usage(format!("you are no longer a member of {name:?}")));
         }
         Ok(record)
+    }
+
+    /// Renew this client's certificate with a new key, then announce it: republish
+    /// connection and key packages, and in every group (connection groups included)
+    /// commit an update that carries the credential bound to the new certificate.
+    /// Messages sent before stay verifiable against the previous certificate, which stays
+    /// valid until it expires.
+    pub async fn renew(&mut self) -> Result<Renewal, ClientError> {
+        let result = self.renew_inner().await;
+        self.finish(result).await
+    }
+
+    async fn renew_inner(&mut self) -> Result<Renewal, ClientError> {
+        let id = self.identity().await?;
+        self.pull_into_events(&id).await?;
+        let fid = Fid::parse(&id.fid).map_err(|e| ClientError::Store(e.to_string()))?;
+        let client_id =
+            ClientId::parse(&id.client_id).map_err(|e| ClientError::Store(e.to_string()))?;
+        let key = crypto::generate_signing_key(&mut OsRng);
+        let csr = certs::create_csr(&fid, &client_id, &key)
+            .map_err(|e| usage(format!("cannot build CSR: {e}")))?;
+        let old_key = Self::signing_key(&id);
+        let resp: as_::RegisterResponse = Self::api(&id)?
+            .call(
+                "as",
+                as_::RENEW_CERTIFICATE,
+                &as_::RenewCertificateRequest {
+                    timestamp: now(),
+                    csr: VLBytes::new(csr),
+                },
+                Self::as_signer(&id, &old_key),
+            )
+            .await?;
+        let ca = ParsedCert::parse(resp.ca_certificate.as_slice())
+            .map_err(|e| verification(format!("server CA certificate: {e}")))?;
+        ca.verify_self_signed_ca(fid.domain())
+            .map_err(|e| verification(format!("server CA certificate: {e}")))?;
+        self.store.put_ca(fid.domain().as_str(), &ca.der).await?;
+        let cert = ParsedCert::parse(resp.client_certificate.as_slice())
+            .map_err(|e| verification(format!("renewed certificate: {e}")))?;
+        let subject = self.verify_actor(&cert, now()).await?;
+        if subject.fid != fid
+            || subject.client_id != client_id
+            || cert.public_key != key.verifying_key().to_bytes()
+        {
+            return Err(verification(
+                "the server issued a certificate for another identity or key",
+            ));
+        }
+        self.store
+            .set_certificate(&cert.der, &key.to_bytes())
+            .await?;
+        let id = self.identity().await?;
+        self.publish_connection_packages(&id).await?;
+        self.publish_key_packages(&id).await?;
+        let mut groups = 0;
+        for record in self.store.groups().await? {
+            if !record.active {
+                continue;
+            }
+            let mut group = self.load_group(&record.group_id)?;
+            let signer = mls::own_signer(&self.provider, &group)?;
+            let credential = Self::encrypt_credential(
+                &SymmetricKey(record.credential_key),
+                &record.group_id,
+                &Self::credential_info(&id, signer.public()),
+            )?;
+            let bundle = group
+                .commit_builder()
+                .force_self_update(true)
+                .consume_proposal_store(false)
+                .load_psks(self.provider.storage())
+                .map_err(mls_err)?
+                .create_group_info(true)
+                .build(
+                    self.provider.rand(),
+                    self.provider.crypto(),
+                    &signer,
+                    |_| true,
+                )
+                .map_err(mls_err)?
+                .stage_commit(&self.provider)
+                .map_err(mls_err)?;
+            self.send_commit(
+                &id,
+                &record,
+                &mut group,
+                &signer,
+                ds::UPDATE,
+                bundle,
+                Some(credential),
+            )
+            .await?;
+            groups += 1;
+        }
+        Ok(Renewal {
+            fingerprint: hex::encode(cert.fingerprint()),
+            not_after: cert.not_after,
+            groups_updated: groups,
+        })
+    }
+
+    /// Whether our certificate should be renewed: less than a third of its lifetime left.
+    async fn needs_renewal(&self, id: &Identity) -> bool {
+        match ParsedCert::parse(&id.certificate) {
+            Ok(cert) => {
+                let lifetime = cert.not_after.saturating_sub(cert.not_before);
+                cert.not_after.saturating_sub(now()) < lifetime / 3
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The messages received in group `name`, each re-verified as of when it arrived (so
+    /// messages from before a certificate or CA rotation still verify after it).
+    pub async fn history(&self, name: &str) -> Result<Vec<serde_json::Value>, ClientError> {
+        let record = self.user_group(name).await?;
+        let mut out = Vec::new();
+        for m in self.store.messages(&record.group_id).await? {
+            let verified = match verify::decrypt_credential(
+                &SymmetricKey(record.credential_key),
+                &record.group_id,
+                &m.encrypted_credential,
+            ) {
+                Ok(info) => {
+                    self.verify_info(&info, &m.sender_leaf_key, m.received_at)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            out.push(match verified {
+                Ok(member) => {
+                    json!({"received_at": m.received_at, "sender": member.fid, "verified": true,
+                    "certificate": member.fingerprint, "text": m.text})
+                }
+                Err(e) => json!({"received_at": m.received_at, "sender": null, "verified": false,
+                    "problem": e.to_string(), "text": m.text}),
+            });
+        }
+        Ok(out)
     }
 
     /// The members of group `name`, each with its verified FID (or why it did not verify).
@@ -1461,6 +1661,16 @@ impl Client {
     /// Process everything queued for us and return the events, oldest first (including
     /// events received during earlier operations).
     pub async fn sync(&mut self) -> Result<Vec<serde_json::Value>, ClientError> {
+        let id = self.identity().await?;
+        if self.needs_renewal(&id).await {
+            let renewal = self.renew().await?;
+            self.store
+                .push_event(
+                    &json!({"kind": "certificate_renewed", "fingerprint": renewal.fingerprint,
+                    "not_after": renewal.not_after, "groups_updated": renewal.groups_updated}),
+                )
+                .await?;
+        }
         let id = self.identity().await?;
         let mut events = self.store.take_events().await?;
         let result = self.pull(&id).await;
@@ -1578,15 +1788,42 @@ impl Client {
                     codec::decode(&app.into_bytes(), 128 * 1024).map_err(ClientError::Server)?;
                 let verified = self.verify_member(&record, &group, leaf.u32()).await;
                 match payload {
-                    ApplicationPayload::Text(text) => Ok(Some(match verified {
-                        Ok(member) => {
-                            json!({"kind": "message", "group": display, "sender": member.fid, "verified": true, "text": text})
-                        }
-                        Err(e) => {
-                            json!({"kind": "message", "group": display, "sender": null, "verified": false,
+                    ApplicationPayload::Text(text) => {
+                        // Keep the message with the sender's credential as it is now, so that
+                        // `history` can re-verify it as of its arrival.
+                        let leaf_key = group
+                            .members()
+                            .find(|m| m.index == leaf)
+                            .map(|m| m.signature_key)
+                            .unwrap_or_default();
+                        let credential = self
+                            .store
+                            .members(&record.group_id)
+                            .await?
+                            .into_iter()
+                            .find(|(l, _)| *l == leaf.u32())
+                            .map(|(_, c)| c)
+                            .unwrap_or_default();
+                        self.store
+                            .put_message(&StoredMessage {
+                                group_id: record.group_id.clone(),
+                                received_at: now(),
+                                sender_leaf: leaf.u32(),
+                                sender_leaf_key: leaf_key,
+                                encrypted_credential: credential,
+                                text: text.clone(),
+                            })
+                            .await?;
+                        Ok(Some(match verified {
+                            Ok(member) => {
+                                json!({"kind": "message", "group": display, "sender": member.fid, "verified": true, "text": text})
+                            }
+                            Err(e) => {
+                                json!({"kind": "message", "group": display, "sender": null, "verified": false,
                                          "problem": e.to_string(), "text": text})
-                        }
-                    })),
+                            }
+                        }))
+                    }
                     ApplicationPayload::Friendship(friendship) => {
                         let member = verified?;
                         let Some(contact_fid) = record
@@ -1658,10 +1895,53 @@ impl Client {
                     return Ok(Some(json!({"kind": "removed", "group": display})));
                 }
                 let mut joined = Vec::new();
+                let mut events = Vec::new();
                 for credential in &message.new_credentials {
                     let member = self
                         .verify_member(&record, &group, credential.leaf_index)
                         .await?;
+                    let contact = record.contact.clone().unwrap_or_default();
+                    let renewal = record.kind == "connection"
+                        && sender
+                            == Sender::Member(openmls::prelude::LeafNodeIndex::new(
+                                credential.leaf_index,
+                            ))
+                        && member.fid == contact;
+                    if renewal {
+                        // The contact's pinned client announced a renewed certificate in our
+                        // connection group, signed by its current leaf: pin the new one. A new
+                        // certificate that does not come this way (e.g. one a malicious AS
+                        // minted) is never pinned.
+                        let pinned = self.store.contact_clients(&contact).await?;
+                        if !pinned.contains_key(&member.client_id) {
+                            return Err(verification(format!(
+                                "{contact} announced a certificate for client {}, which is not the client pinned in our connection group",
+                                member.client_id
+                            )));
+                        }
+                        if pinned.get(&member.client_id) != Some(&member.certificate) {
+                            self.store
+                                .pin_contact_client(
+                                    &contact,
+                                    &member.client_id,
+                                    &member.certificate,
+                                )
+                                .await?;
+                            events.push(
+                                json!({"kind": "contact_certificate_renewed", "contact": contact,
+                                "client_id": member.client_id, "fingerprint": member.fingerprint}),
+                            );
+                        }
+                        continue;
+                    }
+                    if sender
+                        == Sender::Member(openmls::prelude::LeafNodeIndex::new(
+                            credential.leaf_index,
+                        ))
+                    {
+                        // A member replaced its own credential (a renewed certificate).
+                        continue;
+                    }
                     if record.kind == "connection" {
                         // The only client that may join our connection group with a contact is
                         // the one whose connection package we used (pinned at `connect`).
@@ -1679,6 +1959,9 @@ impl Client {
                     joined.push(member.fid);
                 }
                 let _ = id;
+                if let Some(event) = events.pop() {
+                    return Ok(Some(event));
+                }
                 Ok(if joined.is_empty() || record.kind == "connection" {
                     None
                 } else {
@@ -1706,12 +1989,7 @@ impl Client {
             codec::decode(wai.tbs.as_slice(), 64 * 1024).map_err(|e| verification(e.detail))?;
         let cert = ParsedCert::parse(tbs.sender_certificate.as_slice())
             .map_err(|e| verification(e.to_string()))?;
-        let ca = ParsedCert::parse(&self.ca_for(cert.issuer_domain.as_str()).await?)
-            .map_err(|e| verification(e.to_string()))?;
-        let inviter = cert
-            .verify_issued_by(&ca, Some(now()))
-            .map_err(|e| verification(format!("inviter's certificate: {e}")))?
-            .clone();
+        let inviter = self.verify_actor(&cert, now()).await?;
         crypto::verify(
             &cert.public_key,
             label::WELCOME_ATTRIBUTION,

@@ -55,8 +55,13 @@ enum Command {
     },
     /// Send a message to a group.
     Send { group: String, text: String },
-    /// Fetch and process new messages, invitations and connection confirmations.
+    /// Fetch and process new messages, invitations and connection confirmations
+    /// (renews this client's certificate first when a third of its lifetime is left).
     Sync,
+    /// Renew this client's certificate (new key) and announce it in every group.
+    Renew,
+    /// Show the messages received in a group, each re-verified as of when it arrived.
+    History { group: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -230,6 +235,31 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
             client.send(&group, &text).await?;
             (json!({"group": group, "sent": true}), String::new())
         }
+        Command::Renew => {
+            let r = client.renew().await?;
+            let text = format!(
+                "renewed the certificate ({}), valid until {} (unix time); announced in {} groups",
+                r.fingerprint, r.not_after, r.groups_updated
+            );
+            (serde_json::to_value(&r).unwrap_or(Value::Null), text)
+        }
+        Command::History { group } => {
+            let messages = client.history(&group).await?;
+            let text = messages
+                .iter()
+                .map(|m| {
+                    let field =
+                        |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
+                    if m.get("verified") == Some(&Value::Bool(true)) {
+                        format!("{}: {}", field("sender"), field("text"))
+                    } else {
+                        format!("UNVERIFIED ({}): {}", field("problem"), field("text"))
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            (json!({"group": group, "messages": messages}), text)
+        }
         Command::Sync => {
             let events = client.sync().await?;
             let text = events.iter().map(describe).collect::<Vec<_>>().join("\n");
@@ -259,6 +289,12 @@ fn describe(event: &Value) -> String {
         ),
         "members_added" => format!("[{}] new members: {}", s("group"), field("members")),
         "removed" => format!("you were removed from {}", s("group")),
+        "certificate_renewed" => format!("renewed your certificate ({})", s("fingerprint")),
+        "contact_certificate_renewed" => format!(
+            "{} renewed their certificate ({})",
+            s("contact"),
+            s("fingerprint")
+        ),
         "invitation_refused" => format!(
             "refused an invitation to {} from {}: {}",
             s("group"),

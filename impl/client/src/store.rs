@@ -62,6 +62,17 @@ pub struct Group {
     pub active: bool,
 }
 
+/// A received chat message with the sender's credential as it was when it arrived.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub group_id: Vec<u8>,
+    pub received_at: u64,
+    pub sender_leaf: u32,
+    pub sender_leaf_key: Vec<u8>,
+    pub encrypted_credential: Vec<u8>,
+    pub text: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct ConnectionRequest {
     pub fid: String,
@@ -185,22 +196,80 @@ impl Store {
         Ok(())
     }
 
-    pub async fn ca_certificate(&self, domain: &str) -> Result<Option<Vec<u8>>, ClientError> {
+    /// Every CA certificate known for `domain`.
+    pub async fn cas(&self, domain: &str) -> Result<Vec<Vec<u8>>, ClientError> {
         Ok(
-            sqlx::query_scalar("SELECT certificate FROM ca_certificates WHERE domain = ?")
+            sqlx::query_scalar("SELECT certificate FROM cas WHERE domain = ? ORDER BY rowid")
                 .bind(domain)
-                .fetch_optional(&self.pool)
+                .fetch_all(&self.pool)
                 .await?,
         )
     }
 
-    pub async fn put_ca_certificate(&self, domain: &str, der: &[u8]) -> Result<(), ClientError> {
-        sqlx::query("INSERT INTO ca_certificates (domain, certificate) VALUES (?, ?) ON CONFLICT (domain) DO UPDATE SET certificate = excluded.certificate")
+    pub async fn put_ca(&self, domain: &str, der: &[u8]) -> Result<(), ClientError> {
+        sqlx::query("INSERT OR IGNORE INTO cas (domain, certificate) VALUES (?, ?)")
             .bind(domain)
             .bind(der)
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    pub async fn set_certificate(
+        &self,
+        certificate: &[u8],
+        signing_key: &[u8; 32],
+    ) -> Result<(), ClientError> {
+        sqlx::query("UPDATE identity SET certificate = ?, signing_key = ? WHERE id = 1")
+            .bind(certificate)
+            .bind(signing_key.as_slice())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn put_message(&self, m: &StoredMessage) -> Result<(), ClientError> {
+        sqlx::query(
+            "INSERT INTO messages (group_id, received_at, sender_leaf, sender_leaf_key, encrypted_credential, text) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&m.group_id)
+        .bind(i(m.received_at)?)
+        .bind(i64::from(m.sender_leaf))
+        .bind(&m.sender_leaf_key)
+        .bind(&m.encrypted_credential)
+        .bind(&m.text)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn messages(&self, group_id: &[u8]) -> Result<Vec<StoredMessage>, ClientError> {
+        let rows = sqlx::query("SELECT * FROM messages WHERE group_id = ? ORDER BY id")
+            .bind(group_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let leaf: i64 = r.try_get("sender_leaf")?;
+                Ok(StoredMessage {
+                    group_id: r.try_get("group_id")?,
+                    received_at: u(r.try_get("received_at")?)?,
+                    sender_leaf: u32::try_from(leaf)
+                        .map_err(|_| ClientError::Store("bad leaf index".into()))?,
+                    sender_leaf_key: r.try_get("sender_leaf_key")?,
+                    encrypted_credential: r.try_get("encrypted_credential")?,
+                    text: r.try_get("text")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn groups(&self) -> Result<Vec<Group>, ClientError> {
+        let rows = sqlx::query("SELECT * FROM groups ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(group_from_row).collect()
     }
 
     pub async fn put_connection_key(

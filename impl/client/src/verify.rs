@@ -5,11 +5,15 @@
 //!    when it processes the message);
 //! 2. the leaf key is bound to a client ID-Cert: the member's encrypted credential info,
 //!    decrypted with the group's credential key, names the same leaf key and carries the
-//!    ID-Cert's signature over it;
-//! 3. the ID-Cert was issued by the home server CA of the FID's domain, and is valid now;
-//! 4. the CA certificate is the one this client pinned for that domain.
+//!    ID-Cert key's signature over it ([`check_binding`]);
+//! 3. the ID-Cert was issued by a CA certificate of its FID's domain and is valid at the
+//!    time in question ([`verify_chain`]); a domain's CA key rotates, so every CA
+//!    certificate seen for it is kept and the one that issued the certificate is used.
+//!
+//! How the CA certificates are obtained (and re-obtained when a check fails) is the
+//! client's business ([`crate::client`]); this module only checks.
 
-use phoenix_types::certs::ParsedCert;
+use phoenix_types::certs::{ActorSubject, CertError, ParsedCert};
 use phoenix_types::codec;
 use phoenix_types::crypto::{self, SymmetricKey, label};
 use phoenix_types::messages::client::ClientCredentialInfo;
@@ -25,6 +29,17 @@ pub struct VerifiedMember {
     pub fingerprint: String,
 }
 
+impl VerifiedMember {
+    pub fn new(cert: &ParsedCert, subject: &ActorSubject) -> Self {
+        Self {
+            fid: subject.fid.to_string(),
+            client_id: subject.client_id.to_string(),
+            fingerprint: hex::encode(cert.fingerprint()),
+            certificate: cert.der.clone(),
+        }
+    }
+}
+
 /// Associated data of a credential encrypted under a group's credential key.
 pub fn credential_aad(group_id: &[u8]) -> Vec<u8> {
     let mut aad = b"phoenix-v1 group credential ".to_vec();
@@ -32,26 +47,17 @@ pub fn credential_aad(group_id: &[u8]) -> Vec<u8> {
     aad
 }
 
-/// Check a client credential info against the leaf key it claims and the CA of its domain.
-pub fn verify_credential_info(
+/// Check that `info` binds `leaf_signature_key` to its client certificate: same leaf key,
+/// and the certificate's key signed it. Returns the (not yet chain-verified) certificate.
+pub fn check_binding(
     info: &ClientCredentialInfo,
     leaf_signature_key: &[u8],
-    ca_der: &[u8],
-    now: u64,
-) -> Result<VerifiedMember, ClientError> {
+) -> Result<ParsedCert, ClientError> {
     if info.leaf_signature_key.as_slice() != leaf_signature_key {
         return Err(verification("the credential is bound to another leaf key"));
     }
     let cert = ParsedCert::parse(info.client_certificate.as_slice())
         .map_err(|e| verification(format!("malformed client certificate: {e}")))?;
-    let ca = ParsedCert::parse(ca_der)
-        .map_err(|e| verification(format!("malformed CA certificate: {e}")))?;
-    ca.verify_self_signed_ca(&cert.issuer_domain)
-        .map_err(|e| verification(format!("CA certificate: {e}")))?;
-    let subject = cert
-        .verify_issued_by(&ca, Some(now))
-        .map_err(|e| verification(format!("client certificate: {e}")))?
-        .clone();
     crypto::verify(
         &cert.public_key,
         label::LEAF_BINDING,
@@ -59,11 +65,37 @@ pub fn verify_credential_info(
         info.binding_signature.as_slice(),
     )
     .map_err(|_| verification("the leaf is not signed by the client's certificate key"))?;
-    Ok(VerifiedMember {
-        fid: subject.fid.to_string(),
-        client_id: subject.client_id.to_string(),
-        fingerprint: hex::encode(cert.fingerprint()),
-        certificate: cert.der.clone(),
+    Ok(cert)
+}
+
+/// Verify an actor certificate against the CA certificates `cas` of its issuer's domain,
+/// as of time `at`: one of them must be a valid self-signed CA of that domain that signed
+/// it, and the certificate (nested in the CA's validity) must be valid at `at`.
+pub fn verify_chain(
+    cert: &ParsedCert,
+    cas: &[Vec<u8>],
+    at: u64,
+) -> Result<ActorSubject, ClientError> {
+    let mut expired = None;
+    for ca_der in cas {
+        let Ok(ca) = ParsedCert::parse(ca_der) else {
+            continue;
+        };
+        if ca.verify_self_signed_ca(&cert.issuer_domain).is_err() {
+            continue;
+        }
+        match cert.verify_issued_by(&ca, Some(at)) {
+            Ok(subject) => return Ok(subject.clone()),
+            Err(e @ (CertError::Expired | CertError::ValidityNotNested)) => expired = Some(e),
+            Err(_) => {}
+        }
+    }
+    Err(match expired {
+        Some(e) => verification(format!("client certificate of {}: {e}", cert.issuer_domain)),
+        None => verification(format!(
+            "the client certificate was not issued by any known CA certificate of {}",
+            cert.issuer_domain
+        )),
     })
 }
 
@@ -79,11 +111,4 @@ pub fn decrypt_credential(
         })?;
     codec::decode(&plain, 8192)
         .map_err(|e| verification(format!("malformed credential info: {}", e.detail)))
-}
-
-/// Which CA domain a credential claims (to look up the right CA before verifying).
-pub fn claimed_domain(info: &ClientCredentialInfo) -> Result<String, ClientError> {
-    let cert = ParsedCert::parse(info.client_certificate.as_slice())
-        .map_err(|e| verification(format!("malformed client certificate: {e}")))?;
-    Ok(cert.issuer_domain.to_string())
 }

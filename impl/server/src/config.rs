@@ -18,6 +18,11 @@
 //! | `--federation-block DOMAIN` (repeatable) | `PHOENIX_FEDERATION_BLOCK` | `federation_block = [...]` | none |
 //! | `--ca-rotation-days` | `PHOENIX_CA_ROTATION_DAYS` | `ca_rotation_days` | off |
 //! | `--outbox-max-backoff-secs` | `PHOENIX_OUTBOX_MAX_BACKOFF_SECS` | `outbox_max_backoff_secs` | 60 |
+//! | `--max-key-packages` | `PHOENIX_MAX_KEY_PACKAGES` | `max_key_packages` | 100 |
+//! | `--max-connection-packages` | `PHOENIX_MAX_CONNECTION_PACKAGES` | `max_connection_packages` | 100 |
+//! | `--max-group-size` | `PHOENIX_MAX_GROUP_SIZE` | `max_group_size` | 1024 |
+//! | `--max-csr-bytes` | `PHOENIX_MAX_CSR_BYTES` | `max_csr_bytes` | 4096 |
+//! | `--rate-limits`, `--rate-*`, `--trusted-proxy`, `--client-ip-header` | `PHOENIX_RATE_*`, ... | `[rate_limits]` table | see docs/limits.md |
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -101,6 +106,20 @@ pub struct Args {
     /// Cap of the outbox's exponential retry backoff for unreachable peers (seconds).
     #[arg(long, env = "PHOENIX_OUTBOX_MAX_BACKOFF_SECS")]
     pub outbox_max_backoff_secs: Option<u64>,
+    /// Most key packages per upload.
+    #[arg(long, env = "PHOENIX_MAX_KEY_PACKAGES")]
+    pub max_key_packages: Option<usize>,
+    /// Most connection packages per upload.
+    #[arg(long, env = "PHOENIX_MAX_CONNECTION_PACKAGES")]
+    pub max_connection_packages: Option<usize>,
+    /// Most members per group.
+    #[arg(long, env = "PHOENIX_MAX_GROUP_SIZE")]
+    pub max_group_size: Option<usize>,
+    /// Largest CSR accepted at registration (bytes, at most 4096).
+    #[arg(long, env = "PHOENIX_MAX_CSR_BYTES")]
+    pub max_csr_bytes: Option<usize>,
+    #[command(flatten)]
+    pub rate_limits: crate::ratelimit::RateLimitArgs,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -134,6 +153,11 @@ pub struct FileConfig {
     pub federation_block: Option<Vec<String>>,
     pub outbox_max_backoff_secs: Option<u64>,
     pub ca_rotation_days: Option<u64>,
+    pub max_key_packages: Option<usize>,
+    pub max_connection_packages: Option<usize>,
+    pub max_group_size: Option<usize>,
+    pub max_csr_bytes: Option<usize>,
+    pub rate_limits: Option<crate::ratelimit::RateLimitFile>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +206,8 @@ pub enum ConfigError {
     FederationMode(String),
     #[error("invalid peer domain {0:?} in the federation policy")]
     PeerDomain(String),
+    #[error("{0}")]
+    RateLimits(String),
 }
 
 impl Settings {
@@ -238,6 +264,27 @@ impl Settings {
         if let Some(days) = args.ca_rotation_days.or(file.ca_rotation_days) {
             limits.ca_rotation = Some(nonzero(days, "ca_rotation_days")?.saturating_mul(24 * 3600));
         }
+        if let Some(v) = args.max_key_packages.or(file.max_key_packages) {
+            limits.max_key_packages = nonzero(v, "max_key_packages")?;
+        }
+        if let Some(v) = args
+            .max_connection_packages
+            .or(file.max_connection_packages)
+        {
+            limits.max_connection_packages = nonzero(v, "max_connection_packages")?;
+        }
+        if let Some(v) = args.max_group_size.or(file.max_group_size) {
+            limits.max_group_size = nonzero(v, "max_group_size")?;
+        }
+        if let Some(v) = args.max_csr_bytes.or(file.max_csr_bytes) {
+            limits.max_csr_bytes =
+                nonzero(v, "max_csr_bytes")?.min(phoenix_types::certs::MAX_CERT_LEN);
+        }
+        limits.rate_limits = crate::ratelimit::RateLimitConfig::resolve(
+            &args.rate_limits,
+            file.rate_limits.as_ref(),
+        )
+        .map_err(ConfigError::RateLimits)?;
         Ok(Self {
             domain,
             listen,

@@ -13,10 +13,11 @@
 //!   its SHA-256 fingerprint, the QS queue-config key and the QS verifying key.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use warp::http::StatusCode;
+use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
@@ -27,6 +28,7 @@ use phoenix_types::error::{ErrorCode, Problem, WireError};
 use phoenix_types::messages::federation as federation_messages;
 
 use crate::auth::Request;
+use crate::ratelimit::{self, RateLimiter};
 use crate::server::{Server, now};
 use crate::store::DsStore;
 use crate::{as_, ds, qs};
@@ -60,13 +62,31 @@ pub fn routes(
             )
             .into_response()
         });
+    // Rate limits (per client IP, per target, per peer) before anything is decoded for
+    // the operation; see `ratelimit`.
+    let limiter = RateLimiter::new(&server.limits.rate_limits);
+    limiter.spawn_maintenance();
+    let with_limiter = warp::any().map(move || limiter.clone());
     let operations = warp::path!("phoenix" / "v1" / String / String)
         .and(warp::post())
         .and(warp::body::content_length_limit(max_body))
+        .and(warp::addr::remote())
+        .and(warp::header::headers_cloned())
         .and(warp::body::bytes())
         .and(with_server)
+        .and(with_limiter)
         .then(
-            |service: String, operation: String, body: Bytes, server: Arc<Server>| async move {
+            |service: String,
+             operation: String,
+             peer: Option<SocketAddr>,
+             headers: HeaderMap,
+             body: Bytes,
+             server: Arc<Server>,
+             limiter: Arc<RateLimiter>| async move {
+                let client = limiter.client_ip(peer, &headers);
+                if let Err(limited) = limiter.check_operation(client, &service, &operation, &body) {
+                    return ratelimit::with_retry_after(problem(&limited.error()), &limited);
+                }
                 match dispatch(&server, &service, &operation, &body).await {
                     Ok(bytes) => {
                         warp::reply::with_header(bytes, "content-type", "application/octet-stream")

@@ -27,5 +27,6 @@ pub mod federation;
 pub mod http;
 pub mod outbox;
 pub mod qs;
+pub mod ratelimit;
 pub mod server;
 pub mod store;

@@ -33,6 +33,16 @@ pub struct Limits {
     /// Rotate the CA key when the current CA is this old (seconds); `None`: never
     /// automatically.
     pub ca_rotation: Option<u64>,
+    /// Most key packages one `qs/publish_key_packages` may carry.
+    pub max_key_packages: usize,
+    /// Most connection packages one `as/publish_connection_packages` may carry.
+    pub max_connection_packages: usize,
+    /// Most members a group may have (`GROUP_FULL` beyond).
+    pub max_group_size: usize,
+    /// Largest CSR `as/register` parses (bytes; at most `certs::MAX_CERT_LEN`).
+    pub max_csr_bytes: usize,
+    /// Rate limits of the anonymous operations and the key-package claim quota.
+    pub rate_limits: crate::ratelimit::RateLimitConfig,
 }
 
 impl Default for Limits {
@@ -43,6 +53,11 @@ impl Default for Limits {
             client_cert_lifetime: 30 * 24 * 3600,
             group_id_reservation: 24 * 3600,
             ca_rotation: None,
+            max_key_packages: phoenix_types::messages::qs::MAX_KEY_PACKAGES,
+            max_connection_packages: phoenix_types::messages::as_::MAX_CONNECTION_PACKAGES,
+            max_group_size: phoenix_types::messages::ds::MAX_GROUP_SIZE,
+            max_csr_bytes: phoenix_types::certs::MAX_CERT_LEN,
+            rate_limits: crate::ratelimit::RateLimitConfig::default(),
         }
     }
 }

@@ -372,6 +372,23 @@ impl TestServer {
         server
     }
 
+    /// Run `phoenix-server <same flags> <subcommand>` (e.g. `rotate-ca-key`) against this
+    /// server's database and return its output; panics if it fails.
+    pub fn command(&self, subcommand: &str) -> String {
+        let output = Command::new(binary("phoenix-server"))
+            .args(&self.args)
+            .arg(subcommand)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "phoenix-server {subcommand} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// Stop the server (SIGTERM) and start it again on the same database, address and flags.
     pub fn restart(&mut self) {
         self.terminate();

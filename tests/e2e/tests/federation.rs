@@ -192,4 +192,59 @@ fn two_homeservers_chat_and_survive_an_outage() {
     // And the conversation goes on.
     bob.run(&["send", "on-a", "back online"]);
     alice.sync_until(WAIT, message_from("bob@b.test", "back online"));
+
+    // Mid-conversation: a.test rotates its CA key (by hand, while running) and alice
+    // renews her certificate (new key, issued by the new CA) and announces it in every
+    // group. Her next messages verify on bob's side (his client fetches a.test's CA
+    // history), and every earlier message stays verifiable.
+    let rotated = a.command("rotate-ca-key");
+    assert!(rotated.contains("rotated the CA of a.test"), "{rotated}");
+    let renewed = alice.run(&["renew"]);
+    assert_eq!(renewed["groups_updated"], 3, "{renewed}");
+    alice.run(&["send", "on-a", "after the rotations"]);
+    alice.run(&["send", "on-b", "after the rotations, on b"]);
+    let events = bob.sync_until(
+        WAIT,
+        message_from("alice@a.test", "after the rotations, on b"),
+    );
+    assert!(
+        events
+            .iter()
+            .any(message_from("alice@a.test", "after the rotations")),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "contact_certificate_renewed" && e["contact"] == "alice@a.test"),
+        "{events:?}"
+    );
+    bob.run(&["send", "on-b", "bob after the rotations"]);
+    alice.sync_until(WAIT, message_from("bob@b.test", "bob after the rotations"));
+    let history = bob.run(&["history", "on-a"]);
+    let messages = history["messages"].as_array().unwrap();
+    let texts: Vec<_> = messages
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert!(
+        texts.contains(&"hello from a.test") && texts.contains(&"after the rotations"),
+        "{history}"
+    );
+    assert!(messages.iter().all(|m| m["verified"] == true), "{history}");
+    let certificates: std::collections::BTreeSet<_> = messages
+        .iter()
+        .map(|m| m["certificate"].to_string())
+        .collect();
+    assert_eq!(
+        certificates.len(),
+        2,
+        "messages before and after the renewal carry different certificates: {history}"
+    );
+    // A new invitation with the renewed certificate is accepted: the pin followed it.
+    alice.run(&["group", "create", "after-renewal"]);
+    alice.run(&["group", "invite", "after-renewal", "bob@b.test"]);
+    bob.sync_until(WAIT, |e| {
+        e["kind"] == "joined" && e["group"] == "after-renewal"
+    });
 }

@@ -12,7 +12,7 @@ use phoenix_types::ids::Fid;
 use phoenix_types::messages::Empty;
 use phoenix_types::messages::as_::{
     ConnectionPackage, ConnectionPackagePayload, FetchConnectionPackageRequest,
-    FetchConnectionPackageResponse, MAX_CONNECTION_PACKAGES, PublishConnectionPackagesRequest,
+    FetchConnectionPackageResponse, PublishConnectionPackagesRequest,
 };
 use tls_codec::VLBytes;
 
@@ -28,10 +28,11 @@ pub async fn publish(server: &Server, request: &Request, now: u64) -> Result<Vec
     let client = request.as_client(server, now).await?;
     let req: PublishConnectionPackagesRequest = request.payload()?;
     check_fresh(req.timestamp, now)?;
-    if req.packages.is_empty() || req.packages.len() > MAX_CONNECTION_PACKAGES {
+    let max = server.limits.max_connection_packages;
+    if req.packages.is_empty() || req.packages.len() > max {
         return Err(WireError::new(
             ErrorCode::TooLarge,
-            format!("between 1 and {MAX_CONNECTION_PACKAGES} connection packages per upload"),
+            format!("between 1 and {max} connection packages per upload"),
         ));
     }
     let mut stored = Vec::with_capacity(req.packages.len());

@@ -14,9 +14,21 @@ use crate::auth::{Request, check_fresh};
 use crate::server::Server;
 use crate::store::{AsClientRecord, AsStore, CreateUser};
 
+/// A CSR larger than the configured limit is refused before it is parsed.
+fn check_csr_size(server: &Server, csr: &[u8]) -> Result<(), WireError> {
+    if csr.len() > server.limits.max_csr_bytes {
+        return Err(WireError::new(
+            ErrorCode::TooLarge,
+            format!("CSRs are at most {} bytes", server.limits.max_csr_bytes),
+        ));
+    }
+    Ok(())
+}
+
 pub async fn register(server: &Server, request: &Request, now: u64) -> Result<Vec<u8>, WireError> {
     request.require_anonymous()?;
     let req: RegisterRequest = request.payload()?;
+    check_csr_size(server, req.csr.as_slice())?;
     let csr = certs::verify_csr(req.csr.as_slice())
         .map_err(|e| WireError::new(ErrorCode::InvalidCsr, format!("invalid CSR: {e}")))?;
     let fid = &csr.subject.fid;
@@ -59,6 +71,7 @@ pub async fn renew_certificate(
     let client = request.as_client(server, now).await?;
     let req: RenewCertificateRequest = request.payload()?;
     check_fresh(req.timestamp, now)?;
+    check_csr_size(server, req.csr.as_slice())?;
     let csr = certs::verify_csr(req.csr.as_slice())
         .map_err(|e| WireError::new(ErrorCode::InvalidCsr, format!("invalid CSR: {e}")))?;
     if csr.subject.fid.to_string() != client.fid

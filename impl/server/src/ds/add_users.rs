@@ -12,8 +12,7 @@ use phoenix_types::crypto::SymmetricKey;
 use phoenix_types::error::{ErrorCode, WireError};
 use phoenix_types::messages::Empty;
 use phoenix_types::messages::ds::{
-    AddUsersRequest, GroupMessage, LeafCredential, MAX_GROUP_SIZE, MemberInfo, QueuePayload,
-    WelcomeBundle,
+    AddUsersRequest, GroupMessage, LeafCredential, MemberInfo, QueuePayload, WelcomeBundle,
 };
 
 use crate::auth::{Request, check_fresh};
@@ -30,6 +29,15 @@ pub async fn add_users(server: &Server, request: &Request, now: u64) -> Result<V
     check_fresh(req.timestamp, now)?;
     let mut group = LoadedGroup::load(server, req.group_id.as_slice(), ear_key).await?;
     let sender = authenticate_leaf(request, &group)?;
+    // Before validating the commit (whose cost grows with the number of joiners): the
+    // request names one entry per joiner.
+    let max_group_size = server.limits.max_group_size;
+    if group.state.members.len().saturating_add(req.added.len()) > max_group_size {
+        return Err(WireError::new(
+            ErrorCode::GroupFull,
+            format!("groups have at most {max_group_size} members"),
+        ));
+    }
     check_welcome(req.welcome.as_slice())?;
 
     let staged = commit::stage(&group, req.commit.as_slice())?;
@@ -52,10 +60,10 @@ pub async fn add_users(server: &Server, request: &Request, now: u64) -> Result<V
             "one added-member entry is needed per Add proposal",
         ));
     }
-    if group.state.members.len() + adds.len() > MAX_GROUP_SIZE {
+    if group.state.members.len() + adds.len() > max_group_size {
         return Err(WireError::new(
             ErrorCode::GroupFull,
-            format!("groups have at most {MAX_GROUP_SIZE} members"),
+            format!("groups have at most {max_group_size} members"),
         ));
     }
     let mut joiners = Vec::with_capacity(adds.len());

@@ -10,9 +10,7 @@ use tls_codec::Deserialize;
 use phoenix_types::codec;
 use phoenix_types::error::{ErrorCode, WireError};
 use phoenix_types::messages::Empty;
-use phoenix_types::messages::qs::{
-    AddPackage, MAX_KEY_PACKAGE_LEN, MAX_KEY_PACKAGES, PublishKeyPackagesRequest,
-};
+use phoenix_types::messages::qs::{AddPackage, MAX_KEY_PACKAGE_LEN, PublishKeyPackagesRequest};
 
 use crate::auth::{Request, check_fresh};
 use crate::qs::{open_queue_config, sealed_queue_config};
@@ -27,10 +25,11 @@ pub async fn publish_key_packages(
     let client = request.qs_client(server).await?;
     let req: PublishKeyPackagesRequest = request.payload()?;
     check_fresh(req.timestamp, now)?;
-    if req.add_packages.is_empty() || req.add_packages.len() > MAX_KEY_PACKAGES {
+    let max = server.limits.max_key_packages;
+    if req.add_packages.is_empty() || req.add_packages.len() > max {
         return Err(WireError::new(
             ErrorCode::TooLarge,
-            format!("between 1 and {MAX_KEY_PACKAGES} key packages per upload"),
+            format!("between 1 and {max} key packages per upload"),
         ));
     }
     let crypto = RustCrypto::default();
