@@ -234,7 +234,7 @@ impl Client {
             return Ok(cas);
         }
         self.refresh_cas(domain).await?;
-        Ok(self.store.cas(domain).await?)
+        self.store.cas(domain).await
     }
 
     /// Fetch `domain`'s CA certificate history from its homeserver and keep every one that
@@ -1337,7 +1337,7 @@ impl Client {
             .map_err(mls_err)?
             .stage_commit(&self.provider)
             .map_err(mls_err)?;
-        self.send_commit(&id, &record, &mut group, &signer, ds::UPDATE, bundle, None)
+        self.send_commit(&id, &record, &mut group, ds::UPDATE, bundle, None)
             .await
     }
 
@@ -1391,16 +1391,8 @@ impl Client {
             .map_err(mls_err)?
             .stage_commit(&self.provider)
             .map_err(mls_err)?;
-        self.send_commit(
-            &id,
-            &record,
-            &mut group,
-            &signer,
-            ds::REMOVE_USERS,
-            bundle,
-            None,
-        )
-        .await?;
+        self.send_commit(&id, &record, &mut group, ds::REMOVE_USERS, bundle, None)
+            .await?;
         for leaf in leaves {
             self.store
                 .remove_member(&record.group_id, leaf.u32())
@@ -1416,11 +1408,11 @@ impl Client {
         id: &Identity,
         record: &Group,
         group: &mut MlsGroup,
-        signer: &openmls_basic_credential::SignatureKeyPair,
         operation: &str,
         bundle: openmls::group::CommitMessageBundle,
         new_credential: Option<Vec<u8>>,
     ) -> Result<(), ClientError> {
+        let signer = &mls::own_signer(&self.provider, group)?;
         let (commit, _, group_info) = bundle.into_messages();
         let group_info =
             group_info.ok_or_else(|| ClientError::Mls("no group info for the new epoch".into()))?;
@@ -1554,7 +1546,6 @@ impl Client {
                 &id,
                 &record,
                 &mut group,
-                &signer,
                 ds::UPDATE,
                 bundle,
                 Some(credential),
