@@ -817,6 +817,29 @@ impl Client {
         }
     }
 
+    /// Why a pending request is suspicious: it names an existing contact but comes from a
+    /// certificate not pinned in our connection group with them (for example a second
+    /// credential minted by their server).
+    pub async fn request_warning(&self, request: &ConnectionRequest) -> Result<Option<String>, ClientError> {
+        let Some(contact) = self.store.contact(&request.fid).await? else {
+            return Ok(None);
+        };
+        let pinned = self.store.contact_clients(&contact.fid).await?;
+        if pinned.values().any(|der| *der == request.certificate) {
+            return Ok(None);
+        }
+        let mut known: Vec<String> = pinned.values().map(|der| hex::encode(crypto::sha256(der))).collect();
+        known.sort();
+        Ok(Some(format!(
+            "{} is already a contact, but this request comes from a certificate you have not pinned \
+             (client {}, fingerprint {}; pinned: {}): possibly a credential minted by their server",
+            request.fid,
+            request.client_id,
+            hex::encode(crypto::sha256(&request.certificate)),
+            known.join(", ")
+        )))
+    }
+
     /// Fetch new connection requests from the AS direct queue and list all pending ones.
     pub async fn requests(&mut self) -> Result<Vec<ConnectionRequest>, ClientError> {
         let id = self.identity().await?;
@@ -936,6 +959,9 @@ impl Client {
                     "no connection request from {fid} (run `phoenix requests` to fetch new ones)"
                 ))
             })?;
+        if let Some(warning) = self.request_warning(&request).await? {
+            return Err(verification(format!("refusing to accept: {warning}")));
+        }
         let api = self.ds_api(&id, &request.group_id).await?;
         let info: ds::ExternalCommitInfoResponse = api
             .call(

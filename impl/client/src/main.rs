@@ -145,10 +145,16 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
         }
         Command::Requests => {
             let requests = client.requests().await?;
-            let list: Vec<Value> = requests
-                .iter()
-                .map(|r| json!({"fid": r.fid, "client_id": r.client_id, "received_at": r.received_at}))
-                .collect();
+            let mut list: Vec<Value> = Vec::new();
+            let mut warnings = Vec::new();
+            for r in &requests {
+                let warning = client.request_warning(r).await?;
+                if let Some(w) = &warning {
+                    warnings.push(format!("WARNING: {w}"));
+                }
+                list.push(json!({"fid": r.fid, "client_id": r.client_id, "received_at": r.received_at,
+                    "fingerprint": hex::encode(phoenix_types::crypto::sha256(&r.certificate)), "warning": warning}));
+            }
             let text = if requests.is_empty() {
                 "no connection requests".to_owned()
             } else {
@@ -160,6 +166,7 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
                             r.fid, r.fid
                         )
                     })
+                    .chain(warnings)
                     .collect::<Vec<_>>()
                     .join("\n")
             };
