@@ -6,6 +6,7 @@ pub mod create_user;
 pub mod dequeue;
 pub mod enqueue;
 pub mod fetch_key_packages;
+pub mod key_package_status;
 pub mod publish_key_packages;
 
 use openmls::prelude::KeyPackage;
@@ -30,6 +31,7 @@ pub fn operation(name: &str) -> Option<&'static str> {
         qs::PUBLISH_KEY_PACKAGES,
         qs::FETCH_KEY_PACKAGES,
         qs::DEQUEUE,
+        qs::KEY_PACKAGE_STATUS,
     ]
     .into_iter()
     .find(|op| *op == name)
@@ -50,6 +52,9 @@ pub async fn handle(server: &Server, request: &Request, now: u64) -> Result<Vec<
         }
         qs::FETCH_KEY_PACKAGES => fetch_key_packages::fetch_key_packages(server, request).await,
         qs::DEQUEUE => dequeue::dequeue(server, request, now).await,
+        qs::KEY_PACKAGE_STATUS => {
+            key_package_status::key_package_status(server, request, now).await
+        }
         _ => Err(WireError::new(ErrorCode::NotFound, "unknown QS operation")),
     }
 }

@@ -176,6 +176,18 @@ pub struct StoredKeyPackage {
     pub last_resort: bool,
 }
 
+/// How a QS client's key packages stand (`qs/key_package_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyPackageStatus {
+    /// One-time key packages left.
+    pub one_time: u64,
+    /// Whether a last-resort key package is stored.
+    pub last_resort: bool,
+    /// How often the last-resort package was handed out because no one-time package was
+    /// left (cumulative since the client record was created).
+    pub last_resort_served: u64,
+}
+
 /// One message to append to a QS queue. `dedup` makes delivery from the outbox
 /// idempotent: a second enqueue with the same key into the same queue is a no-op.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,8 +242,8 @@ pub trait QsStore {
     ) -> impl Future<Output = StoreResult<()>> + Send;
     /// For each client of the user that has a package: take one, preferring a
     /// non-last-resort one (deleted as it is returned, never handed out twice even under
-    /// concurrent calls); the last-resort one is returned and kept. Returns (client id,
-    /// add package).
+    /// concurrent calls); the last-resort one is returned and kept, and the client's
+    /// count of last-resort servings goes up by one. Returns (client id, add package).
     fn take_key_packages(
         &self,
         user_id: &QsId,
@@ -243,6 +255,11 @@ pub trait QsStore {
         &self,
         entries: &[EnqueueEntry],
     ) -> impl Future<Output = StoreResult<Vec<Option<u64>>>> + Send;
+    /// How a client's key packages stand; `Ok(None)` if the client is unknown.
+    fn key_package_status(
+        &self,
+        client_id: &QsId,
+    ) -> impl Future<Output = StoreResult<Option<KeyPackageStatus>>> + Send;
     /// Delete the messages below `start`, return up to `max` from `start` on, in order,
     /// and how many remain after them.
     fn dequeue(
@@ -540,6 +557,10 @@ impl QsStore for Store {
 
     async fn enqueue(&self, entries: &[EnqueueEntry]) -> StoreResult<Vec<Option<u64>>> {
         delegate!(self, QsStore::enqueue(entries))
+    }
+
+    async fn key_package_status(&self, client_id: &QsId) -> StoreResult<Option<KeyPackageStatus>> {
+        delegate!(self, QsStore::key_package_status(client_id))
     }
 
     async fn dequeue(

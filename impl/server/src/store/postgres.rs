@@ -34,9 +34,9 @@ use phoenix_types::messages::QueueMessage;
 
 use super::{
     AsClientRecord, AsStore, CaRecord, CreateGroup, CreateQsUser, CreateUser, DsStore,
-    EnqueueEntry, FederatedEnqueue, OutboxEntry, OutboxSummary, QsClientRecord, QsStore,
-    QsUserRecord, StoreError, StoreResult, StoredConnectionPackage, StoredGroup, StoredKeyPackage,
-    after_page, bound, fixed, from_db, month, rows, to_db,
+    EnqueueEntry, FederatedEnqueue, KeyPackageStatus, OutboxEntry, OutboxSummary, QsClientRecord,
+    QsStore, QsUserRecord, StoreError, StoreResult, StoredConnectionPackage, StoredGroup,
+    StoredKeyPackage, after_page, bound, fixed, from_db, month, rows, to_db,
 };
 
 /// Pool size for [`PgStore::connect_with_schema`]: it serves tests, many of which run
@@ -585,12 +585,19 @@ impl QsStore for PgStore {
             .iter()
             .map(|(client, _)| client.as_slice())
             .collect();
-        // The clients that had none get their last-resort package, which is kept.
+        // The clients that had none get their last-resort package, which is kept, and
+        // their count of last-resort servings goes up (the owner sees it in
+        // `key_package_status`).
         let last_resort: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
-            "SELECT DISTINCT ON (k.client_id) k.client_id, k.add_package \
-             FROM qs_key_packages k JOIN qs_clients c ON c.client_id = k.client_id \
-             WHERE c.user_id = $1 AND k.last_resort AND k.client_id <> ALL($2::bytea[]) \
-             ORDER BY k.client_id, k.id",
+            "WITH picked AS (\
+                 SELECT DISTINCT ON (k.client_id) k.client_id, k.add_package \
+                 FROM qs_key_packages k JOIN qs_clients c ON c.client_id = k.client_id \
+                 WHERE c.user_id = $1 AND k.last_resort AND k.client_id <> ALL($2::bytea[]) \
+                 ORDER BY k.client_id, k.id), \
+             counted AS (\
+                 UPDATE qs_clients c SET last_resort_served = c.last_resort_served + 1 \
+                 FROM picked WHERE c.client_id = picked.client_id) \
+             SELECT client_id, add_package FROM picked",
         )
         .bind(user_id.as_slice())
         .bind(&served)
@@ -601,6 +608,27 @@ impl QsStore for PgStore {
             taken.insert(fixed::<16>(&client, "QS id is not 16 bytes")?, package);
         }
         Ok(taken.into_iter().collect())
+    }
+
+    async fn key_package_status(&self, client_id: &QsId) -> StoreResult<Option<KeyPackageStatus>> {
+        let row: Option<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT \
+                 (SELECT COUNT(*) FROM qs_key_packages k WHERE k.client_id = c.client_id AND NOT k.last_resort), \
+                 (SELECT COUNT(*) FROM qs_key_packages k WHERE k.client_id = c.client_id AND k.last_resort), \
+                 c.last_resort_served \
+             FROM qs_clients c WHERE c.client_id = $1",
+        )
+        .bind(client_id.as_slice())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(one_time, last_resort, served)| {
+            Ok(KeyPackageStatus {
+                one_time: from_db(one_time)?,
+                last_resort: last_resort > 0,
+                last_resort_served: from_db(served)?,
+            })
+        })
+        .transpose()
     }
 
     async fn enqueue(&self, entries: &[EnqueueEntry]) -> StoreResult<Vec<Option<u64>>> {

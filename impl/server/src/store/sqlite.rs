@@ -23,9 +23,9 @@ use phoenix_types::messages::QueueMessage;
 
 use super::{
     AsClientRecord, AsStore, CaRecord, CreateGroup, CreateQsUser, CreateUser, DsStore,
-    EnqueueEntry, FederatedEnqueue, OutboxEntry, OutboxSummary, QsClientRecord, QsStore,
-    QsUserRecord, StoreResult, StoredConnectionPackage, StoredGroup, StoredKeyPackage, after_page,
-    bound, fixed, from_db, month, rows, to_db,
+    EnqueueEntry, FederatedEnqueue, KeyPackageStatus, OutboxEntry, OutboxSummary, QsClientRecord,
+    QsStore, QsUserRecord, StoreResult, StoredConnectionPackage, StoredGroup, StoredKeyPackage,
+    after_page, bound, fixed, from_db, month, rows, to_db,
 };
 
 /// How long a writer waits for the write lock before giving up with `SQLITE_BUSY`.
@@ -502,13 +502,24 @@ impl QsStore for SqliteStore {
             let package = match package {
                 Some(package) => Some(package),
                 None => {
-                    sqlx::query_scalar(
+                    let last_resort: Option<Vec<u8>> = sqlx::query_scalar(
                         "SELECT add_package FROM qs_key_packages WHERE client_id = ? AND last_resort = 1 \
                          ORDER BY id LIMIT 1",
                     )
                     .bind(client.as_slice())
                     .fetch_optional(&mut *tx)
-                    .await?
+                    .await?;
+                    if last_resort.is_some() {
+                        // The owner can see that its pool ran dry (`key_package_status`).
+                        sqlx::query(
+                            "UPDATE qs_clients SET last_resort_served = last_resort_served + 1 \
+                             WHERE client_id = ?",
+                        )
+                        .bind(client.as_slice())
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    last_resort
                 }
             };
             if let Some(package) = package {
@@ -517,6 +528,27 @@ impl QsStore for SqliteStore {
         }
         tx.commit().await?;
         Ok(taken)
+    }
+
+    async fn key_package_status(&self, client_id: &QsId) -> StoreResult<Option<KeyPackageStatus>> {
+        let row: Option<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT \
+                 (SELECT COUNT(*) FROM qs_key_packages k WHERE k.client_id = c.client_id AND k.last_resort = 0), \
+                 (SELECT COUNT(*) FROM qs_key_packages k WHERE k.client_id = c.client_id AND k.last_resort = 1), \
+                 c.last_resort_served \
+             FROM qs_clients c WHERE c.client_id = ?",
+        )
+        .bind(client_id.as_slice())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(one_time, last_resort, served)| {
+            Ok(KeyPackageStatus {
+                one_time: from_db(one_time)?,
+                last_resort: last_resort > 0,
+                last_resort_served: from_db(served)?,
+            })
+        })
+        .transpose()
     }
 
     async fn enqueue(&self, entries: &[EnqueueEntry]) -> StoreResult<Vec<Option<u64>>> {

@@ -7,6 +7,7 @@
 //! | `publish_key_packages` | QsClient | [`PublishKeyPackagesRequest`] → `Empty` |
 //! | `fetch_key_packages` | friendship token | [`FetchKeyPackagesRequest`] → [`FetchKeyPackagesResponse`] |
 //! | `dequeue` | QsClient | `DequeueRequest` → `DequeueResponse` |
+//! | `key_package_status` | QsClient | [`KeyPackageStatusRequest`] → [`KeyPackageStatusResponse`] |
 //!
 //! Nothing here names an FID: QS records are pseudonymous.
 
@@ -19,6 +20,7 @@ pub const CREATE_USER: &str = "create_user";
 pub const PUBLISH_KEY_PACKAGES: &str = "publish_key_packages";
 pub const FETCH_KEY_PACKAGES: &str = "fetch_key_packages";
 pub const DEQUEUE: &str = "dequeue";
+pub const KEY_PACKAGE_STATUS: &str = "key_package_status";
 
 /// Most key packages one upload may carry.
 pub const MAX_KEY_PACKAGES: usize = 100;
@@ -109,6 +111,28 @@ pub struct FetchKeyPackagesRequest {
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct FetchKeyPackagesResponse {
     pub add_packages: Vec<AddPackage>,
+}
+
+/// Ask how the calling client's key packages stand (authenticated by the QS client key).
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct KeyPackageStatusRequest {
+    pub timestamp: u64,
+}
+
+/// How the calling client's key packages stand. A growing `last_resort_served` means
+/// contacts got the last-resort package because the pool was empty: publish fresh
+/// packages (and suspect draining if nobody added you to that many groups).
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct KeyPackageStatusResponse {
+    /// One-time key packages left in the pool.
+    pub one_time_remaining: u64,
+    /// 1 if a last-resort key package is stored, else 0.
+    pub has_last_resort: u8,
+    /// How often the last-resort package was handed out because the pool was empty,
+    /// since the client record was created.
+    pub last_resort_served: u64,
 }
 
 /// `Arbitrary` for [`openmls_traits::types::HpkeCiphertext`], which does not implement it

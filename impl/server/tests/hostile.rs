@@ -1,0 +1,1253 @@
+//! Hostile input over real HTTP, on SQLite and on Postgres (issue 5):
+//!
+//! - random bodies and mutations of valid signed requests on every route: every answer
+//!   that is not a success is a 4xx problem document with a code, never a 5xx, and the
+//!   server stays healthy and consistent (a normal conversation works afterwards);
+//! - 1000 concurrent key-package claims hand out no one-time package twice, the
+//!   last-resort package only once the pool is empty, and the owner sees how often it was
+//!   served (`qs/key_package_status`);
+//! - the per-fetcher key-package quota stops a drainer with 429 and `Retry-After` (also
+//!   behind a trusted reverse proxy, and not fooled by a forged `X-Forwarded-For`);
+//! - size limits answer 413 before any costly work.
+//!
+//! Each test runs once per backend (`sqlite::<test>`, `postgres::<test>`); Postgres tests
+//! use a fresh schema and are skipped when Postgres is unreachable, unless `CI=true` or
+//! `PHOENIX_TEST_REQUIRE_POSTGRES=1`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use openmls::prelude::{
+    BasicCredential, Capabilities, Ciphersuite, CredentialWithKey, Extension, ExtensionType,
+    Extensions, GroupId, KeyPackage, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup,
+    MlsGroupCreateConfig, UnknownExtension,
+};
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use openmls_traits::OpenMlsProvider;
+use rand_core::{OsRng, RngCore};
+use tempfile::TempDir;
+use tls_codec::{Serialize, VLBytes};
+
+use phoenix_client::Client;
+use phoenix_client::api::{Api, Signer};
+use phoenix_server::server::{Limits, Server};
+use phoenix_server::store::Store;
+use phoenix_server::store::postgres::PgStore;
+use phoenix_types::certs;
+use phoenix_types::codec;
+use phoenix_types::crypto::{self, hpke_info, label};
+use phoenix_types::error::Problem;
+use phoenix_types::ids::{ClientId, Domain, Fid};
+use phoenix_types::messages::as_::{self, ConnectionPackage, ConnectionPackagePayload};
+use phoenix_types::messages::ds::{self, MemberInfo};
+use phoenix_types::messages::qs::{
+    self, AddPackage, QUEUE_CONFIG_EXTENSION_TYPE, QueueConfig, SealedQueueConfig,
+};
+use phoenix_types::messages::{
+    AsClientAuth, Auth, DequeueRequest, DsLeafAuth, Empty, QsAuth, RequestEnvelope, operation_label,
+};
+
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const DOMAIN: &str = "a.test";
+const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A running server.
+struct TestServer {
+    url: String,
+    server: Arc<Server>,
+    _dir: TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    schema: Option<(String, String)>,
+}
+
+impl TestServer {
+    /// Start a server with `limits`; `None` if Postgres is unavailable and not required.
+    async fn start(backend: Backend, limits: Limits) -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, schema) = match backend {
+            Backend::Sqlite => {
+                let url = format!("sqlite://{}", dir.path().join("phoenix.db").display());
+                (Store::connect(&url).await.unwrap(), None)
+            }
+            Backend::Postgres => {
+                let url = std::env::var("PHOENIX_TEST_POSTGRES_URL")
+                    .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into());
+                let mut bytes = [0u8; 8];
+                OsRng.fill_bytes(&mut bytes);
+                let schema = format!("hostile_{}", hex::encode(bytes));
+                match PgStore::connect_with_schema(&url, &schema).await {
+                    Ok(pg) => (Store::Postgres(pg), Some((url, schema))),
+                    Err(e) => {
+                        let required = std::env::var("CI").is_ok_and(|v| v == "true")
+                            || std::env::var("PHOENIX_TEST_REQUIRE_POSTGRES")
+                                .is_ok_and(|v| v == "1");
+                        assert!(
+                            !required,
+                            "postgres is unreachable and required (CI=true or PHOENIX_TEST_REQUIRE_POSTGRES=1): {e}"
+                        );
+                        eprintln!("skipping postgres: {e}");
+                        return None;
+                    }
+                }
+            }
+        };
+        let server = Server::start(Domain::parse(DOMAIN).unwrap(), store, limits)
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(phoenix_server::http::serve(
+            server.clone(),
+            listener,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Some(Self {
+            url,
+            server,
+            _dir: dir,
+            shutdown: Some(tx),
+            schema,
+        })
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some((url, schema)) = self.schema.take() {
+            use sqlx::Connection;
+            if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP SCHEMA IF EXISTS {schema} CASCADE"
+                )))
+                .execute(&mut conn)
+                .await;
+            }
+        }
+    }
+
+    fn api(&self) -> Api {
+        Api::new(&self.url).unwrap()
+    }
+
+    async fn healthy(&self) -> bool {
+        reqwest::get(format!("{}/health", self.url))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+}
+
+/// Limits without rate limits (for tests that send many requests from one address).
+fn unlimited() -> Limits {
+    let mut limits = Limits::default();
+    limits.rate_limits.enabled = false;
+    limits
+}
+
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    random_and_mutated_bodies_get_4xx_problems_and_change_nothing,
+    a_thousand_concurrent_key_package_claims_hand_out_no_package_twice,
+    the_key_package_quota_stops_a_drainer,
+    size_limits_answer_413_before_costly_work,
+);
+
+// ----- building valid requests ------------------------------------------------------
+
+fn envelope(payload: &[u8], auth: Auth) -> Vec<u8> {
+    RequestEnvelope {
+        version: phoenix_types::PROTOCOL_VERSION,
+        payload: VLBytes::new(payload.to_vec()),
+        auth,
+    }
+    .tls_serialize_detached()
+    .unwrap()
+}
+
+fn now() -> u64 {
+    phoenix_server::server::now()
+}
+
+/// A registered AS client whose key we hold.
+struct AsIdentity {
+    fid: String,
+    client_id: String,
+    key: ed25519_dalek::SigningKey,
+}
+
+impl AsIdentity {
+    async fn register(api: &Api, fid: &str) -> Self {
+        let key = crypto::generate_signing_key(&mut OsRng);
+        let csr = certs::create_csr(
+            &Fid::parse(fid).unwrap(),
+            &ClientId::parse("c1").unwrap(),
+            &key,
+        )
+        .unwrap();
+        let _: as_::RegisterResponse = api
+            .call(
+                "as",
+                as_::REGISTER,
+                &as_::RegisterRequest {
+                    csr: VLBytes::new(csr),
+                },
+                Signer::Anonymous,
+            )
+            .await
+            .unwrap();
+        Self {
+            fid: fid.into(),
+            client_id: "c1".into(),
+            key,
+        }
+    }
+
+    fn sign(&self, operation: &str, payload: &[u8]) -> Vec<u8> {
+        let label = operation_label("as", operation);
+        envelope(
+            payload,
+            Auth::AsClient(AsClientAuth {
+                fid: self.fid.clone(),
+                client_id: self.client_id.clone(),
+                signature: VLBytes::new(crypto::sign(&self.key, &label, payload).to_vec()),
+            }),
+        )
+    }
+
+    fn connection_packages(&self, count: usize) -> as_::PublishConnectionPackagesRequest {
+        let packages = (0..count)
+            .map(|n| {
+                let mut encryption_key = [0u8; 32];
+                OsRng.fill_bytes(&mut encryption_key);
+                let payload = codec::encode(&ConnectionPackagePayload {
+                    fid: self.fid.clone(),
+                    client_id: self.client_id.clone(),
+                    encryption_key: VLBytes::new(encryption_key.to_vec()),
+                    not_after: now() + 3600,
+                    last_resort: u8::from(n == 0),
+                })
+                .unwrap();
+                let signature = crypto::sign(&self.key, label::CONNECTION_PACKAGE, &payload);
+                ConnectionPackage {
+                    payload: VLBytes::new(payload),
+                    signature: VLBytes::new(signature.to_vec()),
+                }
+            })
+            .collect();
+        as_::PublishConnectionPackagesRequest {
+            timestamp: now(),
+            packages,
+        }
+    }
+}
+
+/// A QS user with one client whose keys we hold.
+struct QsIdentity {
+    client_id: [u8; 16],
+    key: ed25519_dalek::SigningKey,
+    token: [u8; 32],
+}
+
+impl QsIdentity {
+    async fn create(api: &Api) -> Self {
+        let key = crypto::generate_signing_key(&mut OsRng);
+        let user_key = crypto::generate_signing_key(&mut OsRng);
+        let mut token = [0u8; 32];
+        OsRng.fill_bytes(&mut token);
+        let response: qs::CreateUserResponse = api
+            .call(
+                "qs",
+                qs::CREATE_USER,
+                &qs::CreateUserRequest {
+                    user_auth_key: VLBytes::new(user_key.verifying_key().to_bytes().to_vec()),
+                    friendship_token: token,
+                    client_auth_key: VLBytes::new(key.verifying_key().to_bytes().to_vec()),
+                },
+                Signer::Anonymous,
+            )
+            .await
+            .unwrap();
+        Self {
+            client_id: response.client_id,
+            key,
+            token,
+        }
+    }
+
+    fn sign(&self, operation: &str, payload: &[u8]) -> Vec<u8> {
+        let label = operation_label("qs", operation);
+        envelope(
+            payload,
+            Auth::QsClient(QsAuth {
+                id: self.client_id,
+                signature: VLBytes::new(crypto::sign(&self.key, &label, payload).to_vec()),
+            }),
+        )
+    }
+
+    fn signer(&self) -> Signer<'_> {
+        Signer::QsClient {
+            id: self.client_id,
+            key: &self.key,
+        }
+    }
+
+    /// `count` one-time key packages and one last-resort package (last), with queue
+    /// configs sealed to `server`'s QS for this client.
+    fn key_packages(&self, server: &Server, count: usize) -> Vec<AddPackage> {
+        let provider = OpenMlsRustCrypto::default();
+        (0..=count)
+            .map(|n| {
+                let kp = key_package(&provider, server, self.client_id, n == count);
+                AddPackage {
+                    key_package: VLBytes::new(kp.tls_serialize_detached().unwrap()),
+                    encrypted_client_info: VLBytes::new(vec![7; 48]),
+                }
+            })
+            .collect()
+    }
+
+    async fn publish(&self, api: &Api, add_packages: Vec<AddPackage>) {
+        let _: Empty = api
+            .call(
+                "qs",
+                qs::PUBLISH_KEY_PACKAGES,
+                &qs::PublishKeyPackagesRequest {
+                    timestamp: now(),
+                    add_packages,
+                },
+                self.signer(),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn status(&self, api: &Api) -> qs::KeyPackageStatusResponse {
+        api.call(
+            "qs",
+            qs::KEY_PACKAGE_STATUS,
+            &qs::KeyPackageStatusRequest { timestamp: now() },
+            self.signer(),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+fn capabilities() -> Capabilities {
+    Capabilities::new(
+        None,
+        Some(&[CIPHERSUITE]),
+        Some(&[
+            ExtensionType::Unknown(QUEUE_CONFIG_EXTENSION_TYPE),
+            ExtensionType::LastResort,
+        ]),
+        None,
+        None,
+    )
+}
+
+fn sealed_queue_config(server: &Server, client_id: [u8; 16]) -> SealedQueueConfig {
+    let plain = codec::encode(&QueueConfig { client_id }).unwrap();
+    SealedQueueConfig {
+        qs_domain: DOMAIN.into(),
+        sealed: crypto::hpke_seal(
+            &server.queue_config_key.public,
+            hpke_info::QUEUE_CONFIG,
+            DOMAIN.as_bytes(),
+            &plain,
+        )
+        .unwrap(),
+    }
+}
+
+fn new_leaf(provider: &OpenMlsRustCrypto) -> (SignatureKeyPair, CredentialWithKey) {
+    let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).unwrap();
+    signer.store(provider.storage()).unwrap();
+    let mut pseudonym = vec![0u8; 16];
+    OsRng.fill_bytes(&mut pseudonym);
+    let credential = CredentialWithKey {
+        credential: BasicCredential::new(pseudonym).into(),
+        signature_key: signer.public().into(),
+    };
+    (signer, credential)
+}
+
+fn key_package(
+    provider: &OpenMlsRustCrypto,
+    server: &Server,
+    client_id: [u8; 16],
+    last_resort: bool,
+) -> KeyPackage {
+    let (signer, credential) = new_leaf(provider);
+    let sealed = codec::encode(&sealed_queue_config(server, client_id)).unwrap();
+    let mut builder = KeyPackage::builder()
+        .leaf_node_capabilities(capabilities())
+        .key_package_extensions(
+            Extensions::single(Extension::Unknown(
+                QUEUE_CONFIG_EXTENSION_TYPE,
+                UnknownExtension(sealed),
+            ))
+            .unwrap(),
+        );
+    if last_resort {
+        builder = builder.mark_as_last_resort();
+    }
+    builder
+        .build(CIPHERSUITE, provider, &signer, credential)
+        .unwrap()
+        .key_package()
+        .clone()
+}
+
+/// A fresh one-member MLS group, created at the DS, and a valid signed `send_message`
+/// and `external_commit_info` for it.
+struct DsIdentity {
+    create: Vec<u8>,
+    send: Vec<u8>,
+    info: Vec<u8>,
+}
+
+impl DsIdentity {
+    async fn create(api: &Api, server: &Server) -> Self {
+        let reserved: ds::RequestGroupIdResponse = api
+            .call("ds", ds::REQUEST_GROUP_ID, &Empty {}, Signer::Anonymous)
+            .await
+            .unwrap();
+        let gid = reserved.group_id.as_slice().to_vec();
+        let provider = OpenMlsRustCrypto::default();
+        let (signer, credential) = new_leaf(&provider);
+        let config = MlsGroupCreateConfig::builder()
+            .ciphersuite(CIPHERSUITE)
+            .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+            .capabilities(capabilities())
+            .use_ratchet_tree_extension(false)
+            .build();
+        let mut group = MlsGroup::new_with_group_id(
+            &provider,
+            &signer,
+            &config,
+            GroupId::from_slice(&gid),
+            credential,
+        )
+        .unwrap();
+        let ear_key = [5u8; 32];
+        let create = ds::CreateGroupRequest {
+            timestamp: now(),
+            group_id: VLBytes::new(gid.clone()),
+            ear_key,
+            group_info: VLBytes::new(
+                group
+                    .export_group_info(provider.crypto(), &signer, false)
+                    .unwrap()
+                    .tls_serialize_detached()
+                    .unwrap(),
+            ),
+            ratchet_tree: VLBytes::new(
+                group
+                    .export_ratchet_tree()
+                    .tls_serialize_detached()
+                    .unwrap(),
+            ),
+            creator: MemberInfo {
+                queue_config: sealed_queue_config(server, [9; 16]),
+                encrypted_credential: VLBytes::new(vec![1; 64]),
+            },
+        };
+        let sign = |operation: &str, payload: &[u8]| {
+            let label = operation_label("ds", operation);
+            use openmls_traits::signatures::Signer as _;
+            envelope(
+                payload,
+                Auth::DsLeaf(DsLeafAuth {
+                    leaf_index: 0,
+                    signature: VLBytes::new(
+                        signer.sign(&crypto::labelled(&label, payload)).unwrap(),
+                    ),
+                }),
+            )
+        };
+        let create_body = sign(ds::CREATE_GROUP, &codec::encode(&create).unwrap());
+        let _: Empty = api
+            .call(
+                "ds",
+                ds::CREATE_GROUP,
+                &create,
+                Signer::DsLeaf {
+                    leaf_index: 0,
+                    key: &signer,
+                },
+            )
+            .await
+            .unwrap();
+        let message = group.create_message(&provider, &signer, b"hello").unwrap();
+        let send = ds::SendMessageRequest {
+            timestamp: now(),
+            group_id: VLBytes::new(gid.clone()),
+            ear_key,
+            message: VLBytes::new(message.tls_serialize_detached().unwrap()),
+        };
+        let info = ds::ExternalCommitInfoRequest {
+            group_id: VLBytes::new(gid),
+            ear_key,
+        };
+        Self {
+            create: create_body,
+            send: sign(ds::SEND_MESSAGE, &codec::encode(&send).unwrap()),
+            info: envelope(&codec::encode(&info).unwrap(), Auth::None),
+        }
+    }
+}
+
+// ----- mutation --------------------------------------------------------------------------
+
+/// A small deterministic generator (xorshift), seeded from the OS, so that a failure
+/// prints the seed to replay it.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// Damage a valid body in 1 to 4 ways: flip bits, overwrite bytes with interesting
+/// values, cut, insert, duplicate a chunk, or splice in part of another body.
+fn mutate(rng: &mut Rng, body: &[u8], other: &[u8]) -> Vec<u8> {
+    let mut out = body.to_vec();
+    for _ in 0..=rng.below(4) {
+        let len = out.len();
+        match rng.below(7) {
+            0 if len > 0 => {
+                let at = rng.below(len);
+                out[at] ^= 1 << rng.below(8);
+            }
+            1 if len > 0 => {
+                let at = rng.below(len);
+                out[at] = [0x00, 0xff, 0x7f, 0x80, 0x40, 0xbf, 0x01][rng.below(7)];
+            }
+            2 => out.truncate(rng.below(len + 1)),
+            3 => {
+                let at = rng.below(len + 1);
+                let n = rng.below(8) + 1;
+                let junk = rng.bytes(n);
+                out.splice(at..at, junk);
+            }
+            4 if len > 0 => {
+                let start = rng.below(len);
+                let end = start + rng.below(len - start) + 1;
+                let chunk = out[start..end].to_vec();
+                let at = rng.below(len + 1);
+                out.splice(at..at, chunk);
+            }
+            5 if !other.is_empty() => {
+                let cut = rng.below(len + 1);
+                let from = rng.below(other.len());
+                out.truncate(cut);
+                out.extend_from_slice(&other[from..]);
+            }
+            _ => {
+                // A length prefix claiming much more than follows.
+                let at = rng.below(len + 1);
+                out.splice(at..at, [0xbf, 0xff, 0xff, 0xff]);
+            }
+        }
+    }
+    out
+}
+
+/// POST (or another method) raw bytes; the answer must be a success or a 4xx problem
+/// document whose status matches, never a 5xx. Returns the status.
+async fn send_hostile(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: Vec<u8>,
+    context: &str,
+) -> u16 {
+    let response = http
+        .request(method, url)
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{context}: no answer: {e}"));
+    let status = response.status().as_u16();
+    let is_problem = response
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.to_str().unwrap_or("") == Problem::CONTENT_TYPE);
+    let bytes = response.bytes().await.unwrap();
+    assert!(status < 500, "{context}: status {status}: {bytes:?}");
+    if !(200..300).contains(&status) {
+        assert!((400..500).contains(&status), "{context}: status {status}");
+        assert!(
+            is_problem,
+            "{context}: status {status} without a problem document"
+        );
+        let problem: Problem = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(problem.status, status, "{context}");
+        assert!(!problem.code.is_empty(), "{context}");
+    }
+    status
+}
+
+/// Every Phoenix operation, with valid signed bodies to mutate.
+async fn valid_bodies(server: &TestServer) -> BTreeMap<String, Vec<Vec<u8>>> {
+    let api = server.api();
+    let alice = AsIdentity::register(&api, "alice@a.test").await;
+    let qs_alice = QsIdentity::create(&api).await;
+    let group = DsIdentity::create(&api, &server.server).await;
+    let mut bodies: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+    let mut add = |service: &str, operation: &str, body: Vec<u8>| {
+        bodies
+            .entry(format!("{service}/{operation}"))
+            .or_default()
+            .push(body);
+    };
+    let anonymous = |payload: Vec<u8>| envelope(&payload, Auth::None);
+    let dequeue = codec::encode(&DequeueRequest {
+        timestamp: now(),
+        sequence_number_start: 0,
+        max: 10,
+    })
+    .unwrap();
+
+    let key = crypto::generate_signing_key(&mut OsRng);
+    let csr = certs::create_csr(
+        &Fid::parse("mallory@a.test").unwrap(),
+        &ClientId::parse("m1").unwrap(),
+        &key,
+    )
+    .unwrap();
+    add(
+        "as",
+        as_::REGISTER,
+        anonymous(
+            codec::encode(&as_::RegisterRequest {
+                csr: VLBytes::new(csr),
+            })
+            .unwrap(),
+        ),
+    );
+    add(
+        "as",
+        as_::PUBLISH_CONNECTION_PACKAGES,
+        alice.sign(
+            as_::PUBLISH_CONNECTION_PACKAGES,
+            &codec::encode(&alice.connection_packages(3)).unwrap(),
+        ),
+    );
+    let fetch = codec::encode(&as_::FetchConnectionPackageRequest {
+        fid: alice.fid.clone(),
+    })
+    .unwrap();
+    add("as", as_::FETCH_CONNECTION_PACKAGE, anonymous(fetch));
+    let ciphertext =
+        crypto::hpke_seal(&[3; 32], hpke_info::CONNECTION_ESTABLISHMENT, b"", b"hello")
+            .unwrap_or_else(|_| openmls_traits::types::HpkeCiphertext {
+                kem_output: VLBytes::new(vec![1; 32]),
+                ciphertext: VLBytes::new(vec![2; 64]),
+            });
+    add(
+        "as",
+        as_::ENQUEUE_CONNECTION,
+        anonymous(
+            codec::encode(&as_::EnqueueConnectionRequest {
+                fid: alice.fid.clone(),
+                client_id: alice.client_id.clone(),
+                ciphertext,
+            })
+            .unwrap(),
+        ),
+    );
+    add(
+        "as",
+        as_::DEQUEUE_CONNECTION,
+        alice.sign(as_::DEQUEUE_CONNECTION, &dequeue),
+    );
+    add(
+        "as",
+        as_::CLIENT_CERTIFICATES,
+        anonymous(
+            codec::encode(&as_::ClientCertificatesRequest {
+                fid: alice.fid.clone(),
+            })
+            .unwrap(),
+        ),
+    );
+    add(
+        "as",
+        as_::SERVER_CERTIFICATE,
+        anonymous(codec::encode(&Empty {}).unwrap()),
+    );
+    add(
+        "qs",
+        qs::QUEUE_CONFIG_KEY,
+        anonymous(codec::encode(&Empty {}).unwrap()),
+    );
+    let mut token = [0u8; 32];
+    OsRng.fill_bytes(&mut token);
+    add(
+        "qs",
+        qs::CREATE_USER,
+        anonymous(
+            codec::encode(&qs::CreateUserRequest {
+                user_auth_key: VLBytes::new(key.verifying_key().to_bytes().to_vec()),
+                friendship_token: token,
+                client_auth_key: VLBytes::new(key.verifying_key().to_bytes().to_vec()),
+            })
+            .unwrap(),
+        ),
+    );
+    add(
+        "qs",
+        qs::PUBLISH_KEY_PACKAGES,
+        qs_alice.sign(
+            qs::PUBLISH_KEY_PACKAGES,
+            &codec::encode(&qs::PublishKeyPackagesRequest {
+                timestamp: now(),
+                add_packages: qs_alice.key_packages(&server.server, 2),
+            })
+            .unwrap(),
+        ),
+    );
+    add(
+        "qs",
+        qs::FETCH_KEY_PACKAGES,
+        anonymous(
+            codec::encode(&qs::FetchKeyPackagesRequest {
+                friendship_token: qs_alice.token,
+            })
+            .unwrap(),
+        ),
+    );
+    add("qs", qs::DEQUEUE, qs_alice.sign(qs::DEQUEUE, &dequeue));
+    add(
+        "qs",
+        qs::KEY_PACKAGE_STATUS,
+        qs_alice.sign(
+            qs::KEY_PACKAGE_STATUS,
+            &codec::encode(&qs::KeyPackageStatusRequest { timestamp: now() }).unwrap(),
+        ),
+    );
+    add(
+        "ds",
+        ds::REQUEST_GROUP_ID,
+        anonymous(codec::encode(&Empty {}).unwrap()),
+    );
+    add("ds", ds::CREATE_GROUP, group.create.clone());
+    add("ds", ds::EXTERNAL_COMMIT_INFO, group.info.clone());
+    add("ds", ds::SEND_MESSAGE, group.send.clone());
+    // Operations whose valid requests need more than one member: mutate the bodies of
+    // their neighbours (same envelope, other payload) so the decoders still see
+    // near-valid input.
+    for operation in [
+        ds::JOIN_CONNECTION_GROUP,
+        ds::ADD_USERS,
+        ds::REMOVE_USERS,
+        ds::UPDATE,
+    ] {
+        add("ds", operation, group.send.clone());
+        add("ds", operation, group.create.clone());
+    }
+    add("federation", "enqueue", group.send.clone());
+    bodies
+}
+
+// ----- the tests ---------------------------------------------------------------------
+
+async fn random_and_mutated_bodies_get_4xx_problems_and_change_nothing(backend: Backend) {
+    let Some(server) = TestServer::start(backend, unlimited()).await else {
+        return;
+    };
+    let bodies = valid_bodies(&server).await;
+    let seed = OsRng.next_u64() | 1;
+    eprintln!("mutation seed {seed}");
+    let mut rng = Rng(seed);
+    let http = reqwest::Client::new();
+    let all: Vec<Vec<u8>> = bodies.values().flatten().cloned().collect();
+    let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+    for (route, valid) in &bodies {
+        let url = format!("{}/phoenix/v1/{route}", server.url);
+        for n in 0..60 {
+            let body = if n < 10 {
+                // Noise of every small length and a few larger ones.
+                let len = if n < 8 { n * 3 } else { 200 + rng.below(2000) };
+                rng.bytes(len)
+            } else {
+                let base = &valid[rng.below(valid.len())];
+                let other = &all[rng.below(all.len())];
+                mutate(&mut rng, base, other)
+            };
+            let status = send_hostile(
+                &http,
+                reqwest::Method::POST,
+                &url,
+                body,
+                &format!("{route} (seed {seed}, n {n})"),
+            )
+            .await;
+            *statuses.entry(status).or_default() += 1;
+        }
+    }
+    // The other routes, with every method.
+    let paths = [
+        "/health".to_string(),
+        "/metrics".into(),
+        "/.well-known/phoenix".into(),
+        "/.well-known/polyproto-core".into(),
+        "/.p2/core/v1/idcert/server".into(),
+        "/.p2/core/v1/idcert/actor/alice@a.test".into(),
+        "/.p2/core/v1/idcert/actor/%ff%00".into(),
+        "/.p2/core/v1/session".into(),
+        "/.p2/core/v1/session/auth".into(),
+        "/.p2/core/v1/session/idcert/extern".into(),
+        "/phoenix/v1/as".into(),
+        "/phoenix/v1/nope/nope".into(),
+        "/nope".into(),
+    ];
+    for path in &paths {
+        for method in [
+            reqwest::Method::GET,
+            reqwest::Method::POST,
+            reqwest::Method::PUT,
+            reqwest::Method::DELETE,
+        ] {
+            for n in 0..4 {
+                let body = match n {
+                    0 => Vec::new(),
+                    1 => b"{\"csr\": 5, \"serial\": \"\\u0000\"}".to_vec(),
+                    2 => mutate(&mut rng, b"{\"csr\":\"-----BEGIN\"}", b"[[[[[[[[[["),
+                    _ => rng.bytes(64),
+                };
+                send_hostile(
+                    &http,
+                    method.clone(),
+                    &format!("{}{path}", server.url),
+                    body,
+                    &format!("{method} {path} (seed {seed}, n {n})"),
+                )
+                .await;
+            }
+        }
+    }
+    eprintln!("statuses: {statuses:?}");
+    assert!(
+        statuses.keys().any(|s| (400..500).contains(s)),
+        "no request was refused: {statuses:?}"
+    );
+
+    // Healthy and consistent: a whole conversation works afterwards.
+    assert!(server.healthy().await);
+    let (mut alice, _ah) = client(&server, "alice2@a.test").await;
+    let (mut bob, _bh) = client(&server, "bob@a.test").await;
+    alice.connect("bob@a.test").await.unwrap();
+    assert_eq!(bob.requests().await.unwrap().len(), 1);
+    bob.accept("alice2@a.test").await.unwrap();
+    alice.sync().await.unwrap();
+    alice.create_group("team").await.unwrap();
+    alice.invite("team", "bob@a.test").await.unwrap();
+    let events = bob.sync().await.unwrap();
+    assert_eq!(events[0]["kind"], "joined", "{events:?}");
+    alice.send("team", "still works").await.unwrap();
+    let events = bob.sync().await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "message" && e["text"] == "still works"),
+        "{events:?}"
+    );
+    server.stop().await;
+}
+
+async fn client(server: &TestServer, fid: &str) -> (Client, TempDir) {
+    let home = tempfile::tempdir().unwrap();
+    let mut client = Client::open(home.path()).await.unwrap();
+    client.register(fid, &server.url).await.unwrap();
+    (client, home)
+}
+
+async fn a_thousand_concurrent_key_package_claims_hand_out_no_package_twice(backend: Backend) {
+    const ONE_TIME: usize = 300;
+    const CLAIMS: usize = 1000;
+    let mut limits = unlimited();
+    limits.max_key_packages = ONE_TIME + 1;
+    let Some(server) = TestServer::start(backend, limits).await else {
+        return;
+    };
+    let api = server.api();
+    let owner = QsIdentity::create(&api).await;
+    let packages = owner.key_packages(&server.server, ONE_TIME);
+    let last_resort = packages.last().unwrap().key_package.as_slice().to_vec();
+    owner.publish(&api, packages).await;
+    let status = owner.status(&api).await;
+    assert_eq!(
+        (
+            status.one_time_remaining,
+            status.has_last_resort,
+            status.last_resort_served
+        ),
+        (ONE_TIME as u64, 1, 0)
+    );
+
+    let http = reqwest::Client::new();
+    let body = envelope(
+        &codec::encode(&qs::FetchKeyPackagesRequest {
+            friendship_token: owner.token,
+        })
+        .unwrap(),
+        Auth::None,
+    );
+    let url = format!("{}/phoenix/v1/qs/fetch_key_packages", server.url);
+    let start = Arc::new(tokio::sync::Barrier::new(CLAIMS));
+    let claims: Vec<_> = (0..CLAIMS)
+        .map(|_| {
+            let (http, url, body, start) = (http.clone(), url.clone(), body.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                let response = http.post(&url).body(body).send().await.unwrap();
+                assert_eq!(response.status().as_u16(), 200);
+                let bytes = response.bytes().await.unwrap();
+                let fetched: qs::FetchKeyPackagesResponse =
+                    codec::decode(&bytes, usize::MAX).unwrap();
+                assert_eq!(fetched.add_packages.len(), 1);
+                fetched.add_packages[0].key_package.as_slice().to_vec()
+            })
+        })
+        .collect();
+    let mut one_time = BTreeSet::new();
+    let mut last_resort_served = 0;
+    for claim in claims {
+        let package = claim.await.unwrap();
+        if package == last_resort {
+            last_resort_served += 1;
+        } else {
+            assert!(
+                one_time.insert(package),
+                "a key package was handed out twice"
+            );
+        }
+    }
+    // Every one-time package exactly once; the last-resort one for the rest.
+    assert_eq!(one_time.len(), ONE_TIME);
+    assert_eq!(last_resort_served, CLAIMS - ONE_TIME);
+    // The owner sees that its pool ran dry and how often the last resort was served.
+    let status = owner.status(&api).await;
+    assert_eq!(
+        (
+            status.one_time_remaining,
+            status.has_last_resort,
+            status.last_resort_served
+        ),
+        (0, 1, (CLAIMS - ONE_TIME) as u64)
+    );
+    // Only the owner can ask.
+    let stranger = api
+        .call::<_, qs::KeyPackageStatusResponse>(
+            "qs",
+            qs::KEY_PACKAGE_STATUS,
+            &qs::KeyPackageStatusRequest { timestamp: now() },
+            Signer::QsClient {
+                id: owner.client_id,
+                key: &crypto::generate_signing_key(&mut OsRng),
+            },
+        )
+        .await;
+    assert_eq!(stranger.unwrap_err().code(), Some("BAD_SIGNATURE"));
+    server.stop().await;
+}
+
+async fn fetch_key_packages_as(
+    http: &reqwest::Client,
+    server: &TestServer,
+    token: [u8; 32],
+    forwarded_for: Option<&str>,
+) -> (u16, Option<u64>, Option<String>) {
+    let body = envelope(
+        &codec::encode(&qs::FetchKeyPackagesRequest {
+            friendship_token: token,
+        })
+        .unwrap(),
+        Auth::None,
+    );
+    let mut request = http
+        .post(format!("{}/phoenix/v1/qs/fetch_key_packages", server.url))
+        .body(body);
+    if let Some(ip) = forwarded_for {
+        request = request.header("x-forwarded-for", ip);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+    let code = if status == 200 {
+        None
+    } else {
+        let problem: Problem = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        Some(problem.code)
+    };
+    (status, retry_after, code)
+}
+
+async fn the_key_package_quota_stops_a_drainer(backend: Backend) {
+    // Directly connected clients: the TCP peer is the fetcher.
+    let mut limits = Limits::default();
+    limits.rate_limits.key_package_claims = "5/hour".parse().unwrap();
+    limits.rate_limits.register = "2/hour".parse().unwrap();
+    let Some(server) = TestServer::start(backend, limits.clone()).await else {
+        return;
+    };
+    let api = server.api();
+    let victim = QsIdentity::create(&api).await;
+    victim
+        .publish(&api, victim.key_packages(&server.server, 20))
+        .await;
+    let other = QsIdentity::create(&api).await;
+    other
+        .publish(&api, other.key_packages(&server.server, 2))
+        .await;
+    let http = reqwest::Client::new();
+    for n in 0..5 {
+        let (status, _, _) = fetch_key_packages_as(&http, &server, victim.token, None).await;
+        assert_eq!(status, 200, "claim {n}");
+    }
+    // The drainer is stopped, with a problem document and Retry-After (12 minutes per
+    // claim at 5/hour).
+    let (status, retry_after, code) =
+        fetch_key_packages_as(&http, &server, victim.token, None).await;
+    assert_eq!((status, code.as_deref()), (429, Some("RATE_LIMITED")));
+    let retry_after = retry_after.expect("a Retry-After header");
+    assert!((1..=721).contains(&retry_after), "{retry_after}");
+    // A forged X-Forwarded-For from an untrusted peer changes nothing.
+    let (status, _, _) =
+        fetch_key_packages_as(&http, &server, victim.token, Some("198.51.100.7")).await;
+    assert_eq!(status, 429);
+    // The quota is per target: the same fetcher can still claim another user's package.
+    let (status, _, _) = fetch_key_packages_as(&http, &server, other.token, None).await;
+    assert_eq!(status, 200);
+    // The pool was not drained: the last-resort package was never needed.
+    let status = victim.status(&api).await;
+    assert_eq!(
+        (status.one_time_remaining, status.last_resort_served),
+        (15, 0)
+    );
+    // Registration is limited per IP too.
+    let _ = AsIdentity::register(&api, "r1@a.test").await;
+    let _ = AsIdentity::register(&api, "r2@a.test").await;
+    let key = crypto::generate_signing_key(&mut OsRng);
+    let third = api
+        .call::<_, as_::RegisterResponse>(
+            "as",
+            as_::REGISTER,
+            &as_::RegisterRequest {
+                csr: VLBytes::new(
+                    certs::create_csr(
+                        &Fid::parse("r3@a.test").unwrap(),
+                        &ClientId::parse("c1").unwrap(),
+                        &key,
+                    )
+                    .unwrap(),
+                ),
+            },
+            Signer::Anonymous,
+        )
+        .await;
+    assert_eq!(third.unwrap_err().code(), Some("RATE_LIMITED"));
+    server.stop().await;
+
+    // Behind a trusted reverse proxy (here: loopback), each forwarded client has its own
+    // quota, and the rightmost untrusted hop counts (a client cannot pick its address by
+    // prepending to the header).
+    limits.rate_limits.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    limits.rate_limits.client_ip_header = Some("x-forwarded-for".into());
+    let Some(server) = TestServer::start(backend, limits).await else {
+        return;
+    };
+    let api = server.api();
+    let victim = QsIdentity::create(&api).await;
+    victim
+        .publish(&api, victim.key_packages(&server.server, 20))
+        .await;
+    for n in 0..5 {
+        let forged = format!("10.9.9.{n}, 198.51.100.1");
+        let (status, _, _) =
+            fetch_key_packages_as(&http, &server, victim.token, Some(&forged)).await;
+        assert_eq!(status, 200, "claim {n}");
+    }
+    let (status, _, code) =
+        fetch_key_packages_as(&http, &server, victim.token, Some("198.51.100.1")).await;
+    assert_eq!((status, code.as_deref()), (429, Some("RATE_LIMITED")));
+    let (status, _, _) =
+        fetch_key_packages_as(&http, &server, victim.token, Some("198.51.100.2")).await;
+    assert_eq!(status, 200);
+    server.stop().await;
+}
+
+async fn size_limits_answer_413_before_costly_work(backend: Backend) {
+    let mut limits = unlimited();
+    limits.max_key_packages = 3;
+    limits.max_connection_packages = 2;
+    limits.max_dequeue = 2;
+    let Some(server) = TestServer::start(backend, limits).await else {
+        return;
+    };
+    let api = server.api();
+    let code =
+        |r: Result<Empty, phoenix_client::ClientError>| r.unwrap_err().code().unwrap().to_owned();
+    // A CSR over the limit (4096 bytes) is refused before it is parsed.
+    let refused = api
+        .call::<_, as_::RegisterResponse>(
+            "as",
+            as_::REGISTER,
+            &as_::RegisterRequest {
+                csr: VLBytes::new(vec![0x30; 5000]),
+            },
+            Signer::Anonymous,
+        )
+        .await;
+    assert_eq!(refused.unwrap_err().code(), Some("TOO_LARGE"));
+    // Too many connection packages in one upload.
+    let alice = AsIdentity::register(&api, "alice@a.test").await;
+    let body = alice.sign(
+        as_::PUBLISH_CONNECTION_PACKAGES,
+        &codec::encode(&alice.connection_packages(3)).unwrap(),
+    );
+    let http = reqwest::Client::new();
+    let response = http
+        .post(format!(
+            "{}/phoenix/v1/as/publish_connection_packages",
+            server.url
+        ))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+    // Too many key packages in one upload (the packages are not even validated).
+    let owner = QsIdentity::create(&api).await;
+    let too_many = (0..4)
+        .map(|_| AddPackage {
+            key_package: VLBytes::new(vec![0; 10]),
+            encrypted_client_info: VLBytes::new(vec![]),
+        })
+        .collect();
+    let refused = api
+        .call(
+            "qs",
+            qs::PUBLISH_KEY_PACKAGES,
+            &qs::PublishKeyPackagesRequest {
+                timestamp: now(),
+                add_packages: too_many,
+            },
+            owner.signer(),
+        )
+        .await;
+    assert_eq!(code(refused), "TOO_LARGE");
+    owner
+        .publish(&api, owner.key_packages(&server.server, 2))
+        .await;
+    // A dequeue returns at most max_dequeue messages, whatever the request asks for.
+    for _ in 0..3 {
+        let _: Empty = api
+            .call(
+                "as",
+                as_::ENQUEUE_CONNECTION,
+                &as_::EnqueueConnectionRequest {
+                    fid: alice.fid.clone(),
+                    client_id: alice.client_id.clone(),
+                    ciphertext: openmls_traits::types::HpkeCiphertext {
+                        kem_output: VLBytes::new(vec![1; 32]),
+                        ciphertext: VLBytes::new(vec![2; 64]),
+                    },
+                },
+                Signer::Anonymous,
+            )
+            .await
+            .unwrap();
+    }
+    let response: phoenix_types::messages::DequeueResponse = api
+        .call(
+            "as",
+            as_::DEQUEUE_CONNECTION,
+            &DequeueRequest {
+                timestamp: now(),
+                sequence_number_start: 0,
+                max: u16::MAX,
+            },
+            Signer::AsClient {
+                fid: &alice.fid,
+                client_id: &alice.client_id,
+                key: &alice.key,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((response.messages.len(), response.remaining), (2, 1));
+    // A body over max_body is refused by its length.
+    let mut answered = None;
+    for _ in 0..10 {
+        if let Ok(r) = http
+            .post(format!("{}/phoenix/v1/qs/create_user", server.url))
+            .body(vec![0u8; phoenix_types::codec::MAX_BODY + 1])
+            .send()
+            .await
+        {
+            answered = Some(r.status().as_u16());
+            break;
+        }
+    }
+    assert_eq!(answered, Some(413));
+    assert!(server.healthy().await);
+    server.stop().await;
+}
