@@ -18,6 +18,8 @@
 //! | `--federation-block DOMAIN` (repeatable) | `PHOENIX_FEDERATION_BLOCK` | `federation_block = [...]` | none |
 //! | `--ca-rotation-days` | `PHOENIX_CA_ROTATION_DAYS` | `ca_rotation_days` | off |
 //! | `--outbox-max-backoff-secs` | `PHOENIX_OUTBOX_MAX_BACKOFF_SECS` | `outbox_max_backoff_secs` | 60 |
+//! | `--public-url` | `PHOENIX_PUBLIC_URL` | `public_url` | `https://DOMAIN` |
+//! | `--idcert-cache-ttl-secs` | `PHOENIX_IDCERT_CACHE_TTL_SECS` | `idcert_cache_ttl_secs` | 3600 (3600 to 43200) |
 //! | `--max-key-packages` | `PHOENIX_MAX_KEY_PACKAGES` | `max_key_packages` | 100 |
 //! | `--max-connection-packages` | `PHOENIX_MAX_CONNECTION_PACKAGES` | `max_connection_packages` | 100 |
 //! | `--max-group-size` | `PHOENIX_MAX_GROUP_SIZE` | `max_group_size` | 1024 |
@@ -106,6 +108,14 @@ pub struct Args {
     /// Cap of the outbox's exponential retry backoff for unreachable peers (seconds).
     #[arg(long, env = "PHOENIX_OUTBOX_MAX_BACKOFF_SECS")]
     pub outbox_max_backoff_secs: Option<u64>,
+    /// Where clients reach this server, as an origin (`https://host[:port]`), published in
+    /// /.well-known/polyproto-core; by default https://DOMAIN.
+    #[arg(long, env = "PHOENIX_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// How long other servers and clients may cache the certificates this server serves on
+    /// the polyproto routes (seconds, 3600 to 43200).
+    #[arg(long, env = "PHOENIX_IDCERT_CACHE_TTL_SECS")]
+    pub idcert_cache_ttl_secs: Option<u64>,
     /// Most key packages per upload.
     #[arg(long, env = "PHOENIX_MAX_KEY_PACKAGES")]
     pub max_key_packages: Option<usize>,
@@ -153,6 +163,8 @@ pub struct FileConfig {
     pub federation_block: Option<Vec<String>>,
     pub outbox_max_backoff_secs: Option<u64>,
     pub ca_rotation_days: Option<u64>,
+    pub public_url: Option<String>,
+    pub idcert_cache_ttl_secs: Option<u64>,
     pub max_key_packages: Option<usize>,
     pub max_connection_packages: Option<usize>,
     pub max_group_size: Option<usize>,
@@ -206,6 +218,10 @@ pub enum ConfigError {
     FederationMode(String),
     #[error("invalid peer domain {0:?} in the federation policy")]
     PeerDomain(String),
+    #[error("invalid public_url: {0}")]
+    PublicUrl(String),
+    #[error("idcert_cache_ttl_secs must be between 3600 (1 hour) and 43200 (12 hours), got {0}")]
+    CacheTtl(u64),
     #[error("{0}")]
     RateLimits(String),
 }
@@ -216,7 +232,7 @@ impl Settings {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
         };
-        let federation = federation_settings(
+        let mut federation = federation_settings(
             &args.resolve,
             &args.federation_mode,
             &args.federation_allow,
@@ -260,6 +276,16 @@ impl Settings {
         {
             limits.client_cert_lifetime =
                 nonzero(days, "client_cert_lifetime_days")?.saturating_mul(24 * 3600);
+        }
+        if let Some(url) = args.public_url.or(file.public_url) {
+            federation.polyproto.public_url =
+                Some(crate::polyproto::parse_public_url(&url).map_err(ConfigError::PublicUrl)?);
+        }
+        if let Some(ttl) = args.idcert_cache_ttl_secs.or(file.idcert_cache_ttl_secs) {
+            if !(crate::polyproto::MIN_CACHE_TTL..=crate::polyproto::MAX_CACHE_TTL).contains(&ttl) {
+                return Err(ConfigError::CacheTtl(ttl));
+            }
+            federation.polyproto.idcert_cache_ttl = ttl;
         }
         if let Some(days) = args.ca_rotation_days.or(file.ca_rotation_days) {
             limits.ca_rotation = Some(nonzero(days, "ca_rotation_days")?.saturating_mul(24 * 3600));

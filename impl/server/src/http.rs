@@ -10,7 +10,8 @@
 //! - `GET /health`;
 //! - `GET /metrics`: counters and outbox gauges, Prometheus text format;
 //! - `GET /.well-known/phoenix`: domain, protocol version, the CA certificate (PEM) and
-//!   its SHA-256 fingerprint, the QS queue-config key and the QS verifying key.
+//!   its SHA-256 fingerprint, the QS queue-config key and the QS verifying key;
+//! - `/.well-known/polyproto-core` and `/.p2/core/v1/...`: [`crate::polyproto`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -103,6 +104,8 @@ pub fn routes(
         .unify()
         .or(operations)
         .unify()
+        .or(crate::polyproto::routes(server))
+        .unify()
         .recover(recover)
         .unify()
         .with(warp::log::custom(|info| {
@@ -167,7 +170,7 @@ async fn dispatch(
     }
 }
 
-fn problem(err: &WireError) -> Response {
+pub(crate) fn problem(err: &WireError) -> Response {
     let problem = Problem::from_error(err);
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::to_vec(&problem).unwrap_or_default();

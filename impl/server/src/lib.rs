@@ -10,6 +10,8 @@
 //!   operation is a function of (server, request bytes, now) that returns response bytes or
 //!   a [`phoenix_types::error::WireError`]; HTTP stays out of them.
 //! - [`federation`]: peers (discovery, policy, key cache) and QS-to-QS forwarding.
+//! - [`polyproto`]: the polyproto core routes (`/.well-known/polyproto-core`,
+//!   `/.p2/core/v1/`): certificate history as cacheable ID-Certs, foreign sessions.
 //! - [`outbox`]: delivery of fan-out messages after the state change that produced them
 //!   committed, retried with backoff until delivered.
 //! - [`store`]: storage traits and the SQLite and Postgres backends.
@@ -26,6 +28,7 @@ pub mod ds;
 pub mod federation;
 pub mod http;
 pub mod outbox;
+pub mod polyproto;
 pub mod qs;
 pub mod ratelimit;
 pub mod server;

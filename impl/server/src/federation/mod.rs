@@ -67,6 +67,8 @@ pub struct FederationSettings {
     pub max_backoff: u64,
     /// How long a peer's discovery document is cached (seconds).
     pub peer_cache_ttl: u64,
+    /// The polyproto routes' settings (public URL, certificate cache window).
+    pub polyproto: crate::polyproto::Settings,
 }
 
 impl Default for FederationSettings {
@@ -76,6 +78,7 @@ impl Default for FederationSettings {
             policy: Policy::default(),
             max_backoff: 60,
             peer_cache_ttl: 3600,
+            polyproto: crate::polyproto::Settings::default(),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! What this module is not: a cache, or a place for business rules.
 
 pub mod postgres;
+pub mod sessions;
 pub mod sqlite;
 
 use std::future::Future;

@@ -139,6 +139,11 @@ impl PgStore {
         Ok(Self { pool })
     }
 
+    /// The pool, for the other stores of this backend ([`super::sessions`]).
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     async fn begin(&self) -> StoreResult<Transaction<'static, Postgres>> {
         Ok(self.pool.begin().await?)
     }

@@ -57,6 +57,11 @@ impl SqliteStore {
         Ok(Self { pool })
     }
 
+    /// The pool, for the other stores of this backend ([`super::sessions`]).
+    pub(super) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
     /// A transaction that holds the write lock from its first statement on.
     async fn write(&self) -> StoreResult<Transaction<'static, Sqlite>> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
