@@ -67,6 +67,7 @@ pub fn routes(
     // the operation; see `ratelimit`.
     let limiter = RateLimiter::new(&server.limits.rate_limits);
     limiter.spawn_maintenance();
+    let polyproto_limiter = limiter.clone();
     let with_limiter = warp::any().map(move || limiter.clone());
     let operations = warp::path!("phoenix" / "v1" / String / String)
         .and(warp::post())
@@ -104,7 +105,7 @@ pub fn routes(
         .unify()
         .or(operations)
         .unify()
-        .or(crate::polyproto::routes(server))
+        .or(crate::polyproto::routes(server, polyproto_limiter))
         .unify()
         .recover(recover)
         .unify()

@@ -154,9 +154,11 @@ async fn remote(
     };
     let mut candidate = None;
     for answer in &answers {
-        let (cert, ..) = answer
-            .parse()
-            .map_err(|e| peer_error(format!("{domain} sent a bad cacheable ID-Cert: {e}")))?;
+        // A certificate this server cannot parse (say, another algorithm) is not the one
+        // asked for, and must not block the user's other certificates.
+        let Ok((cert, ..)) = answer.parse() else {
+            continue;
+        };
         if decimal(&cert.serial) == serial {
             candidate = Some(answer);
             break;

@@ -32,6 +32,7 @@ use warp::{Filter, Reply};
 
 use phoenix_types::error::WireError;
 
+use crate::ratelimit::RateLimiter;
 use crate::server::Server;
 
 pub use session::{Session, session};
@@ -97,12 +98,13 @@ pub fn parse_public_url(input: &str) -> Result<String, String> {
 }
 
 /// All polyproto routes. Every request that matches a route's path and method gets an
-/// answer (a success or a problem document); nothing is rejected after that.
-pub fn routes(server: Arc<Server>) -> BoxedFilter<(Response,)> {
+/// answer (a success or a problem document); nothing is rejected after that. `limiter`
+/// tells the client's address (see [`session`]).
+pub fn routes(server: Arc<Server>, limiter: Arc<RateLimiter>) -> BoxedFilter<(Response,)> {
     well_known::routes(server.clone())
         .or(idcert::routes(server.clone()))
         .unify()
-        .or(session::routes(server))
+        .or(session::routes(server, limiter))
         .unify()
         .boxed()
 }

@@ -4,7 +4,8 @@
 //!
 //! - `GET /.p2/core/v1/session/auth` → `{"expires","trial"}`: a key trial, 64 random
 //!   alphanumeric characters, valid for [`KEY_TRIAL_TTL`] seconds, stored in the database.
-//!   Pending trials are bounded per requesting address (an IPv6 address counts by its /64)
+//!   Pending trials are bounded per requesting address (as [`crate::ratelimit`] determines
+//!   it, so behind a trusted reverse proxy the client's; an IPv6 address counts by its /64)
 //!   and in total; beyond that the answer is `RATE_LIMITED`.
 //! - `POST /.p2/core/v1/session/auth` with `{"fid","serialNumber","signature"}` (polyproto's
 //!   `KeyTrialCompleted`; the serial as an unsigned decimal string of any length up to 20
@@ -43,7 +44,7 @@ use rand_core::{OsRng, RngCore};
 use serde::Deserialize;
 use warp::Filter;
 use warp::filters::BoxedFilter;
-use warp::http::StatusCode;
+use warp::http::{HeaderMap, StatusCode};
 use warp::reply::{Reply, Response};
 
 use phoenix_types::certs::{self, ParsedCert};
@@ -53,6 +54,7 @@ use phoenix_types::ids::Fid;
 
 use super::home::{self, ActorCertificate};
 use super::{JcsObject, decimal, jcs_response, parse_u64, respond, with_server};
+use crate::ratelimit::RateLimiter;
 use crate::server::{Server, now};
 use crate::store::sessions::{
     CertificateRecord, CompleteTrial, InsertTrial, SessionRecord, SessionStore, TrialCompletion,
@@ -117,25 +119,28 @@ pub async fn session(server: &Server, token: &str) -> Option<Session> {
     })
 }
 
-pub fn routes(server: Arc<Server>) -> BoxedFilter<(Response,)> {
+pub fn routes(server: Arc<Server>, limiter: Arc<RateLimiter>) -> BoxedFilter<(Response,)> {
+    // The client's address as the rate limiter sees it (a trusted reverse proxy's header
+    // is believed), for the per-address bound on pending trials.
+    let client = warp::addr::remote()
+        .and(warp::header::headers_cloned())
+        .map(move |peer: Option<SocketAddr>, headers: HeaderMap| limiter.client_ip(peer, &headers));
     let trial = warp::path!(".p2" / "core" / "v1" / "session" / "auth")
         .and(warp::get())
-        .and(warp::addr::remote())
+        .and(client.clone())
         .and(with_server(server.clone()))
-        .then(
-            |remote: Option<SocketAddr>, server: Arc<Server>| async move {
-                respond(issue_trial(&server, remote, now()).await)
-            },
-        );
+        .then(|client: Option<IpAddr>, server: Arc<Server>| async move {
+            respond(issue_trial(&server, client, now()).await)
+        });
     let answer = warp::path!(".p2" / "core" / "v1" / "session" / "auth")
         .and(warp::post())
-        .and(warp::addr::remote())
+        .and(client)
         .and(warp::body::content_length_limit(MAX_BODY))
         .and(warp::body::bytes())
         .and(with_server(server.clone()))
         .then(
-            |remote: Option<SocketAddr>, body: Bytes, server: Arc<Server>| async move {
-                respond(answer_trial(&server, remote, &body, now()).await)
+            |client: Option<IpAddr>, body: Bytes, server: Arc<Server>| async move {
+                respond(answer_trial(&server, client, &body, now()).await)
             },
         );
     let delete = warp::path!(".p2" / "core" / "v1" / "session")
@@ -174,7 +179,7 @@ pub fn routes(server: Arc<Server>) -> BoxedFilter<(Response,)> {
 /// `GET session/auth`.
 pub async fn issue_trial(
     server: &Server,
-    remote: Option<SocketAddr>,
+    client: Option<IpAddr>,
     now: u64,
 ) -> Result<Response, WireError> {
     let trial = random_trial();
@@ -186,7 +191,7 @@ pub async fn issue_trial(
     };
     match server
         .store
-        .insert_trial(&trial, &address(remote), now, expires, limits)
+        .insert_trial(&trial, &address(client), now, expires, limits)
         .await
         .map_err(server.internal())?
     {
@@ -226,7 +231,7 @@ struct TrialAnswer {
 /// `POST session/auth`.
 pub async fn answer_trial(
     server: &Server,
-    remote: Option<SocketAddr>,
+    client: Option<IpAddr>,
     body: &[u8],
     now: u64,
 ) -> Result<Response, WireError> {
@@ -269,7 +274,7 @@ pub async fn answer_trial(
         None => {
             let recent = server
                 .store
-                .recent_trials(&address(remote), RECENT_TRIALS)
+                .recent_trials(&address(client), RECENT_TRIALS)
                 .await
                 .map_err(server.internal())?;
             if recent
@@ -627,8 +632,8 @@ fn canonical_serial(serial: &str) -> Result<String, WireError> {
 
 /// What bounds pending trials: the IPv4 address, or the /64 of an IPv6 address (one host
 /// usually has a whole /64).
-fn address(remote: Option<SocketAddr>) -> String {
-    match remote.map(|r| r.ip()) {
+fn address(client: Option<IpAddr>) -> String {
+    match client {
         Some(IpAddr::V4(ip)) => ip.to_string(),
         Some(IpAddr::V6(ip)) => match ip.to_ipv4_mapped() {
             Some(v4) => v4.to_string(),
@@ -686,7 +691,7 @@ mod tests {
 
     #[test]
     fn addresses_bucket_ipv6_by_64() {
-        let v6 = |s: &str| Some(SocketAddr::new(s.parse().unwrap(), 1));
+        let v6 = |s: &str| Some(s.parse::<IpAddr>().unwrap());
         assert_eq!(address(v6("2001:db8:1:2:3:4:5:6")), "2001:db8:1:2::/64");
         assert_eq!(
             address(v6("2001:db8:1:2:ffff::1")),
