@@ -450,6 +450,46 @@ mod tests {
     }
 
     #[test]
+    fn polyproto_settings() {
+        let settings = Settings::resolve(Args {
+            domain: Some("a.test".into()),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!(
+            settings.federation.polyproto,
+            crate::polyproto::Settings::default()
+        );
+        let settings = Settings::resolve(Args {
+            domain: Some("a.test".into()),
+            public_url: Some("https://chat.a.test:8443/".into()),
+            idcert_cache_ttl_secs: Some(43_200),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!(
+            settings.federation.polyproto.public_url.as_deref(),
+            Some("https://chat.a.test:8443")
+        );
+        assert_eq!(settings.federation.polyproto.idcert_cache_ttl, 43_200);
+        for (url, ttl) in [("https://a.test/api", None), ("https://a.test", Some(60))] {
+            let bad = Settings::resolve(Args {
+                domain: Some("a.test".into()),
+                public_url: Some(url.into()),
+                idcert_cache_ttl_secs: ttl,
+                ..Args::default()
+            });
+            assert!(
+                matches!(
+                    bad,
+                    Err(ConfigError::PublicUrl(_) | ConfigError::CacheTtl(60))
+                ),
+                "{url} {ttl:?}"
+            );
+        }
+    }
+
+    #[test]
     fn passwords_are_redacted() {
         assert_eq!(
             redacted("postgres://u:secret@h/db"),

@@ -117,7 +117,7 @@ async fn local(
         }
     }
     if !issued_by_us {
-        tracing::error!(%fid, serial, "a stored certificate verifies with none of our CAs");
+        tracing::error!(serial, "a stored certificate verifies with none of our CAs");
         return Err(WireError::new(
             ErrorCode::Internal,
             "a stored certificate does not verify",

@@ -358,7 +358,9 @@ pub async fn answer_trial(
         }
         CompleteTrial::Invalidated => return Err(invalidated(&serial)),
     }
-    tracing::info!(%fid, client_id, serial, "opened a polyproto session");
+    // Logs carry the serial, not the FID (as the AS's own logs), so that a log reader
+    // learns no more than the public certificate routes tell.
+    tracing::info!(domain = %fid.domain(), serial, "opened a polyproto session");
     Ok(jcs_response(&JcsObject::from([("token", token)])))
 }
 
@@ -471,7 +473,10 @@ pub async fn delete_session(
         })
         .await
         .map_err(server.internal())?;
-    tracing::info!(fid = %session.fid, serial = session.serial, "ended a polyproto session and invalidated its certificate");
+    tracing::info!(
+        serial = session.serial,
+        "ended a polyproto session and invalidated its certificate"
+    );
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -531,7 +536,10 @@ pub async fn update_certificate(
             .invalidate_certificate(&record)
             .await
             .map_err(server.internal())?;
-        tracing::info!(fid = %session.fid, serial, "recorded an invalidated certificate and ended its sessions");
+        tracing::info!(
+            serial,
+            "recorded an invalidated certificate and ended its sessions"
+        );
         return Ok(StatusCode::CREATED.into_response());
     }
     check_usable(&certificate, now)?;
@@ -546,7 +554,7 @@ pub async fn update_certificate(
             "the session ended, or the certificate was invalidated, meanwhile",
         ));
     }
-    tracing::info!(fid = %session.fid, serial, "moved a polyproto session to a new certificate");
+    tracing::info!(serial, "moved a polyproto session to a new certificate");
     Ok(StatusCode::CREATED.into_response())
 }
 
