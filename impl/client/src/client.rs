@@ -820,7 +820,10 @@ impl Client {
     /// Why a pending request is suspicious: it names an existing contact but comes from a
     /// certificate not pinned in our connection group with them (for example a second
     /// credential minted by their server).
-    pub async fn request_warning(&self, request: &ConnectionRequest) -> Result<Option<String>, ClientError> {
+    pub async fn request_warning(
+        &self,
+        request: &ConnectionRequest,
+    ) -> Result<Option<String>, ClientError> {
         let Some(contact) = self.store.contact(&request.fid).await? else {
             return Ok(None);
         };
@@ -828,7 +831,10 @@ impl Client {
         if pinned.values().any(|der| *der == request.certificate) {
             return Ok(None);
         }
-        let mut known: Vec<String> = pinned.values().map(|der| hex::encode(crypto::sha256(der))).collect();
+        let mut known: Vec<String> = pinned
+            .values()
+            .map(|der| hex::encode(crypto::sha256(der)))
+            .collect();
         known.sort();
         Ok(Some(format!(
             "{} is already a contact, but this request comes from a certificate you have not pinned \
