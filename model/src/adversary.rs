@@ -1,0 +1,348 @@
+//! The threat model's adversaries: what each can see or do.
+//!
+//! - Snapshot adversary (Requirement: ADV-SNAP-1, ADV-SNAP-2): [`snapshot`] lists what
+//!   every table of a homeserver holds, as identifiers; encrypted values whose key is
+//!   client-held appear as [`Ident::Opaque`]. The QS's own keys are in the snapshot (the
+//!   adversary gets the disks), so sealed queue configs outside encrypted group state are
+//!   readable to it.
+//! - Honest-but-curious operator (Requirement: ADV-OP-1, ADV-OP-2): [`observe`] lists the
+//!   identifiers a request shows the handler that serves it.
+//! - Malicious AS (Requirement: ADV-AS-1): [`AdvOp::MintCredential`] issues a second
+//!   certificate for an existing user with a key the adversary holds.
+//! - Forged senders and replays: [`AdvOp::ForgeDequeue`], [`AdvOp::ReplayDs`].
+//! - The network: [`crate::network`].
+//! - A malicious remote server: not yet modelled (federation is stubbed, see
+//!   [`crate::federation`]).
+
+use std::collections::BTreeSet;
+
+use phoenix_types::error::ErrorCode;
+
+use crate::as_::CertBody;
+use crate::call::{AsCall, AsSigner, Call, DsCall, Outcome, QsCall, QsSigner, Reply};
+use crate::ids::{ClientName, DomainId, Fid, FidArg, GroupId, KeyId, QsCid, Signed};
+use crate::state::{Homeserver, State, call_server};
+
+/// The key the adversary signs with.
+pub const ADVERSARY_KEY: KeyId = KeyId(9_000);
+/// The client id under which a malicious AS registers its minted credential.
+pub const ADVERSARY_CLIENT: ClientName = ClientName(99);
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum AdvOp {
+    /// The AS of `fid`'s domain issues a certificate for `fid` with the adversary's key,
+    /// under a new client id, and keeps it like any other.
+    MintCredential { fid: Fid },
+    /// Dequeue someone else's QS queue, signed with the adversary's key.
+    ForgeDequeue { victim: QsCid, domain: DomainId },
+    /// Dequeue someone else's direct queue, signed with the adversary's key.
+    ForgeDirectDequeue { victim: Fid },
+    /// Resend the last accepted DS request as it was.
+    ReplayDs,
+}
+
+pub fn run(state: &mut State, op: &AdvOp) -> Outcome {
+    state.ghost.adversary_keys.insert(ADVERSARY_KEY);
+    match op {
+        AdvOp::MintCredential { fid } => {
+            let now = state.now;
+            let lifetime = state.config.cert_lifetime;
+            let Some(server) = state.servers.get_mut(&fid.domain) else {
+                return Err(ErrorCode::Unavailable);
+            };
+            let Some(user) = server.as_.users.get_mut(fid) else {
+                return Err(ErrorCode::UnknownUser);
+            };
+            let serial = server.as_.next_serial;
+            server.as_.next_serial = serial.saturating_add(1);
+            let certificate = Signed {
+                by: server.as_.ca_key,
+                payload: CertBody {
+                    serial,
+                    fid: *fid,
+                    client: ADVERSARY_CLIENT,
+                    key: ADVERSARY_KEY,
+                    not_before: now,
+                    not_after: now.saturating_add(lifetime),
+                },
+            };
+            user.clients.insert(
+                ADVERSARY_CLIENT,
+                crate::as_::AsClient {
+                    certificate: certificate.clone(),
+                    direct_queue: crate::queue::Queue::new(),
+                },
+            );
+            server.as_.certificates.push(certificate);
+            state.ghost.minted.insert(serial);
+            Ok(Reply::Registered { serial })
+        }
+        AdvOp::ForgeDequeue { victim, domain } => call_server(
+            state,
+            *domain,
+            &Call::Qs(QsCall::Dequeue {
+                signer: QsSigner::Client {
+                    id: *victim,
+                    key: ADVERSARY_KEY,
+                },
+                fresh: true,
+                start: 0,
+                max: 10,
+            }),
+        ),
+        AdvOp::ForgeDirectDequeue { victim } => call_server(
+            state,
+            victim.domain,
+            &Call::As(AsCall::DequeueConnection {
+                signer: AsSigner::Client {
+                    fid: FidArg::Valid(*victim),
+                    client: ClientName(0),
+                    key: ADVERSARY_KEY,
+                },
+                fresh: true,
+                start: 0,
+                max: 10,
+            }),
+        ),
+        AdvOp::ReplayDs => {
+            let Some((to, call)) = state.network.last_ds.clone() else {
+                return Err(ErrorCode::NotFound);
+            };
+            call_server(state, to, &Call::Ds(call))
+        }
+    }
+}
+
+/// An identifier as an adversary sees it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Ident {
+    Fid(Fid),
+    QsUser(u32),
+    QsClient(u32),
+    Group(GroupId),
+    Key(KeyId),
+    /// A value encrypted under a key the adversary does not have.
+    Opaque,
+}
+
+/// Which service's table a row belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Service {
+    As,
+    Qs,
+    Ds,
+}
+
+/// One persisted row, as identifiers.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Row {
+    pub service: Service,
+    pub table: &'static str,
+    pub idents: Vec<Ident>,
+}
+
+/// Everything a homeserver persists, as the snapshot adversary reads it. Group state is
+/// encrypted under the client-held EAR key, so a group row shows only its id; queue
+/// payloads of the QS are what the DS fanned out (commits and messages are MLS ciphertext,
+/// but the group id travels in clear next to them: see `docs/model.md`, findings).
+pub fn snapshot(server: &Homeserver) -> Vec<Row> {
+    let mut rows = Vec::new();
+    // AS: users, clients (certificate keys), certificates, connection packages, direct
+    // queues (HPKE ciphertext to a client-held key).
+    for (fid, user) in server.as_.users.iter() {
+        rows.push(Row {
+            service: Service::As,
+            table: "as_users",
+            idents: vec![Ident::Fid(*fid)],
+        });
+        for client in user.clients.values() {
+            rows.push(Row {
+                service: Service::As,
+                table: "as_clients",
+                idents: vec![Ident::Fid(*fid), Ident::Key(client.certificate.payload.key)],
+            });
+            for _ in client.direct_queue.messages.iter() {
+                rows.push(Row {
+                    service: Service::As,
+                    table: "as_direct_queue",
+                    idents: vec![Ident::Fid(*fid), Ident::Opaque],
+                });
+            }
+        }
+    }
+    for cert in server.as_.certificates.iter() {
+        rows.push(Row {
+            service: Service::As,
+            table: "as_certificates",
+            idents: vec![Ident::Fid(cert.payload.fid), Ident::Key(cert.payload.key)],
+        });
+    }
+    for p in server.as_.packages.iter() {
+        rows.push(Row {
+            service: Service::As,
+            table: "as_connection_packages",
+            idents: vec![Ident::Fid(p.fid)],
+        });
+    }
+    // QS: user and client records with their auth keys, key packages (leaf key and a
+    // queue config the snapshot can open with the QS key), queue entries.
+    for (id, user) in server.qs.users.iter() {
+        rows.push(Row {
+            service: Service::Qs,
+            table: "qs_users",
+            idents: vec![Ident::QsUser(id.0), Ident::Key(user.auth_key)],
+        });
+    }
+    for (id, client) in server.qs.clients.iter() {
+        rows.push(Row {
+            service: Service::Qs,
+            table: "qs_clients",
+            idents: vec![
+                Ident::QsClient(id.0),
+                Ident::QsUser(client.user.0),
+                Ident::Key(client.auth_key),
+            ],
+        });
+        for p in client.key_packages.iter() {
+            let mut idents = vec![Ident::QsClient(id.0), Ident::Key(p.leaf_key)];
+            if let Some(target) = server.qs.open_queue_config(&p.queue_config) {
+                idents.push(Ident::QsClient(target.0));
+            }
+            idents.push(Ident::Opaque);
+            rows.push(Row {
+                service: Service::Qs,
+                table: "qs_key_packages",
+                idents,
+            });
+        }
+        for item in client.queue.messages.values() {
+            let mut idents = vec![Ident::QsClient(id.0)];
+            if let Some(group) = group_of(item) {
+                idents.push(Ident::Group(group));
+            }
+            idents.push(Ident::Opaque);
+            rows.push(Row {
+                service: Service::Qs,
+                table: "qs_queue",
+                idents,
+            });
+        }
+    }
+    // DS: reservations and groups (id + ciphertext under the EAR key).
+    for group in server.ds.reserved.iter() {
+        rows.push(Row {
+            service: Service::Ds,
+            table: "ds_reservations",
+            idents: vec![Ident::Group(*group)],
+        });
+    }
+    for group in server.ds.groups.keys() {
+        rows.push(Row {
+            service: Service::Ds,
+            table: "ds_groups",
+            idents: vec![Ident::Group(*group), Ident::Opaque],
+        });
+    }
+    rows
+}
+
+fn group_of(item: &crate::queue::QueueItem) -> Option<GroupId> {
+    match item {
+        crate::queue::QueueItem::Commit { group, .. }
+        | crate::queue::QueueItem::Application { group, .. }
+        | crate::queue::QueueItem::Welcome { group, .. } => Some(*group),
+        crate::queue::QueueItem::Opaque(_) => None,
+    }
+}
+
+/// What one request shows the handler that serves it (Requirement: ADV-OP-1).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Observation {
+    pub domain: DomainId,
+    pub service: &'static str,
+    pub fids: BTreeSet<Fid>,
+    pub qs_ids: BTreeSet<u32>,
+    pub groups: BTreeSet<GroupId>,
+    /// Per-group pseudonyms (leaf keys) the request shows.
+    pub leaf_keys: BTreeSet<KeyId>,
+}
+
+/// The identifiers `call` shows its handler. Sealed queue configs and encrypted
+/// credentials are opaque to the DS handler (it does not hold the QS key or the
+/// credential key).
+pub fn observe(domain: DomainId, call: &Call) -> Observation {
+    let mut o = Observation {
+        domain,
+        service: crate::call::service_of(call),
+        fids: BTreeSet::new(),
+        qs_ids: BTreeSet::new(),
+        groups: BTreeSet::new(),
+        leaf_keys: BTreeSet::new(),
+    };
+    match call {
+        Call::As(c) => match c {
+            AsCall::Register { fid, .. } => {
+                o.fids.insert(*fid);
+            }
+            AsCall::PublishConnectionPackages { signer, .. }
+            | AsCall::DequeueConnection { signer, .. } => {
+                if let AsSigner::Client {
+                    fid: FidArg::Valid(fid),
+                    ..
+                } = signer
+                {
+                    o.fids.insert(*fid);
+                }
+            }
+            AsCall::FetchConnectionPackage { fid }
+            | AsCall::EnqueueConnection { fid, .. }
+            | AsCall::ClientCertificates { fid } => {
+                if let FidArg::Valid(fid) = fid {
+                    o.fids.insert(*fid);
+                }
+            }
+        },
+        Call::Qs(c) => match c {
+            QsCall::CreateUser { .. } | QsCall::FetchKeyPackages { .. } => {}
+            QsCall::PublishKeyPackages { signer, .. } | QsCall::Dequeue { signer, .. } => {
+                if let QsSigner::Client { id, .. } = signer {
+                    o.qs_ids.insert(id.0);
+                }
+            }
+        },
+        Call::Ds(c) => match c {
+            DsCall::RequestGroupId => {}
+            DsCall::CreateGroup { group, creator, .. } => {
+                o.groups.insert(*group);
+                o.leaf_keys.insert(creator.leaf_key);
+            }
+            DsCall::ExternalCommitInfo { group, .. } => {
+                o.groups.insert(*group);
+            }
+            DsCall::JoinConnectionGroup { group, joiner, .. } => {
+                o.groups.insert(*group);
+                o.leaf_keys.insert(joiner.leaf_key);
+            }
+            DsCall::AddUsers {
+                group,
+                signer,
+                joiners,
+                ..
+            } => {
+                o.groups.insert(*group);
+                o.leaf_keys.insert(signer.key);
+                for j in joiners.iter() {
+                    o.leaf_keys.insert(j.member.leaf_key);
+                }
+            }
+            DsCall::RemoveUsers { group, signer, .. }
+            | DsCall::Update { group, signer, .. }
+            | DsCall::SendMessage { group, signer, .. } => {
+                o.groups.insert(*group);
+                o.leaf_keys.insert(signer.key);
+            }
+        },
+    }
+    o
+}

@@ -1,0 +1,279 @@
+//! Requests and replies: one variant per operation of the server's API, in the model's
+//! vocabulary. A request names the key that signed it (symbolically), so forged senders
+//! and wrong owners are ordinary requests with the wrong key.
+//!
+//! The outcome of every call is `Result<Reply, ErrorCode>` with the server's own stable
+//! codes ([`phoenix_types::error::ErrorCode`]); the conformance suite compares both.
+
+use phoenix_types::error::ErrorCode;
+
+use crate::ids::{
+    ClientName, DomainId, FidArg, GroupId, KeyId, Leaf, MsgId, PkgId, QsCid, QsUid, Sealed, Seq,
+    Token,
+};
+use crate::queue::QueueItem;
+
+/// A call to one homeserver.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum Call {
+    As(AsCall),
+    Qs(QsCall),
+    Ds(DsCall),
+}
+
+/// Who signs an AS request.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum AsSigner {
+    Anonymous,
+    /// A client of the AS, signing with `key` (its ID-Cert key if honest).
+    Client {
+        fid: FidArg,
+        client: ClientName,
+        key: KeyId,
+    },
+}
+
+/// What is wrong with a connection package in an upload, if anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum PackageDefect {
+    None,
+    /// Signed with a key that is not the publisher's.
+    BadSignature,
+    /// Names another client as its owner.
+    NamesAnotherClient,
+    /// Its validity ended.
+    Expired,
+}
+
+/// One connection package of an upload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct ConnectionPackageArg {
+    pub id: PkgId,
+    pub last_resort: bool,
+    pub defect: PackageDefect,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum AsCall {
+    /// Register a user with its first client from a CSR signed by `key`; `csr_valid`
+    /// false is a CSR whose self-signature does not verify.
+    Register {
+        fid: crate::ids::Fid,
+        client: ClientName,
+        key: KeyId,
+        csr_valid: bool,
+    },
+    PublishConnectionPackages {
+        signer: AsSigner,
+        fresh: bool,
+        packages: Vec<ConnectionPackageArg>,
+    },
+    FetchConnectionPackage {
+        fid: FidArg,
+    },
+    /// Anonymous enqueue of an opaque ciphertext into a client's direct queue.
+    EnqueueConnection {
+        fid: FidArg,
+        client: ClientName,
+        msg: MsgId,
+    },
+    DequeueConnection {
+        signer: AsSigner,
+        fresh: bool,
+        start: Seq,
+        max: u16,
+    },
+    ClientCertificates {
+        fid: FidArg,
+    },
+}
+
+/// Who signs a QS request.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum QsSigner {
+    Anonymous,
+    /// A QS client record (which may not exist), signing with `key`.
+    Client {
+        id: QsCid,
+        key: KeyId,
+    },
+}
+
+/// One key package of an upload: its leaf key (the per-group pseudonym it will become),
+/// and the queue config sealed inside it, which names the client record `queue_of`
+/// (honest uploads name the publisher itself).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct KeyPackageArg {
+    pub id: PkgId,
+    pub last_resort: bool,
+    pub leaf_key: KeyId,
+    pub queue_of: QsCid,
+    /// The client's credential for the package's leaf, encrypted under its friendship key:
+    /// opaque to the QS, which stores and serves it as is. `None` where only the QS's
+    /// handling is at stake (the conformance suite's raw uploads).
+    pub client_info: Option<Sealed<crate::ds::LeafBinding>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum QsCall {
+    CreateUser {
+        user_key: KeyId,
+        token: Token,
+        client_key: KeyId,
+    },
+    PublishKeyPackages {
+        signer: QsSigner,
+        fresh: bool,
+        packages: Vec<KeyPackageArg>,
+    },
+    FetchKeyPackages {
+        token: Token,
+    },
+    Dequeue {
+        signer: QsSigner,
+        fresh: bool,
+        start: Seq,
+        max: u16,
+    },
+}
+
+/// A member's entry as the DS receives it: the leaf's signature key (its per-group
+/// pseudonym), the sealed queue config, and the encrypted credential binding the leaf to
+/// a client certificate (opaque to the DS).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct MemberArg {
+    pub leaf_key: KeyId,
+    pub queue_config: Sealed<QsCid>,
+    pub credential: Sealed<crate::ds::LeafBinding>,
+}
+
+/// A joiner of an `add_users` commit: its member entry (from its key package) and the
+/// welcome information the inviter sealed for it (opaque to the DS).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct AddedMember {
+    pub member: MemberArg,
+    pub welcome: Sealed<crate::client::GroupSecrets>,
+}
+
+/// A group member signing a DS request with its leaf key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct LeafSigner {
+    pub leaf: Leaf,
+    pub key: KeyId,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum DsCall {
+    RequestGroupId,
+    CreateGroup {
+        group: GroupId,
+        ear: KeyId,
+        creator: MemberArg,
+    },
+    ExternalCommitInfo {
+        group: GroupId,
+        ear: KeyId,
+    },
+    /// An external commit into a connection group by `joiner`, for the group's `epoch`.
+    JoinConnectionGroup {
+        group: GroupId,
+        ear: KeyId,
+        epoch: u64,
+        joiner: MemberArg,
+    },
+    /// A commit at `epoch` adding one member per key package.
+    AddUsers {
+        group: GroupId,
+        ear: KeyId,
+        signer: LeafSigner,
+        epoch: u64,
+        joiners: Vec<AddedMember>,
+    },
+    RemoveUsers {
+        group: GroupId,
+        ear: KeyId,
+        signer: LeafSigner,
+        epoch: u64,
+        removed: Vec<Leaf>,
+    },
+    /// A path update of the signer's own leaf.
+    Update {
+        group: GroupId,
+        ear: KeyId,
+        signer: LeafSigner,
+        epoch: u64,
+    },
+    SendMessage {
+        group: GroupId,
+        ear: KeyId,
+        signer: LeafSigner,
+        epoch: u64,
+        msg: MsgId,
+    },
+}
+
+/// A successful reply.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum Reply {
+    Empty,
+    /// A certificate was issued (its serial in the model).
+    Registered {
+        serial: u32,
+    },
+    ConnectionPackage {
+        client: ClientName,
+        id: PkgId,
+        last_resort: bool,
+    },
+    Dequeued {
+        messages: Vec<(Seq, QueueItem)>,
+        remaining: u64,
+    },
+    Certificates {
+        count: u32,
+    },
+    QsUserCreated {
+        user: QsUid,
+        client: QsCid,
+    },
+    /// One key package per client of the user, in client order.
+    KeyPackages {
+        packages: Vec<(QsCid, PkgId)>,
+    },
+    GroupId(GroupId),
+    /// What `external_commit_info` shows: the epoch and the members' leaves.
+    GroupInfo {
+        epoch: u64,
+        leaves: Vec<Leaf>,
+    },
+}
+
+/// The outcome of a call: a reply, or the server's stable error code.
+pub type Outcome = Result<Reply, ErrorCode>;
+
+/// The service a call goes to (for the operator's view and the requirement table).
+pub fn service_of(call: &Call) -> &'static str {
+    match call {
+        Call::As(_) => "as",
+        Call::Qs(_) => "qs",
+        Call::Ds(_) => "ds",
+    }
+}
+
+/// The domain of a group id.
+pub fn group_domain(group: &GroupId) -> DomainId {
+    group.domain
+}

@@ -1,0 +1,388 @@
+//! The Delivery Service: groups as the DS sees them. It knows a group by its id, the EAR
+//! key that opens its state (supplied with every request, never kept), its epoch and its
+//! members, each a leaf with a per-group pseudonymous signature key, a sealed queue config
+//! and an encrypted credential it cannot open.
+//!
+//! MLS validation is abstracted to what decides the outcome: the epoch a commit or message
+//! is for, who signed it, and which leaves it adds or removes. One commit per (group,
+//! epoch) is accepted (Requirement: DS-EPOCH-1): the first for the current epoch wins, any
+//! later one for that epoch gets `WRONG_EPOCH`. Fan-out goes to every member except the
+//! sender (Requirement: DS-FAN-1), and is enqueued right after the state change (the
+//! server's outbox delivers local entries before it answers).
+//!
+//! Not here: MLS tree math, ciphertext formats, group-info signatures.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use phoenix_types::error::ErrorCode;
+
+use crate::as_::Certificate;
+use crate::call::{DsCall, LeafSigner, MemberArg, Outcome, Reply};
+use crate::ids::{DomainId, Epoch, GroupId, KeyId, Leaf, MsgId, QsCid, Sealed, Signed};
+use crate::queue::{CommitKind, MemberInfo, QueueItem};
+
+/// What a member's encrypted credential holds (opened only by clients, with the group's
+/// credential key): its client certificate and that certificate key's signature over the
+/// leaf key (Requirement: ID-CHAIN-1).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct LeafBinding {
+    pub certificate: Certificate,
+    pub binding: Signed<KeyId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Member {
+    pub leaf_key: KeyId,
+    pub queue_config: Sealed<QsCid>,
+    pub credential: Sealed<LeafBinding>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Group {
+    /// The key the state is encrypted under; a request must present it.
+    pub ear: KeyId,
+    pub epoch: Epoch,
+    pub members: BTreeMap<Leaf, Member>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DsState {
+    pub domain: DomainId,
+    pub reserved: BTreeSet<GroupId>,
+    pub groups: BTreeMap<GroupId, Group>,
+    pub next_group: u32,
+}
+
+impl DsState {
+    pub fn new(domain: DomainId) -> Self {
+        Self {
+            domain,
+            reserved: BTreeSet::new(),
+            groups: BTreeMap::new(),
+            next_group: 0,
+        }
+    }
+}
+
+/// One fan-out entry: the sealed queue config of the recipient and what to enqueue.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FanOut {
+    pub queue_config: Sealed<QsCid>,
+    pub item: QueueItem,
+}
+
+/// A DS call's effect besides its reply: the fan-out to deliver.
+pub type Effects = Vec<FanOut>;
+
+/// Run one DS call. `fresh_msg` names the commit the call carries (the model's fresh
+/// message id for it).
+pub fn handle(state: &mut DsState, call: &DsCall, fresh_msg: MsgId) -> (Outcome, Effects) {
+    match handle_inner(state, call, fresh_msg) {
+        Ok((reply, effects)) => (Ok(reply), effects),
+        Err(code) => (Err(code), Vec::new()),
+    }
+}
+
+fn handle_inner(
+    state: &mut DsState,
+    call: &DsCall,
+    fresh_msg: MsgId,
+) -> Result<(Reply, Effects), ErrorCode> {
+    match call {
+        DsCall::RequestGroupId => {
+            let group = GroupId {
+                domain: state.domain,
+                n: state.next_group,
+            };
+            state.next_group = state.next_group.saturating_add(1);
+            state.reserved.insert(group);
+            Ok((Reply::GroupId(group), Vec::new()))
+        }
+        DsCall::CreateGroup {
+            group,
+            ear,
+            creator,
+        } => {
+            if group.domain != state.domain {
+                return Err(ErrorCode::WrongGroupDomain);
+            }
+            if state.groups.contains_key(group) {
+                return Err(ErrorCode::GroupExists);
+            }
+            if !state.reserved.contains(group) {
+                return Err(ErrorCode::GroupIdNotReserved);
+            }
+            state.reserved.remove(group);
+            let mut members = BTreeMap::new();
+            members.insert(0, member_of(creator));
+            state.groups.insert(
+                *group,
+                Group {
+                    ear: *ear,
+                    epoch: 0,
+                    members,
+                },
+            );
+            Ok((Reply::Empty, Vec::new()))
+        }
+        DsCall::ExternalCommitInfo { group, ear } => {
+            let g = load(state, group, *ear)?;
+            let mut leaves = Vec::new();
+            for leaf in g.members.keys() {
+                leaves.push(*leaf);
+            }
+            Ok((
+                Reply::GroupInfo {
+                    epoch: g.epoch,
+                    leaves,
+                },
+                Vec::new(),
+            ))
+        }
+        DsCall::JoinConnectionGroup {
+            group,
+            ear,
+            epoch,
+            joiner,
+        } => {
+            let g = load(state, group, *ear)?.clone();
+            if g.members.len() != 1 {
+                return Err(ErrorCode::NotConnectionGroup);
+            }
+            if *epoch != g.epoch {
+                return Err(ErrorCode::WrongEpoch);
+            }
+            let leaf = lowest_free_leaf(&g.members);
+            let item = QueueItem::Commit {
+                group: *group,
+                epoch: g.epoch,
+                sender: leaf,
+                commit: fresh_msg,
+                kind: CommitKind::ExternalJoin(MemberInfo {
+                    leaf,
+                    leaf_key: joiner.leaf_key,
+                    credential: joiner.credential.clone(),
+                }),
+            };
+            // The external committer is not yet a member: everyone else hears of it.
+            let effects = fan_out(&g.members, None, &item);
+            let mut next = g;
+            next.members.insert(leaf, member_of(joiner));
+            next.epoch = next.epoch.saturating_add(1);
+            state.groups.insert(*group, next);
+            Ok((Reply::Empty, effects))
+        }
+        DsCall::AddUsers {
+            group,
+            ear,
+            signer,
+            epoch,
+            joiners,
+        } => {
+            let g = load(state, group, *ear)?.clone();
+            authenticate_leaf(&g, signer)?;
+            check_epoch(&g, *epoch)?;
+            if joiners.is_empty() {
+                return Err(ErrorCode::InvalidCommit);
+            }
+            let mut next = g.clone();
+            let mut placed = Vec::new();
+            for joiner in joiners.iter() {
+                let leaf = lowest_free_leaf(&next.members);
+                next.members.insert(leaf, member_of(&joiner.member));
+                placed.push(MemberInfo {
+                    leaf,
+                    leaf_key: joiner.member.leaf_key,
+                    credential: joiner.member.credential.clone(),
+                });
+            }
+            next.epoch = next.epoch.saturating_add(1);
+            let item = QueueItem::Commit {
+                group: *group,
+                epoch: g.epoch,
+                sender: signer.leaf,
+                commit: fresh_msg,
+                kind: CommitKind::Add(placed.clone()),
+            };
+            let mut effects = fan_out(&g.members, Some(signer.leaf), &item);
+            let everyone = member_infos(&next.members);
+            for (info, joiner) in placed.iter().zip(joiners.iter()) {
+                effects.push(FanOut {
+                    queue_config: joiner.member.queue_config.clone(),
+                    item: QueueItem::Welcome {
+                        group: *group,
+                        epoch: next.epoch,
+                        leaf: info.leaf,
+                        members: everyone.clone(),
+                        secrets: joiner.welcome.clone(),
+                    },
+                });
+            }
+            state.groups.insert(*group, next);
+            Ok((Reply::Empty, effects))
+        }
+        DsCall::RemoveUsers {
+            group,
+            ear,
+            signer,
+            epoch,
+            removed,
+        } => {
+            let g = load(state, group, *ear)?.clone();
+            authenticate_leaf(&g, signer)?;
+            check_epoch(&g, *epoch)?;
+            if removed.is_empty() || removed.contains(&signer.leaf) {
+                return Err(ErrorCode::InvalidCommit);
+            }
+            for leaf in removed.iter() {
+                if !g.members.contains_key(leaf) {
+                    return Err(ErrorCode::InvalidCommit);
+                }
+            }
+            let item = QueueItem::Commit {
+                group: *group,
+                epoch: g.epoch,
+                sender: signer.leaf,
+                commit: fresh_msg,
+                kind: CommitKind::Remove(removed.clone()),
+            };
+            // The removed members hear of their removal too.
+            let effects = fan_out(&g.members, Some(signer.leaf), &item);
+            let mut next = g;
+            for leaf in removed.iter() {
+                next.members.remove(leaf);
+            }
+            next.epoch = next.epoch.saturating_add(1);
+            state.groups.insert(*group, next);
+            Ok((Reply::Empty, effects))
+        }
+        DsCall::Update {
+            group,
+            ear,
+            signer,
+            epoch,
+        } => {
+            let g = load(state, group, *ear)?.clone();
+            authenticate_leaf(&g, signer)?;
+            check_epoch(&g, *epoch)?;
+            let item = QueueItem::Commit {
+                group: *group,
+                epoch: g.epoch,
+                sender: signer.leaf,
+                commit: fresh_msg,
+                kind: CommitKind::Update,
+            };
+            let effects = fan_out(&g.members, Some(signer.leaf), &item);
+            let mut next = g;
+            next.epoch = next.epoch.saturating_add(1);
+            state.groups.insert(*group, next);
+            Ok((Reply::Empty, effects))
+        }
+        DsCall::SendMessage {
+            group,
+            ear,
+            signer,
+            epoch,
+            msg,
+        } => {
+            let g = load(state, group, *ear)?;
+            authenticate_leaf(g, signer)?;
+            check_epoch(g, *epoch)?;
+            let item = QueueItem::Application {
+                group: *group,
+                epoch: g.epoch,
+                sender: signer.leaf,
+                msg: *msg,
+            };
+            Ok((Reply::Empty, fan_out(&g.members, Some(signer.leaf), &item)))
+        }
+    }
+}
+
+/// Every member as clients see it, by leaf.
+pub fn member_infos(members: &BTreeMap<Leaf, Member>) -> Vec<MemberInfo> {
+    let mut out = Vec::new();
+    for (leaf, m) in members.iter() {
+        out.push(MemberInfo {
+            leaf: *leaf,
+            leaf_key: m.leaf_key,
+            credential: m.credential.clone(),
+        });
+    }
+    out
+}
+
+fn member_of(arg: &MemberArg) -> Member {
+    Member {
+        leaf_key: arg.leaf_key,
+        queue_config: arg.queue_config.clone(),
+        credential: arg.credential.clone(),
+    }
+}
+
+/// Load a group: it must be hosted here, exist, and the EAR key must open it
+/// (Requirement: DS-EAR-1).
+pub fn load<'a>(state: &'a DsState, group: &GroupId, ear: KeyId) -> Result<&'a Group, ErrorCode> {
+    if group.domain != state.domain {
+        return Err(ErrorCode::WrongGroupDomain);
+    }
+    let Some(g) = state.groups.get(group) else {
+        return Err(ErrorCode::UnknownGroup);
+    };
+    if g.ear != ear {
+        return Err(ErrorCode::WrongEarKey);
+    }
+    Ok(g)
+}
+
+/// The request must be signed by the key of the leaf it names (Requirement: DS-AUTH-1).
+pub fn authenticate_leaf(group: &Group, signer: &LeafSigner) -> Result<(), ErrorCode> {
+    let Some(member) = group.members.get(&signer.leaf) else {
+        return Err(ErrorCode::UnknownSender);
+    };
+    if member.leaf_key != signer.key {
+        return Err(ErrorCode::BadSignature);
+    }
+    Ok(())
+}
+
+/// Commits and messages must be for the current epoch (Requirement: DS-EPOCH-1,
+/// DS-EPOCH-2).
+#[hax_lib::ensures(|result| result.is_ok() == (epoch == group.epoch))]
+pub fn check_epoch(group: &Group, epoch: Epoch) -> Result<(), ErrorCode> {
+    if epoch != group.epoch {
+        return Err(ErrorCode::WrongEpoch);
+    }
+    Ok(())
+}
+
+/// The lowest leaf index not in use (MLS fills the leftmost blank leaf).
+pub fn lowest_free_leaf(members: &BTreeMap<Leaf, Member>) -> Leaf {
+    let mut leaf: Leaf = 0;
+    for used in members.keys() {
+        if *used == leaf {
+            leaf = leaf.saturating_add(1);
+        }
+    }
+    leaf
+}
+
+/// Fan-out to every member but `except` (Requirement: DS-FAN-1).
+#[hax_lib::ensures(|result| result.len() == members.len() - if except.map(|l| members.contains_key(&l)) == Some(true) { 1 } else { 0 })]
+pub fn fan_out(
+    members: &BTreeMap<Leaf, Member>,
+    except: Option<Leaf>,
+    item: &QueueItem,
+) -> Effects {
+    let mut out = Vec::new();
+    for (leaf, member) in members.iter() {
+        if Some(*leaf) != except {
+            out.push(FanOut {
+                queue_config: member.queue_config.clone(),
+                item: item.clone(),
+            });
+        }
+    }
+    out
+}

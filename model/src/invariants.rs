@@ -1,0 +1,330 @@
+//! The invariants, each a pure predicate over the state (Requirement: MODEL-1). The model
+//! checker checks all of them in every reachable state of its configurations; the
+//! conformance suite checks the ones that the API can observe on the real server,
+//! projected.
+
+use std::collections::BTreeSet;
+
+use crate::adversary::{self, Ident, Service};
+use crate::ids::KeyId;
+use crate::queue;
+use crate::state::{QueueRef, State};
+
+/// Every invariant, by name.
+pub fn all(state: &State) -> Vec<(&'static str, bool)> {
+    vec![
+        ("queues_well_formed", inv_queues_well_formed(state)),
+        (
+            "client_receives_in_order",
+            inv_client_receives_in_order(state),
+        ),
+        ("only_owner_dequeues", inv_only_owner_dequeues(state)),
+        ("one_commit_per_epoch", inv_one_commit_per_epoch(state)),
+        (
+            "one_time_packages_served_once",
+            inv_one_time_packages_served_once(state),
+        ),
+        (
+            "no_fan_out_to_non_members",
+            inv_no_fan_out_to_non_members(state),
+        ),
+        (
+            "ds_cannot_link_pseudonyms",
+            inv_ds_cannot_link_pseudonyms(state),
+        ),
+        ("snapshot_unlinkable", inv_snapshot_unlinkable(state)),
+        (
+            "operator_sees_no_identity_with_pseudonym",
+            inv_operator_sees_no_identity_with_pseudonym(state),
+        ),
+        (
+            "accepted_chain_ends_at_home_ca",
+            inv_accepted_chain_ends_at_home_ca(state),
+        ),
+        (
+            "no_minted_credential_trusted",
+            inv_no_minted_credential_trusted(state),
+        ),
+    ]
+}
+
+/// Per-client queue order with no loss: every queue holds exactly its numbers from the
+/// owner's last dequeue start to its counter, each with what was enqueued under it
+/// (Requirement: QS-Q-1, AS-DQ-1, QS-DEQ-1).
+pub fn inv_queues_well_formed(state: &State) -> bool {
+    for server in state.servers.values() {
+        for user in server.as_.users.values() {
+            for client in user.clients.values() {
+                if !queue::well_formed(&client.direct_queue) {
+                    return false;
+                }
+            }
+        }
+        for client in server.qs.clients.values() {
+            if !queue::well_formed(&client.queue) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Delivery to the owner is in order, without loss and without duplicates after it acked:
+/// what a client processed is exactly its queue's history from 0, whatever the network
+/// dropped, duplicated or reordered (Requirement: QS-Q-2, ADV-NET-1).
+pub fn inv_client_receives_in_order(state: &State) -> bool {
+    for client in state.clients.values() {
+        let Some(record) = state
+            .server(client.fid.domain)
+            .and_then(|s| s.qs.clients.get(&client.qs_id))
+        else {
+            return false;
+        };
+        for (i, (seq, item)) in client.received.iter().enumerate() {
+            if *seq != i as u64 {
+                return false;
+            }
+            if record.queue.history.get(i) != Some(item) {
+                return false;
+            }
+        }
+        if client.next_seq != client.received.len() as u64 {
+            return false;
+        }
+    }
+    true
+}
+
+/// Only the owner dequeues: every accepted dequeue was signed with the key of the queue's
+/// owner (Requirement: QS-AUTH-1, AS-AUTH-1).
+pub fn inv_only_owner_dequeues(state: &State) -> bool {
+    for (queue, key) in state.ghost.dequeues.iter() {
+        let owner = owner_key(state, queue);
+        if owner != Some(*key) {
+            return false;
+        }
+    }
+    true
+}
+
+fn owner_key(state: &State, queue: &QueueRef) -> Option<KeyId> {
+    match queue {
+        QueueRef::Direct(fid, client) => state
+            .server(fid.domain)
+            .and_then(|s| s.as_.client(fid, *client))
+            .map(|c| c.certificate.payload.key),
+        QueueRef::Qs(id) => {
+            for server in state.servers.values() {
+                if let Some(c) = server.qs.clients.get(id) {
+                    return Some(c.auth_key);
+                }
+            }
+            None
+        }
+    }
+}
+
+/// One accepted commit per (group, epoch) (Requirement: DS-EPOCH-1).
+pub fn inv_one_commit_per_epoch(state: &State) -> bool {
+    state.ghost.commits.values().all(|n| *n == 1)
+}
+
+/// A one-time connection or key package is served at most once (Requirement: AS-CP-3,
+/// QS-KP-3).
+pub fn inv_one_time_packages_served_once(state: &State) -> bool {
+    let once = |(last_resort, n): &(bool, u32)| *last_resort || *n <= 1;
+    state.ghost.served_connection_packages.values().all(once)
+        && state.ghost.served_key_packages.values().all(once)
+}
+
+/// No fan-out to non-members, and none back to the sender (Requirement: DS-FAN-1,
+/// DS-FAN-2).
+pub fn inv_no_fan_out_to_non_members(state: &State) -> bool {
+    for (group, epoch, sender, recipient, _) in state.ghost.deliveries.iter() {
+        let Some(members) = state.ghost.members_at.get(&(*group, *epoch)) else {
+            return false;
+        };
+        if !members.contains(recipient) {
+            return false;
+        }
+        if *sender == Some(*recipient) {
+            return false;
+        }
+    }
+    true
+}
+
+/// The DS cannot link one client's pseudonyms across groups: no leaf key and no sealed
+/// queue config appears in two groups, except where a client joined both through its
+/// reusable last-resort key package (Requirement: DS-PRIV-1; the exception is a
+/// documented limit, see docs/model.md).
+pub fn inv_ds_cannot_link_pseudonyms(state: &State) -> bool {
+    let exempt = &state.ghost.last_resort_leaf_keys;
+    for server in state.servers.values() {
+        let groups: Vec<_> = server.ds.groups.values().collect();
+        for (i, a) in groups.iter().enumerate() {
+            for b in groups.iter().skip(i.saturating_add(1)) {
+                for ma in a.members.values() {
+                    for mb in b.members.values() {
+                        let linked =
+                            ma.leaf_key == mb.leaf_key || ma.queue_config == mb.queue_config;
+                        if linked && !exempt.contains(&ma.leaf_key) {
+                            return false;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Whether some DS shows the same pseudonym in two groups (the last-resort exception is
+/// reachable: the model checker reports it as a finding).
+pub fn ds_links_some_pseudonym(state: &State) -> bool {
+    for server in state.servers.values() {
+        let groups: Vec<_> = server.ds.groups.values().collect();
+        for (i, a) in groups.iter().enumerate() {
+            for b in groups.iter().skip(i.saturating_add(1)) {
+                for ma in a.members.values() {
+                    for mb in b.members.values() {
+                        if ma.leaf_key == mb.leaf_key || ma.queue_config == mb.queue_config {
+                            return true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    false
+}
+
+/// No persisted record links an AS identity to a QS pseudonym or to group membership: QS
+/// and DS tables hold no FID, no row holds an FID together with a QS id or a group, and
+/// no key appears both in AS tables and in QS or DS tables (Requirement: ADV-SNAP-1,
+/// ADV-SNAP-2).
+pub fn inv_snapshot_unlinkable(state: &State) -> bool {
+    for server in state.servers.values() {
+        let rows = adversary::snapshot(server);
+        let mut as_keys = BTreeSet::new();
+        let mut other_keys = BTreeSet::new();
+        for row in rows.iter() {
+            let has_fid = row.idents.iter().any(|i| matches!(i, Ident::Fid(_)));
+            let has_pseudonym = row
+                .idents
+                .iter()
+                .any(|i| matches!(i, Ident::QsUser(_) | Ident::QsClient(_) | Ident::Group(_)));
+            if has_fid && (has_pseudonym || row.service != Service::As) {
+                return false;
+            }
+            for ident in row.idents.iter() {
+                if let Ident::Key(k) = ident {
+                    if row.service == Service::As {
+                        as_keys.insert(*k);
+                    } else {
+                        other_keys.insert(*k);
+                    }
+                }
+            }
+        }
+        if as_keys.intersection(&other_keys).next().is_some() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether a snapshot shows a QS pseudonym next to a group id (reachable: the QS queue
+/// table stores the fanned-out payload with its group id in clear; a finding, see
+/// docs/model.md).
+pub fn snapshot_links_pseudonym_to_group(state: &State) -> bool {
+    for server in state.servers.values() {
+        for row in adversary::snapshot(server).iter() {
+            let client = row.idents.iter().any(|i| matches!(i, Ident::QsClient(_)));
+            let group = row.idents.iter().any(|i| matches!(i, Ident::Group(_)));
+            if client && group {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// No request shows its handler a real identity together with a QS pseudonym or a group,
+/// and the DS sees only groups and per-group pseudonyms (Requirement: ADV-OP-1,
+/// ADV-OP-2).
+pub fn inv_operator_sees_no_identity_with_pseudonym(state: &State) -> bool {
+    for o in state.ghost.observations.iter() {
+        if !o.fids.is_empty() && (!o.qs_ids.is_empty() || !o.groups.is_empty()) {
+            return false;
+        }
+        if o.service == "ds" && (!o.fids.is_empty() || !o.qs_ids.is_empty()) {
+            return false;
+        }
+        if o.service == "qs" && (!o.groups.is_empty() || !o.leaf_keys.is_empty()) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Every accepted message's authentication chain ends at its sender's home CA
+/// certificate, through a certificate for that sender valid when the message was sent,
+/// and the sender is who really sent it (Requirement: ID-CHAIN-1, ID-CHAIN-2).
+pub fn inv_accepted_chain_ends_at_home_ca(state: &State) -> bool {
+    for a in state.ghost.accepted.iter() {
+        let Some(sent) = state.ghost.sent.get(&a.msg) else {
+            return false;
+        };
+        if a.sender != sent.sender {
+            return false;
+        }
+        let Some(home) = state.server(sent.sender.domain) else {
+            return false;
+        };
+        if a.issuer_key != home.as_.ca_key {
+            return false;
+        }
+        let mut valid = false;
+        for cert in home.as_.certificates.iter() {
+            let c = &cert.payload;
+            if c.serial == a.serial
+                && c.fid == sent.sender
+                && c.not_before <= sent.at
+                && sent.at <= c.not_after
+            {
+                valid = true;
+            }
+        }
+        if !valid {
+            return false;
+        }
+    }
+    true
+}
+
+/// A credential minted by a malicious AS is never pinned and never authenticates an
+/// accepted message (Requirement: ADV-AS-1).
+pub fn inv_no_minted_credential_trusted(state: &State) -> bool {
+    for a in state.ghost.accepted.iter() {
+        if state.ghost.minted.contains(&a.serial) {
+            return false;
+        }
+    }
+    for client in state.clients.values() {
+        for contact in client.contacts.values() {
+            for serial in contact.pinned.iter() {
+                if state.ghost.minted.contains(serial) {
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Whether some client noticed a contact's certificate set change (the malicious AS's
+/// mint is detectable: the model checker shows it reachable).
+pub fn some_alert_raised(state: &State) -> bool {
+    state.clients.values().any(|c| !c.alerts.is_empty())
+}

@@ -1,0 +1,45 @@
+//! `phoenix-model`: an executable model of the Phoenix homeserver (Authentication, Queuing
+//! and Delivery Services), of the honest client, and of the threat model's adversaries.
+//!
+//! Layout:
+//! - [`ids`]: identifiers (small numbers) and symbolic cryptography ([`ids::Signed`],
+//!   [`ids::Sealed`]).
+//! - [`queue`]: the queue lifecycle shared by direct and QS queues (dequeue semantics).
+//! - [`call`]: one request variant per server operation, and the replies; outcomes carry
+//!   the server's stable error codes.
+//! - [`as_`], [`qs`], [`ds`]: the three services, one handler per operation, checking
+//!   what the server checks in the server's order.
+//! - [`client`]: the honest client (what `phoenix-client` does), built from calls.
+//! - [`network`], [`adversary`]: the network (drop, duplicate, reorder), the snapshot
+//!   adversary, the honest-but-curious operator, a malicious AS, forged and replayed
+//!   requests. [`federation`]: not yet modelled.
+//! - [`state`]: the world and [`state::step`], the one transition function.
+//! - [`invariants`]: the properties, as `inv_*` predicates over the state.
+//! - [`world`]: the configurations the model checker explores and the conformance suites
+//!   start from.
+//!
+//! Design: pure and deterministic, in the subset of Rust that hax extracts: no I/O, no
+//! interior mutability, no trait objects, `BTreeMap`/`BTreeSet` only, loops over finite
+//! collections only. Contracts of key transitions are `hax_lib::requires`/`ensures`
+//! attributes naming pure predicate functions (`post_*`), which the tests and the model
+//! checker also evaluate, so the contracts are executable today and extractable for proof.
+//! (`hacspec-lib`, which the issue names, does not build on this toolchain; `hax-lib` is
+//! its maintained successor: see docs/model.md.)
+//!
+//! The model shares vocabulary with the server ([`phoenix_types::error::ErrorCode`]) and
+//! nothing else: it never calls server or client code, so the conformance suite that
+//! compares the two proves something.
+
+pub mod adversary;
+pub mod as_;
+pub mod call;
+pub mod client;
+pub mod ds;
+pub mod federation;
+pub mod ids;
+pub mod invariants;
+pub mod network;
+pub mod qs;
+pub mod queue;
+pub mod state;
+pub mod world;

@@ -1,0 +1,339 @@
+//! The world: homeservers, honest clients, the network, and ghost facts for the
+//! invariants; and [`step`], the one transition function.
+//!
+//! A step is a pure function of (state, operation): it returns the next state and the
+//! outcome. Raw API calls ([`Op::Call`]) are what the conformance suite sends to a real
+//! server; client operations ([`Op::Client`]) are what the honest client library does,
+//! built from calls; network and adversary operations exist for model checking.
+//!
+//! Ghost state is bookkeeping no service reads: what was served, enqueued, accepted, seen.
+//! The invariants in [`crate::invariants`] are stated over it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::adversary::{self, AdvOp, Observation};
+use crate::call::{Call, DsCall, Outcome};
+use crate::client::{self, ClientOp, ClientRef, HonestClient};
+use crate::ids::{ClientName, DomainId, Epoch, Fid, GroupId, KeyId, MsgId, PkgId, QsCid, Time};
+use crate::network::{self, NetOp, Network};
+use crate::queue::QueueItem;
+use crate::{as_, ds, qs};
+
+/// Operator-tunable limits the outcome depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Config {
+    /// Most messages one dequeue returns (the server's `max_dequeue`).
+    pub max_dequeue: u32,
+    /// Lifetime of an issued client certificate.
+    pub cert_lifetime: Time,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_dequeue: 500,
+            cert_lifetime: 30 * 24 * 3600,
+        }
+    }
+}
+
+/// One homeserver: its three services.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Homeserver {
+    pub domain: DomainId,
+    pub as_: as_::AsState,
+    pub qs: qs::QsState,
+    pub ds: ds::DsState,
+}
+
+impl Homeserver {
+    /// A fresh homeserver: its CA key and QS queue-config key are named after the domain
+    /// (keys 1000 + 2d and 1001 + 2d), so they never collide with client keys.
+    pub fn new(domain: DomainId) -> Self {
+        let base = 1000u32.saturating_add(2u32.saturating_mul(u32::from(domain.0)));
+        Self {
+            domain,
+            as_: as_::AsState::new(domain, KeyId(base)),
+            qs: qs::QsState::new(domain, KeyId(base.saturating_add(1))),
+            ds: ds::DsState::new(domain),
+        }
+    }
+}
+
+/// A queue, named for the ghost record of who dequeued it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum QueueRef {
+    Direct(Fid, ClientName),
+    Qs(QsCid),
+}
+
+/// A message a client accepted as from a verified sender, with the chain it checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Accepted {
+    pub receiver: ClientRef,
+    pub msg: MsgId,
+    /// The sender as the chain names it.
+    pub sender: Fid,
+    /// The serial of the certificate the chain went through.
+    pub serial: u32,
+    /// The key that signed that certificate.
+    pub issuer_key: KeyId,
+    pub verified_at: Time,
+}
+
+/// What an honest sender put in a message (ghost: the truth the chain must lead to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Sent {
+    pub sender: Fid,
+    pub leaf_key: KeyId,
+    pub at: Time,
+}
+
+/// Facts for the invariants.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Ghost {
+    /// How often each connection package was served, and whether it is last-resort.
+    pub served_connection_packages: BTreeMap<PkgId, (bool, u32)>,
+    /// The same for key packages.
+    pub served_key_packages: BTreeMap<PkgId, (bool, u32)>,
+    /// Every accepted dequeue: which queue, signed by which key.
+    pub dequeues: BTreeSet<(QueueRef, KeyId)>,
+    /// How many commits were accepted per (group, epoch they were for).
+    pub commits: BTreeMap<(GroupId, Epoch), u32>,
+    /// Who was a member (by true QS client record) of each group at each epoch.
+    pub members_at: BTreeMap<(GroupId, Epoch), BTreeSet<QsCid>>,
+    /// Every fan-out delivery: (group, epoch the item is about, sender's record if any,
+    /// recipient record).
+    pub deliveries: BTreeSet<(GroupId, Epoch, Option<QsCid>, QsCid, bool)>,
+    /// What each request showed its handler.
+    pub observations: BTreeSet<Observation>,
+    /// Serials of certificates a malicious AS minted.
+    pub minted: BTreeSet<u32>,
+    /// Keys the adversary knows.
+    pub adversary_keys: BTreeSet<KeyId>,
+    /// Leaf keys that come from last-resort key packages (reusable, hence linkable).
+    pub last_resort_leaf_keys: BTreeSet<KeyId>,
+    pub sent: BTreeMap<MsgId, Sent>,
+    pub accepted: BTreeSet<Accepted>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct State {
+    pub now: Time,
+    pub config: Config,
+    pub servers: BTreeMap<DomainId, Homeserver>,
+    pub clients: BTreeMap<ClientRef, HonestClient>,
+    pub network: Network,
+    pub ghost: Ghost,
+}
+
+impl State {
+    /// `n` empty homeservers (domains 0..n) at time 0.
+    pub fn new(config: Config, homeservers: u8) -> Self {
+        let mut servers = BTreeMap::new();
+        for d in 0..homeservers {
+            servers.insert(DomainId(d), Homeserver::new(DomainId(d)));
+        }
+        Self {
+            now: 0,
+            config,
+            servers,
+            clients: BTreeMap::new(),
+            network: Network::default(),
+            ghost: Ghost::default(),
+        }
+    }
+
+    pub fn server(&self, domain: DomainId) -> Option<&Homeserver> {
+        self.servers.get(&domain)
+    }
+}
+
+/// Everything the world can do.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Op {
+    /// A raw API call to the homeserver of domain `to`.
+    Call { to: DomainId, call: Call },
+    /// An honest client does something (built from calls).
+    Client(ClientOp),
+    /// The network drops, duplicates or delivers something.
+    Net(NetOp),
+    /// An adversary acts.
+    Adversary(AdvOp),
+    /// Time passes.
+    Tick,
+}
+
+/// The one transition function.
+pub fn step(state: &State, op: &Op) -> (State, Outcome) {
+    let mut next = state.clone();
+    let outcome = match op {
+        Op::Call { to, call } => call_server(&mut next, *to, call),
+        Op::Client(op) => client::run(&mut next, op),
+        Op::Net(op) => network::run(&mut next, op),
+        Op::Adversary(op) => adversary::run(&mut next, op),
+        Op::Tick => {
+            next.now = next.now.saturating_add(1);
+            Ok(crate::call::Reply::Empty)
+        }
+    };
+    (next, outcome)
+}
+
+/// The id the model gives the commit a DS call carries: unique per (group, epoch), which
+/// is enough because only one commit per (group, epoch) is ever accepted.
+pub fn commit_id(call: &DsCall) -> MsgId {
+    let (group, epoch) = match call {
+        DsCall::JoinConnectionGroup { group, epoch, .. }
+        | DsCall::AddUsers { group, epoch, .. }
+        | DsCall::RemoveUsers { group, epoch, .. }
+        | DsCall::Update { group, epoch, .. } => (*group, *epoch),
+        _ => return MsgId(0),
+    };
+    let g = group.n.saturating_mul(1 << 12);
+    let e = u32::try_from(epoch).unwrap_or(u32::MAX) & 0xfff;
+    MsgId(0x8000_0000 | g | e)
+}
+
+/// Send `call` to the homeserver of `to`, apply the effects, record what it showed.
+pub fn call_server(state: &mut State, to: DomainId, call: &Call) -> Outcome {
+    state
+        .ghost
+        .observations
+        .insert(adversary::observe(to, call));
+    let now = state.now;
+    let config = state.config;
+    let Some(server) = state.servers.get_mut(&to) else {
+        // Requirement: FED-0 (federation is not yet modelled: no other servers reachable).
+        return Err(phoenix_types::error::ErrorCode::Unavailable);
+    };
+    match call {
+        Call::As(c) => as_::handle(&mut server.as_, &mut state.ghost, &config, now, c),
+        Call::Qs(c) => qs::handle(&mut server.qs, &mut state.ghost, &config, c),
+        Call::Ds(c) => {
+            let before = epoch_of(&server.ds, c);
+            let (outcome, effects) = ds::handle(&mut server.ds, c, commit_id(c));
+            if outcome.is_ok() {
+                record_ds_ghost(state, to, c, before);
+                deliver(state, to, &effects);
+                if !matches!(
+                    c,
+                    DsCall::RequestGroupId | DsCall::ExternalCommitInfo { .. }
+                ) {
+                    state.network.last_ds = Some((to, c.clone()));
+                }
+            }
+            outcome
+        }
+    }
+}
+
+fn epoch_of(ds: &ds::DsState, call: &DsCall) -> Option<(GroupId, Epoch)> {
+    let group = match call {
+        DsCall::CreateGroup { group, .. }
+        | DsCall::ExternalCommitInfo { group, .. }
+        | DsCall::JoinConnectionGroup { group, .. }
+        | DsCall::AddUsers { group, .. }
+        | DsCall::RemoveUsers { group, .. }
+        | DsCall::Update { group, .. }
+        | DsCall::SendMessage { group, .. } => *group,
+        DsCall::RequestGroupId => return None,
+    };
+    Some((group, ds.groups.get(&group).map(|g| g.epoch).unwrap_or(0)))
+}
+
+/// Ghost: one more accepted commit for (group, epoch), and the membership of each epoch.
+fn record_ds_ghost(
+    state: &mut State,
+    to: DomainId,
+    call: &DsCall,
+    before: Option<(GroupId, Epoch)>,
+) {
+    let is_commit = matches!(
+        call,
+        DsCall::JoinConnectionGroup { .. }
+            | DsCall::AddUsers { .. }
+            | DsCall::RemoveUsers { .. }
+            | DsCall::Update { .. }
+    );
+    if let (true, Some(key)) = (is_commit, before) {
+        let n = state.ghost.commits.get(&key).copied().unwrap_or(0);
+        state.ghost.commits.insert(key, n.saturating_add(1));
+    }
+    let Some((group, _)) = before else { return };
+    let Some(server) = state.servers.get(&to) else {
+        return;
+    };
+    let Some(g) = server.ds.groups.get(&group) else {
+        return;
+    };
+    let mut members = BTreeSet::new();
+    for m in g.members.values() {
+        if let Some(id) = queue_record_of(state, &m.queue_config) {
+            members.insert(id);
+        }
+    }
+    let epoch = g.epoch;
+    state
+        .ghost
+        .members_at
+        .entry((group, epoch))
+        .or_insert(members);
+}
+
+/// The true client record a sealed queue config names (ghost: any homeserver's key).
+fn queue_record_of(state: &State, sealed: &crate::ids::Sealed<QsCid>) -> Option<QsCid> {
+    for server in state.servers.values() {
+        if let Some(id) = server.qs.open_queue_config(sealed) {
+            return Some(id);
+        }
+    }
+    None
+}
+
+/// Deliver fan-out: local entries go to this server's QS right away (the server's outbox
+/// delivers local entries before answering); entries for other domains are dropped here
+/// (Requirement: FED-0: federation is not yet modelled).
+fn deliver(state: &mut State, from: DomainId, effects: &[ds::FanOut]) {
+    for effect in effects.iter() {
+        let (group, epoch, sender) = match &effect.item {
+            QueueItem::Commit {
+                group,
+                epoch,
+                sender,
+                ..
+            }
+            | QueueItem::Application {
+                group,
+                epoch,
+                sender,
+                ..
+            } => (*group, *epoch, Some(*sender)),
+            QueueItem::Welcome { group, epoch, .. } => (*group, *epoch, None),
+            QueueItem::Opaque(_) => continue,
+        };
+        let is_app = matches!(effect.item, QueueItem::Application { .. });
+        // The sender's own record, if it is a member at that epoch.
+        let sender_record = sender.and_then(|leaf| {
+            state
+                .servers
+                .get(&from)
+                .and_then(|s| s.ds.groups.get(&group))
+                .and_then(|g| g.members.get(&leaf))
+                .map(|m| m.queue_config.clone())
+                .and_then(|c| queue_record_of(state, &c))
+        });
+        let Some(server) = state.servers.get_mut(&from) else {
+            continue;
+        };
+        if effect.queue_config.to != server.qs.queue_config_key {
+            continue;
+        }
+        if let Some(recipient) = qs::enqueue(&mut server.qs, &effect.queue_config, &effect.item) {
+            state
+                .ghost
+                .deliveries
+                .insert((group, epoch, sender_record, recipient, is_app));
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! Exhaustive model checking (stateright, breadth-first) of the model's invariants over a
+//! small configuration: one homeserver, three clients (alice, bob, carol, all contacts of
+//! each other), two groups (alice+bob, alice+carol), and a lossy, duplicating, reordering
+//! network between the clients and their queue. Clients send, commit updates, add and
+//! remove members, dequeue through the network; the adversary replays DS requests, forges
+//! dequeues, and a malicious AS mints a second credential for bob. Every invariant of
+//! `phoenix_model::invariants` is checked in every reachable state; budgets bound the
+//! configuration so the search terminates.
+//!
+//! Run with `cargo test -p phoenix-model --test model_check -- --nocapture` to see the
+//! state counts.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::time::Instant;
+
+use stateright::{Checker, Expectation, Model, Property};
+
+use phoenix_model::adversary::AdvOp;
+use phoenix_model::client::{ClientOp, ClientRef};
+use phoenix_model::ids::{DomainId, GroupId};
+use phoenix_model::invariants;
+use phoenix_model::network::{NetOp, Packet};
+use phoenix_model::state::{Config, Op, State, step};
+use phoenix_model::world::{self, ALICE, BOB, CAROL};
+
+/// How much of each kind of action one path may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Budget {
+    sends: u8,
+    commits: u8,
+    adds: u8,
+    removes: u8,
+    drops: u8,
+    duplicates: u8,
+    replays: u8,
+    mints: u8,
+    checks: u8,
+    ticks: u8,
+    /// Packets in flight at once; 0: no network, clients sync atomically instead.
+    in_flight: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct World {
+    state: State,
+    used: Budget,
+}
+
+struct Phoenix {
+    limits: Budget,
+    init: State,
+    groups: [GroupId; 2],
+}
+
+impl Phoenix {
+    fn new(limits: Budget) -> Self {
+        // Certificates live 2 time units: a tick or two makes them expire, so validity
+        // windows matter.
+        let config = Config {
+            max_dequeue: 500,
+            cert_lifetime: 2,
+        };
+        let (init, g1, g2) = world::checker_world(config);
+        Self {
+            limits,
+            init,
+            groups: [g1, g2],
+        }
+    }
+}
+
+const CLIENTS: [ClientRef; 3] = [ALICE, BOB, CAROL];
+
+/// Whether `c` has nothing new in its queue (an atomic sync would change nothing).
+fn client_has_nothing_queued(s: &State, c: ClientRef) -> bool {
+    let Some(client) = s.clients.get(&c) else {
+        return true;
+    };
+    s.server(client.fid.domain)
+        .and_then(|server| server.qs.clients.get(&client.qs_id))
+        .is_none_or(|record| record.queue.next_seq == client.next_seq)
+}
+
+impl Model for Phoenix {
+    type State = World;
+    type Action = Op;
+
+    fn init_states(&self) -> Vec<World> {
+        vec![World {
+            state: self.init.clone(),
+            used: Budget {
+                sends: 0,
+                commits: 0,
+                adds: 0,
+                removes: 0,
+                drops: 0,
+                duplicates: 0,
+                replays: 0,
+                mints: 0,
+                checks: 0,
+                ticks: 0,
+                in_flight: 0,
+            },
+        }]
+    }
+
+    fn actions(&self, w: &World, actions: &mut Vec<Op>) {
+        let (l, u, s) = (&self.limits, &w.used, &w.state);
+        for c in CLIENTS {
+            let Some(client) = s.clients.get(&c) else {
+                continue;
+            };
+            for g in self.groups {
+                let Some(view) = client.groups.get(&g) else {
+                    continue;
+                };
+                if !view.active {
+                    continue;
+                }
+                if u.sends < l.sends {
+                    actions.push(Op::Client(ClientOp::Send {
+                        client: c,
+                        group: g,
+                    }));
+                }
+                if u.commits < l.commits {
+                    actions.push(Op::Client(ClientOp::Update {
+                        client: c,
+                        group: g,
+                    }));
+                    if u.adds < l.adds {
+                        // Honest clients invite contacts that are not already members.
+                        for invitee in CLIENTS {
+                            let Some(other) = s.clients.get(&invitee) else {
+                                continue;
+                            };
+                            let member = other.groups.get(&g).is_some_and(|v| v.active);
+                            if invitee != c && !member && client.contacts.contains_key(&other.fid) {
+                                actions.push(Op::Client(ClientOp::Add {
+                                    client: c,
+                                    group: g,
+                                    invitee: other.fid,
+                                }));
+                            }
+                        }
+                    }
+                    if u.removes < l.removes {
+                        for leaf in view.members.keys() {
+                            if *leaf != view.leaf {
+                                actions.push(Op::Client(ClientOp::Remove {
+                                    client: c,
+                                    group: g,
+                                    leaf: *leaf,
+                                }));
+                            }
+                        }
+                    }
+                }
+            }
+            if l.in_flight == 0 {
+                if !client_has_nothing_queued(s, c) {
+                    actions.push(Op::Client(ClientOp::Sync { client: c }));
+                }
+            } else if s.network.in_flight.len() < l.in_flight && !client_has_nothing_queued(s, c) {
+                // (A dequeue of an empty queue changes nothing but the network.)
+                actions.push(Op::Net(NetOp::SendDequeue { client: c }));
+            }
+        }
+        for (index, packet) in s.network.in_flight.iter().enumerate() {
+            match packet {
+                Packet::Dequeue { .. } => actions.push(Op::Net(NetOp::Serve { index, max: 2 })),
+                Packet::Dequeued { .. } => actions.push(Op::Net(NetOp::Receive { index })),
+            }
+            if u.drops < l.drops {
+                actions.push(Op::Net(NetOp::Drop { index }));
+            }
+            if u.duplicates < l.duplicates && s.network.in_flight.len() < l.in_flight + 1 {
+                actions.push(Op::Net(NetOp::Duplicate { index }));
+            }
+        }
+        if u.replays < l.replays && s.network.last_ds.is_some() {
+            actions.push(Op::Adversary(AdvOp::ReplayDs));
+        }
+        if u.mints < l.mints {
+            actions.push(Op::Adversary(AdvOp::MintCredential {
+                fid: world::fid(BOB.0),
+            }));
+        }
+        if u.checks < l.checks {
+            actions.push(Op::Client(ClientOp::CheckContact {
+                client: ALICE,
+                contact: world::fid(BOB.0),
+            }));
+        }
+        if let Some(carol) = s.clients.get(&CAROL) {
+            // A forged dequeue of carol's queue and of her direct queue (always refused;
+            // the invariants check that nothing was handed out).
+            actions.push(Op::Adversary(AdvOp::ForgeDequeue {
+                victim: carol.qs_id,
+                domain: DomainId(0),
+            }));
+            actions.push(Op::Adversary(AdvOp::ForgeDirectDequeue {
+                victim: carol.fid,
+            }));
+        }
+        if u.ticks < l.ticks {
+            actions.push(Op::Tick);
+        }
+    }
+
+    fn next_state(&self, w: &World, op: Op) -> Option<World> {
+        let (state, _) = step(&w.state, &op);
+        let mut used = w.used;
+        match &op {
+            Op::Client(ClientOp::Send { .. }) => used.sends += 1,
+            Op::Client(ClientOp::Update { .. }) => used.commits += 1,
+            Op::Client(ClientOp::Add { .. }) => {
+                used.commits += 1;
+                used.adds += 1;
+            }
+            Op::Client(ClientOp::Remove { .. }) => {
+                used.commits += 1;
+                used.removes += 1;
+            }
+            Op::Client(ClientOp::CheckContact { .. }) => used.checks += 1,
+            Op::Net(NetOp::Drop { .. }) => used.drops += 1,
+            Op::Net(NetOp::Duplicate { .. }) => used.duplicates += 1,
+            Op::Adversary(AdvOp::ReplayDs) => used.replays += 1,
+            Op::Adversary(AdvOp::MintCredential { .. }) => used.mints += 1,
+            Op::Tick => used.ticks += 1,
+            _ => {}
+        }
+        Some(World { state, used })
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        vec![
+            Property::always("queues_well_formed", |_, w: &World| {
+                invariants::inv_queues_well_formed(&w.state)
+            }),
+            Property::always("client_receives_in_order", |_, w: &World| {
+                invariants::inv_client_receives_in_order(&w.state)
+            }),
+            Property::always("only_owner_dequeues", |_, w: &World| {
+                invariants::inv_only_owner_dequeues(&w.state)
+            }),
+            Property::always("one_commit_per_epoch", |_, w: &World| {
+                invariants::inv_one_commit_per_epoch(&w.state)
+            }),
+            Property::always("one_time_packages_served_once", |_, w: &World| {
+                invariants::inv_one_time_packages_served_once(&w.state)
+            }),
+            Property::always("no_fan_out_to_non_members", |_, w: &World| {
+                invariants::inv_no_fan_out_to_non_members(&w.state)
+            }),
+            Property::always("ds_cannot_link_pseudonyms", |_, w: &World| {
+                invariants::inv_ds_cannot_link_pseudonyms(&w.state)
+            }),
+            Property::always("snapshot_unlinkable", |_, w: &World| {
+                invariants::inv_snapshot_unlinkable(&w.state)
+            }),
+            Property::always(
+                "operator_sees_no_identity_with_pseudonym",
+                |_, w: &World| invariants::inv_operator_sees_no_identity_with_pseudonym(&w.state),
+            ),
+            Property::always("accepted_chain_ends_at_home_ca", |_, w: &World| {
+                invariants::inv_accepted_chain_ends_at_home_ca(&w.state)
+            }),
+            Property::always("no_minted_credential_trusted", |_, w: &World| {
+                invariants::inv_no_minted_credential_trusted(&w.state)
+            }),
+            // Reachability: the search does get to the interesting states.
+            Property::sometimes("a message is accepted", |_, w: &World| {
+                !w.state.ghost.accepted.is_empty()
+            }),
+            Property::sometimes(
+                "a client saw a message twice and kept one",
+                |_, w: &World| {
+                    w.state.ghost.sent.keys().any(|m| {
+                    w.state.clients.values().any(|c| {
+                        c.received
+                            .iter()
+                            .filter(|(_, item)| {
+                                matches!(item, phoenix_model::queue::QueueItem::Application { msg, .. } if msg == m)
+                            })
+                            .count()
+                            > 1
+                    })
+                })
+                },
+            ),
+            Property::sometimes(
+                "the malicious AS's credential is noticed",
+                |_, w: &World| invariants::some_alert_raised(&w.state),
+            ),
+            Property::sometimes("a removed member is out", |_, w: &World| {
+                w.state
+                    .clients
+                    .values()
+                    .any(|c| c.groups.values().any(|v| !v.active))
+            }),
+            Property::sometimes(
+                "the QS queue table links a pseudonym to a group",
+                |_, w: &World| invariants::snapshot_links_pseudonym_to_group(&w.state),
+            ),
+        ]
+    }
+}
+
+const NOTHING: Budget = Budget {
+    sends: 0,
+    commits: 0,
+    adds: 0,
+    removes: 0,
+    drops: 0,
+    duplicates: 0,
+    replays: 0,
+    mints: 0,
+    checks: 0,
+    ticks: 0,
+    in_flight: 0,
+};
+
+/// `PHOENIX_MODEL_BUDGET="sends=3,ticks=1"` overrides some budgets of every configuration
+/// (to explore a bigger one by hand).
+fn with_overrides(mut b: Budget) -> Budget {
+    let spec = std::env::var("PHOENIX_MODEL_BUDGET").unwrap_or_default();
+    for part in spec.split(',').filter(|p| !p.is_empty()) {
+        let (name, value) = part.split_once('=').expect("name=value");
+        let n: u8 = value.parse().expect("a number");
+        match name {
+            "sends" => b.sends = n,
+            "commits" => b.commits = n,
+            "adds" => b.adds = n,
+            "removes" => b.removes = n,
+            "drops" => b.drops = n,
+            "duplicates" => b.duplicates = n,
+            "replays" => b.replays = n,
+            "mints" => b.mints = n,
+            "checks" => b.checks = n,
+            "ticks" => b.ticks = n,
+            "in_flight" => b.in_flight = usize::from(n),
+            other => panic!("unknown budget {other}"),
+        }
+    }
+    b
+}
+
+/// Check every invariant in every reachable state of the configuration `limits`; the
+/// `sometimes` properties named in `reachable` must be reached (the search is not
+/// vacuous).
+fn check(name: &str, limits: Budget, reachable: &[&'static str]) {
+    let limits = with_overrides(limits);
+    let started = Instant::now();
+    let checker = Phoenix::new(limits).checker().threads(1).spawn_bfs().join();
+    let unique = checker.unique_state_count();
+    eprintln!(
+        "model check [{name}]: {} states explored, {} unique, max depth {}, {:.1?}\n  budgets: {limits:?}",
+        checker.state_count(),
+        unique,
+        checker.max_depth(),
+        started.elapsed()
+    );
+    for property in checker.model().properties() {
+        let found = checker.discovery(property.name).is_some();
+        if let Expectation::Always = property.expectation {
+            let verdict = if found { "VIOLATED" } else { "holds" };
+            eprintln!("  [{name}] always    {:<45} {verdict}", property.name);
+        } else {
+            let verdict = if found { "reached" } else { "not reached" };
+            eprintln!("  [{name}] sometimes {:<45} {verdict}", property.name);
+        }
+    }
+    for property in checker.model().properties() {
+        if let Expectation::Always = property.expectation {
+            checker.assert_no_discovery(property.name);
+        }
+    }
+    assert!(
+        unique > 1_000,
+        "the configuration is too small to mean much"
+    );
+    if std::env::var("PHOENIX_MODEL_BUDGET").is_err() {
+        for example in reachable {
+            checker.assert_any_discovery(example);
+        }
+    }
+}
+
+/// Queue delivery through a lossy, duplicating, reordering network: a message and a
+/// commit fan out while dequeue requests and responses are dropped, duplicated and
+/// delivered out of order.
+#[test]
+fn network_drops_duplicates_and_reorders() {
+    check(
+        "network",
+        Budget {
+            sends: 1,
+            commits: 1,
+            drops: 1,
+            duplicates: 1,
+            in_flight: 2,
+            ..NOTHING
+        },
+        &["a message is accepted"],
+    );
+}
+
+/// Group life: messages, racing commits at stale epochs, an add (key package fetch,
+/// welcome, fresh key packages published by the joiner), a removal.
+#[test]
+fn groups_commits_adds_removes_and_replays() {
+    check(
+        "groups",
+        Budget {
+            sends: 1,
+            commits: 2,
+            adds: 1,
+            removes: 1,
+            ..NOTHING
+        },
+        &["a message is accepted", "a removed member is out"],
+    );
+}
+
+/// Adversaries: a malicious AS mints a credential for bob and alice checks bob's
+/// certificates; a replayed DS request; forged dequeues; time passing (certificates
+/// expire: messages sent after that are not accepted).
+#[test]
+fn adversaries_mint_replay_and_forge() {
+    check(
+        "adversaries",
+        Budget {
+            sends: 2,
+            replays: 1,
+            mints: 1,
+            checks: 1,
+            ticks: 1,
+            ..NOTHING
+        },
+        &[
+            "a message is accepted",
+            "a client saw a message twice and kept one",
+            "the malicious AS's credential is noticed",
+            "the QS queue table links a pseudonym to a group",
+        ],
+    );
+}
