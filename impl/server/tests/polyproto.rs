@@ -29,6 +29,7 @@ use phoenix_server::federation::{FederationSettings, Policy};
 use phoenix_server::polyproto::{self, decimal};
 use phoenix_server::server::{Limits, Server, now};
 use phoenix_server::store::postgres::PgStore;
+use phoenix_server::store::sessions::SessionStore;
 use phoenix_server::store::{AsClientRecord, AsStore, CaRecord, CreateUser, Store};
 use phoenix_types::certs::{self, ParsedCert};
 use phoenix_types::crypto;
@@ -616,6 +617,10 @@ async fn key_trial_gives_a_session(backend: Backend) {
     .await;
     assert_eq!(response.status, 200);
     let second = response.json()["token"].as_str().unwrap().to_owned();
+    // The completed trial keeps the answer (public in polyproto) but forgets the address.
+    let record = a.server.store.trial(&trial).await.unwrap().unwrap();
+    assert_eq!(record.ip, "");
+    assert_eq!(record.completion.unwrap().fid, "alice@a.test");
     assert!(polyproto::session(&a.server, &second).await.is_some());
     assert!(polyproto::session(&a.server, &token).await.is_none());
 }

@@ -272,17 +272,19 @@ pub async fn answer_trial(
             vec![record]
         }
         None => {
+            if server
+                .store
+                .completed_with(&completion)
+                .await
+                .map_err(server.internal())?
+            {
+                return Err(replayed());
+            }
             let recent = server
                 .store
                 .recent_trials(&address(client), RECENT_TRIALS)
                 .await
                 .map_err(server.internal())?;
-            if recent
-                .iter()
-                .any(|t| t.completion.as_ref() == Some(&completion))
-            {
-                return Err(replayed());
-            }
             let pending: Vec<TrialRecord> = recent
                 .iter()
                 .filter(|t| t.state(now) == TrialState::Pending)

@@ -21,7 +21,7 @@ use super::{Store, StoreResult, bound, from_db, to_db};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrialRecord {
     pub trial: String,
-    /// The address (or IPv6 /64) it was issued to.
+    /// The address (or IPv6 /64) it was issued to; empty once completed.
     pub ip: String,
     pub expires_at: u64,
     /// When it was answered; `None` while pending.
@@ -140,6 +140,11 @@ pub trait SessionStore {
         ip: &str,
         limit: u32,
     ) -> impl Future<Output = StoreResult<Vec<TrialRecord>>> + Send;
+    /// Whether a trial was completed with exactly this answer (a replay).
+    fn completed_with(
+        &self,
+        completion: &TrialCompletion,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
     /// End pending trials without an answer (after a wrong answer), so that each trial
     /// costs at most one certificate lookup.
     fn expire_trials(
@@ -221,6 +226,10 @@ impl SessionStore for Store {
 
     async fn recent_trials(&self, ip: &str, limit: u32) -> StoreResult<Vec<TrialRecord>> {
         delegate!(self, recent_trials(ip, limit))
+    }
+
+    async fn completed_with(&self, completion: &TrialCompletion) -> StoreResult<bool> {
+        delegate!(self, completed_with(completion))
     }
 
     async fn expire_trials(&self, trials: &[String], now: u64) -> StoreResult<()> {
@@ -363,6 +372,8 @@ mod sql {
          FROM p2_key_trials WHERE trial = $1";
     pub const RECENT_TRIALS: &str = "SELECT trial, ip, expires_at, completed_at, fid, serial, signature \
          FROM p2_key_trials WHERE ip = $1 ORDER BY created_at DESC, trial LIMIT $2";
+    pub const COMPLETED_WITH: &str = "SELECT count(*) FROM p2_key_trials \
+         WHERE signature = $1 AND fid = $2 AND serial = $3 AND completed_at IS NOT NULL";
     pub const PURGE_TRIALS: &str = "DELETE FROM p2_key_trials WHERE expires_at < $1";
     pub const PENDING_FOR_ADDRESS: &str = "SELECT count(*) FROM p2_key_trials \
          WHERE ip = $1 AND completed_at IS NULL AND expires_at >= $2";
@@ -372,8 +383,10 @@ mod sql {
         "INSERT INTO p2_key_trials (trial, ip, created_at, expires_at) VALUES ($1, $2, $3, $4)";
     pub const EXPIRE_TRIAL: &str = "UPDATE p2_key_trials SET expires_at = $1 \
          WHERE trial = $2 AND completed_at IS NULL AND expires_at >= $3";
+    /// Completing a trial forgets the address it was issued to, so that no stored row
+    /// links an address to an FID.
     pub const COMPLETE_TRIAL: &str = "UPDATE p2_key_trials \
-         SET completed_at = $1, fid = $2, serial = $3, signature = $4 \
+         SET completed_at = $1, fid = $2, serial = $3, signature = $4, ip = '' \
          WHERE trial = $5 AND completed_at IS NULL AND expires_at >= $6";
     /// Record a certificate; an earlier invalidation is kept (the earliest one wins).
     /// Returns the resulting `invalidated_at`. (`CASE`, because SQLite's `min` and
@@ -501,6 +514,19 @@ macro_rules! backend {
                     .iter()
                     .map(trial_record)
                     .collect()
+            }
+
+            pub(super) async fn completed_with(
+                pool: &$pool,
+                completion: &TrialCompletion,
+            ) -> StoreResult<bool> {
+                let count: i64 = sqlx::query_scalar(sql::COMPLETED_WITH)
+                    .bind(&completion.signature)
+                    .bind(&completion.fid)
+                    .bind(&completion.serial)
+                    .fetch_one(pool)
+                    .await?;
+                Ok(count > 0)
             }
 
             pub(super) async fn expire_trials(
