@@ -67,6 +67,15 @@ fn random32() -> [u8; 32] {
     b
 }
 
+/// Where the client fetches a domain's CA certificates from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CaSource {
+    /// Our own homeserver's cache.
+    Home,
+    /// The domain's own homeserver.
+    Issuer,
+}
+
 /// What `register` reports.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Registration {
@@ -237,15 +246,32 @@ impl Client {
         self.store.cas(domain).await
     }
 
-    /// Fetch `domain`'s CA certificate history from its homeserver and keep every one that
-    /// is a valid self-signed CA certificate of that domain.
-    async fn refresh_cas(&self, domain: &str) -> Result<(), ClientError> {
+    /// Where a domain's CA certificates come from.
+    async fn fetch_cas(&self, domain: &str, source: CaSource) -> Result<(), ClientError> {
         let id = self.identity().await?;
         let parsed_domain = Domain::parse(domain).map_err(|e| verification(e.to_string()))?;
-        let api = self.api_for(&id, domain).await?;
-        let response: as_::ServerCertificateResponse = api
-            .call("as", as_::SERVER_CERTIFICATE, &Empty {}, Signer::Anonymous)
-            .await?;
+        let response: as_::ServerCertificateResponse = match source {
+            // Our own server (which caches other servers' CA certificates within the cache
+            // window their servers signed).
+            CaSource::Home => {
+                Self::api(&id)?
+                    .call(
+                        "as",
+                        as_::DOMAIN_CERTIFICATES,
+                        &as_::DomainCertificatesRequest {
+                            domain: domain.to_owned(),
+                        },
+                        Signer::Anonymous,
+                    )
+                    .await?
+            }
+            CaSource::Issuer => {
+                self.api_for(&id, domain)
+                    .await?
+                    .call("as", as_::SERVER_CERTIFICATE, &Empty {}, Signer::Anonymous)
+                    .await?
+            }
+        };
         let mut kept = 0;
         for der in response
             .history
@@ -262,10 +288,22 @@ impl Client {
         }
         if kept == 0 {
             return Err(verification(format!(
-                "{domain} served no valid CA certificate of its own"
+                "no valid CA certificate of {domain} was served"
             )));
         }
         Ok(())
+    }
+
+    /// Fetch `domain`'s CA certificate history: through our own server first, then from
+    /// the issuing server itself.
+    async fn refresh_cas(&self, domain: &str) -> Result<(), ClientError> {
+        match self.fetch_cas(domain, CaSource::Home).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, %domain, "our server could not provide the CA certificates");
+                self.fetch_cas(domain, CaSource::Issuer).await
+            }
+        }
     }
 
     /// Verify an actor certificate as of `at` against its domain's CA certificates. If it
@@ -278,17 +316,23 @@ impl Client {
     ) -> Result<phoenix_types::certs::ActorSubject, ClientError> {
         let domain = cert.issuer_domain.to_string();
         let cas = self.cas_for(&domain).await?;
-        match verify::verify_chain(cert, &cas, at) {
-            Ok(subject) => Ok(subject),
-            Err(first) => {
-                if let Err(e) = self.refresh_cas(&domain).await {
-                    tracing::warn!(error = %e, %domain, "cannot refresh the CA certificates");
-                    return Err(first);
-                }
-                let cas = self.store.cas(&domain).await?;
-                verify::verify_chain(cert, &cas, at)
+        let mut last = match verify::verify_chain(cert, &cas, at) {
+            Ok(subject) => return Ok(subject),
+            Err(e) => e,
+        };
+        // The ladder: fetch again through our own server, then from the issuing server.
+        for source in [CaSource::Home, CaSource::Issuer] {
+            if let Err(e) = self.fetch_cas(&domain, source).await {
+                tracing::warn!(error = %e, %domain, ?source, "cannot refresh the CA certificates");
+                continue;
+            }
+            let cas = self.store.cas(&domain).await?;
+            match verify::verify_chain(cert, &cas, at) {
+                Ok(subject) => return Ok(subject),
+                Err(e) => last = e,
             }
         }
+        Err(last)
     }
 
     /// Verify a credential info for `leaf_key` as of `at`.

@@ -84,6 +84,8 @@ pub struct Server {
     pub limits: Limits,
     pub federation: FederationSettings,
     pub peers: Peers,
+    /// Other homeservers' CA certificates, cached for this server's clients.
+    pub ca_cache: crate::federation::certificates::CaCache,
     pub metrics: Metrics,
     /// Woken when new outbox entries were written.
     pub outbox_wakeup: Notify,
@@ -160,6 +162,7 @@ impl Server {
             limits,
             federation,
             peers,
+            ca_cache: Default::default(),
             metrics: Metrics::default(),
             outbox_wakeup: Notify::new(),
         }))

@@ -339,3 +339,81 @@ async fn postgres_each_refusal_has_its_own_code() {
         each_refusal_has_its_own_code(store).await;
     }
 }
+
+/// a.test caches b.test's CA certificates for its clients, within the cache window b.test
+/// signed, and fetches them again once it is over (picking up a rotation); a refused peer's
+/// certificates are not served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_ca_certificates_are_cached_within_the_issuers_window() {
+    use phoenix_types::messages::as_;
+    let (la, ua) = listen().await;
+    let (lb, ub) = listen().await;
+    let resolver = Resolver::parse(
+        [format!("a.test={ua}"), format!("b.test={ub}")]
+            .iter()
+            .map(String::as_str),
+    )
+    .unwrap();
+    let (a_store, _da) = sqlite_store().await;
+    let (b_store, _db) = sqlite_store().await;
+    let a = run(
+        "a.test",
+        a_store,
+        FederationSettings {
+            resolver: resolver.clone(),
+            policy: Policy::Open {
+                blocked: BTreeSet::from([Domain::parse("c.test").unwrap()]),
+            },
+            ..FederationSettings::default()
+        },
+        la,
+        ua,
+    )
+    .await;
+    let mut b_settings = FederationSettings {
+        resolver,
+        ..FederationSettings::default()
+    };
+    b_settings.polyproto.idcert_cache_ttl = 2;
+    let b = run("b.test", b_store, b_settings, lb, ub).await;
+
+    let api = Api::new(&a.url).unwrap();
+    let ask = |domain: &'static str| {
+        let api = api.clone();
+        async move {
+            api.call::<_, as_::ServerCertificateResponse>(
+                "as",
+                as_::DOMAIN_CERTIFICATES,
+                &as_::DomainCertificatesRequest {
+                    domain: domain.into(),
+                },
+                Signer::Anonymous,
+            )
+            .await
+        }
+    };
+    let first = ask("b.test").await.unwrap();
+    assert_eq!(
+        first.ca_certificate.as_slice(),
+        b.server.ca().certificate.der.as_slice()
+    );
+    // b.test rotates; within the window a.test still serves what it cached ...
+    b.server.rotate_ca().await.unwrap();
+    let cached = ask("b.test").await.unwrap();
+    assert_eq!(cached.ca_certificate, first.ca_certificate);
+    // ... and after it, the new CA and the history.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let fresh = ask("b.test").await.unwrap();
+    assert_eq!(
+        fresh.ca_certificate.as_slice(),
+        b.server.ca().certificate.der.as_slice()
+    );
+    assert_eq!(fresh.history.len(), 2);
+    // Our own domain is answered from our own history; a refused peer is refused.
+    assert_eq!(
+        ask("a.test").await.unwrap().ca_certificate.as_slice(),
+        a.server.ca().certificate.der.as_slice()
+    );
+    let refused = ask("c.test").await.unwrap_err();
+    assert_eq!(refused.code(), Some("FEDERATION_REFUSED"));
+}

@@ -65,3 +65,13 @@ pub async fn server_certificate(server: &Server, request: &Request) -> Result<Ve
             .collect(),
     })
 }
+
+/// `domain_certificates`: the CA certificate history of this or another homeserver (the
+/// latter from this server's cache, see [`crate::federation::certificates`]).
+pub async fn domain_certificates(server: &Server, request: &Request) -> Result<Vec<u8>, WireError> {
+    request.require_anonymous()?;
+    let req: phoenix_types::messages::as_::DomainCertificatesRequest = request.payload()?;
+    let domain = phoenix_types::ids::Domain::parse(&req.domain)
+        .map_err(|e| WireError::new(ErrorCode::Malformed, e.to_string()))?;
+    codec::encode(&crate::federation::certificates::domain_certificates(server, &domain).await?)
+}

@@ -26,6 +26,7 @@ pub fn operation(name: &str) -> Option<&'static str> {
         as_::CLIENT_CERTIFICATES,
         as_::SERVER_CERTIFICATE,
         as_::RENEW_CERTIFICATE,
+        as_::DOMAIN_CERTIFICATES,
     ]
     .into_iter()
     .find(|op| *op == name)
@@ -44,6 +45,7 @@ pub async fn handle(server: &Server, request: &Request, now: u64) -> Result<Vec<
         as_::CLIENT_CERTIFICATES => certificates::client_certificates(server, request).await,
         as_::SERVER_CERTIFICATE => certificates::server_certificate(server, request).await,
         as_::RENEW_CERTIFICATE => register::renew_certificate(server, request, now).await,
+        as_::DOMAIN_CERTIFICATES => certificates::domain_certificates(server, request).await,
         _ => Err(WireError::new(ErrorCode::NotFound, "unknown AS operation")),
     }
 }

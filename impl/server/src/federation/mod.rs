@@ -7,6 +7,7 @@
 //! worker calls [`send`]), or client-to-remote-server traffic (clients talk to remote
 //! servers directly).
 
+pub mod certificates;
 pub mod receive;
 pub mod send;
 

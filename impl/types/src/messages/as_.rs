@@ -10,6 +10,7 @@
 //! | `client_certificates` | none | [`ClientCertificatesRequest`] → [`ClientCertificatesResponse`] |
 //! | `server_certificate` | none | `Empty` → [`ServerCertificateResponse`] |
 //! | `renew_certificate` | AsClient | [`RenewCertificateRequest`] → [`RegisterResponse`] |
+//! | `domain_certificates` | none | [`DomainCertificatesRequest`] → [`ServerCertificateResponse`] |
 
 use openmls_traits::types::HpkeCiphertext;
 use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
@@ -22,6 +23,7 @@ pub const DEQUEUE_CONNECTION: &str = "dequeue_connection";
 pub const CLIENT_CERTIFICATES: &str = "client_certificates";
 pub const SERVER_CERTIFICATE: &str = "server_certificate";
 pub const RENEW_CERTIFICATE: &str = "renew_certificate";
+pub const DOMAIN_CERTIFICATES: &str = "domain_certificates";
 
 /// Most connection packages one upload may carry.
 pub const MAX_CONNECTION_PACKAGES: usize = 100;
@@ -114,6 +116,15 @@ pub struct ClientCertificatesRequest {
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ClientCertificatesResponse {
     pub certificates: Vec<VLBytes>,
+}
+
+/// The CA certificate history of a homeserver: this server's own, or another server's as
+/// this server cached it (fetched from that server, its current CA certificate vouched for
+/// by that server's cache signature, kept until the cache window that server gave ends).
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct DomainCertificatesRequest {
+    pub domain: String,
 }
 
 /// Renew the calling client's ID-Cert: a CSR for the same FID and client id, usually with
