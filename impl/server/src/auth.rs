@@ -23,6 +23,7 @@ pub struct Request {
 }
 
 impl Request {
+    // Requirement: WIRE-1, WIRE-3
     /// Decode an envelope received for `service/operation`.
     pub fn decode(
         service: &'static str,
@@ -57,6 +58,7 @@ impl Request {
         codec::decode(&self.payload, usize::MAX)
     }
 
+    // Requirement: AUTH-ANON-1
     /// Operations without authentication still refuse a claimed identity they would not
     /// check: no silent fallbacks.
     pub fn require_anonymous(&self) -> Result<(), WireError> {
@@ -69,6 +71,7 @@ impl Request {
         }
     }
 
+    // Requirement: AUTH-SIG-1
     fn verify_signature(&self, public_key: &[u8], signature: &[u8]) -> Result<(), WireError> {
         crypto::verify(public_key, &self.label(), &self.payload, signature).map_err(|_| {
             WireError::new(
@@ -78,6 +81,7 @@ impl Request {
         })
     }
 
+    // Requirement: AS-AUTH-1
     /// Authenticate a registered client of this AS by the key of its current ID-Cert.
     pub async fn as_client(&self, server: &Server, now: u64) -> Result<AsClientRecord, WireError> {
         let Auth::AsClient(auth) = &self.auth else {
@@ -106,6 +110,7 @@ impl Request {
         Ok(record)
     }
 
+    // Requirement: QS-AUTH-1
     /// Authenticate a QS client record by its auth key.
     pub async fn qs_client(&self, server: &Server) -> Result<QsClientRecord, WireError> {
         let Auth::QsClient(auth) = &self.auth else {
@@ -123,6 +128,7 @@ impl Request {
     }
 }
 
+// Requirement: AUTH-FRESH-1
 /// Check a signed payload's timestamp against the server clock.
 pub fn check_fresh(timestamp: u64, now: u64) -> Result<(), WireError> {
     if timestamp.abs_diff(now) > MAX_CLOCK_SKEW {

@@ -18,6 +18,7 @@ use crate::store::AsStore;
 /// Most certificates one answer carries (oldest are dropped first).
 const MAX_CERTIFICATES: usize = 256;
 
+// Requirement: AS-CERT-2
 pub async fn client_certificates(server: &Server, request: &Request) -> Result<Vec<u8>, WireError> {
     request.require_anonymous()?;
     let req: ClientCertificatesRequest = request.payload()?;

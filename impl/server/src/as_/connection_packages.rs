@@ -24,6 +24,7 @@ fn invalid(detail: impl Into<String>) -> WireError {
     WireError::new(ErrorCode::InvalidConnectionPackage, detail)
 }
 
+// Requirement: AS-CP-1, AS-CP-2, AS-CP-5
 pub async fn publish(server: &Server, request: &Request, now: u64) -> Result<Vec<u8>, WireError> {
     let client = request.as_client(server, now).await?;
     let req: PublishConnectionPackagesRequest = request.payload()?;
@@ -88,6 +89,7 @@ pub fn verify_package(
     Ok(payload)
 }
 
+// Requirement: AS-CP-3, AS-CP-4, AS-CP-6
 pub async fn fetch(server: &Server, request: &Request, now: u64) -> Result<Vec<u8>, WireError> {
     request.require_anonymous()?;
     let req: FetchConnectionPackageRequest = request.payload()?;

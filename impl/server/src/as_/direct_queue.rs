@@ -12,6 +12,7 @@ use crate::auth::{Request, check_fresh};
 use crate::server::Server;
 use crate::store::AsStore;
 
+// Requirement: AS-DQ-1
 pub async fn enqueue(server: &Server, request: &Request) -> Result<Vec<u8>, WireError> {
     request.require_anonymous()?;
     let req: EnqueueConnectionRequest = request.payload()?;
@@ -41,6 +42,7 @@ pub async fn enqueue(server: &Server, request: &Request) -> Result<Vec<u8>, Wire
     codec::encode(&Empty {})
 }
 
+// Requirement: AS-DQ-2, QS-DEQ-1, QS-DEQ-2, QS-DEQ-3
 pub async fn dequeue(server: &Server, request: &Request, now: u64) -> Result<Vec<u8>, WireError> {
     let client = request.as_client(server, now).await?;
     let req: DequeueRequest = request.payload()?;

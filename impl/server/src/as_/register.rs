@@ -25,6 +25,7 @@ fn check_csr_size(server: &Server, csr: &[u8]) -> Result<(), WireError> {
     Ok(())
 }
 
+// Requirement: AS-REG-1, AS-REG-2, AS-REG-3, AS-REG-4, AS-CERT-1
 pub async fn register(server: &Server, request: &Request, now: u64) -> Result<Vec<u8>, WireError> {
     request.require_anonymous()?;
     let req: RegisterRequest = request.payload()?;

@@ -22,6 +22,7 @@ use crate::ds::{authenticate_leaf, check_member_info, fan_out_entry, fan_out_to_
 use crate::qs::sealed_queue_config;
 use crate::server::Server;
 
+// Requirement: DS-ADD-1, DS-COMMIT-1
 pub async fn add_users(server: &Server, request: &Request, now: u64) -> Result<Vec<u8>, WireError> {
     let mut req: AddUsersRequest = request.payload()?;
     let ear_key = SymmetricKey(req.ear_key);

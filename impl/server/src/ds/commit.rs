@@ -22,6 +22,7 @@ fn invalid(code: ErrorCode, detail: impl Into<String>) -> WireError {
     WireError::new(code, detail)
 }
 
+// Requirement: DS-EPOCH-1, DS-EPOCH-2
 /// Decode a TLS-encoded `MlsMessage` carrying a public or private message of this group.
 pub fn protocol_message(group: &LoadedGroup, bytes: &[u8]) -> Result<ProtocolMessage, WireError> {
     if bytes.len() > MAX_MLS_MESSAGE {
@@ -72,6 +73,7 @@ impl std::fmt::Debug for Staged {
     }
 }
 
+// Requirement: DS-COMMIT-1
 /// Validate a commit against the group's current state.
 pub fn stage(group: &LoadedGroup, commit_bytes: &[u8]) -> Result<Staged, WireError> {
     let protocol = protocol_message(group, commit_bytes)?;

@@ -23,6 +23,7 @@ use crate::ds::group_state::{self, GroupState, Member};
 use crate::server::Server;
 use crate::store::{CreateGroup, DsStore};
 
+// Requirement: DS-GID-1
 pub async fn create_group(
     server: &Server,
     request: &Request,

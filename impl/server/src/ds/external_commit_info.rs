@@ -14,6 +14,7 @@ use crate::auth::Request;
 use crate::ds::group_state::LoadedGroup;
 use crate::server::Server;
 
+// Requirement: DS-INFO-1, DS-EAR-1
 pub async fn external_commit_info(
     server: &Server,
     request: &Request,

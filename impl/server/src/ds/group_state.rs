@@ -65,6 +65,7 @@ fn aad(group_id: &[u8]) -> Vec<u8> {
     aad
 }
 
+// Requirement: DS-EAR-1
 /// Encrypt a group state for storage.
 pub fn seal(key: &SymmetricKey, group_id: &[u8], state: &GroupState) -> Result<Vec<u8>, WireError> {
     let plain = codec::encode(state)?;
@@ -193,6 +194,7 @@ impl LoadedGroup {
         })
     }
 
+    // Requirement: DS-EPOCH-1, DS-FAN-1
     /// Re-encrypt and store the state if nobody else changed the group since it was
     /// loaded, together with the fan-out in the outbox. A lost race is `WRONG_EPOCH`.
     pub async fn save(

@@ -65,6 +65,7 @@ pub async fn handle(server: &Server, request: &Request, now: u64) -> Result<Vec<
     }
 }
 
+// Requirement: DS-AUTH-1
 /// Authenticate the sender of a request as the member at the claimed leaf, by that leaf's
 /// signature key over the exact payload bytes. Returns the leaf index.
 pub fn authenticate_leaf(request: &Request, group: &LoadedGroup) -> Result<u32, WireError> {
@@ -108,6 +109,7 @@ pub fn fan_out_entry(
     })
 }
 
+// Requirement: DS-FAN-1, DS-FAN-2
 /// Outbox entries delivering `payload` to every member except `except`.
 pub fn fan_out_to_members(
     members: &[group_state::Member],

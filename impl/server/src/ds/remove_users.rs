@@ -17,6 +17,7 @@ use crate::ds::group_state::LoadedGroup;
 use crate::ds::{authenticate_leaf, fan_out_to_members};
 use crate::server::Server;
 
+// Requirement: DS-FAN-2, DS-COMMIT-1
 pub async fn remove_users(
     server: &Server,
     request: &Request,

@@ -14,6 +14,7 @@ use crate::auth::Request;
 use crate::server::Server;
 use crate::store::DsStore;
 
+// Requirement: DS-GID-1
 pub async fn request_group_id(
     server: &Server,
     request: &Request,

@@ -18,6 +18,7 @@ use crate::ds::{authenticate_leaf, fan_out_to_members};
 use crate::server::Server;
 use crate::store::DsStore;
 
+// Requirement: DS-SEND-1, DS-EPOCH-2
 pub async fn send_message(
     server: &Server,
     request: &Request,

@@ -18,6 +18,7 @@ use crate::ds::group_state::LoadedGroup;
 use crate::ds::{authenticate_leaf, fan_out_to_members};
 use crate::server::Server;
 
+// Requirement: DS-COMMIT-1
 pub async fn update(server: &Server, request: &Request, now: u64) -> Result<Vec<u8>, WireError> {
     let mut req: CommitRequest = request.payload()?;
     let ear_key = SymmetricKey(req.ear_key);

@@ -24,6 +24,7 @@ fn auth_key(bytes: &[u8]) -> Result<[u8; 32], WireError> {
         })
 }
 
+// Requirement: QS-USER-1, QS-USER-2
 pub async fn create_user(server: &Server, request: &Request) -> Result<Vec<u8>, WireError> {
     request.require_anonymous()?;
     let req: CreateUserRequest = request.payload()?;

@@ -9,6 +9,7 @@ use crate::auth::{Request, check_fresh};
 use crate::server::Server;
 use crate::store::QsStore;
 
+// Requirement: QS-DEQ-1, QS-DEQ-2, QS-DEQ-3
 pub async fn dequeue(server: &Server, request: &Request, now: u64) -> Result<Vec<u8>, WireError> {
     let client = request.qs_client(server).await?;
     let req: DequeueRequest = request.payload()?;

@@ -20,6 +20,7 @@ pub enum EnqueueOutcome {
     Undeliverable(String),
 }
 
+// Requirement: QS-ENQ-1, QS-Q-1
 /// Deliver outbox entries addressed to this QS.
 pub async fn enqueue_local(
     server: &Server,

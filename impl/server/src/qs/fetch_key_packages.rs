@@ -12,6 +12,7 @@ use crate::auth::Request;
 use crate::server::Server;
 use crate::store::QsStore;
 
+// Requirement: QS-KP-3, QS-KP-4, QS-KP-6, QS-USER-2
 pub async fn fetch_key_packages(server: &Server, request: &Request) -> Result<Vec<u8>, WireError> {
     request.require_anonymous()?;
     let req: FetchKeyPackagesRequest = request.payload()?;

@@ -17,6 +17,7 @@ use crate::qs::{open_queue_config, sealed_queue_config};
 use crate::server::Server;
 use crate::store::{QsStore, StoredKeyPackage};
 
+// Requirement: QS-KP-1, QS-KP-2, QS-KP-5
 pub async fn publish_key_packages(
     server: &Server,
     request: &Request,

@@ -117,6 +117,7 @@ pub trait AsStore {
         client_id: &str,
         packages: &[StoredConnectionPackage],
     ) -> impl Future<Output = StoreResult<()>> + Send;
+    // Requirement: AS-CP-3, AS-CP-4
     /// Take one connection package of one of the user's clients: a non-last-resort one is
     /// deleted as it is returned (never handed out twice, even under concurrent calls);
     /// if none is left, the last-resort one is returned and kept. Returns (client id,
@@ -241,6 +242,7 @@ pub trait QsStore {
         client_id: &QsId,
         packages: &[StoredKeyPackage],
     ) -> impl Future<Output = StoreResult<()>> + Send;
+    // Requirement: QS-KP-3, QS-KP-4
     /// For each client of the user that has a package: take one, preferring a
     /// non-last-resort one (deleted as it is returned, never handed out twice even under
     /// concurrent calls); the last-resort one is returned and kept, and the client's
@@ -249,6 +251,7 @@ pub trait QsStore {
         &self,
         user_id: &QsId,
     ) -> impl Future<Output = StoreResult<Vec<(QsId, Vec<u8>)>>> + Send;
+    // Requirement: QS-Q-1
     /// Append each entry to its client's queue in one transaction; sequence numbers are
     /// assigned atomically per queue. Returns, per entry, the sequence number, or `None`
     /// if the client is unknown (or the entry was a duplicate by `dedup`).
@@ -261,6 +264,7 @@ pub trait QsStore {
         &self,
         client_id: &QsId,
     ) -> impl Future<Output = StoreResult<Option<KeyPackageStatus>>> + Send;
+    // Requirement: QS-DEQ-1, QS-DEQ-2, QS-DEQ-3
     /// Delete the messages below `start`, return up to `max` from `start` on, in order,
     /// and how many remain after them.
     fn dequeue(
@@ -359,6 +363,7 @@ pub trait DsStore {
         &self,
         group_id: &[u8],
     ) -> impl Future<Output = StoreResult<Option<StoredGroup>>> + Send;
+    // Requirement: DS-EPOCH-1
     /// Compare-and-swap: if the group's version is `expected_version`, store the new
     /// ciphertext with version + 1 and append the outbox entries, in one transaction.
     /// Returns false (and changes nothing) if the version moved on.
