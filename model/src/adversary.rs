@@ -38,7 +38,7 @@ pub enum AdvOp {
     ForgeDequeue { victim: QsCid, domain: DomainId },
     /// Dequeue someone else's direct queue, signed with the adversary's key.
     ForgeDirectDequeue { victim: Fid },
-    /// Resend the last accepted DS request as it was.
+    /// Resend the last accepted DS request as it was (Requirement: ADV-REPLAY-1).
     ReplayDs,
 }
 

@@ -215,6 +215,7 @@ fn register(
     csr_valid: bool,
 ) -> Outcome {
     if !csr_valid {
+        // Requirement: AS-REG-4
         return Err(ErrorCode::InvalidCsr);
     }
     if fid.domain != state.domain {
@@ -261,6 +262,7 @@ fn publish_connection_packages(
 ) -> Outcome {
     let (fid, client, _) = authenticate(state, now, signer)?;
     if !fresh {
+        // Requirement: AUTH-FRESH-1
         return Err(ErrorCode::StaleRequest);
     }
     if packages.is_empty() || packages.len() > 100 {
@@ -268,6 +270,7 @@ fn publish_connection_packages(
     }
     for package in packages.iter() {
         if package.defect != PackageDefect::None {
+            // Requirement: AS-CP-5
             return Err(ErrorCode::InvalidConnectionPackage);
         }
     }
@@ -300,7 +303,8 @@ fn publish_connection_packages(
 }
 
 /// `fetch_connection_package`: the oldest one-time package of any of the user's clients,
-/// consumed; if none is left, the last-resort one, kept (Requirement: AS-CP-3, AS-CP-4).
+/// consumed; if none is left, the last-resort one, kept (Requirement: AS-CP-3, AS-CP-4,
+/// AS-CP-6).
 fn fetch_connection_package(state: &mut AsState, ghost: &mut Ghost, fid: FidArg) -> Outcome {
     let fid = match fid {
         FidArg::Valid(fid) => fid,

@@ -61,7 +61,7 @@ pub struct ClientGroup {
 }
 
 /// A connected contact: its friendship token and key, and the certificate serials of its
-/// clients pinned when the connection was made (Requirement: ADV-AS-1).
+/// clients pinned when the connection was made (Requirement: ID-CONN-1, ADV-AS-1).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Contact {
     pub home: DomainId,
@@ -753,6 +753,7 @@ fn process(state: &mut State, client: ClientRef, _seq: Seq, item: &QueueItem) {
             // Messages of the current epoch and of up to MAX_PAST_EPOCHS earlier ones are
             // readable (the client keeps that many epochs' secrets).
             let too_old = view.epoch.saturating_sub(*epoch) > MAX_PAST_EPOCHS;
+            // A replayed message is not accepted twice (Requirement: ADV-REPLAY-1).
             if !view.active || *epoch > view.epoch || too_old || me.accepted.contains(msg) {
                 return;
             }

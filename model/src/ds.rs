@@ -90,6 +90,7 @@ fn handle_inner(
     fresh_msg: MsgId,
 ) -> Result<(Reply, Effects), ErrorCode> {
     match call {
+        // Requirement: DS-GID-1
         DsCall::RequestGroupId => {
             let group = GroupId {
                 domain: state.domain,
@@ -126,6 +127,7 @@ fn handle_inner(
             );
             Ok((Reply::Empty, Vec::new()))
         }
+        // Requirement: DS-INFO-1
         DsCall::ExternalCommitInfo { group, ear } => {
             let g = load(state, group, *ear)?;
             let mut leaves = Vec::new();
@@ -173,6 +175,8 @@ fn handle_inner(
             state.groups.insert(*group, next);
             Ok((Reply::Empty, effects))
         }
+        // Requirement: DS-ADD-1, DS-COMMIT-1 (MLS validity abstracted to epoch, signer and
+        // the leaves added or removed)
         DsCall::AddUsers {
             group,
             ear,
@@ -247,7 +251,7 @@ fn handle_inner(
                 commit: fresh_msg,
                 kind: CommitKind::Remove(removed.clone()),
             };
-            // The removed members hear of their removal too.
+            // The removed members hear of their removal too (Requirement: DS-FAN-2).
             let effects = fan_out(&g.members, Some(signer.leaf), &item);
             let mut next = g;
             for leaf in removed.iter() {
@@ -279,6 +283,7 @@ fn handle_inner(
             state.groups.insert(*group, next);
             Ok((Reply::Empty, effects))
         }
+        // Requirement: DS-SEND-1, DS-EPOCH-2
         DsCall::SendMessage {
             group,
             ear,

@@ -172,6 +172,7 @@ fn publish_key_packages(state: &mut QsState, id: QsCid, packages: &[KeyPackageAr
     }
     for package in packages.iter() {
         if package.queue_of != id {
+            // Requirement: QS-KP-5
             return Err(ErrorCode::InvalidKeyPackage);
         }
     }
@@ -237,7 +238,8 @@ pub fn take_one(
     (packages.to_vec(), lr)
 }
 
-/// `fetch_key_packages`: one package per client of the token's user.
+/// `fetch_key_packages`: one package per client of the token's user (Requirement: QS-KP-3,
+/// QS-KP-6).
 fn fetch_key_packages(state: &mut QsState, ghost: &mut Ghost, token: Token) -> Outcome {
     let mut user = None;
     for (id, u) in state.users.iter() {
@@ -284,7 +286,7 @@ fn fetch_key_packages(state: &mut QsState, ghost: &mut Ghost, token: Token) -> O
 
 /// Enqueue a fanned-out item for the client record a sealed queue config names. `None`
 /// if the config does not open or the record is gone (the entry is dropped, as the
-/// server drops undeliverable outbox entries).
+/// server drops undeliverable outbox entries) (Requirement: QS-ENQ-1).
 pub fn enqueue(state: &mut QsState, sealed: &Sealed<QsCid>, item: &QueueItem) -> Option<QsCid> {
     let id = state.open_queue_config(sealed)?;
     let record = state.clients.get_mut(&id)?;

@@ -204,7 +204,7 @@ pub fn call_server(state: &mut State, to: DomainId, call: &Call) -> Outcome {
     let now = state.now;
     let config = state.config;
     let Some(server) = state.servers.get_mut(&to) else {
-        // Requirement: FED-0 (federation is not yet modelled: no other servers reachable).
+        // Federation is not yet modelled: no other server is reachable.
         return Err(phoenix_types::error::ErrorCode::Unavailable);
     };
     match call {
@@ -293,7 +293,7 @@ fn queue_record_of(state: &State, sealed: &crate::ids::Sealed<QsCid>) -> Option<
 
 /// Deliver fan-out: local entries go to this server's QS right away (the server's outbox
 /// delivers local entries before answering); entries for other domains are dropped here
-/// (Requirement: FED-0: federation is not yet modelled).
+/// (federation is not yet modelled).
 fn deliver(state: &mut State, from: DomainId, effects: &[ds::FanOut]) {
     for effect in effects.iter() {
         let (group, epoch, sender) = match &effect.item {

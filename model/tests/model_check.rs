@@ -9,6 +9,10 @@
 //!
 //! Run with `cargo test -p phoenix-model --test model_check -- --nocapture` to see the
 //! state counts.
+//!
+//! Requirement: MODEL-1, QS-Q-1, QS-Q-2, QS-DEQ-1, ADV-NET-1, QS-AUTH-1, AS-AUTH-1,
+//! DS-EPOCH-1, DS-EPOCH-2, AS-CP-3, QS-KP-3, DS-FAN-1, DS-FAN-2, DS-ADD-1, DS-PRIV-1,
+//! ADV-SNAP-2, ADV-OP-1, ADV-OP-2, ID-CHAIN-1, ID-CHAIN-2, ID-CONN-1, ADV-AS-1, ADV-REPLAY-1
 
 #![allow(
     clippy::unwrap_used,

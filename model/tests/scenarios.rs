@@ -29,7 +29,8 @@ fn assert_invariants(state: &State) {
 }
 
 /// `post_enqueue` and `post_dequeue` hold for every queue built from up to four enqueues
-/// and one earlier dequeue, and every start, max and cap in a small range.
+/// and one earlier dequeue, and every start, max and cap in a small range
+/// (Requirement: QS-DEQ-1, QS-DEQ-2, QS-DEQ-3, QS-Q-1).
 #[test]
 fn queue_contracts_hold_exhaustively() {
     let mut checked = 0u32;
@@ -60,7 +61,7 @@ fn queue_contracts_hold_exhaustively() {
 }
 
 /// Two members commit for the same epoch: the first wins, the second gets WRONG_EPOCH;
-/// after syncing, the loser commits at the new epoch.
+/// after syncing, the loser commits at the new epoch (Requirement: DS-EPOCH-1).
 #[test]
 fn of_two_commits_for_one_epoch_one_wins() {
     let (state, g1, _) = world::checker_world(Config::default());
@@ -94,7 +95,8 @@ fn of_two_commits_for_one_epoch_one_wins() {
 
 /// Finding: a user whose one-time key packages were drained (anyone holding its friendship
 /// token can do it) joins two groups through its reusable last-resort package, and the DS
-/// sees the same leaf key and the same sealed queue config in both: it can link them.
+/// sees the same leaf key and the same sealed queue config in both: it can link them
+/// (Requirement: DS-PRIV-1, QS-KP-4).
 #[test]
 fn last_resort_reuse_lets_the_ds_link_two_groups() {
     let mut state = world::three_users(Config::default(), &[(ALICE, BOB), (ALICE, CAROL)]);
@@ -130,7 +132,7 @@ fn last_resort_reuse_lets_the_ds_link_two_groups() {
 
 /// Finding: the QS stores what the DS fans out with the group id in clear next to the
 /// recipient's client record, so a snapshot of the QS queue table links a QS pseudonym to
-/// its groups (never to an FID).
+/// its groups (never to an FID) (Requirement: ADV-SNAP-2).
 #[test]
 fn qs_queue_table_shows_pseudonym_and_group() {
     let (state, g1, _) = world::checker_world(Config::default());
@@ -149,7 +151,7 @@ fn qs_queue_table_shows_pseudonym_and_group() {
 
 /// A malicious AS mints a credential for bob: the client that pinned bob's certificate
 /// notices when it checks bob's certificates; messages still verify only through pinned,
-/// honestly issued certificates.
+/// honestly issued certificates (Requirement: ADV-AS-1, ID-CONN-1).
 #[test]
 fn a_minted_credential_is_noticed() {
     let (state, g1, _) = world::checker_world(Config::default());

@@ -1,0 +1,147 @@
+//! `phoenix-conformance`: run the model-vs-server conformance suites against deployed
+//! Phoenix homeservers, as an auditor would, and report per requirement.
+//!
+//! ```text
+//! phoenix-conformance --server URL [--server URL ...] [--resolve DOMAIN=URL]
+//!     [--cases N] [--ds-cases N] [--seed HEX] [--report-json FILE] [--junit FILE]
+//!     [--save-traces DIR]
+//! ```
+//!
+//! For each server it reads the discovery document (its domain), then runs the AS/QS
+//! suite (`--cases` cases of raw signed requests) and the DS suite (`--ds-cases` cases of
+//! group traffic through the client library), each case with its own freshly registered
+//! random test users. It prints a table (requirement id, cases run, pass/fail), writes the
+//! JSON and JUnit reports if asked, and exits 0 if everything passed, 1 if the server
+//! diverged from the model, 2 if it could not run (bad arguments, unreachable server).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use phoenix_conformance::as_qs::AsQs;
+use phoenix_conformance::ds::Ds;
+use phoenix_conformance::report::Report;
+use phoenix_conformance::runner::{self, RunConfig};
+use phoenix_conformance::target::Target;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "phoenix-conformance",
+    about = "Check deployed Phoenix homeservers against the executable model",
+    version
+)]
+struct Args {
+    /// Base URL of a server to test (repeatable), e.g. http://127.0.0.1:8080.
+    #[arg(long = "server", required = true, value_name = "URL")]
+    servers: Vec<String>,
+    /// Where another domain's server is (`DOMAIN=URL`, repeatable), passed to the clients.
+    #[arg(long = "resolve", value_name = "DOMAIN=URL")]
+    resolve: Vec<String>,
+    /// AS/QS cases per server (each registers its own users).
+    #[arg(long, default_value_t = 20)]
+    cases: u32,
+    /// DS cases per server (each registers three users and builds two groups).
+    #[arg(long, default_value_t = 2)]
+    ds_cases: u32,
+    /// Transitions per case, at most (at least half as many).
+    #[arg(long, default_value_t = 40)]
+    max_transitions: usize,
+    /// The proptest seed (hex), to reproduce a run; random and printed if not given.
+    #[arg(long)]
+    seed: Option<String>,
+    /// Write the JSON report here.
+    #[arg(long, value_name = "FILE")]
+    report_json: Option<PathBuf>,
+    /// Write a JUnit XML report here.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    /// Save shrunk failing traces (JSON fixtures) in this directory.
+    #[arg(long, value_name = "DIR")]
+    save_traces: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    for entry in &args.resolve {
+        if !entry.contains('=') {
+            eprintln!("phoenix-conformance: --resolve takes DOMAIN=URL, got {entry:?}");
+            return ExitCode::from(2);
+        }
+    }
+    let seed = match args.seed.as_deref().map(runner::parse_seed) {
+        Some(Ok(seed)) => Some(seed),
+        Some(Err(e)) => {
+            eprintln!("phoenix-conformance: {e}");
+            return ExitCode::from(2);
+        }
+        None => None,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("phoenix-conformance: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let handle = runtime.handle().clone();
+    let mut report = Report::default();
+    for url in &args.servers {
+        let target = match handle.block_on(Target::discover(url, &args.resolve)) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("phoenix-conformance: {url}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let config = |cases: u32, max: usize| RunConfig {
+            cases,
+            transitions: ((max / 2).max(1), max),
+            seed,
+            fixtures_dir: args.save_traces.clone(),
+            label: target.domain.clone(),
+            ..RunConfig::default()
+        };
+        if args.cases > 0 {
+            report.suites.push(runner::run_suite::<AsQs>(
+                &handle,
+                &target,
+                &config(args.cases, args.max_transitions),
+            ));
+        }
+        if args.ds_cases > 0 {
+            report.suites.push(runner::run_suite::<Ds>(
+                &handle,
+                &target,
+                &config(args.ds_cases, args.max_transitions.min(30)),
+            ));
+        }
+    }
+    println!("{}", report.table());
+    println!(
+        "{} transitions in {} suite runs: {}",
+        report.transitions(),
+        report.suites.len(),
+        if report.passed() { "PASS" } else { "FAIL" }
+    );
+    for (path, text) in [
+        (&args.report_json, report.json()),
+        (&args.junit, report.junit()),
+    ] {
+        if let Some(path) = path
+            && let Err(e) = std::fs::write(path, text)
+        {
+            eprintln!("phoenix-conformance: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

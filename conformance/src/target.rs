@@ -1,0 +1,45 @@
+//! A server under test: its base URL and the domain it serves (read from its discovery
+//! document), plus where other domains' servers are (`--resolve DOMAIN=URL`).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::HarnessError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub url: String,
+    pub domain: String,
+    /// `DOMAIN=URL` entries, passed on to the client library.
+    pub resolve: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Discovery {
+    domain: String,
+}
+
+impl Target {
+    /// Read the domain of the server at `url` from `GET /.well-known/phoenix`.
+    pub async fn discover(url: &str, resolve: &[String]) -> Result<Self, HarnessError> {
+        let url = url.trim_end_matches('/').to_owned();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| HarnessError::Setup(e.to_string()))?;
+        let discovery: Discovery = http
+            .get(format!("{url}/.well-known/phoenix"))
+            .send()
+            .await
+            .map_err(|e| HarnessError::Setup(format!("{url}: {e}")))?
+            .json()
+            .await
+            .map_err(|e| HarnessError::Setup(format!("{url}: bad discovery document: {e}")))?;
+        Ok(Self {
+            url,
+            domain: discovery.domain,
+            resolve: resolve.to_vec(),
+        })
+    }
+}
