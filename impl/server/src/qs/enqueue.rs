@@ -44,12 +44,19 @@ pub async fn enqueue_local(
         }
     }
     let results = server.store.enqueue(&batch).await?;
-    for (i, result) in batch_index.into_iter().zip(results) {
+    for ((i, result), entry) in batch_index.into_iter().zip(results).zip(&batch) {
+        let outcome = match result {
+            Some(seq) => EnqueueOutcome::Delivered(seq),
+            // The store answers `None` both for a duplicate and for a client record that
+            // does not exist (any more): only the first is a delivery (found by fuzzing:
+            // entries for deleted clients were counted as delivered).
+            None => match QsStore::client(&server.store, &entry.client_id).await? {
+                Some(_) => EnqueueOutcome::Duplicate,
+                None => EnqueueOutcome::Undeliverable("no such client record".into()),
+            },
+        };
         if let Some(slot) = outcomes.get_mut(i) {
-            *slot = Some(match result {
-                Some(seq) => EnqueueOutcome::Delivered(seq),
-                None => EnqueueOutcome::Duplicate,
-            });
+            *slot = Some(outcome);
         }
     }
     Ok(outcomes
@@ -61,4 +68,74 @@ pub async fn enqueue_local(
 fn target(server: &Server, entry: &OutboxEntry) -> Result<phoenix_types::ids::QsId, WireError> {
     let sealed: SealedQueueConfig = codec::decode(&entry.queue_config, 1024)?;
     open_queue_config(server, &sealed)
+}
+
+#[cfg(test)]
+mod tests {
+    use phoenix_types::crypto::{self, hpke_info};
+    use phoenix_types::ids::Domain;
+    use phoenix_types::messages::qs::QueueConfig;
+
+    use super::*;
+    use crate::server::Limits;
+    use crate::store::{QsClientRecord, QsUserRecord, Store};
+
+    fn entry(server: &Server, client_id: [u8; 16], dedup: u8) -> OutboxEntry {
+        let plain = codec::encode(&QueueConfig { client_id }).unwrap();
+        let sealed = SealedQueueConfig {
+            qs_domain: server.domain.to_string(),
+            sealed: crypto::hpke_seal(
+                &server.queue_config_key.public,
+                hpke_info::QUEUE_CONFIG,
+                server.domain.as_str().as_bytes(),
+                &plain,
+            )
+            .unwrap(),
+        };
+        OutboxEntry {
+            destination: server.domain.to_string(),
+            queue_config: codec::encode(&sealed).unwrap(),
+            payload: vec![dedup; 8],
+            dedup: [dedup; 16],
+        }
+    }
+
+    /// Regression (fuzz target `stateful_qs`): an entry for a client record that does not
+    /// exist is undeliverable, not a duplicate of an earlier delivery.
+    #[tokio::test]
+    async fn an_unknown_client_is_undeliverable_not_a_duplicate() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let server = Server::start(Domain::parse("a.test").unwrap(), store, Limits::default())
+            .await
+            .unwrap();
+        let outcomes = enqueue_local(&server, &[entry(&server, [9; 16], 1)])
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcomes.as_slice(), [EnqueueOutcome::Undeliverable(_)]),
+            "{outcomes:?}"
+        );
+
+        let user = QsUserRecord {
+            user_id: [1; 16],
+            auth_key: [2; 32],
+            friendship_token_hash: [3; 32],
+        };
+        let client = QsClientRecord {
+            client_id: [9; 16],
+            user_id: [1; 16],
+            auth_key: [4; 32],
+        };
+        QsStore::create_user(&server.store, &user, &client)
+            .await
+            .unwrap();
+        let first = enqueue_local(&server, &[entry(&server, [9; 16], 1)])
+            .await
+            .unwrap();
+        assert_eq!(first, vec![EnqueueOutcome::Delivered(0)]);
+        let retry = enqueue_local(&server, &[entry(&server, [9; 16], 1)])
+            .await
+            .unwrap();
+        assert_eq!(retry, vec![EnqueueOutcome::Duplicate]);
+    }
 }
