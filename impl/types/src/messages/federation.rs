@@ -21,6 +21,7 @@ pub const MAX_FEDERATED_MESSAGE: usize = 1024 * 1024;
 
 /// The signed part of a federated enqueue.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct FederatedEnqueueTbs {
     pub sender: String,
     pub destination: String,
@@ -36,6 +37,7 @@ pub struct FederatedEnqueueTbs {
 /// The body of `POST /phoenix/v1/federation/enqueue`: the encoded [`FederatedEnqueueTbs`]
 /// and the sending QS's signature over it (label [`LABEL`]).
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct FederatedEnqueue {
     pub tbs: VLBytes,
     pub signature: VLBytes,
