@@ -145,5 +145,13 @@ step "test: cargo test --workspace --locked"
 cargo test --workspace --locked
 steps_done=$((steps_done + 1))
 
+# --- Fuzzing ---------------------------------------------------------------------------
+# Every target in fuzz/ (its own workspace: cargo-fuzz on the stable toolchain with
+# RUSTC_BOOTSTRAP=1), built once and smoke-run for a bounded number of executions, two at
+# a time; installs cargo-fuzz if missing. See scripts/fuzz-smoke.sh and fuzz/README.md.
+step "fuzz: scripts/fuzz-smoke.sh (every fuzz target, 50000 runs or 40 s each)"
+bash scripts/fuzz-smoke.sh
+steps_done=$((steps_done + 1))
+
 step_name="summary"
 printf '\nscripts/test.sh: all %d steps passed in %s (postgres tests: %s)\n' "$steps_done" "$(elapsed)" "$postgres_status"
