@@ -149,7 +149,7 @@ steps_done=$((steps_done + 1))
 # Every target in fuzz/ (its own workspace: cargo-fuzz on the stable toolchain with
 # RUSTC_BOOTSTRAP=1), built once and smoke-run for a bounded number of executions, two at
 # a time; installs cargo-fuzz if missing. See scripts/fuzz-smoke.sh and fuzz/README.md.
-step "fuzz: scripts/fuzz-smoke.sh (every fuzz target, 50000 runs or 40 s each)"
+step "fuzz: scripts/fuzz-smoke.sh (every fuzz target, 50000 executions each)"
 bash scripts/fuzz-smoke.sh
 steps_done=$((steps_done + 1))
 

@@ -8,10 +8,14 @@
 //!
 //! Transitions: application messages and update commits, with or without processing the
 //! queue first (without, a client that missed a commit sends for a stale epoch and the DS
-//! must answer `WRONG_EPOCH`); syncs (every message from the others arrives once, in
-//! order, from its verified sender); group info with the right and a wrong EAR key; raw
-//! reads of a client's QS queue that delete nothing (sequence numbers, kinds, remaining).
-//! After every step each client's queue on the server is compared with the model's.
+//! must answer `WRONG_EPOCH`); alice adding a contact to a group it is not in (key package
+//! fetch from the QS, add commit, welcome) and members removing members (the removed
+//! member hears of it), at the current or a stale epoch; syncs (every message from the
+//! others arrives once, in order, from its verified sender; joins and removals are
+//! processed); group info with the right and a wrong EAR key; raw reads of a client's QS
+//! queue that delete nothing (sequence numbers, kinds, remaining). After every step each
+//! client's queue on the server is compared with the model's, and at the end of a case
+//! each group's epoch and member count.
 
 use openmls::prelude::{ContentType, MlsMessageBodyIn, MlsMessageIn, ProtocolMessage};
 use proptest::prelude::*;
@@ -59,6 +63,19 @@ pub enum DsStep {
         group: u8,
         sync_first: bool,
     },
+    /// Alice adds her contact `invitee` (a client index) to `group`.
+    Add {
+        group: u8,
+        invitee: u8,
+        sync_first: bool,
+    },
+    /// `client` removes the member `member` (a client index) from `group`.
+    Remove {
+        client: u8,
+        group: u8,
+        member: u8,
+        sync_first: bool,
+    },
     /// `client` processes its queue.
     Sync { client: u8 },
     /// Anyone asks for `group`'s info, with its EAR key or a wrong one.
@@ -93,22 +110,84 @@ impl ReferenceStateMachine for DsMachine {
     }
 
     fn transitions(state: &RefState) -> BoxedStrategy<DsStep> {
-        // Members only (carol is not in g2): the client library refuses the others locally.
+        // Members only (carol is not in g2 at first): the client library refuses the others
+        // locally.
         let mut members = Vec::new();
+        let mut adds = Vec::new();
+        let mut removes = Vec::new();
         for (ci, c) in CLIENTS.iter().enumerate() {
             for (gi, g) in state.groups.iter().enumerate() {
-                if state
+                if !in_group(&state.model, *c, *g) {
+                    continue;
+                }
+                members.push((ci as u8, gi as u8));
+                // Members it knows of and the DS still has: removable.
+                for (ti, t) in CLIENTS.iter().enumerate() {
+                    if t != c
+                        && in_group(&state.model, *t, *g)
+                        && leaf_in_view(&state.model, *c, *g, *t).is_some()
+                    {
+                        removes.push((ci as u8, gi as u8, ti as u8));
+                    }
+                }
+            }
+        }
+        // Alice adds contacts that were never in the group (a removed member is not
+        // invited back: its client keeps the old group's record).
+        for (gi, g) in state.groups.iter().enumerate() {
+            if !in_group(&state.model, world::ALICE, *g) {
+                continue;
+            }
+            for (ti, t) in CLIENTS.iter().enumerate().skip(1) {
+                let never = state
                     .model
                     .clients
-                    .get(c)
-                    .is_some_and(|x| x.groups.contains_key(g))
-                {
-                    members.push((ci as u8, gi as u8));
+                    .get(t)
+                    .is_some_and(|x| !x.groups.contains_key(g))
+                    && !pending_welcome(&state.model, *t, *g);
+                if never {
+                    adds.push((gi as u8, ti as u8));
                 }
             }
         }
         let send_members = members.clone();
-        prop_oneof![
+        let mut membership: Vec<(u32, BoxedStrategy<DsStep>)> = Vec::new();
+        if !adds.is_empty() {
+            membership.push((
+                1,
+                (any::<usize>(), prop::bool::weighted(0.7))
+                    .prop_map(move |(i, sync_first)| {
+                        let (group, invitee) =
+                            adds.get(i % adds.len().max(1)).copied().unwrap_or((0, 1));
+                        DsStep::Add {
+                            group,
+                            invitee,
+                            sync_first,
+                        }
+                    })
+                    .boxed(),
+            ));
+        }
+        if !removes.is_empty() {
+            membership.push((
+                1,
+                (any::<usize>(), prop::bool::weighted(0.7))
+                    .prop_map(move |(i, sync_first)| {
+                        let (client, group, member) = removes
+                            .get(i % removes.len().max(1))
+                            .copied()
+                            .unwrap_or((0, 0, 1));
+                        DsStep::Remove {
+                            client,
+                            group,
+                            member,
+                            sync_first,
+                        }
+                    })
+                    .boxed(),
+            ));
+        }
+        let traffic = prop_oneof![
             6 => (any::<usize>(), prop::bool::weighted(0.6)).prop_map(move |(i, sync_first)| {
                 let (client, group) = send_members.get(i % send_members.len().max(1)).copied().unwrap_or((0, 0));
                 DsStep::Send { client, group, sync_first }
@@ -120,8 +199,11 @@ impl ReferenceStateMachine for DsMachine {
             4 => (0u8..3).prop_map(|client| DsStep::Sync { client }),
             1 => (0u8..2, prop::bool::weighted(0.7)).prop_map(|(group, right_key)| DsStep::GroupInfo { group, right_key }),
             2 => (0u8..3, prop_oneof![Just(1u16), Just(2u16), Just(50u16)]).prop_map(|(client, max)| DsStep::PeekQueue { client, max }),
-        ]
-        .boxed()
+        ];
+        // Membership changes are rarer: each case stays mostly in its groups.
+        let mut options: Vec<(u32, BoxedStrategy<DsStep>)> = vec![(16, traffic.boxed())];
+        options.extend(membership);
+        proptest::strategy::Union::new_weighted(options).boxed()
     }
 
     fn apply(state: RefState, t: &DsStep) -> RefState {
@@ -142,6 +224,55 @@ impl ReferenceStateMachine for DsMachine {
 
 fn client_ref(i: u8) -> ClientRef {
     CLIENTS.get(usize::from(i)).copied().unwrap_or(world::ALICE)
+}
+
+/// Whether `c` is a member of `g` as both its own view and the DS see it (active, and the
+/// DS has its leaf with its key).
+pub fn in_group(model: &State, c: ClientRef, g: GroupId) -> bool {
+    let Some(view) = model
+        .clients
+        .get(&c)
+        .and_then(|x| x.groups.get(&g))
+        .filter(|v| v.active)
+    else {
+        return false;
+    };
+    model
+        .server(g.domain)
+        .and_then(|s| s.ds.groups.get(&g))
+        .and_then(|group| group.members.get(&view.leaf))
+        .is_some_and(|m| m.leaf_key == view.leaf_key)
+}
+
+/// The leaf at which `c`'s view of `g` shows `target` (by the FID of its credential).
+pub fn leaf_in_view(
+    model: &State,
+    c: ClientRef,
+    g: GroupId,
+    target: ClientRef,
+) -> Option<phoenix_model::ids::Leaf> {
+    let fid = model.clients.get(&target)?.fid;
+    let view = model.clients.get(&c)?.groups.get(&g)?;
+    view.members
+        .values()
+        .find(|m| m.credential.payload.certificate.payload.fid == fid)
+        .map(|m| m.leaf)
+}
+
+/// Whether `c` has a welcome into `g` in its queue that it has not processed yet.
+fn pending_welcome(model: &State, c: ClientRef, g: GroupId) -> bool {
+    let Some(x) = model.clients.get(&c) else {
+        return false;
+    };
+    model
+        .server(x.fid.domain)
+        .and_then(|s| s.qs.clients.get(&x.qs_id))
+        .is_some_and(|r| {
+            r.queue.messages.iter().any(|(seq, item)| {
+                *seq >= x.next_seq
+                    && matches!(item, QueueItem::Welcome { group, .. } if *group == g)
+            })
+        })
 }
 
 fn group_of(state: &RefState, i: u8) -> GroupId {
@@ -189,6 +320,60 @@ fn run_model(state: &RefState, t: &DsStep) -> (State, Outcome) {
                 }
             };
             step(&m, &Op::Client(op))
+        }
+        DsStep::Add {
+            group,
+            invitee,
+            sync_first,
+        } => {
+            let g = group_of(state, *group);
+            let mut m = m.clone();
+            if *sync_first {
+                m = step(
+                    &m,
+                    &Op::Client(ClientOp::Sync {
+                        client: world::ALICE,
+                    }),
+                )
+                .0;
+            }
+            let invitee = m
+                .clients
+                .get(&client_ref(*invitee))
+                .map(|x| x.fid)
+                .unwrap_or(world::fid(1));
+            step(
+                &m,
+                &Op::Client(ClientOp::Add {
+                    client: world::ALICE,
+                    group: g,
+                    invitee,
+                }),
+            )
+        }
+        DsStep::Remove {
+            client,
+            group,
+            member,
+            sync_first,
+        } => {
+            let c = client_ref(*client);
+            let g = group_of(state, *group);
+            let mut m = m.clone();
+            if *sync_first {
+                m = step(&m, &Op::Client(ClientOp::Sync { client: c })).0;
+            }
+            let Some(leaf) = leaf_in_view(&m, c, g, client_ref(*member)) else {
+                return (m, Err(phoenix_types::error::ErrorCode::UnknownSender));
+            };
+            step(
+                &m,
+                &Op::Client(ClientOp::Remove {
+                    client: c,
+                    group: g,
+                    leaf,
+                }),
+            )
         }
         DsStep::Sync { client } => step(
             m,
@@ -245,7 +430,7 @@ fn run_model(state: &RefState, t: &DsStep) -> (State, Outcome) {
 }
 
 /// The application messages `client` accepted, in the order it processed them.
-fn accepted_messages(model: &State, client: ClientRef) -> Vec<MsgId> {
+pub(crate) fn accepted_messages(model: &State, client: ClientRef) -> Vec<MsgId> {
     let Some(c) = model.clients.get(&client) else {
         return Vec::new();
     };
@@ -266,7 +451,7 @@ fn accepted_messages(model: &State, client: ClientRef) -> Vec<MsgId> {
 }
 
 /// The kind of a queue item, as the server's payload shows it.
-fn kind(item: &QueueItem) -> &'static str {
+pub(crate) fn kind(item: &QueueItem) -> &'static str {
     match item {
         QueueItem::Opaque(_) => "opaque",
         QueueItem::Commit { .. } => "commit",
@@ -435,23 +620,7 @@ impl DsSut {
         let resp = self.dequeue(i, start, max).await?;
         let mut messages = Vec::new();
         for m in resp.messages {
-            let payload: QueuePayload = codec::decode(m.payload.as_slice(), 4 * 1024 * 1024)
-                .map_err(|e| HarnessError::Mismatch(format!("queue payload: {}", e.detail)))?;
-            let kind = match payload {
-                QueuePayload::Welcome(_) => "welcome",
-                QueuePayload::GroupMessage(g) => {
-                    let message = MlsMessageIn::tls_deserialize_exact(g.message.as_slice())
-                        .map_err(|e| HarnessError::Mismatch(format!("queued MLS message: {e}")))?;
-                    let protocol: ProtocolMessage = message
-                        .try_into_protocol_message()
-                        .map_err(|e| HarnessError::Mismatch(format!("queued MLS message: {e}")))?;
-                    match protocol.content_type() {
-                        ContentType::Commit => "commit",
-                        ContentType::Application => "application",
-                        ContentType::Proposal => "proposal",
-                    }
-                }
-            };
+            let kind = payload_kind(m.payload.as_slice())?;
             messages.push((m.sequence_number.saturating_sub(base), kind.to_owned()));
         }
         Ok(Observed::Queue {
@@ -466,44 +635,77 @@ impl DsSut {
             .members
             .first()
             .ok_or_else(|| HarnessError::Setup("no alice".into()))?;
-        let record = alice
-            .client
-            .group(name)
-            .await
-            .map_err(|e| HarnessError::Setup(e.to_string()))?;
-        let mut ear = record.ear_key;
-        if !right_key {
-            ear[0] ^= 1;
-        }
-        let r = self
-            .api
-            .call::<_, ds_msg::ExternalCommitInfoResponse>(
-                "ds",
-                ds_msg::EXTERNAL_COMMIT_INFO,
-                &ds_msg::ExternalCommitInfoRequest {
-                    group_id: VLBytes::new(record.group_id.clone()),
-                    ear_key: ear,
-                },
-                Signer::Anonymous,
-            )
-            .await;
-        match r {
-            Err(ClientError::Server(e)) => Ok(Observed::Error(e.code.as_str().to_owned())),
-            Err(e) => Err(HarnessError::Transport(e.to_string())),
-            Ok(resp) => {
-                let message = MlsMessageIn::tls_deserialize_exact(resp.group_info.as_slice())
-                    .map_err(|e| HarnessError::Mismatch(format!("group info: {e}")))?;
-                let MlsMessageBodyIn::GroupInfo(info) = message.extract() else {
-                    return Err(HarnessError::Mismatch("group info is no group info".into()));
-                };
-                Ok(Observed::GroupInfo {
-                    epoch: info.group_context().epoch().as_u64(),
-                    members: resp.credentials.len(),
-                })
-            }
+        group_info_of(&self.api, &alice.client, name, right_key).await
+    }
+}
+
+/// The epoch and member count of group `name` (as `client` knows it) that the DS at `api`
+/// shows, asked with the group's EAR key or a wrong one.
+pub(crate) async fn group_info_of(
+    api: &Api,
+    client: &Client,
+    name: &str,
+    right_key: bool,
+) -> Result<Observed, HarnessError> {
+    let record = client
+        .group(name)
+        .await
+        .map_err(|e| HarnessError::Setup(e.to_string()))?;
+    let mut ear = record.ear_key;
+    if !right_key {
+        ear[0] ^= 1;
+    }
+    let r = api
+        .call::<_, ds_msg::ExternalCommitInfoResponse>(
+            "ds",
+            ds_msg::EXTERNAL_COMMIT_INFO,
+            &ds_msg::ExternalCommitInfoRequest {
+                group_id: VLBytes::new(record.group_id.clone()),
+                ear_key: ear,
+            },
+            Signer::Anonymous,
+        )
+        .await;
+    match r {
+        Err(ClientError::Server(e)) => Ok(Observed::Error(e.code.as_str().to_owned())),
+        Err(e) => Err(HarnessError::Transport(e.to_string())),
+        Ok(resp) => {
+            let message = MlsMessageIn::tls_deserialize_exact(resp.group_info.as_slice())
+                .map_err(|e| HarnessError::Mismatch(format!("group info: {e}")))?;
+            let MlsMessageBodyIn::GroupInfo(info) = message.extract() else {
+                return Err(HarnessError::Mismatch("group info is no group info".into()));
+            };
+            Ok(Observed::GroupInfo {
+                epoch: info.group_context().epoch().as_u64(),
+                members: resp.credentials.len(),
+            })
         }
     }
+}
 
+/// The kind of a queued payload as the server stores it: a welcome, or the MLS content
+/// type of a group message.
+pub(crate) fn payload_kind(payload: &[u8]) -> Result<&'static str, HarnessError> {
+    let payload: QueuePayload = codec::decode(payload, 4 * 1024 * 1024)
+        .map_err(|e| HarnessError::Mismatch(format!("queue payload: {}", e.detail)))?;
+    Ok(match payload {
+        QueuePayload::Welcome(_) => "welcome",
+        QueuePayload::GroupMessage(g) => {
+            let message = MlsMessageIn::tls_deserialize_exact(g.message.as_slice())
+                .map_err(|e| HarnessError::Mismatch(format!("queued MLS message: {e}")))?;
+            let protocol: ProtocolMessage = message
+                .try_into_protocol_message()
+                .map_err(|e| HarnessError::Mismatch(format!("queued MLS message: {e}")))?;
+            match protocol.content_type() {
+                ContentType::Commit => "commit",
+                ContentType::Application => "application",
+                ContentType::Proposal => "proposal",
+            }
+        }
+    })
+}
+
+impl DsSut {
     /// Every client's queue on the server equals the model's (numbers and kinds), read
     /// from the model's low mark without deleting anything.
     async fn check_queues(&self, model: &State) -> Result<(), HarnessError> {
@@ -538,7 +740,7 @@ impl DsSut {
     }
 }
 
-fn client_outcome(r: Result<(), ClientError>) -> Result<Observed, HarnessError> {
+pub(crate) fn client_outcome(r: Result<(), ClientError>) -> Result<Observed, HarnessError> {
     match r {
         Ok(()) => Ok(Observed::Empty),
         Err(ClientError::Server(e)) => Ok(Observed::Error(e.code.as_str().to_owned())),
@@ -556,6 +758,9 @@ fn requirements(t: &DsStep, outcome: &Outcome) -> Vec<&'static str> {
         DsStep::Send { .. } => vec!["DS-SEND-1", "DS-FAN-1", "DS-AUTH-1"],
         DsStep::Update { .. } if stale => vec!["DS-EPOCH-1"],
         DsStep::Update { .. } => vec!["DS-COMMIT-1", "DS-FAN-1", "DS-AUTH-1"],
+        DsStep::Add { .. } | DsStep::Remove { .. } if stale => vec!["DS-EPOCH-1"],
+        DsStep::Add { .. } => vec!["DS-ADD-1", "QS-KP-3", "DS-COMMIT-1", "DS-FAN-1"],
+        DsStep::Remove { .. } => vec!["DS-COMMIT-1", "DS-FAN-1", "DS-FAN-2", "DS-AUTH-1"],
         DsStep::Sync { .. } => vec!["QS-Q-2", "ID-CHAIN-1", "DS-FAN-2"],
         DsStep::GroupInfo {
             right_key: false, ..
@@ -633,6 +838,45 @@ impl crate::runner::Suite for Ds {
                 let m = sut.member(*client).map_err(fail)?;
                 m.client.set_sync_before_commit(*sync_first);
                 let r = m.client.update(name).await;
+                (
+                    observed::expected(&outcome),
+                    client_outcome(r).map_err(fail)?,
+                )
+            }
+            DsStep::Add {
+                group,
+                invitee,
+                sync_first,
+            } => {
+                let name = GROUPS.get(usize::from(*group)).copied().unwrap_or("g1");
+                let fid = sut
+                    .members
+                    .get(usize::from(*invitee))
+                    .map(|m| m.fid.clone())
+                    .unwrap_or_default();
+                let m = sut.member(0).map_err(fail)?;
+                m.client.set_sync_before_commit(*sync_first);
+                let r = m.client.invite(name, &fid).await;
+                (
+                    observed::expected(&outcome),
+                    client_outcome(r).map_err(fail)?,
+                )
+            }
+            DsStep::Remove {
+                client,
+                group,
+                member,
+                sync_first,
+            } => {
+                let name = GROUPS.get(usize::from(*group)).copied().unwrap_or("g1");
+                let fid = sut
+                    .members
+                    .get(usize::from(*member))
+                    .map(|m| m.fid.clone())
+                    .unwrap_or_default();
+                let m = sut.member(*client).map_err(fail)?;
+                m.client.set_sync_before_commit(*sync_first);
+                let r = m.client.remove(name, &fid).await;
                 (
                     observed::expected(&outcome),
                     client_outcome(r).map_err(fail)?,

@@ -10,23 +10,30 @@
 //!   client): registration, connection packages, direct queues, QS records, key packages,
 //!   QS dequeue, with adversarial variants.
 //! - [`ds`]: the DS suite (the client library drives MLS): application messages and
-//!   commits at current and stale epochs, syncs, wrong EAR keys, QS queue reads.
+//!   commits at current and stale epochs, adding and removing members, syncs, wrong EAR
+//!   keys, QS queue reads.
+//! - [`federation`]: the federation suite over two federated homeservers: cross-server
+//!   messages and commits through the client library, and the harness's malicious remote
+//!   server ([`peer`]) sending honest, forged, replayed, misrouted, stale and
+//!   policy-refused federated enqueues.
 //! - [`names`]: per-case mapping between the model's names and real values.
 //! - [`observed`]: the comparable projection of outcomes.
 //! - [`fixtures`], [`report`]: trace fixtures; the table, JSON and JUnit reports.
-//! - [`target`]: a server under test, found by its discovery document.
+//! - [`target`]: a server under test, found by its discovery document (for the
+//!   federation suite: with its federated peer and the malicious peer).
 //! - `main.rs`: the `phoenix-conformance` CLI for auditors.
 //!
 //! Design: the model and the server share only vocabulary (`phoenix-types`); the harness
 //! never reads the server's database or calls its code, so what passes here passes
-//! against any deployment reachable over HTTP. Federation is not yet covered (the model
-//! does not model it yet).
+//! against any deployment reachable over HTTP.
 
 pub mod as_qs;
 pub mod ds;
+pub mod federation;
 pub mod fixtures;
 pub mod names;
 pub mod observed;
+pub mod peer;
 pub mod report;
 pub mod runner;
 pub mod target;
@@ -47,4 +54,8 @@ pub enum HarnessError {
 }
 
 /// The suites by name.
-pub const SUITES: &[&str] = &[as_qs::AsQs::NAME_STR, ds::Ds::NAME_STR];
+pub const SUITES: &[&str] = &[
+    as_qs::AsQs::NAME_STR,
+    ds::Ds::NAME_STR,
+    federation::Federation::<0>::NAME_STR,
+];

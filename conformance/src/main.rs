@@ -3,14 +3,19 @@
 //!
 //! ```text
 //! phoenix-conformance --server URL [--server URL ...] [--resolve DOMAIN=URL]
-//!     [--cases N] [--ds-cases N] [--seed HEX] [--report-json FILE] [--junit FILE]
-//!     [--save-traces DIR]
+//!     [--cases N] [--ds-cases N] [--fed-cases N] [--fake-peer-listen ADDR]
+//!     [--seed HEX] [--report-json FILE] [--junit FILE] [--save-traces DIR]
 //! ```
 //!
 //! For each server it reads the discovery document (its domain), then runs the AS/QS
 //! suite (`--cases` cases of raw signed requests) and the DS suite (`--ds-cases` cases of
 //! group traffic through the client library), each case with its own freshly registered
-//! random test users. It prints a table (requirement id, cases run, pass/fail), writes the
+//! random test users. With two servers (federated with each other), it also runs the
+//! federation suite (`--fed-cases`): users on both, a group on the first, messages across.
+//! Its malicious-peer transitions need the harness's fake remote server
+//! (`--fake-peer-listen ADDR`, domain `evil.test`) and servers that resolve `evil.test` to
+//! it (started with `--resolve evil.test=http://ADDR`); the harness probes each server,
+//! and if one does not reach the fake peer those transitions are reported as NOT RUN. It prints a table (requirement id, cases run, pass/fail), writes the
 //! JSON and JUnit reports if asked, and exits 0 if everything passed, 1 if the server
 //! diverged from the model, 2 if it could not run (bad arguments, unreachable server).
 
@@ -21,6 +26,8 @@ use clap::Parser;
 
 use phoenix_conformance::as_qs::AsQs;
 use phoenix_conformance::ds::Ds;
+use phoenix_conformance::federation;
+use phoenix_conformance::peer::{self, MaliciousPeer};
 use phoenix_conformance::report::Report;
 use phoenix_conformance::runner::{self, RunConfig};
 use phoenix_conformance::target::Target;
@@ -44,6 +51,17 @@ struct Args {
     /// DS cases per server (each registers three users and builds two groups).
     #[arg(long, default_value_t = 2)]
     ds_cases: u32,
+    /// Federation cases, with two servers (the first hosts the group; each case registers
+    /// a user on each and connects them across).
+    #[arg(long, default_value_t = 2)]
+    fed_cases: u32,
+    /// Run the harness's malicious remote server here (e.g. 127.0.0.1:8099); the servers
+    /// must resolve its domain to it (`--resolve evil.test=http://ADDR`).
+    #[arg(long, value_name = "ADDR")]
+    fake_peer_listen: Option<String>,
+    /// The malicious remote server's domain.
+    #[arg(long, default_value = peer::EVIL_DOMAIN, value_name = "DOMAIN")]
+    fake_peer_domain: String,
     /// Transitions per case, at most (at least half as many).
     #[arg(long, default_value_t = 40)]
     max_transitions: usize,
@@ -90,6 +108,7 @@ fn main() -> ExitCode {
     };
     let handle = runtime.handle().clone();
     let mut report = Report::default();
+    let mut targets = Vec::new();
     for url in &args.servers {
         let target = match handle.block_on(Target::discover(url, &args.resolve)) {
             Ok(t) => t,
@@ -98,6 +117,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        targets.push(target.clone());
         let config = |cases: u32, max: usize| RunConfig {
             cases,
             transitions: ((max / 2).max(1), max),
@@ -120,6 +140,60 @@ fn main() -> ExitCode {
                 &config(args.ds_cases, args.max_transitions.min(30)),
             ));
         }
+    }
+    if let [a, b, ..] = targets.as_slice()
+        && args.fed_cases > 0
+    {
+        let fake_peer = match &args.fake_peer_listen {
+            None => None,
+            Some(addr) => {
+                let _guard = runtime.enter();
+                match std::net::TcpListener::bind(addr)
+                    .map_err(|e| format!("--fake-peer-listen {addr}: {e}"))
+                    .and_then(|l| {
+                        MaliciousPeer::start(l, &args.fake_peer_domain).map_err(|e| e.to_string())
+                    }) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        eprintln!("phoenix-conformance: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+        };
+        let mut target = a.clone();
+        target.peer = Some(Box::new(b.clone()));
+        target.malicious = fake_peer.as_ref().map(|p| p.info.clone());
+        let (profile, not_run) = match handle.block_on(federation::probe(&target)) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("phoenix-conformance: probing the servers: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if profile == federation::HONEST_ONLY {
+            // Nothing to sign with: the suite must not pretend to have a malicious peer.
+            target.malicious = None;
+        }
+        let config = RunConfig {
+            cases: args.fed_cases,
+            transitions: (
+                (args.max_transitions.min(40) / 2).max(1),
+                args.max_transitions.min(40),
+            ),
+            seed,
+            fixtures_dir: args.save_traces.clone(),
+            label: format!("{}+{}", a.domain, b.domain),
+            ..RunConfig::default()
+        };
+        let mut suite = federation::run(&handle, &target, &config, profile);
+        if let Some(why) = not_run {
+            suite.not_run.push(format!(
+                "malicious remote server transitions (forged, replayed, misrouted, stale, policy-refused federated enqueues; FED-1, FED-2, FED-4, ADV-REMOTE-1): {why}"
+            ));
+        }
+        report.suites.push(suite);
+        drop(fake_peer);
     }
     println!("{}", report.table());
     println!(

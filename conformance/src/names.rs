@@ -25,6 +25,9 @@ pub const OTHER_DOMAIN: &str = "elsewhere.invalid";
 pub struct Names {
     /// The domain of the server under test (the model's domain 0).
     pub domain: String,
+    /// The domains of the model's domains 0, 1, ... (for the federation suite: a.test,
+    /// b.test, the malicious peer, a domain nobody serves); others are [`OTHER_DOMAIN`].
+    domains: Vec<String>,
     pub prefix: String,
     salt: [u8; 32],
     qs_users: BTreeMap<u32, QsId>,
@@ -38,6 +41,7 @@ impl Names {
         OsRng.fill_bytes(&mut salt);
         Self {
             domain: domain.to_owned(),
+            domains: vec![domain.to_owned()],
             prefix: format!("t{}", hex::encode(&salt[..5])),
             salt,
             qs_users: BTreeMap::new(),
@@ -54,8 +58,24 @@ impl Names {
         h.finalize().into()
     }
 
+    /// Names for several domains: the model's domain `i` is `domains[i]`.
+    pub fn with_domains(domains: &[String]) -> Self {
+        let mut names = Self::new(domains.first().map_or("", String::as_str));
+        names.domains = domains.to_vec();
+        names
+    }
+
     pub fn domain_of(&self, d: DomainId) -> &str {
-        if d.0 == 0 { &self.domain } else { OTHER_DOMAIN }
+        self.domains
+            .get(usize::from(d.0))
+            .map_or(OTHER_DOMAIN, String::as_str)
+    }
+
+    /// The 16-byte message id of the model's federated message id `n` (per case).
+    pub fn fed_id(&self, n: u32) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&self.derive(b"fed-id", n)[..16]);
+        out
     }
 
     pub fn fid(&self, fid: Fid) -> String {

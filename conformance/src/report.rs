@@ -81,6 +81,9 @@ impl Report {
             if let Some(path) = &s.fixture {
                 let _ = writeln!(out, "  trace saved: {path}");
             }
+            for what in &s.not_run {
+                let _ = writeln!(out, "  NOT RUN: {what}");
+            }
         }
         out
     }
@@ -141,6 +144,14 @@ impl Report {
                 } else {
                     let _ = writeln!(out, "/>");
                 }
+            }
+            for what in &s.not_run {
+                let _ = writeln!(
+                    out,
+                    "    <testcase classname=\"{}\" name=\"not run\">\n      <skipped message=\"{}\"/>\n    </testcase>",
+                    xml(&s.suite),
+                    xml(what)
+                );
             }
             if s.failure.is_some() && s.requirements.values().all(|c| c.failures == 0) {
                 let _ = writeln!(

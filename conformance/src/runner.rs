@@ -124,6 +124,9 @@ pub struct SuiteReport {
     pub requirements: BTreeMap<String, Coverage>,
     pub failure: Option<String>,
     pub fixture: Option<String>,
+    /// Parts of the suite that did not run, and why (reported as not run, never as
+    /// passed).
+    pub not_run: Vec<String>,
 }
 
 impl SuiteReport {
@@ -224,6 +227,7 @@ pub fn run_suite<S: Suite>(
         requirements: BTreeMap::new(),
         failure: None,
         fixture: None,
+        not_run: Vec::new(),
     };
     match result {
         Ok(()) => {}

@@ -13,6 +13,11 @@ pub struct Target {
     pub domain: String,
     /// `DOMAIN=URL` entries, passed on to the client library.
     pub resolve: Vec<String>,
+    /// For the federation suite: the second homeserver, federated with this one.
+    pub peer: Option<Box<Target>>,
+    /// For the federation suite: the harness's malicious remote server, if the servers
+    /// reach it.
+    pub malicious: Option<crate::peer::PeerInfo>,
 }
 
 #[derive(Deserialize)]
@@ -40,6 +45,8 @@ impl Target {
             url,
             domain: discovery.domain,
             resolve: resolve.to_vec(),
+            peer: None,
+            malicious: None,
         })
     }
 }

@@ -5,9 +5,11 @@
 //!   fetch's answer again, as a server whose key package fetch does not consume would (a
 //!   one-time package served twice);
 //! - `StaleEpochAccepted`: a `WRONG_EPOCH` refusal of a DS request becomes a success, as a
-//!   server without the epoch check would answer a commit or message for a stale epoch.
+//!   server without the epoch check would answer a commit or message for a stale epoch;
+//! - `MisaddressedAccepted`: a `MISADDRESSED` refusal of a federated enqueue becomes a
+//!   success, as an open relay would answer (in front of b.test, for the federation suite).
 //!
-//! Requirement: QS-KP-3, DS-EPOCH-1, DS-EPOCH-2
+//! Requirement: QS-KP-3, DS-EPOCH-1, DS-EPOCH-2, FED-1, ADV-REMOTE-1
 //!
 //! Nothing in the server is changed; the proxy forwards exact request bytes, so every
 //! signature still verifies.
@@ -31,15 +33,17 @@ use warp::http::{HeaderMap, Method, StatusCode};
 
 use phoenix_conformance::as_qs::AsQs;
 use phoenix_conformance::ds::Ds;
+use phoenix_conformance::federation::{Federation, TEST_PROFILE};
 use phoenix_conformance::fixtures::Fixture;
 use phoenix_conformance::runner::{self, RunConfig};
 use phoenix_conformance::target::Target;
-use support::TestServer;
+use support::{Backend, Federated, TestServer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
     KeyPackageServedTwice,
     StaleEpochAccepted,
+    MisaddressedAccepted,
 }
 
 /// Per fetch request body: the first answer, and whether it was replayed already.
@@ -108,6 +112,12 @@ async fn proxy(upstream: String, fault: Fault) -> String {
                         // The empty response (`Empty {}` encodes to no bytes).
                         return reply(StatusCode::OK, "application/octet-stream", Bytes::new());
                     }
+                    if fault == Fault::MisaddressedAccepted
+                        && path == "/phoenix/v1/federation/enqueue"
+                        && String::from_utf8_lossy(&answer).contains("\"MISADDRESSED\"")
+                    {
+                        return reply(StatusCode::OK, "application/octet-stream", Bytes::new());
+                    }
                     reply(
                         StatusCode::from_u16(status.as_u16()).unwrap(),
                         &content_type,
@@ -146,6 +156,8 @@ async fn a_key_package_served_twice_is_caught() {
         url: proxy(server.url.clone(), Fault::KeyPackageServedTwice).await,
         domain: server.domain.clone(),
         resolve: Vec::new(),
+        peer: None,
+        malicious: None,
     };
     let handle = tokio::runtime::Handle::current();
     let traces = tempfile::tempdir().unwrap();
@@ -206,6 +218,8 @@ async fn a_missing_epoch_check_is_caught() {
         url: proxy(server.url.clone(), Fault::StaleEpochAccepted).await,
         domain: server.domain.clone(),
         resolve: Vec::new(),
+        peer: None,
+        malicious: None,
     };
     let handle = tokio::runtime::Handle::current();
     let replayed = tokio::task::spawn_blocking(move || {
@@ -217,4 +231,28 @@ async fn a_missing_epoch_check_is_caught() {
     eprintln!("caught: {error}");
     assert!(error.to_string().contains("WRONG_EPOCH"), "{error}");
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_relay_is_caught() {
+    let servers = Federated::start(Backend::Sqlite).await;
+    let mut target = servers.target();
+    let b = target.peer.as_mut().unwrap();
+    b.url = proxy(b.url.clone(), Fault::MisaddressedAccepted).await;
+    let handle = tokio::runtime::Handle::current();
+    let replayed = tokio::task::spawn_blocking(move || {
+        runner::replay::<Federation<TEST_PROFILE>>(
+            &handle,
+            &target,
+            &fixture("federation-malicious-peer-repertoire"),
+        )
+    })
+    .await
+    .unwrap();
+    let error = replayed.unwrap_err().to_string();
+    assert!(
+        error.contains("MISADDRESSED") && error.contains("Empty"),
+        "{error}"
+    );
+    servers.stop().await;
 }

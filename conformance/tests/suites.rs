@@ -1,7 +1,9 @@
 //! The conformance suites against in-process servers over real HTTP, on SQLite and on
-//! Postgres (a fresh schema), and the replay of every trace fixture.
+//! Postgres (a fresh schema), the federation suite against two federated servers (a.test
+//! on SQLite, b.test on Postgres) and the harness's malicious remote server, and the replay
+//! of every trace fixture.
 //!
-//! Requirement: MODEL-2, MODEL-3
+//! Requirement: MODEL-2, MODEL-3, FED-1, FED-2, FED-3, FED-4, ADV-REMOTE-1
 //!
 //! Sizes: `PHOENIX_CONFORMANCE_CASES` overrides the number of AS/QS cases per backend;
 //! `PHOENIX_CONFORMANCE_SEED` (hex) reproduces a run (the seed is printed).
@@ -14,9 +16,10 @@ use std::time::Duration;
 
 use phoenix_conformance::as_qs::AsQs;
 use phoenix_conformance::ds::Ds;
+use phoenix_conformance::federation::{self, Federation, TEST_PROFILE};
 use phoenix_conformance::fixtures::Fixture;
 use phoenix_conformance::runner::{self, RunConfig, SuiteReport};
-use support::{Backend, TestServer};
+use support::{Backend, Federated, TestServer};
 
 fn cases(var: &str, default: u32) -> u32 {
     std::env::var(var)
@@ -67,6 +70,44 @@ async fn ds_on(backend: Backend) -> Option<SuiteReport> {
             .unwrap();
     server.stop().await;
     Some(report)
+}
+
+async fn federation_run(b_backend: Backend) -> SuiteReport {
+    let servers = Federated::start(b_backend).await;
+    let target = servers.target();
+    // The servers stand to the malicious peer as configured: a.test refuses it, b.test
+    // verifies its signatures with the key it publishes.
+    let (profile, not_run) = federation::probe(&target).await.unwrap();
+    assert_eq!(
+        (profile, not_run),
+        (TEST_PROFILE, None),
+        "the probe of the malicious peer"
+    );
+    let fetches = servers
+        .peer
+        .discovery_fetches
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        fetches >= 1,
+        "b.test fetched evil.test's discovery document"
+    );
+    let config = RunConfig {
+        cases: cases("PHOENIX_CONFORMANCE_FED_CASES", 8),
+        transitions: (20, 40),
+        seed: support::seed(),
+        fixtures_dir: Some(support::fixtures_dir()),
+        max_shrink_iters: 60,
+        max_shrink_time: Duration::from_secs(240),
+        label: servers.label.clone(),
+    };
+    let handle = tokio::runtime::Handle::current();
+    let report = tokio::task::spawn_blocking(move || {
+        runner::run_suite::<Federation<TEST_PROFILE>>(&handle, &target, &config)
+    })
+    .await
+    .unwrap();
+    servers.stop().await;
+    report
 }
 
 /// At least 5,000 AS/QS transitions per backend when run with the default sizes, so both
@@ -127,6 +168,22 @@ async fn ds_suite_on_postgres() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federation_suite_on_sqlite_and_postgres() {
+    let report = federation_run(Backend::Postgres).await;
+    check(&report);
+    for id in ["FED-1", "FED-2", "FED-3", "FED-4", "ADV-REMOTE-1"] {
+        assert!(
+            report
+                .requirements
+                .get(id)
+                .is_some_and(|c| c.transitions > 0),
+            "{id} was not exercised: {:?}",
+            report.requirements
+        );
+    }
+}
+
 /// Every fixture in `conformance/fixtures/` replays without a failure, on both backends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fixture_replays() {
@@ -144,6 +201,8 @@ async fn every_fixture_replays() {
                 let replayed = match fixture.suite.as_str() {
                     "as_qs" => runner::replay::<AsQs>(&handle, &target, fixture),
                     "ds" => runner::replay::<Ds>(&handle, &target, fixture),
+                    // Replayed against federated servers below.
+                    "federation" => continue,
                     other => panic!("fixture {}: unknown suite {other}", fixture.name),
                 };
                 match replayed {
@@ -160,4 +219,34 @@ async fn every_fixture_replays() {
         .unwrap();
         server.stop().await;
     }
+}
+
+/// Every federation fixture replays against two federated servers (a.test on SQLite,
+/// b.test on Postgres) and the malicious peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_federation_fixture_replays() {
+    let fixtures: Vec<Fixture> = Fixture::load_all(&support::fixtures_dir())
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.suite == "federation")
+        .collect();
+    assert!(!fixtures.is_empty(), "no federation fixtures found");
+    let servers = Federated::start(Backend::Postgres).await;
+    let target = servers.target();
+    let handle = tokio::runtime::Handle::current();
+    let label = servers.label.clone();
+    tokio::task::spawn_blocking(move || {
+        for fixture in &fixtures {
+            match runner::replay::<Federation<TEST_PROFILE>>(&handle, &target, fixture) {
+                Ok(n) => eprintln!(
+                    "fixture {} ({label}): {n} transitions replayed",
+                    fixture.name
+                ),
+                Err(e) => panic!("fixture {} on {label}: {e}", fixture.name),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    servers.stop().await;
 }

@@ -42,4 +42,19 @@ fn traceability_report_is_generated() {
             "{id} is not tested: {line}"
         );
     }
+    // Federation and the malicious remote server: modelled, implemented and tested.
+    for id in ["FED-1", "FED-2", "FED-3", "FED-4", "ADV-REMOTE-1"] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("| {id} |")))
+            .unwrap_or_else(|| panic!("{id} missing from the report"));
+        let columns: Vec<&str> = line.split('|').map(str::trim).collect();
+        // "", id, level, modelled, implemented, tested, ""
+        for (column, what) in [(3, "modelled"), (4, "implemented"), (5, "tested")] {
+            assert!(
+                columns.get(column).is_some_and(|c| c.starts_with("yes")),
+                "{id} is not {what}: {line}"
+            );
+        }
+    }
 }

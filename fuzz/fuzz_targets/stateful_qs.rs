@@ -444,6 +444,8 @@ impl Run<'_> {
         }
     }
 
+    // Requirement: QS-ENQ-1 (only the named record gets the entry; a config that does not
+    // open, or names a missing record, is undeliverable, not retried and not delivered).
     fn enqueue(&mut self, entries: &[(u8, QueueTarget, Vec<u8>)]) {
         let qs_key = self.h.server.queue_config_key.public.clone();
         let mut outbox = Vec::new();

@@ -10,9 +10,12 @@
 //! - Malicious AS (Requirement: ADV-AS-1): [`AdvOp::MintCredential`] issues a second
 //!   certificate for an existing user with a key the adversary holds.
 //! - Forged senders and replays: [`AdvOp::ForgeDequeue`], [`AdvOp::ReplayDs`].
-//! - The network: [`crate::network`].
-//! - A malicious remote server: not yet modelled (federation is stubbed, see
-//!   [`crate::federation`]).
+//! - The network: [`crate::network`] (and its federated packets, [`crate::federation`]).
+//! - A malicious remote server (Requirement: ADV-REMOTE-1): [`AdvOp::RemoteSend`], a
+//!   domain of its own ([`REMOTE_DOMAIN`]) whose discovery document publishes its own QS
+//!   key ([`REMOTE_KEY`]), sending federated enqueues it signs with that key: honest ones,
+//!   forged ones (claiming another domain), replays (a message id it used before) and
+//!   misrouted ones (a destination, or a queue config, of another domain), stale ones.
 
 use std::collections::BTreeSet;
 
@@ -27,6 +30,38 @@ use crate::state::{Homeserver, State, call_server};
 pub const ADVERSARY_KEY: KeyId = KeyId(9_000);
 /// The client id under which a malicious AS registers its minted credential.
 pub const ADVERSARY_CLIENT: ClientName = ClientName(99);
+/// The malicious remote server's domain (`evil.test` in the conformance suite).
+pub const REMOTE_DOMAIN: DomainId = DomainId(2);
+/// A domain no server serves (`c.test`): where misrouted messages claim to go.
+pub const NOWHERE_DOMAIN: DomainId = DomainId(3);
+/// The QS signing key of the malicious remote server, published in its discovery
+/// document.
+pub const REMOTE_KEY: KeyId = KeyId(9_001);
+
+/// A federated enqueue the malicious remote server sends to `to`. It signs with
+/// [`REMOTE_KEY`] (it holds no other QS key); everything else it chooses.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct RemoteSend {
+    /// The homeserver it sends to.
+    pub to: DomainId,
+    /// Who the message says sent it: [`REMOTE_DOMAIN`] when honest, another domain when
+    /// forged.
+    pub sender: DomainId,
+    /// Who the message says it is for (`to` unless misrouted).
+    pub destination: DomainId,
+    /// The domain of the QS the queue config is sealed to (`to` unless misrouted).
+    pub queue_domain: DomainId,
+    /// The queue the config names (the adversary knows a queue config of it, e.g. from a
+    /// group it hosts).
+    pub victim: QsCid,
+    /// The message id: a fresh one, or one it used before (a replay).
+    pub id: crate::federation::FedMsgId,
+    /// A timestamp outside the accepted clock skew.
+    pub stale: bool,
+    /// The (opaque) payload.
+    pub msg: crate::ids::MsgId,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -40,6 +75,8 @@ pub enum AdvOp {
     ForgeDirectDequeue { victim: Fid },
     /// Resend the last accepted DS request as it was (Requirement: ADV-REPLAY-1).
     ReplayDs,
+    /// The malicious remote server sends a federated enqueue (Requirement: ADV-REMOTE-1).
+    RemoteSend(RemoteSend),
 }
 
 pub fn run(state: &mut State, op: &AdvOp) -> Outcome {
@@ -111,7 +148,40 @@ pub fn run(state: &mut State, op: &AdvOp) -> Outcome {
             };
             call_server(state, to, &Call::Ds(call))
         }
+        AdvOp::RemoteSend(send) => remote_send(state, send),
     }
+}
+
+/// Make [`REMOTE_DOMAIN`] a reachable peer: its discovery document publishes
+/// [`REMOTE_KEY`].
+pub fn add_remote_server(state: &mut State) {
+    state.directory.insert(REMOTE_DOMAIN, REMOTE_KEY);
+}
+
+/// The malicious remote server's federated enqueue, received by `send.to`'s QS.
+fn remote_send(state: &mut State, send: &RemoteSend) -> Outcome {
+    let skew = state.config.clock_skew;
+    let timestamp = if send.stale {
+        state.now.saturating_add(skew).saturating_add(1)
+    } else {
+        state.now
+    };
+    let message = Signed {
+        by: REMOTE_KEY,
+        payload: crate::federation::FedTbs {
+            sender: send.sender,
+            destination: send.destination,
+            id: send.id,
+            timestamp,
+            queue_config: crate::ids::Sealed {
+                to: crate::federation::queue_config_key(send.queue_domain),
+                nonce: send.msg.0,
+                payload: send.victim,
+            },
+            item: crate::queue::QueueItem::Opaque(send.msg),
+        },
+    };
+    crate::federation::receive(state, send.to, &message).map(|_| Reply::Empty)
 }
 
 /// An identifier as an adversary sees it.
@@ -244,6 +314,27 @@ pub fn snapshot(server: &Homeserver) -> Vec<Row> {
             idents: vec![Ident::Group(*group), Ident::Opaque],
         });
     }
+    // The outbox: entries for other QSs (a queue config sealed to another QS, the payload
+    // with its group id in clear); the replay records of federated messages received.
+    for entry in server.fed.outbox.values() {
+        let mut idents = Vec::new();
+        if let Some(group) = group_of(&entry.item) {
+            idents.push(Ident::Group(group));
+        }
+        idents.push(Ident::Opaque);
+        rows.push(Row {
+            service: Service::Ds,
+            table: "ds_outbox",
+            idents,
+        });
+    }
+    for _ in server.fed.seen.iter() {
+        rows.push(Row {
+            service: Service::Qs,
+            table: "qs_federation_seen",
+            idents: vec![Ident::Opaque],
+        });
+    }
     rows
 }
 
@@ -271,6 +362,15 @@ pub struct Observation {
 /// The identifiers `call` shows its handler. Sealed queue configs and encrypted
 /// credentials are opaque to the DS handler (it does not hold the QS key or the
 /// credential key).
+///
+/// The real server's counterpart is its test-only observation tap
+/// (`impl/server/src/observe.rs`), which records per request what each handler saw;
+/// `threat-model-tests/tests/honest_but_curious.rs` checks ADV-OP-1 and ADV-OP-2 over it.
+/// It shows more than this view, and nothing that breaks the two requirements: the source
+/// address of every request (out of the protocol's scope), members' leaf credentials and
+/// sealed queue configs at the DS, and the joiners' key packages in `add_users`, which the
+/// QS saw when it handed them out (a QS-to-DS link this view, which names no key package,
+/// does not record; it reaches no FID).
 pub fn observe(domain: DomainId, call: &Call) -> Observation {
     let mut o = Observation {
         domain,

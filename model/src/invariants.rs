@@ -5,6 +5,8 @@
 
 use std::collections::BTreeSet;
 
+use phoenix_types::error::ErrorCode;
+
 use crate::adversary::{self, Ident, Service};
 use crate::ids::KeyId;
 use crate::queue;
@@ -45,7 +47,81 @@ pub fn all(state: &State) -> Vec<(&'static str, bool)> {
             "no_minted_credential_trusted",
             inv_no_minted_credential_trusted(state),
         ),
+        ("federated_exactly_once", inv_federated_exactly_once(state)),
+        ("federated_no_loss", inv_federated_no_loss(state)),
+        ("no_open_relay", inv_no_open_relay(state)),
+        (
+            "no_forged_enqueue_accepted",
+            inv_no_forged_enqueue_accepted(state),
+        ),
     ]
+}
+
+/// No duplicate ever: each federated message (sender, id) is enqueued at most once,
+/// whatever the network duplicated, the outbox retried or a remote server replayed
+/// (Requirement: FED-3, ADV-NET-1, ADV-REMOTE-1).
+pub fn inv_federated_exactly_once(state: &State) -> bool {
+    state.ghost.fed.enqueued.values().all(|n| *n <= 1)
+}
+
+/// No loss: every outbox entry ever created is still in its sender's (durable) outbox, was
+/// enqueued at its destination, or was refused for good by a policy (the sender's or the
+/// receiver's) or because its queue is gone; never lost to a dropped packet, a restart or
+/// a transient failure. So once the network delivers (the outbox is empty), every message
+/// between servers whose policies allow each other is in its queue, once (Requirement:
+/// FED-3, ADV-NET-1).
+pub fn inv_federated_no_loss(state: &State) -> bool {
+    for ((from, id), _) in state.ghost.fed.created.iter() {
+        let pending = state
+            .server(*from)
+            .is_some_and(|s| s.fed.outbox.contains_key(id));
+        let delivered = state.ghost.fed.enqueued.get(&(*from, *id)) == Some(&1);
+        let refused = matches!(
+            state.ghost.fed.refused.get(&(*from, *id)),
+            Some(ErrorCode::FederationRefused) | Some(ErrorCode::UnknownQueue)
+        );
+        if !(pending || delivered || refused) {
+            return false;
+        }
+    }
+    true
+}
+
+/// No open relay: a QS enqueues only messages addressed to it whose queue config is
+/// sealed to it (Requirement: FED-1, ADV-REMOTE-1).
+pub fn inv_no_open_relay(state: &State) -> bool {
+    state
+        .ghost
+        .fed
+        .accepted
+        .iter()
+        .all(|a| a.destination == a.at && a.queue_domain == Some(a.at))
+}
+
+/// No forged enqueue accepted: every accepted federated message is signed with the key
+/// its claimed sender publishes, from a sender the receiver's policy allows, not claiming
+/// to be the receiver; and one that names an honest homeserver as sender was really put
+/// in that homeserver's outbox, for that destination (Requirement: FED-2, FED-4,
+/// ADV-REMOTE-1).
+pub fn inv_no_forged_enqueue_accepted(state: &State) -> bool {
+    for a in state.ghost.fed.accepted.iter() {
+        if state.directory.get(&a.sender) != Some(&a.signer) || a.sender == a.at {
+            return false;
+        }
+        let Some(receiver) = state.server(a.at) else {
+            return false;
+        };
+        if !receiver.fed.policy.allows(a.sender) {
+            return false;
+        }
+        if state.servers.contains_key(&a.sender) {
+            match state.ghost.fed.created.get(&(a.sender, a.id)) {
+                Some((destination, _, _)) if *destination == a.at => {}
+                _ => return false,
+            }
+        }
+    }
+    true
 }
 
 /// Per-client queue order with no loss: every queue holds exactly its numbers from the

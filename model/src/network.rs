@@ -4,7 +4,8 @@
 //! answer to a commit is a stale view, which the epoch check covers); a replayed DS
 //! request is the adversary's [`crate::adversary::AdvOp::ReplayDs`].
 //!
-//! Not here: federation links (not yet modelled).
+//! Federated traffic between homeservers travels as [`FedPacket`]s on the same network,
+//! with the same faults; its operations are [`crate::federation::FedOp`].
 
 use phoenix_types::error::ErrorCode;
 
@@ -26,10 +27,31 @@ pub enum Packet {
     },
 }
 
+/// A federated packet on the wire between two homeservers (Requirement: ADV-NET-1).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FedPacket {
+    /// A signed federated enqueue from `origin`'s outbox worker to `to`'s QS (`origin` is
+    /// who really sent it; the message names a sender of its own).
+    Request {
+        origin: DomainId,
+        to: DomainId,
+        message: crate::federation::FederatedEnqueue,
+    },
+    /// The QS's answer to it, back to the sender's outbox worker.
+    Answer {
+        from: DomainId,
+        to: DomainId,
+        id: crate::federation::FedMsgId,
+        outcome: Result<(), ErrorCode>,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Network {
     /// Packets in flight, as a multiset (order is not delivery order: any can go next).
     pub in_flight: Vec<Packet>,
+    /// Federated packets in flight, as a multiset.
+    pub federation: Vec<FedPacket>,
     /// The last accepted DS request seen on the wire (what a replay resends).
     pub last_ds: Option<(DomainId, DsCall)>,
 }

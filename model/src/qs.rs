@@ -59,8 +59,10 @@ impl QsState {
             queue_config_key,
             users: BTreeMap::new(),
             clients: BTreeMap::new(),
-            next_user: 0,
-            next_client: 0,
+            // Ids are unique across homeservers (domain d counts from 1,000 d), so that
+            // ghost records naming a QS id are unambiguous in a federated world.
+            next_user: 1000u32.saturating_mul(u32::from(domain.0)),
+            next_client: 1000u32.saturating_mul(u32::from(domain.0)),
         }
     }
 

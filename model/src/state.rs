@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::adversary::{self, AdvOp, Observation};
 use crate::call::{Call, DsCall, Outcome};
 use crate::client::{self, ClientOp, ClientRef, HonestClient};
+use crate::federation::{self, FanOutGhost, FedGhost, FedOp, FedState};
 use crate::ids::{ClientName, DomainId, Epoch, Fid, GroupId, KeyId, MsgId, PkgId, QsCid, Time};
 use crate::network::{self, NetOp, Network};
 use crate::queue::QueueItem;
@@ -26,6 +27,8 @@ pub struct Config {
     pub max_dequeue: u32,
     /// Lifetime of an issued client certificate.
     pub cert_lifetime: Time,
+    /// How far a federated message's timestamp may be from the receiver's clock.
+    pub clock_skew: Time,
 }
 
 impl Default for Config {
@@ -33,29 +36,34 @@ impl Default for Config {
         Self {
             max_dequeue: 500,
             cert_lifetime: 30 * 24 * 3600,
+            clock_skew: 300,
         }
     }
 }
 
-/// One homeserver: its three services.
+/// One homeserver: its three services and its federation state (outbox, replay
+/// records, policy).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Homeserver {
     pub domain: DomainId,
     pub as_: as_::AsState,
     pub qs: qs::QsState,
     pub ds: ds::DsState,
+    pub fed: FedState,
 }
 
 impl Homeserver {
-    /// A fresh homeserver: its CA key and QS queue-config key are named after the domain
-    /// (keys 1000 + 2d and 1001 + 2d), so they never collide with client keys.
+    /// A fresh homeserver: its CA key, QS queue-config key and QS signing key are named
+    /// after the domain (keys 1000 + 2d, 1001 + 2d and 1500 + d), so they never collide
+    /// with client keys.
     pub fn new(domain: DomainId) -> Self {
         let base = 1000u32.saturating_add(2u32.saturating_mul(u32::from(domain.0)));
         Self {
             domain,
             as_: as_::AsState::new(domain, KeyId(base)),
-            qs: qs::QsState::new(domain, KeyId(base.saturating_add(1))),
+            qs: qs::QsState::new(domain, federation::queue_config_key(domain)),
             ds: ds::DsState::new(domain),
+            fed: FedState::new(federation::qs_signing_key(domain)),
         }
     }
 }
@@ -115,6 +123,8 @@ pub struct Ghost {
     pub last_resort_leaf_keys: BTreeSet<KeyId>,
     pub sent: BTreeMap<MsgId, Sent>,
     pub accepted: BTreeSet<Accepted>,
+    /// Federation: created, enqueued, accepted and refused federated messages.
+    pub fed: FedGhost,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -124,6 +134,9 @@ pub struct State {
     pub servers: BTreeMap<DomainId, Homeserver>,
     pub clients: BTreeMap<ClientRef, HonestClient>,
     pub network: Network,
+    /// The QS verifying key each domain's discovery document publishes (honest
+    /// homeservers and a malicious remote server alike).
+    pub directory: BTreeMap<DomainId, KeyId>,
     pub ghost: Ghost,
 }
 
@@ -131,8 +144,11 @@ impl State {
     /// `n` empty homeservers (domains 0..n) at time 0.
     pub fn new(config: Config, homeservers: u8) -> Self {
         let mut servers = BTreeMap::new();
+        let mut directory = BTreeMap::new();
         for d in 0..homeservers {
-            servers.insert(DomainId(d), Homeserver::new(DomainId(d)));
+            let server = Homeserver::new(DomainId(d));
+            directory.insert(DomainId(d), server.fed.signing_key);
+            servers.insert(DomainId(d), server);
         }
         Self {
             now: 0,
@@ -140,6 +156,7 @@ impl State {
             servers,
             clients: BTreeMap::new(),
             network: Network::default(),
+            directory,
             ghost: Ghost::default(),
         }
     }
@@ -158,6 +175,9 @@ pub enum Op {
     Client(ClientOp),
     /// The network drops, duplicates or delivers something.
     Net(NetOp),
+    /// Federation: an outbox attempt, or the network acting on a federated packet, or a
+    /// restart.
+    Fed(FedOp),
     /// An adversary acts.
     Adversary(AdvOp),
     /// Time passes.
@@ -171,6 +191,7 @@ pub fn step(state: &State, op: &Op) -> (State, Outcome) {
         Op::Call { to, call } => call_server(&mut next, *to, call),
         Op::Client(op) => client::run(&mut next, op),
         Op::Net(op) => network::run(&mut next, op),
+        Op::Fed(op) => federation::run(&mut next, op),
         Op::Adversary(op) => adversary::run(&mut next, op),
         Op::Tick => {
             next.now = next.now.saturating_add(1);
@@ -180,8 +201,9 @@ pub fn step(state: &State, op: &Op) -> (State, Outcome) {
     (next, outcome)
 }
 
-/// The id the model gives the commit a DS call carries: unique per (group, epoch), which
-/// is enough because only one commit per (group, epoch) is ever accepted.
+/// The id the model gives the commit a DS call carries: unique per (group, epoch) (the
+/// group's domain, up to 8, and number, up to 65,535, and the epoch modulo 4,096), which is
+/// enough because only one commit per (group, epoch) is ever accepted.
 pub fn commit_id(call: &DsCall) -> MsgId {
     let (group, epoch) = match call {
         DsCall::JoinConnectionGroup { group, epoch, .. }
@@ -190,9 +212,10 @@ pub fn commit_id(call: &DsCall) -> MsgId {
         | DsCall::Update { group, epoch, .. } => (*group, *epoch),
         _ => return MsgId(0),
     };
-    let g = group.n.saturating_mul(1 << 12);
+    let d = (u32::from(group.domain.0) & 0x7) << 28;
+    let g = (group.n & 0xffff) << 12;
     let e = u32::try_from(epoch).unwrap_or(u32::MAX) & 0xfff;
-    MsgId(0x8000_0000 | g | e)
+    MsgId(0x8000_0000 | d | g | e)
 }
 
 /// Send `call` to the homeserver of `to`, apply the effects, record what it showed.
@@ -204,7 +227,7 @@ pub fn call_server(state: &mut State, to: DomainId, call: &Call) -> Outcome {
     let now = state.now;
     let config = state.config;
     let Some(server) = state.servers.get_mut(&to) else {
-        // Federation is not yet modelled: no other server is reachable.
+        // No homeserver of that domain in this world: it cannot be reached.
         return Err(phoenix_types::error::ErrorCode::Unavailable);
     };
     match call {
@@ -292,8 +315,9 @@ fn queue_record_of(state: &State, sealed: &crate::ids::Sealed<QsCid>) -> Option<
 }
 
 /// Deliver fan-out: local entries go to this server's QS right away (the server's outbox
-/// delivers local entries before answering); entries for other domains are dropped here
-/// (federation is not yet modelled).
+/// delivers local entries before answering); entries for another domain's QS go into this
+/// server's outbox, for [`federation`] to forward; a queue config that names no QS is
+/// dropped.
 fn deliver(state: &mut State, from: DomainId, effects: &[ds::FanOut]) {
     for effect in effects.iter() {
         let (group, epoch, sender) = match &effect.item {
@@ -327,6 +351,24 @@ fn deliver(state: &mut State, from: DomainId, effects: &[ds::FanOut]) {
             continue;
         };
         if effect.queue_config.to != server.qs.queue_config_key {
+            if let Some(destination) = federation::queue_config_domain(effect.queue_config.to)
+                && destination != from
+            {
+                let ghost = FanOutGhost {
+                    group,
+                    epoch,
+                    sender_record,
+                    application: is_app,
+                };
+                federation::enqueue_outbox(
+                    state,
+                    from,
+                    destination,
+                    &effect.queue_config,
+                    &effect.item,
+                    ghost,
+                );
+            }
             continue;
         }
         if let Some(recipient) = qs::enqueue(&mut server.qs, &effect.queue_config, &effect.item) {

@@ -69,6 +69,7 @@ impl Phoenix {
         let config = Config {
             max_dequeue: 500,
             cert_lifetime: 2,
+            ..Config::default()
         };
         let (init, g1, g2) = world::checker_world(config);
         Self {

@@ -26,8 +26,18 @@ use phoenix_types::messages::client::{
     ConnectionEstablishmentPackage, ConnectionEstablishmentTbs, FriendshipPackage,
 };
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_minted_second_credential_is_detected() {
+/// a.test with alice and bob connected, and a certificate its AS minted for bob@a.test,
+/// client "minted", for a key the AS holds.
+struct Minted {
+    a: Homeserver,
+    alice: User,
+    bob: User,
+    minted_key: ed25519_dalek::SigningKey,
+    minted: Vec<u8>,
+    now: u64,
+}
+
+async fn minted_setup() -> Minted {
     let l = listener().await;
     let resolve = vec![format!("a.test={}", l.1)];
     let a = Homeserver::start("a.test", Backend::Sqlite, l, &resolve)
@@ -37,7 +47,6 @@ async fn a_minted_second_credential_is_detected() {
     let mut bob = User::register("bob@a.test", &a.url, &resolve).await;
     connect(&mut alice, &mut bob).await;
 
-    // The AS mints a certificate for bob@a.test, client "minted", for a key it holds.
     let ca = a.server.ca();
     let minted_key = crypto::generate_signing_key(&mut OsRng);
     let csr = certs::verify_csr(
@@ -59,6 +68,26 @@ async fn a_minted_second_credential_is_detected() {
         now + 3600,
     )
     .unwrap();
+    Minted {
+        a,
+        alice,
+        bob,
+        minted_key,
+        minted,
+        now,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minted_second_credential_is_detected() {
+    let Minted {
+        a,
+        mut alice,
+        bob: _bob,
+        minted_key,
+        minted,
+        now,
+    } = minted_setup().await;
     let minted_fingerprint = hex::encode(ParsedCert::parse(&minted).unwrap().fingerprint());
 
     // ... and sends alice a perfectly signed connection request as "bob".
@@ -175,4 +204,69 @@ async fn a_minted_second_credential_is_detected() {
         text.contains("WARNING") && text.contains(&minted_fingerprint),
         "{text}"
     );
+}
+
+// Requirement: ID-CONN-2
+/// The minted credential, in the hands of someone who also holds bob's friendship secrets (a
+/// copy of bob's device state: his contacts' friendship tokens and keys, but not his key),
+/// invites alice into a group through the real client library. Everything checks out up to
+/// a.test's CA and the invitation's attribution decrypts, but the inviting client is not the
+/// one pinned in alice's connection group with bob: alice's client refuses the invitation and
+/// does not join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invitation_from_a_minted_credential_is_refused() {
+    let Minted {
+        a: _a,
+        mut alice,
+        bob,
+        minted_key,
+        minted,
+        now: _,
+    } = minted_setup().await;
+
+    // A copy of bob's device state with the minted identity in place of bob's.
+    let evil_home = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(bob.home()).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            std::fs::copy(entry.path(), evil_home.path().join(entry.file_name())).unwrap();
+        }
+    }
+    {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}", evil_home.path().join("client.db").display());
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query(
+            "UPDATE identity SET client_id = 'minted', certificate = ?, signing_key = ? WHERE id = 1",
+        )
+        .bind(minted.as_slice())
+        .bind(minted_key.to_bytes().as_slice())
+        .execute(&mut db)
+        .await
+        .unwrap();
+        db.close().await.unwrap();
+    }
+    let mut evil = phoenix_client::Client::open(evil_home.path())
+        .await
+        .unwrap();
+    evil.create_group("trap").await.unwrap();
+    evil.invite("trap", "alice@a.test").await.unwrap();
+
+    // Alice refuses: the inviting client is not pinned in her connection group with bob.
+    let events = alice
+        .sync_until(|e| e["kind"] == "invitation_refused" || e["kind"] == "joined")
+        .await;
+    let refused = events
+        .iter()
+        .find(|e| e["kind"] == "invitation_refused")
+        .unwrap_or_else(|| panic!("the minted invitation was not refused: {events:?}"));
+    assert_eq!(refused["invited_by"], "bob@a.test", "{refused}");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("not in our connection group")),
+        "{refused}"
+    );
+    assert!(events.iter().all(|e| e["kind"] != "joined"), "{events:?}");
+    assert!(alice.client.group("trap").await.is_err());
 }

@@ -3,6 +3,8 @@
 //! logs of the homeserver hold no message plaintext, no group name, no group key (EAR or
 //! credential key), no friendship secret; the QS and DS tables hold no FID; and no table
 //! links an FID to a QS pseudonym or to group membership.
+//!
+//! Requirement: ADV-SNAP-1, ADV-SNAP-2
 
 #![allow(
     clippy::unwrap_used,

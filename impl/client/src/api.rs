@@ -15,6 +15,7 @@ use phoenix_types::messages::{
 use crate::error::ClientError;
 
 /// Who signs a request.
+#[derive(Clone, Copy)]
 pub enum Signer<'a> {
     Anonymous,
     AsClient {
@@ -87,6 +88,20 @@ impl Api {
         payload: &Req,
         signer: Signer<'_>,
     ) -> Result<Resp, ClientError> {
+        self.call_in_session(service, operation, payload, signer, None)
+            .await
+    }
+
+    /// [`Self::call`] with a foreign session's token as `Authorization: Bearer` (for the
+    /// rate-limited operations on a remote server).
+    pub async fn call_in_session<Req: Serialize, Resp: Deserialize>(
+        &self,
+        service: &str,
+        operation: &str,
+        payload: &Req,
+        signer: Signer<'_>,
+        session: Option<&str>,
+    ) -> Result<Resp, ClientError> {
         let payload = payload
             .tls_serialize_detached()
             .map_err(|e| ClientError::Usage(format!("request too large: {e}")))?;
@@ -125,31 +140,70 @@ impl Api {
             .tls_serialize_detached()
             .map_err(|e| ClientError::Usage(format!("request too large: {e}")))?;
         let url = format!("{}/phoenix/v1/{service}/{operation}", self.base);
-        let response = self
+        let mut request = self
             .http
             .post(&url)
             .header("content-type", "application/octet-stream")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport(format!("{url}: {e}")))?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Transport(format!("{url}: {e}")))?;
-        if !status.is_success() {
-            let error = serde_json::from_slice::<Problem>(&bytes)
-                .map(|p| p.to_error())
-                .unwrap_or_else(|_| {
-                    WireError::new(
-                        ErrorCode::Internal,
-                        format!("HTTP {status} without a problem document"),
-                    )
-                });
-            return Err(ClientError::Server(error));
+            .body(body);
+        if let Some(token) = session {
+            request = request.bearer_auth(token);
         }
+        let bytes = answer(request, &url).await?;
         Resp::tls_deserialize_exact(&bytes)
             .map_err(|e| ClientError::Transport(format!("{url}: malformed response: {e}")))
     }
+
+    /// `GET path` (a polyproto route), the body of a 2xx answer.
+    pub async fn get_json(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let url = format!("{}{path}", self.base);
+        answer(self.http.get(&url), &url).await
+    }
+
+    /// `POST path` with a JSON body (a polyproto route), the body of a 2xx answer.
+    pub async fn post_json(&self, path: &str, body: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let request = self
+            .http
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body);
+        answer(request, &url).await
+    }
+}
+
+/// Largest answer read (bytes).
+const MAX_ANSWER: usize = 4 * 1024 * 1024;
+
+/// Send `request`; the body of a 2xx answer, or the problem document as an error.
+async fn answer(request: reqwest::RequestBuilder, url: &str) -> Result<Vec<u8>, ClientError> {
+    let mut response = request
+        .send()
+        .await
+        .map_err(|e| ClientError::Transport(format!("{url}: {e}")))?;
+    let status = response.status();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| ClientError::Transport(format!("{url}: {e}")))?
+    {
+        if bytes.len() + chunk.len() > MAX_ANSWER {
+            return Err(ClientError::Transport(format!(
+                "{url}: the answer is too large"
+            )));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    if !status.is_success() {
+        let error = serde_json::from_slice::<Problem>(&bytes)
+            .map(|p| p.to_error())
+            .unwrap_or_else(|_| {
+                WireError::new(
+                    ErrorCode::Internal,
+                    format!("HTTP {status} without a problem document"),
+                )
+            });
+        return Err(ClientError::Server(error));
+    }
+    Ok(bytes)
 }

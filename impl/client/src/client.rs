@@ -12,13 +12,14 @@ use ed25519_dalek::SigningKey;
 use openmls::prelude::{
     Extension, Extensions, GroupId, KeyPackage, KeyPackageIn, LeafNodeParameters, MlsGroup,
     MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent, ProtocolVersion, RatchetTreeIn,
-    Sender, StagedWelcome, UnknownExtension,
+    Sender, UnknownExtension,
 };
 use openmls_traits::OpenMlsProvider;
 use rand_core::{OsRng, RngCore};
 use serde_json::json;
 use tls_codec::{Deserialize, Serialize, VLBytes};
 
+use phoenix_types::cacheable::CacheableIdCertIn;
 use phoenix_types::certs::{self, ParsedCert};
 use phoenix_types::codec;
 use phoenix_types::crypto::{self, HpkeKeyPair, SymmetricKey, hpke_info, label};
@@ -67,6 +68,53 @@ fn random32() -> [u8; 32] {
     b
 }
 
+/// A foreign session is renewed after this long (seconds), well within the server's own
+/// lifetime for it (a week, or the certificate's end).
+const SESSION_RENEWAL: u64 = 24 * 3600;
+/// Tolerated clock difference with a home server's cache window (seconds).
+const CLOCK_SKEW: u64 = 60;
+
+/// Which operations on other homeservers carry this client's foreign session there (see
+/// docs/identity.md, "What a session tells the remote server").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RemoteSessions {
+    /// None: every remote operation is anonymous to the remote server, limited per address.
+    Off,
+    /// The AS operations (connection-package fetches, direct-queue enqueues), whose requests
+    /// name only identities already. The default.
+    #[default]
+    As,
+    /// Also the QS key-package fetches and the DS operations, which tells the remote
+    /// server's operator which pseudonymous user's key packages, and which groups, go with
+    /// this client's FID: opt-in.
+    All,
+}
+
+impl RemoteSessions {
+    fn covers(self, service: &str) -> bool {
+        match self {
+            Self::Off => false,
+            Self::As => service == "as",
+            Self::All => true,
+        }
+    }
+}
+
+impl std::str::FromStr for RemoteSessions {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(Self::Off),
+            "as" => Ok(Self::As),
+            "all" => Ok(Self::All),
+            other => Err(format!(
+                "invalid remote-sessions setting {other:?}: expected off, as or all"
+            )),
+        }
+    }
+}
+
 /// Where the client fetches a domain's CA certificates from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CaSource {
@@ -74,6 +122,52 @@ enum CaSource {
     Home,
     /// The domain's own homeserver.
     Issuer,
+}
+
+impl CaSource {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Home => "own server",
+            Self::Issuer => "issuing server",
+        }
+    }
+}
+
+/// The longest cache window polyproto allows (12 hours).
+const MAX_CACHE_WINDOW: u64 = 12 * 3600;
+/// Most certificates one `idcert/actor` answer may hold.
+const MAX_VOUCHED: usize = 1024;
+
+/// A certificate as its home server vouched for it (verified).
+#[derive(Debug, Clone)]
+struct Vouched {
+    cert: ParsedCert,
+    invalidated_at: Option<u64>,
+    not_valid_after: u64,
+}
+
+/// What `certificates FID` reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ActorCertificates {
+    pub fid: String,
+    /// `own server` (its cache) or `issuing server`.
+    pub source: &'static str,
+    pub certificates: Vec<VouchedCertificate>,
+}
+
+/// One certificate of [`ActorCertificates`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VouchedCertificate {
+    pub client_id: String,
+    pub fingerprint: String,
+    /// Unsigned decimal.
+    pub serial: String,
+    pub not_before: u64,
+    pub not_after: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalidated_at: Option<u64>,
+    /// Until when the home server's statement may be relied on.
+    pub cache_not_valid_after: u64,
 }
 
 /// What `register` reports.
@@ -120,6 +214,7 @@ pub struct Client {
     store: Store,
     provider: Provider,
     sync_before_commit: bool,
+    remote_sessions: RemoteSessions,
 }
 
 impl std::fmt::Debug for Client {
@@ -140,7 +235,14 @@ impl Client {
             store,
             provider,
             sync_before_commit: true,
+            remote_sessions: RemoteSessions::default(),
         })
+    }
+
+    /// Which operations on other homeservers carry a foreign session (default: the AS
+    /// ones).
+    pub fn set_remote_sessions(&mut self, setting: RemoteSessions) {
+        self.remote_sessions = setting;
     }
 
     /// Whether operations that send to a group (send, invite, update, remove) first process
@@ -230,10 +332,138 @@ impl Client {
         Api::new(&self.resolver().await?.url(&domain))
     }
 
-    /// The API of the DS that hosts `group_id`.
-    async fn ds_api(&self, id: &Identity, group_id: &[u8]) -> Result<Api, ClientError> {
+    /// Call a DS operation at the DS that hosts `group_id`.
+    async fn ds_call<Req: Serialize, Resp: Deserialize>(
+        &self,
+        id: &Identity,
+        group_id: &[u8],
+        operation: &str,
+        payload: &Req,
+        signer: Signer<'_>,
+    ) -> Result<Resp, ClientError> {
         let gid = QualifiedGroupId::parse(group_id).map_err(|e| verification(e.to_string()))?;
-        self.api_for(id, gid.domain().as_str()).await
+        self.call_at(id, gid.domain().as_str(), "ds", operation, payload, signer)
+            .await
+    }
+
+    // Requirement: RL-SESSION-3
+    /// Call `service/operation` at `domain`'s server (ours, or another one). On another
+    /// server, the request carries this client's foreign session there as a bearer token
+    /// when [`RemoteSessions`] allows it for `service` (the server then counts the request
+    /// against the session's quota rather than only its address's); a token the server
+    /// refuses (`UNAUTHENTICATED`: expired, ended, revoked) is dropped, a new session
+    /// opened, and the request sent once more.
+    async fn call_at<Req: Serialize, Resp: Deserialize>(
+        &self,
+        id: &Identity,
+        domain: &str,
+        service: &str,
+        operation: &str,
+        payload: &Req,
+        signer: Signer<'_>,
+    ) -> Result<Resp, ClientError> {
+        let api = self.api_for(id, domain).await?;
+        let token = self.session_token(id, &api, domain, service, false).await;
+        let result = api
+            .call_in_session(service, operation, payload, signer, token.as_deref())
+            .await;
+        match result {
+            Err(e) if token.is_some() && e.code() == Some("UNAUTHENTICATED") => {
+                let token = self.session_token(id, &api, domain, service, true).await;
+                api.call_in_session(service, operation, payload, signer, token.as_deref())
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// This client's session token on `domain`'s server for a `service` operation: `None`
+    /// for our own server, when the setting excludes `service`, or when no session can be
+    /// opened (the request then goes without one and counts against the address's limits;
+    /// the reason is logged). `renew` drops the stored token first.
+    async fn session_token(
+        &self,
+        id: &Identity,
+        api: &Api,
+        domain: &str,
+        service: &str,
+        renew: bool,
+    ) -> Option<String> {
+        if domain == id.qs_domain || !self.remote_sessions.covers(service) {
+            return None;
+        }
+        let result = async {
+            let serial = phoenix_types::cacheable::decimal(
+                &ParsedCert::parse(&id.certificate)
+                    .map_err(|e| ClientError::Store(format!("our own certificate: {e}")))?
+                    .serial,
+            );
+            if renew {
+                self.store.delete_session(domain).await?;
+            } else if let Some((token, stored_serial, expires_at)) =
+                self.store.session(domain).await?
+                && stored_serial == serial
+                && expires_at > now()
+            {
+                return Ok(token);
+            }
+            self.open_session(id, api, domain, &serial).await
+        }
+        .await;
+        match result {
+            Ok(token) => Some(token),
+            Err(e) => {
+                tracing::warn!(error = %e, %domain, "cannot open a session; going without one");
+                None
+            }
+        }
+    }
+
+    /// Open a foreign session on `domain`'s server: answer its key trial with our ID-Cert
+    /// key (polyproto `session/auth`); the token is stored until [`SESSION_RENEWAL`] or our
+    /// certificate's end, whichever comes first.
+    async fn open_session(
+        &self,
+        id: &Identity,
+        api: &Api,
+        domain: &str,
+        serial: &str,
+    ) -> Result<String, ClientError> {
+        let malformed = |what: &str| ClientError::Transport(format!("{domain}: {what}"));
+        let trial: serde_json::Value =
+            serde_json::from_slice(&api.get_json("/.p2/core/v1/session/auth").await?)
+                .map_err(|_| malformed("malformed key trial"))?;
+        let trial = trial
+            .get("trial")
+            .and_then(serde_json::Value::as_str)
+            .filter(|t| (32..=256).contains(&t.len()))
+            .ok_or_else(|| malformed("malformed key trial"))?;
+        let signature =
+            ed25519_dalek::Signer::sign(&Self::signing_key(id), trial.as_bytes()).to_bytes();
+        let body = serde_json::to_vec(&json!({
+            "fid": id.fid,
+            "serialNumber": serial,
+            "signature": hex::encode(signature),
+            "trial": trial,
+        }))
+        .map_err(|e| ClientError::Usage(e.to_string()))?;
+        let answer: serde_json::Value =
+            serde_json::from_slice(&api.post_json("/.p2/core/v1/session/auth", body).await?)
+                .map_err(|_| malformed("malformed session answer"))?;
+        let token = answer
+            .get("token")
+            .and_then(serde_json::Value::as_str)
+            .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| malformed("malformed session token"))?
+            .to_owned();
+        let not_after = ParsedCert::parse(&id.certificate)
+            .map(|c| c.not_after)
+            .unwrap_or(0);
+        let expires_at = now().saturating_add(SESSION_RENEWAL).min(not_after);
+        self.store
+            .put_session(domain, &token, serial, expires_at)
+            .await?;
+        Ok(token)
     }
 
     /// The CA certificates known for `domain`; fetched when none is known yet.
@@ -314,6 +544,21 @@ impl Client {
         cert: &ParsedCert,
         at: u64,
     ) -> Result<phoenix_types::certs::ActorSubject, ClientError> {
+        let subject = self.verify_actor_chain(cert, at).await?;
+        // Another domain's user: its home server must vouch for the certificate and not
+        // have invalidated it (the same ladder: our server's cache, then the home server).
+        if cert.issuer_domain.as_str() != self.identity().await?.qs_domain {
+            self.check_vouched(cert, &subject.fid, at).await?;
+        }
+        Ok(subject)
+    }
+
+    /// The chain part of [`Self::verify_actor`], with the CA ladder.
+    async fn verify_actor_chain(
+        &self,
+        cert: &ParsedCert,
+        at: u64,
+    ) -> Result<phoenix_types::certs::ActorSubject, ClientError> {
         let domain = cert.issuer_domain.to_string();
         let cas = self.cas_for(&domain).await?;
         let mut last = match verify::verify_chain(cert, &cas, at) {
@@ -333,6 +578,191 @@ impl Client {
             }
         }
         Err(last)
+    }
+
+    // Requirement: ID-CACHE-3
+    /// The certificates of `fid` that its home server vouches for now, through the ladder:
+    /// our own server's cache first, then the home server itself. Every object's
+    /// `cacheSignature` must verify with a CA key of `fid`'s domain, its certificate must
+    /// be `fid`'s and chain to that domain's CA, and its window must contain now.
+    pub async fn actor_certificates(&self, fid: &str) -> Result<ActorCertificates, ClientError> {
+        let id = self.identity().await?;
+        let fid = Fid::parse(fid).map_err(|e| usage(e.to_string()))?;
+        let (source, vouched) = self.vouching_ladder(&id, &fid, None).await?;
+        Ok(ActorCertificates {
+            fid: fid.to_string(),
+            source: source.name(),
+            certificates: vouched
+                .iter()
+                .map(|v| VouchedCertificate {
+                    client_id: v
+                        .cert
+                        .actor
+                        .as_ref()
+                        .map(|a| a.client_id.to_string())
+                        .unwrap_or_default(),
+                    fingerprint: hex::encode(v.cert.fingerprint()),
+                    serial: phoenix_types::cacheable::decimal(&v.cert.serial),
+                    not_before: v.cert.not_before,
+                    not_after: v.cert.not_after,
+                    invalidated_at: v.invalidated_at,
+                    cache_not_valid_after: v.not_valid_after,
+                })
+                .collect(),
+        })
+    }
+
+    /// Whether `cert` (of `fid`, another domain's user, its chain already verified) was
+    /// not invalidated as of `at`, as its home server says: from what we were told within
+    /// its window, or through the ladder (own server, home server). Neither answering, or
+    /// neither listing the certificate, fails with both reasons: the caller marks the
+    /// message unverified and says why.
+    async fn check_vouched(
+        &self,
+        cert: &ParsedCert,
+        fid: &Fid,
+        at: u64,
+    ) -> Result<(), ClientError> {
+        let fid_str = fid.to_string();
+        let invalidated_at = match self.store.vouched(&fid_str, &cert.der, now()).await? {
+            Some(invalidated_at) => invalidated_at,
+            None => {
+                let id = self.identity().await?;
+                let (_, vouched) = self.vouching_ladder(&id, fid, Some(&cert.der)).await?;
+                vouched
+                    .iter()
+                    .find(|v| v.cert.der == cert.der)
+                    .and_then(|v| v.invalidated_at)
+            }
+        };
+        match invalidated_at {
+            Some(when) if when <= at => Err(verification(format!(
+                "the certificate of {fid_str} was invalidated at {when} by its home server"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Ask our own server, then `fid`'s home server, for the certificates the home server
+    /// vouches for; with `wanted`, an answer that does not list that certificate counts as
+    /// a failure of that rung. Records every verified answer in the local store until its
+    /// window ends.
+    async fn vouching_ladder(
+        &self,
+        id: &Identity,
+        fid: &Fid,
+        wanted: Option<&[u8]>,
+    ) -> Result<(CaSource, Vec<Vouched>), ClientError> {
+        let rungs: &[CaSource] = if fid.domain().as_str() == id.qs_domain {
+            &[CaSource::Home]
+        } else {
+            &[CaSource::Home, CaSource::Issuer]
+        };
+        let mut reasons = Vec::new();
+        for source in rungs {
+            match self.fetch_vouched(id, fid, *source).await {
+                Ok(vouched) => {
+                    self.store
+                        .put_vouched(
+                            &fid.to_string(),
+                            &vouched
+                                .iter()
+                                .map(|v| (v.cert.der.clone(), v.invalidated_at, v.not_valid_after))
+                                .collect::<Vec<_>>(),
+                            now(),
+                        )
+                        .await?;
+                    if wanted.is_none_or(|der| vouched.iter().any(|v| v.cert.der == der)) {
+                        return Ok((*source, vouched));
+                    }
+                    reasons.push(format!("{} does not list the certificate", source.name()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %fid, source = source.name(), "cannot learn the certificates");
+                    reasons.push(format!("{}: {e}", source.name()));
+                }
+            }
+        }
+        Err(verification(format!(
+            "no server vouches for this certificate of {fid} ({})",
+            reasons.join("; ")
+        )))
+    }
+
+    /// One rung: `GET idcert/actor/{fid}` at our own server or at `fid`'s home server,
+    /// every object verified.
+    async fn fetch_vouched(
+        &self,
+        id: &Identity,
+        fid: &Fid,
+        source: CaSource,
+    ) -> Result<Vec<Vouched>, ClientError> {
+        let domain = fid.domain().as_str();
+        let api = match source {
+            CaSource::Home => Self::api(id)?,
+            CaSource::Issuer => self.api_for(id, domain).await?,
+        };
+        let body = api
+            .get_json(&format!("/.p2/core/v1/idcert/actor/{fid}"))
+            .await?;
+        let objects: Vec<CacheableIdCertIn> = serde_json::from_slice(&body)
+            .map_err(|e| verification(format!("malformed idcert/actor answer: {e}")))?;
+        if objects.len() > MAX_VOUCHED {
+            return Err(verification("too many certificates in the answer"));
+        }
+        let mut refreshed = false;
+        let mut vouched = Vec::with_capacity(objects.len());
+        let now = now();
+        for object in &objects {
+            let verified = loop {
+                let cas = self.cas_for(domain).await?;
+                let found = cas.iter().find_map(|der| {
+                    let ca = ParsedCert::parse(der).ok()?;
+                    ca.verify_self_signed_ca(fid.domain()).ok()?;
+                    object.verify(&ca.public_key).ok()
+                });
+                match found {
+                    Some(verified) => break verified,
+                    // The domain's CA may have rotated: learn its history once more.
+                    None if !refreshed => {
+                        refreshed = true;
+                        self.refresh_cas(domain).await?;
+                    }
+                    None => {
+                        return Err(verification(format!(
+                            "a cacheSignature verifies with no CA key of {domain}"
+                        )));
+                    }
+                }
+            };
+            let subject = verify::verify_chain(
+                &verified.cert,
+                &self.store.cas(domain).await?,
+                verified.cert.not_before,
+            )?;
+            if subject.fid != *fid {
+                return Err(verification(format!(
+                    "the answer for {fid} holds a certificate of {}",
+                    subject.fid
+                )));
+            }
+            if verified.not_valid_before > now.saturating_add(CLOCK_SKEW)
+                || verified.not_valid_after.saturating_add(CLOCK_SKEW) < now
+            {
+                return Err(verification(format!(
+                    "the answer for {fid} is outside its cache window"
+                )));
+            }
+            vouched.push(Vouched {
+                cert: verified.cert,
+                invalidated_at: verified.invalidated_at,
+                // Kept no longer than polyproto's longest window, whatever was signed.
+                not_valid_after: verified
+                    .not_valid_after
+                    .min(now.saturating_add(MAX_CACHE_WINDOW)),
+            });
+        }
+        Ok(vouched)
     }
 
     /// Verify a credential info for `leaf_key` as of `at`.
@@ -708,10 +1138,9 @@ impl Client {
             .tls_serialize_detached()
             .map_err(mls_err)?;
         let _: Empty = self
-            .ds_api(id, &record.group_id)
-            .await?
-            .call(
-                "ds",
+            .ds_call(
+                id,
+                &record.group_id,
                 ds::SEND_MESSAGE,
                 &ds::SendMessageRequest {
                     timestamp: now(),
@@ -751,9 +1180,11 @@ impl Client {
             )));
         }
         // The AS of the target's homeserver (ours, or another one).
-        let api = self.api_for(&id, target.domain().as_str()).await?;
-        let fetched: as_::FetchConnectionPackageResponse = api
-            .call(
+        let target_domain = target.domain().as_str();
+        let fetched: as_::FetchConnectionPackageResponse = self
+            .call_at(
+                &id,
+                target_domain,
                 "as",
                 as_::FETCH_CONNECTION_PACKAGE,
                 &as_::FetchConnectionPackageRequest {
@@ -822,8 +1253,10 @@ impl Client {
             &cep,
         )
         .map_err(|e| ClientError::Mls(e.to_string()))?;
-        let _: Empty = api
-            .call(
+        let _: Empty = self
+            .call_at(
+                &id,
+                target_domain,
                 "as",
                 as_::ENQUEUE_CONNECTION,
                 &as_::EnqueueConnectionRequest {
@@ -861,6 +1294,7 @@ impl Client {
         }
     }
 
+    // Requirement: ID-CONN-1, ADV-AS-1
     /// Why a pending request is suspicious: it names an existing contact but comes from a
     /// certificate not pinned in our connection group with them (for example a second
     /// credential minted by their server).
@@ -1012,10 +1446,10 @@ impl Client {
         if let Some(warning) = self.request_warning(&request).await? {
             return Err(verification(format!("refusing to accept: {warning}")));
         }
-        let api = self.ds_api(&id, &request.group_id).await?;
-        let info: ds::ExternalCommitInfoResponse = api
-            .call(
-                "ds",
+        let info: ds::ExternalCommitInfoResponse = self
+            .ds_call(
+                &id,
+                &request.group_id,
                 ds::EXTERNAL_COMMIT_INFO,
                 &ds::ExternalCommitInfoRequest {
                     group_id: VLBytes::new(request.group_id.clone()),
@@ -1099,9 +1533,10 @@ impl Client {
             &record.group_id,
             &Self::credential_info(&id, signer.public()),
         )?;
-        let _: Empty = api
-            .call(
-                "ds",
+        let _: Empty = self
+            .ds_call(
+                &id,
+                &record.group_id,
                 ds::JOIN_CONNECTION_GROUP,
                 &ds::JoinConnectionGroupRequest {
                     group_id: VLBytes::new(record.group_id.clone()),
@@ -1233,9 +1668,10 @@ impl Client {
             .as_ref()
             .and_then(|c| c.qs_domain.clone())
             .unwrap_or_else(|| id.qs_domain.clone());
-        let api = self.api_for(&id, &contact_qs).await?;
-        let fetched: qs::FetchKeyPackagesResponse = api
-            .call(
+        let fetched: qs::FetchKeyPackagesResponse = self
+            .call_at(
+                &id,
+                &contact_qs,
                 "qs",
                 qs::FETCH_KEY_PACKAGES,
                 &qs::FetchKeyPackagesRequest {
@@ -1345,10 +1781,10 @@ impl Client {
                 welcome_info: VLBytes::new(welcome_info),
             });
         }
-        let ds_api = self.ds_api(&id, &record.group_id).await?;
-        let result: Result<Empty, ClientError> = ds_api
-            .call(
-                "ds",
+        let result: Result<Empty, ClientError> = self
+            .ds_call(
+                &id,
+                &record.group_id,
                 ds::ADD_USERS,
                 &ds::AddUsersRequest {
                     timestamp: now(),
@@ -1493,10 +1929,9 @@ impl Client {
         let group_info =
             group_info.ok_or_else(|| ClientError::Mls("no group info for the new epoch".into()))?;
         let result: Result<Empty, ClientError> = self
-            .ds_api(id, &record.group_id)
-            .await?
-            .call(
-                "ds",
+            .ds_call(
+                id,
+                &record.group_id,
                 operation,
                 &ds::CommitRequest {
                     timestamp: now(),
@@ -1761,6 +2196,8 @@ impl Client {
     async fn pull(&mut self, id: &Identity) -> Result<Vec<serde_json::Value>, ClientError> {
         let api = Self::api(id)?;
         let qs_key = SigningKey::from_bytes(&id.qs_client_key);
+        // Requirement: QS-Q-2, ADV-NET-1 (resume from the persisted sequence number: each
+        // message once, in order, whatever the network dropped or duplicated)
         let mut start = self
             .store
             .identity()
@@ -1837,10 +2274,7 @@ impl Client {
             return Err(verification("a message for a group we are not in"));
         };
         let mut group = self.load_group(&record.group_id)?;
-        let protocol = MlsMessageIn::tls_deserialize_exact(message.message.as_slice())
-            .map_err(mls_err)?
-            .try_into_protocol_message()
-            .map_err(mls_err)?;
+        let protocol = mls::protocol_message(message.message.as_slice())?;
         let processed = group
             .process_message(&self.provider, protocol)
             .map_err(mls_err)?;
@@ -2076,30 +2510,20 @@ impl Client {
             .await?
             .is_some_and(|c| c.status == "connected");
         let pinned = self.store.contact_clients(&inviter_fid).await?;
+        // Requirement: ID-CONN-2, ADV-AS-1
         if !connected || pinned.get(inviter.client_id.as_str()) != Some(&cert.der) {
             return Ok(
                 json!({"kind": "invitation_refused", "group": tbs.group_name, "invited_by": inviter_fid,
                 "reason": "the inviting client is not in our connection group with the inviter"}),
             );
         }
-        let welcome = match MlsMessageIn::tls_deserialize_exact(bundle.welcome.as_slice())
-            .map_err(mls_err)?
-            .extract()
-        {
-            MlsMessageBodyIn::Welcome(w) => w,
-            _ => return Err(verification("the welcome bundle holds no welcome")),
-        };
-        let tree = RatchetTreeIn::tls_deserialize_exact(bundle.ratchet_tree.as_slice())
-            .map_err(mls_err)?;
-        let group = StagedWelcome::new_from_welcome(
+        let group = mls::join_from_welcome(
             &self.provider,
             &mls::join_config(),
-            welcome,
-            Some(tree),
-        )
-        .map_err(mls_err)?
-        .into_group(&self.provider)
-        .map_err(mls_err)?;
+            bundle.welcome.as_slice(),
+            Some(bundle.ratchet_tree.as_slice()),
+            openmls::group::LeafNodeLifetimePolicy::Verify,
+        )?;
         if group.group_id().as_slice() != group_id.as_slice() {
             return Err(verification("the welcome is for another group"));
         }

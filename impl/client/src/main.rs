@@ -27,6 +27,18 @@ struct Cli {
     /// --resolve); remembered in the state directory for later commands.
     #[arg(long = "resolve", value_name = "DOMAIN=URL", global = true)]
     resolve: Vec<String>,
+    /// Which operations on other homeservers carry a foreign session (a token from a key
+    /// trial, so the server limits this client per session, not only per address): off, as
+    /// (the default: connection-package fetches and direct-queue enqueues) or all (also
+    /// key-package fetches and DS operations, which links this client's FID to a
+    /// pseudonymous user or to groups in the remote operator's view; see docs/identity.md).
+    #[arg(
+        long = "remote-sessions",
+        value_name = "off|as|all",
+        env = "PHOENIX_REMOTE_SESSIONS",
+        global = true
+    )]
+    remote_sessions: Option<phoenix_client::client::RemoteSessions>,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,6 +74,9 @@ enum Command {
     Renew,
     /// Show the messages received in a group, each re-verified as of when it arrived.
     History { group: String },
+    /// Show the certificates another user's home server vouches for (verified), asked of
+    /// this client's own server first, then of the user's home server.
+    Certificates { fid: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,6 +140,9 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
     };
     let mut client = Client::open(&home).await?;
     client.add_resolve(&cli.resolve).await?;
+    if let Some(setting) = cli.remote_sessions {
+        client.set_remote_sessions(setting);
+    }
     Ok(match cli.command {
         Command::Register { fid, server } => {
             let r = client.register(&fid, &server).await?;
@@ -266,6 +284,29 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
                 .collect::<Vec<_>>()
                 .join("\n");
             (json!({"group": group, "messages": messages}), text)
+        }
+        Command::Certificates { fid } => {
+            let answer = client.actor_certificates(&fid).await?;
+            let text = answer
+                .certificates
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} {} (client {}, valid {}..{}){}",
+                        answer.fid,
+                        c.fingerprint,
+                        c.client_id,
+                        c.not_before,
+                        c.not_after,
+                        c.invalidated_at
+                            .map(|at| format!(", INVALIDATED at {at}"))
+                            .unwrap_or_default()
+                    )
+                })
+                .chain(std::iter::once(format!("(from the {})", answer.source)))
+                .collect::<Vec<_>>()
+                .join("\n");
+            (serde_json::to_value(&answer).unwrap_or(Value::Null), text)
         }
         Command::Sync => {
             let events = client.sync().await?;

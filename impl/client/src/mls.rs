@@ -9,19 +9,22 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
+use openmls::group::{LeafNodeLifetimePolicy, MlsGroupJoinConfigBuilder};
 use openmls::prelude::{
     BasicCredential, Capabilities, Ciphersuite, CredentialWithKey, ExtensionType,
     MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig,
+    MlsMessageBodyIn, MlsMessageIn, ProtocolMessage, RatchetTreeIn, StagedWelcome,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_memory_storage::MemoryStorage;
 use openmls_rust_crypto::RustCrypto;
 use openmls_traits::OpenMlsProvider;
 use rand_core::{OsRng, RngCore};
+use tls_codec::Deserialize;
 
 use phoenix_types::messages::qs::QUEUE_CONFIG_EXTENSION_TYPE;
 
-use crate::error::{ClientError, mls_err};
+use crate::error::{ClientError, mls_err, verification};
 
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 
@@ -103,11 +106,17 @@ pub fn create_config() -> MlsGroupCreateConfig {
 }
 
 pub fn join_config() -> MlsGroupJoinConfig {
+    join_config_builder().build()
+}
+
+/// The settings of [`join_config`], for callers that need one more: replaying a recorded
+/// group that injects resumption PSKs of earlier epochs needs them kept
+/// (`number_of_resumption_psks`), which Phoenix's groups never do.
+pub fn join_config_builder() -> MlsGroupJoinConfigBuilder {
     MlsGroupJoinConfig::builder()
         .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
         .use_ratchet_tree_extension(false)
         .max_past_epochs(MAX_PAST_EPOCHS)
-        .build()
 }
 
 /// A fresh leaf signature key (stored in the provider so it can be found again by its
@@ -135,4 +144,60 @@ pub fn own_signer(provider: &Provider, group: &MlsGroup) -> Result<SignatureKeyP
         CIPHERSUITE.signature_algorithm(),
     )
     .ok_or_else(|| ClientError::Mls("the key of our leaf is missing from the local store".into()))
+}
+
+// Requirement: VEC-3
+/// Join a group from a `Welcome` (an encoded `MLSMessage`) with the key package whose
+/// private keys are in `provider`'s storage: decrypt the group secrets, take the ratchet
+/// tree from `ratchet_tree` (an encoded ratchet tree sent alongside, as the DS does) or
+/// else from the group info's `ratchet_tree` extension, verify the tree and the group info
+/// as openmls does, and return the group at the welcome's epoch. External PSKs the welcome
+/// names must be in the provider's storage already.
+///
+/// `lifetimes` is [`LeafNodeLifetimePolicy::Verify`] for every invitation: leaves whose
+/// lifetime has ended are refused. Only a replay of a recorded group (the MLS working
+/// group's vectors, whose leaves expired after they were generated) skips that check.
+///
+/// The caller decides whether to trust the group (who invited us, with which attribution):
+/// this is the MLS part only. The MLS working group's passive-client vectors join through
+/// it (`tests/mls_vectors.rs`).
+pub fn join_from_welcome(
+    provider: &Provider,
+    config: &MlsGroupJoinConfig,
+    welcome: &[u8],
+    ratchet_tree: Option<&[u8]>,
+    lifetimes: LeafNodeLifetimePolicy,
+) -> Result<MlsGroup, ClientError> {
+    let welcome = match MlsMessageIn::tls_deserialize_exact(welcome)
+        .map_err(mls_err)?
+        .extract()
+    {
+        MlsMessageBodyIn::Welcome(w) => w,
+        _ => return Err(verification("the welcome bundle holds no welcome")),
+    };
+    let tree = ratchet_tree
+        .map(RatchetTreeIn::tls_deserialize_exact)
+        .transpose()
+        .map_err(mls_err)?;
+    let mut join = StagedWelcome::build_from_welcome(provider, config, welcome).map_err(mls_err)?;
+    if let Some(tree) = tree {
+        join = join.with_ratchet_tree(tree);
+    }
+    if lifetimes == LeafNodeLifetimePolicy::Skip {
+        join = join.skip_lifetime_validation();
+    }
+    join.build()
+        .map_err(mls_err)?
+        .into_group(provider)
+        .map_err(mls_err)
+}
+
+// Requirement: VEC-3
+/// Decode an incoming `MLSMessage` that must be a public or private message of a group
+/// (a commit, a proposal or an application message), for `MlsGroup::process_message`.
+pub fn protocol_message(bytes: &[u8]) -> Result<ProtocolMessage, ClientError> {
+    MlsMessageIn::tls_deserialize_exact(bytes)
+        .map_err(mls_err)?
+        .try_into_protocol_message()
+        .map_err(mls_err)
 }

@@ -215,6 +215,97 @@ impl Store {
         Ok(())
     }
 
+    /// The session token held on `domain`'s server: (token, certificate serial, expiry).
+    pub async fn session(
+        &self,
+        domain: &str,
+    ) -> Result<Option<(String, String, u64)>, ClientError> {
+        let row = sqlx::query("SELECT token, serial, expires_at FROM sessions WHERE domain = ?")
+            .bind(domain)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.get("token"), r.get("serial"), u(r.get("expires_at"))?)))
+            .transpose()
+    }
+
+    pub async fn put_session(
+        &self,
+        domain: &str,
+        token: &str,
+        serial: &str,
+        expires_at: u64,
+    ) -> Result<(), ClientError> {
+        sqlx::query(
+            "INSERT INTO sessions (domain, token, serial, expires_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (domain) DO UPDATE SET token = excluded.token, \
+             serial = excluded.serial, expires_at = excluded.expires_at",
+        )
+        .bind(domain)
+        .bind(token)
+        .bind(serial)
+        .bind(i(expires_at)?)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delete_session(&self, domain: &str) -> Result<(), ClientError> {
+        sqlx::query("DELETE FROM sessions WHERE domain = ?")
+            .bind(domain)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// What `fid`'s home server said about `certificate`, if that is still within its
+    /// window at `now`: `Some(invalidated_at)`.
+    pub async fn vouched(
+        &self,
+        fid: &str,
+        certificate: &[u8],
+        now: u64,
+    ) -> Result<Option<Option<u64>>, ClientError> {
+        let row = sqlx::query(
+            "SELECT invalidated_at FROM vouched_certificates \
+             WHERE fid = ? AND certificate = ? AND valid_until > ?",
+        )
+        .bind(fid)
+        .bind(certificate)
+        .bind(i(now)?)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| r.get::<Option<i64>, _>("invalidated_at").map(u).transpose())
+            .transpose()
+    }
+
+    /// Record what `fid`'s home server vouched for, dropping entries whose window ended.
+    pub async fn put_vouched(
+        &self,
+        fid: &str,
+        entries: &[(Vec<u8>, Option<u64>, u64)],
+        now: u64,
+    ) -> Result<(), ClientError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM vouched_certificates WHERE valid_until <= ?")
+            .bind(i(now)?)
+            .execute(&mut *tx)
+            .await?;
+        for (certificate, invalidated_at, valid_until) in entries {
+            sqlx::query(
+                "INSERT OR REPLACE INTO vouched_certificates \
+                 (fid, certificate, invalidated_at, valid_until) VALUES (?, ?, ?, ?)",
+            )
+            .bind(fid)
+            .bind(certificate.as_slice())
+            .bind(invalidated_at.map(i).transpose()?)
+            .bind(i(*valid_until)?)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn set_certificate(
         &self,
         certificate: &[u8],

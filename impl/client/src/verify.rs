@@ -49,6 +49,7 @@ pub fn credential_aad(group_id: &[u8]) -> Vec<u8> {
 
 /// Check that `info` binds `leaf_signature_key` to its client certificate: same leaf key,
 /// and the certificate's key signed it. Returns the (not yet chain-verified) certificate.
+// Requirement: ID-CHAIN-1 (leaf key bound by the ID-Cert key)
 pub fn check_binding(
     info: &ClientCredentialInfo,
     leaf_signature_key: &[u8],
@@ -68,6 +69,7 @@ pub fn check_binding(
     Ok(cert)
 }
 
+// Requirement: ID-CHAIN-1, ID-CHAIN-2
 /// Verify an actor certificate against the CA certificates `cas` of its issuer's domain,
 /// as of time `at`: one of them must be a valid self-signed CA of that domain that signed
 /// it, and the certificate (nested in the CA's validity) must be valid at `at`.

@@ -101,6 +101,13 @@ impl Request {
                 WireError::new(ErrorCode::UnknownClient, "no such client on this server")
             })?;
         self.verify_signature(&record.public_key, auth.signature.as_slice())?;
+        // Requirement: ADV-OP-1
+        observe!([
+            Observed::Fid(record.fid.clone()),
+            Observed::AsClientId(record.client_id.clone()),
+            Observed::certificate(&record.certificate),
+            Observed::CertificateSerial(record.serial.clone()),
+        ]);
         if now < record.not_before || now > record.not_after {
             return Err(WireError::new(
                 ErrorCode::InvalidCertificate,
@@ -124,6 +131,12 @@ impl Request {
             .map_err(server.internal())?
             .ok_or_else(|| WireError::new(ErrorCode::UnknownClient, "no such QS client record"))?;
         self.verify_signature(&record.auth_key, auth.signature.as_slice())?;
+        // Requirement: ADV-OP-1
+        observe!([
+            Observed::QsClientId(record.client_id),
+            Observed::QsUserId(record.user_id),
+            Observed::QsAuthKey(record.auth_key),
+        ]);
         Ok(record)
     }
 }

@@ -31,7 +31,7 @@ use phoenix_types::messages::federation as federation_messages;
 use crate::auth::Request;
 use crate::ratelimit::{self, RateLimiter};
 use crate::server::{Server, now};
-use crate::store::DsStore;
+use crate::store::{DsStore, EphemeralStore};
 use crate::{as_, ds, qs};
 
 /// All routes of the server.
@@ -86,16 +86,42 @@ pub fn routes(
              server: Arc<Server>,
              limiter: Arc<RateLimiter>| async move {
                 let client = limiter.client_ip(peer, &headers);
-                if let Err(limited) = limiter.check_operation(client, &service, &operation, &body) {
-                    return ratelimit::with_retry_after(problem(&limited.error()), &limited);
-                }
-                match dispatch(&server, &service, &operation, &body).await {
-                    Ok(bytes) => {
-                        warp::reply::with_header(bytes, "content-type", "application/octet-stream")
-                            .into_response()
+                let handled = async {
+                    // A foreign session's bearer token (a client of another server acting
+                    // here): checked before anything else, so a bad token is refused, never
+                    // ignored; only its opaque key reaches the limiter.
+                    let session = match headers.get(warp::http::header::AUTHORIZATION) {
+                        None => None,
+                        Some(value) => {
+                            match crate::polyproto::session::rate_limit_key(
+                                &server,
+                                value.to_str().ok(),
+                            )
+                            .await
+                            {
+                                Ok(key) => Some(key),
+                                Err(e) => return problem(&e),
+                            }
+                        }
+                    };
+                    if let Err(limited) = limiter
+                        .check_operation_in_session(session, client, &service, &operation, &body)
+                    {
+                        return ratelimit::with_retry_after(problem(&limited.error()), &limited);
                     }
-                    Err(e) => problem(&e),
-                }
+                    match dispatch(&server, &service, &operation, &body).await {
+                        Ok(bytes) => warp::reply::with_header(
+                            bytes,
+                            "content-type",
+                            "application/octet-stream",
+                        )
+                        .into_response(),
+                        Err(e) => problem(&e),
+                    }
+                };
+                // The observation tap's request scope, from the session check on (test-only
+                // feature; see `observe`).
+                observe_request!(server, &service, &operation, client, handled).await
             },
         );
     health
@@ -129,12 +155,14 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let worker = tokio::spawn(crate::outbox::run(server.clone()));
+    let purges = tokio::spawn(crate::jobs::run_purges(server.clone()));
     warp::serve(routes(server))
         .incoming(listener)
         .graceful(shutdown)
         .run()
         .await;
     worker.abort();
+    purges.abort();
 }
 
 async fn dispatch(
@@ -171,6 +199,7 @@ async fn dispatch(
     }
 }
 
+// Requirement: WIRE-2 (every refusal is a problem document; the status comes from the code)
 pub(crate) fn problem(err: &WireError) -> Response {
     let problem = Problem::from_error(err);
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -254,6 +283,26 @@ async fn metrics(server: &Server) -> String {
             "Messages accepted from remote QSs.",
             &m.federation_received,
         ),
+        (
+            "phoenix_federation_seen_pruned_total",
+            "Replay records of federated messages pruned after the freshness window.",
+            &m.federation_seen_pruned,
+        ),
+        (
+            "phoenix_idcert_cache_hits_total",
+            "Foreign actors' certificates served from the cache.",
+            &m.idcert_cache_hits,
+        ),
+        (
+            "phoenix_idcert_cache_misses_total",
+            "Foreign actors' certificates fetched from their home server.",
+            &m.idcert_cache_misses,
+        ),
+        (
+            "phoenix_idcert_cache_purged_total",
+            "Cached foreign actors' certificates purged after their window.",
+            &m.idcert_cache_purged,
+        ),
     ];
     for (name, help, value) in counters {
         let _ = writeln!(
@@ -261,6 +310,15 @@ async fn metrics(server: &Server) -> String {
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
             value.load(Ordering::Relaxed)
         );
+    }
+    match server.store.idcert_cache_len().await {
+        Ok(entries) => {
+            let _ = writeln!(
+                out,
+                "# HELP phoenix_idcert_cache_entries Foreign actors whose certificates are cached (expired entries until purged).\n# TYPE phoenix_idcert_cache_entries gauge\nphoenix_idcert_cache_entries {entries}"
+            );
+        }
+        Err(e) => tracing::error!(error = %e, "cannot count the idcert cache for metrics"),
     }
     match server.store.outbox_summary(now()).await {
         Ok(summary) => {

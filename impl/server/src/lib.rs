@@ -12,14 +12,22 @@
 //! - [`federation`]: peers (discovery, policy, key cache) and QS-to-QS forwarding.
 //! - [`polyproto`]: the polyproto core routes (`/.well-known/polyproto-core`,
 //!   `/.p2/core/v1/`): certificate history as cacheable ID-Certs, foreign sessions.
+//! - [`jobs`]: periodic purges of ephemeral rows (the cache of foreign certificates,
+//!   replay records of federated messages).
 //! - [`outbox`]: delivery of fan-out messages after the state change that produced them
 //!   committed, retried with backoff until delivered.
 //! - [`store`]: storage traits and the SQLite and Postgres backends.
 //! - [`http`]: the warp routes: the one place where errors become HTTP responses.
+//! - [`observe`]: the test-only observation tap (cargo feature `observe`, never in release
+//!   builds): which identifiers each request handler saw.
 //!
 //! Design: operations are sans-IO in the sense of the design document: they read the
 //! clock and randomness only from their arguments and the server context, and write
 //! effects (fan-out) to the durable outbox in the same transaction as the state change.
+
+// First, so that its macros are visible in every module below.
+#[macro_use]
+pub mod observe;
 
 pub mod as_;
 pub mod auth;
@@ -27,6 +35,7 @@ pub mod config;
 pub mod ds;
 pub mod federation;
 pub mod http;
+pub mod jobs;
 pub mod outbox;
 pub mod polyproto;
 pub mod qs;

@@ -10,6 +10,18 @@
 //! | `qs/create_user` | `create_user` | |
 //! | `qs/fetch_key_packages` | `fetch_key_packages` | `key_package_claims` (per client IP **and** friendship-token hash) |
 //! | `federation/enqueue` | | `federation_per_peer` (per claimed sending domain and source IP) |
+//! | `GET /.p2/core/v1/idcert/actor/{fid}` of another domain's user | `remote_idcert` | |
+//!
+//! **Foreign sessions.** A request that carries `Authorization: Bearer <token>` of a
+//! polyproto foreign session ([`crate::polyproto::session`]) is also counted against
+//! `session_operations`, per session, if it is one of the operations a client performs on
+//! a remote server: `as/fetch_connection_package`, `as/enqueue_connection`,
+//! `qs/fetch_key_packages` and every DS operation. The key is [`SessionKey`], a hash of the
+//! token hash: the limiter never sees the session's FID, so no QS or DS state, log or
+//! bucket names the actor. The per-IP and per-target limits above apply as before; a
+//! request without a token has only those. A request with a token that is not a live
+//! session is refused with `UNAUTHENTICATED` before any limit ([`crate::http`]), never
+//! treated as one without a token.
 //!
 //! The key-package claim quota is what stops draining: one fetcher (an IP) can claim a
 //! given user's key packages only so often, so it cannot empty the pool and force everyone
@@ -207,6 +219,11 @@ pub struct RateLimitConfig {
     pub fetch_key_packages: Rate,
     pub key_package_claims: Rate,
     pub federation_per_peer: Rate,
+    /// Lookups of other domains' users' certificates, per client IP.
+    pub remote_idcert: Rate,
+    // Requirement: RL-SESSION-1
+    /// Operations on this server by foreign clients, per foreign session.
+    pub session_operations: Rate,
     /// Most keys one limiter tracks before new keys share an overflow bucket.
     pub max_tracked_keys: usize,
 }
@@ -235,6 +252,8 @@ impl Default for RateLimitConfig {
             fetch_key_packages: rate(600, HOUR),
             key_package_claims: rate(10, HOUR),
             federation_per_peer: rate(6000, 60),
+            remote_idcert: rate(600, HOUR),
+            session_operations: rate(1200, HOUR),
             max_tracked_keys: 100_000,
         }
     }
@@ -278,6 +297,7 @@ enum Key {
     Ip(IpAddr),
     Target([u8; 32]),
     Fetcher(IpAddr, [u8; 32]),
+    Session([u8; 32]),
     /// New keys while a limiter is full share this one.
     Overflow,
 }
@@ -296,6 +316,11 @@ impl Limit {
     }
 }
 
+/// The rate-limit key of a foreign session: opaque, derived from the token hash, never
+/// from the actor's FID (see [`crate::polyproto::Session::rate_limit_key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionKey(pub [u8; 32]);
+
 /// The rate limiters of one server process.
 pub struct RateLimiter {
     config: RateLimitConfig,
@@ -309,6 +334,8 @@ pub struct RateLimiter {
     fetch_key_packages: Limit,
     key_package_claims: Limit,
     federation_per_peer: Limit,
+    remote_idcert: Limit,
+    session_operations: Limit,
 }
 
 impl fmt::Debug for RateLimiter {
@@ -343,10 +370,12 @@ impl RateLimiter {
             fetch_key_packages: Limit::new("fetch_key_packages", c.fetch_key_packages),
             key_package_claims: Limit::new("key_package_claims", c.key_package_claims),
             federation_per_peer: Limit::new("federation_per_peer", c.federation_per_peer),
+            remote_idcert: Limit::new("remote_idcert", c.remote_idcert),
+            session_operations: Limit::new("session_operations", c.session_operations),
         })
     }
 
-    fn limits(&self) -> [&Limit; 9] {
+    fn limits(&self) -> [&Limit; 11] {
         [
             &self.register,
             &self.create_user,
@@ -357,6 +386,8 @@ impl RateLimiter {
             &self.fetch_key_packages,
             &self.key_package_claims,
             &self.federation_per_peer,
+            &self.remote_idcert,
+            &self.session_operations,
         ]
     }
 
@@ -445,8 +476,28 @@ impl RateLimiter {
         operation: &str,
         body: &[u8],
     ) -> Result<(), Limited> {
+        self.check_operation_in_session(None, client, service, operation, body)
+    }
+
+    // Requirement: RL-SESSION-1
+    /// [`Self::check_operation`] for a request that carries the foreign session `session`
+    /// (an already authenticated one): the operations foreign clients perform on a remote
+    /// server count against the session's `session_operations` bucket first.
+    pub fn check_operation_in_session(
+        &self,
+        session: Option<SessionKey>,
+        client: Option<IpAddr>,
+        service: &str,
+        operation: &str,
+        body: &[u8],
+    ) -> Result<(), Limited> {
         if !self.config.enabled {
             return Ok(());
+        }
+        if let Some(SessionKey(key)) = session
+            && session_scoped(service, operation)
+        {
+            self.check(&self.session_operations, Key::Session(key))?;
         }
         let ip = client.map(bucket_ip);
         let per_ip = |limit: &Limit| match ip {
@@ -500,6 +551,17 @@ impl RateLimiter {
         }
     }
 
+    /// Check the per-address limit of lookups of other domains' users' certificates.
+    pub fn check_remote_idcert(&self, client: Option<IpAddr>) -> Result<(), Limited> {
+        if !self.config.enabled {
+            return Ok(());
+        }
+        match client {
+            Some(ip) => self.check(&self.remote_idcert, Key::Ip(bucket_ip(ip))),
+            None => Ok(()),
+        }
+    }
+
     /// Check the per-peer limit of federated requests claiming to come from `domain`,
     /// sent from `ip`. The bucket is per (domain, source IP): it is checked before the
     /// signature, so a forger elsewhere cannot use up a real peer's budget.
@@ -511,6 +573,18 @@ impl RateLimiter {
         let ip = ip.map_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), bucket_ip);
         self.check(&self.federation_per_peer, Key::Fetcher(ip, domain))
     }
+}
+
+/// Whether `service/operation` is one a client performs on a remote server, counted per
+/// foreign session.
+fn session_scoped(service: &str, operation: &str) -> bool {
+    matches!(
+        (service, operation),
+        ("as", as_::FETCH_CONNECTION_PACKAGE)
+            | ("as", as_::ENQUEUE_CONNECTION)
+            | ("qs", qs::FETCH_KEY_PACKAGES)
+            | ("ds", _)
+    )
 }
 
 /// The request struct inside an envelope, if both decode.
@@ -565,6 +639,8 @@ pub struct RateLimitFile {
     pub fetch_key_packages: Option<String>,
     pub key_package_claims: Option<String>,
     pub federation_per_peer: Option<String>,
+    pub remote_idcert: Option<String>,
+    pub session_operations: Option<String>,
     pub max_tracked_keys: Option<usize>,
 }
 
@@ -633,6 +709,15 @@ pub struct RateLimitArgs {
         env = "PHOENIX_RATE_FEDERATION_PER_PEER"
     )]
     pub federation_per_peer: Option<String>,
+    /// Lookups of other domains' users' certificates per client IP.
+    #[arg(long = "rate-remote-idcert", env = "PHOENIX_RATE_REMOTE_IDCERT")]
+    pub remote_idcert: Option<String>,
+    /// Operations by foreign clients per foreign session (bearer token).
+    #[arg(
+        long = "rate-session-operations",
+        env = "PHOENIX_RATE_SESSION_OPERATIONS"
+    )]
+    pub session_operations: Option<String>,
     /// Most keys (IPs, targets) one limiter tracks.
     #[arg(long = "rate-limit-max-keys", env = "PHOENIX_RATE_LIMIT_MAX_KEYS")]
     pub max_tracked_keys: Option<usize>,
@@ -715,6 +800,16 @@ impl RateLimitConfig {
             &args.federation_per_peer,
             &file.federation_per_peer,
             config.federation_per_peer,
+        )?;
+        config.remote_idcert = pick(
+            &args.remote_idcert,
+            &file.remote_idcert,
+            config.remote_idcert,
+        )?;
+        config.session_operations = pick(
+            &args.session_operations,
+            &file.session_operations,
+            config.session_operations,
         )?;
         if let Some(n) = args.max_tracked_keys.or(file.max_tracked_keys) {
             if n == 0 {
@@ -856,6 +951,38 @@ mod tests {
         for _ in 0..10 {
             off.check_operation(a, "as", "register", &[]).unwrap();
         }
+    }
+
+    #[test]
+    fn sessions_have_their_own_bucket() {
+        // Requirement: RL-SESSION-1
+        let config = RateLimitConfig {
+            session_operations: "2/hour".parse().unwrap(),
+            ..RateLimitConfig::default()
+        };
+        let limiter = RateLimiter::new(&config);
+        let a = Some(ip("192.0.2.1"));
+        let (one, two) = (SessionKey([1; 32]), SessionKey([2; 32]));
+        for _ in 0..2 {
+            limiter
+                .check_operation_in_session(Some(one), a, "ds", "send_message", &[])
+                .unwrap();
+        }
+        let limited = limiter
+            .check_operation_in_session(Some(one), a, "qs", "fetch_key_packages", &[])
+            .unwrap_err();
+        assert_eq!(limited.limit, "session_operations");
+        // Another session from the same address, and the address without a session, are
+        // not affected; operations outside the scope do not count.
+        limiter
+            .check_operation_in_session(Some(two), a, "ds", "send_message", &[])
+            .unwrap();
+        limiter
+            .check_operation(a, "ds", "send_message", &[])
+            .unwrap();
+        limiter
+            .check_operation_in_session(Some(one), a, "as", "server_certificate", &[])
+            .unwrap();
     }
 
     #[test]

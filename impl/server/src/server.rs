@@ -89,6 +89,9 @@ pub struct Server {
     pub metrics: Metrics,
     /// Woken when new outbox entries were written.
     pub outbox_wakeup: Notify,
+    /// The test-only observation tap (off until a test starts it; see [`crate::observe`]).
+    #[cfg(feature = "observe")]
+    pub observer: crate::observe::Observer,
 }
 
 /// Counters exported at `GET /metrics` (gauges come from the database).
@@ -99,6 +102,13 @@ pub struct Metrics {
     pub federation_dropped: AtomicU64,
     pub federation_received: AtomicU64,
     pub local_delivered: AtomicU64,
+    /// Foreign actors' certificates served from the cache / fetched from their home server.
+    pub idcert_cache_hits: AtomicU64,
+    pub idcert_cache_misses: AtomicU64,
+    /// Cache entries deleted by the periodic purge because their window ended.
+    pub idcert_cache_purged: AtomicU64,
+    /// Replay records of federated messages pruned.
+    pub federation_seen_pruned: AtomicU64,
 }
 
 impl std::fmt::Debug for Server {
@@ -165,7 +175,23 @@ impl Server {
             ca_cache: Default::default(),
             metrics: Metrics::default(),
             outbox_wakeup: Notify::new(),
+            #[cfg(feature = "observe")]
+            observer: crate::observe::Observer::default(),
         }))
+    }
+
+    /// Start the observation tap: from now on, record the identifiers each request's
+    /// handler sees (tests only; see [`crate::observe`]).
+    #[cfg(feature = "observe")]
+    pub fn start_observing(&self) {
+        self.observer.start();
+    }
+
+    /// What the handlers saw since [`Server::start_observing`], one entry per request (and
+    /// per local delivery), in the order they started.
+    #[cfg(feature = "observe")]
+    pub fn observations(&self) -> Vec<crate::observe::Observation> {
+        self.observer.observations()
     }
 
     /// The current CA.

@@ -200,6 +200,7 @@ on_both_backends!(
     connection_packages_are_consumed_once_and_last_resort_is_reused,
     of_two_commits_for_one_epoch_exactly_one_wins,
     ds_refuses_wrong_keys_and_foreign_groups,
+    a_connection_request_pushes_nothing_before_accept,
 );
 
 const ROUTES: &[(&str, &[&str])] = &[
@@ -250,6 +251,7 @@ fn envelope(payload: Vec<u8>, version: u16, auth: Auth) -> Vec<u8> {
     .unwrap()
 }
 
+// Requirement: WIRE-1, WIRE-2, WIRE-3, AUTH-ANON-1
 async fn bad_input_gets_a_problem_with_a_code(server: &TestServer) {
     // Garbage, truncated and mutated bodies on every route: always a 4xx with a code.
     let valid_empty = envelope(Vec::new(), 1, Auth::None);
@@ -646,4 +648,54 @@ async fn ds_refuses_wrong_keys_and_foreign_groups(server: &TestServer) {
         "WRONG_GROUP_DOMAIN"
     );
     assert_eq!(code(info(vec![1, 2, 3], group.ear_key).await), "MALFORMED");
+}
+
+// Requirement: AS-CONN-1
+/// Until bob accepts, alice's request is all she can put in front of him: she cannot invite
+/// him (she holds no friendship token), the QS hands no key package to a guessed token, and
+/// bob's queue stays empty. The request itself went into bob's direct queue anonymously
+/// (`enqueue_connection` takes no authentication: `Auth::None`, checked by
+/// `bad_input_gets_a_problem_with_a_code`), sealed to bob's connection package, so the
+/// server does not learn who asked.
+async fn a_connection_request_pushes_nothing_before_accept(server: &TestServer) {
+    let (mut alice, _ah) = server.client("alice@a.test").await;
+    let (mut bob, _bh) = server.client("bob@a.test").await;
+    alice.connect("bob@a.test").await.unwrap();
+    alice.create_group("early").await.unwrap();
+    let refused = alice.invite("early", "bob@a.test").await.unwrap_err();
+    assert!(
+        refused.to_string().contains("not a connected contact"),
+        "{refused}"
+    );
+    // A guessed friendship token gets no key package.
+    let api = Api::new(&server.url).unwrap();
+    let mut guess = [0u8; 32];
+    OsRng.fill_bytes(&mut guess);
+    let fetched = api
+        .call::<_, qs::FetchKeyPackagesResponse>(
+            "qs",
+            qs::FETCH_KEY_PACKAGES,
+            &qs::FetchKeyPackagesRequest {
+                friendship_token: guess,
+            },
+            Signer::Anonymous,
+        )
+        .await;
+    let code = code(fetched);
+    assert!(code == "UNKNOWN_FRIENDSHIP_TOKEN", "{code}");
+    // Bob sees the request, and nothing else has reached him.
+    assert_eq!(bob.requests().await.unwrap().len(), 1);
+    let events = bob.sync().await.unwrap();
+    assert!(
+        events
+            .iter()
+            .all(|e| e["kind"] != "joined" && e["kind"] != "message"),
+        "{events:?}"
+    );
+    // Once he accepts, the invitation goes through.
+    bob.accept("alice@a.test").await.unwrap();
+    alice.sync().await.unwrap();
+    alice.invite("early", "bob@a.test").await.unwrap();
+    let events = bob.sync().await.unwrap();
+    assert!(events.iter().any(|e| e["kind"] == "joined"), "{events:?}");
 }

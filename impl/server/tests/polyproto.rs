@@ -6,7 +6,10 @@
 //! `DELETE session` ends the session and invalidates the certificate;
 //! `PUT session/idcert/extern` moves a session to a renewed certificate or records a
 //! revocation. Across two servers, a.test's user opens a session on b.test, which asks
-//! a.test, also for a certificate issued before a.test rotated its CA.
+//! a.test, also for a certificate issued before a.test rotated its CA. b.test caches
+//! a.test's users' certificates for its clients within a.test's windows (and refuses a
+//! hostile home server's forged answers); foreign sessions key b.test's rate limits; an
+//! invalidated certificate no longer authenticates AS requests; ephemeral rows are bounded.
 //!
 //! The polyproto crate's own view of these routes is `tests/polyproto-interop`.
 
@@ -30,7 +33,10 @@ use phoenix_server::polyproto::{self, decimal};
 use phoenix_server::server::{Limits, Server, now};
 use phoenix_server::store::postgres::PgStore;
 use phoenix_server::store::sessions::SessionStore;
-use phoenix_server::store::{AsClientRecord, AsStore, CaRecord, CreateUser, Store};
+use phoenix_server::store::{
+    AsClientRecord, AsStore, CaRecord, CachedIdCerts, CreateUser, EnqueueEntry, EphemeralStore,
+    FederatedEnqueue, QsStore, Store,
+};
 use phoenix_types::certs::{self, ParsedCert};
 use phoenix_types::crypto;
 use phoenix_types::discovery::Resolver;
@@ -135,9 +141,19 @@ async fn listen() -> (tokio::net::TcpListener, String) {
 
 async fn run(
     domain: &str,
+    storage: (Store, Storage),
+    federation: FederationSettings,
+    listening: (tokio::net::TcpListener, String),
+) -> Running {
+    run_with(domain, storage, federation, listening, Limits::default()).await
+}
+
+async fn run_with(
+    domain: &str,
     (store, storage): (Store, Storage),
     federation: FederationSettings,
     (listener, url): (tokio::net::TcpListener, String),
+    limits: Limits,
 ) -> Running {
     let domain = Domain::parse(domain).unwrap();
     // The first CA was created an hour ago, so that a CA rotated to in a test is told apart
@@ -163,7 +179,7 @@ async fn run(
             .await
             .unwrap()
     );
-    let server = Server::start_with(domain, store, Limits::default(), federation)
+    let server = Server::start_with(domain, store, limits, federation)
         .await
         .unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -197,7 +213,9 @@ async fn single(backend: Backend, settings: polyproto::Settings) -> Option<Runni
 async fn user(server: &Server, fid: &str, client_id: &str) -> (SigningKey, ParsedCert) {
     let (key, record) = issue(server, fid, client_id);
     assert_eq!(
-        server.store.create_user(&record, now()).await.unwrap(),
+        AsStore::create_user(&server.store, &record, now())
+            .await
+            .unwrap(),
         CreateUser::Created
     );
     (key, ParsedCert::parse(&record.certificate).unwrap())
@@ -359,6 +377,11 @@ on_both_backends!(
     delete_session_invalidates_the_certificate,
     extern_certificate_updates,
     foreign_session_via_the_home_server,
+    foreign_certificates_are_cached_within_the_issuers_window,
+    sessions_rate_limit_remote_operations,
+    invalidated_certificates_do_not_authenticate_as_requests,
+    cache_and_replay_records_are_bounded,
+    forged_home_server_answers_are_not_cached,
 );
 
 async fn well_known_names_the_public_url(backend: Backend) {
@@ -481,7 +504,8 @@ async fn actor_certificates_are_filtered(backend: Backend) {
         (answer.status, answer.body.as_slice()),
         (200, b"[]".as_slice())
     );
-    // Validity filters: overlapping [notBefore, notAfter].
+    // Validity filters: overlapping [notBefore, notAfter]. The renewal may be issued a second
+    // after the first certificate; both are valid at the later one's notBefore.
     let after_all = second.not_after + 1;
     let answer = get(
         &a,
@@ -493,7 +517,7 @@ async fn actor_certificates_are_filtered(backend: Backend) {
         &a,
         &format!(
             "/.p2/core/v1/idcert/actor/alice@a.test?notBefore={}&notAfter={}",
-            first.not_before, first.not_before
+            second.not_before, second.not_before
         ),
     )
     .await;
@@ -514,8 +538,12 @@ async fn actor_certificates_are_filtered(backend: Backend) {
         (answer.status, answer.code().as_str()),
         (404, "UNKNOWN_USER")
     );
+    // Another domain's user: asked of its home server, which cannot be reached here.
     let answer = get(&a, "/.p2/core/v1/idcert/actor/bob@b.test").await;
-    assert_eq!((answer.status, answer.code().as_str()), (404, "NOT_FOUND"));
+    assert_eq!(
+        (answer.status, answer.code().as_str()),
+        (502, "UNKNOWN_PEER")
+    );
     let answer = get(&a, "/.p2/core/v1/idcert/actor/not-an-fid").await;
     assert_eq!(
         (answer.status, answer.code().as_str()),
@@ -991,4 +1019,551 @@ async fn foreign_session_via_the_home_server(backend: Backend) {
         (response.status, response.code().as_str()),
         (403, "FEDERATION_REFUSED")
     );
+}
+
+/// Two servers on loopback: a.test (SQLite) and b.test (`backend`), resolving each other;
+/// a.test's certificate answers have a cache window of `ttl` seconds, b.test runs with
+/// `b_limits`.
+async fn pair(backend: Backend, ttl: u64, b_limits: Limits) -> Option<(Running, Running)> {
+    let b_store = store(backend).await?;
+    let a_store = store(Backend::Sqlite).await.unwrap();
+    let (la, ua) = listen().await;
+    let (lb, ub) = listen().await;
+    let resolver = Resolver::parse(
+        [
+            format!("a.test={ua}"),
+            format!("b.test={ub}"),
+            // Nothing listens on port 9 of loopback.
+            "c.test=http://127.0.0.1:9".to_owned(),
+        ]
+        .iter()
+        .map(String::as_str),
+    )
+    .unwrap();
+    let federation = |ttl: u64| FederationSettings {
+        resolver: resolver.clone(),
+        polyproto: polyproto::Settings {
+            idcert_cache_ttl: ttl,
+            ..polyproto::Settings::default()
+        },
+        ..FederationSettings::default()
+    };
+    let a = run("a.test", a_store, federation(ttl), (la, ua)).await;
+    let b = run_with(
+        "b.test",
+        b_store,
+        federation(polyproto::MIN_CACHE_TTL),
+        (lb, ub),
+        b_limits,
+    )
+    .await;
+    Some((a, b))
+}
+
+fn counter(value: &std::sync::atomic::AtomicU64) -> u64 {
+    value.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+// Requirement: ID-CACHE-1, ID-CACHE-2
+async fn foreign_certificates_are_cached_within_the_issuers_window(backend: Backend) {
+    // a.test's windows last 3 s (below polyproto's hour, which only the configuration
+    // enforces), so that the test sees one end.
+    let mut limits = Limits::default();
+    limits.rate_limits.remote_idcert = "8/hour".parse().unwrap();
+    let Some((a, b)) = pair(backend, 3, limits).await else {
+        return;
+    };
+    let (_, first) = user(&a.server, "alice@a.test", "laptop").await;
+    let (_, second) = renew(&a.server, "alice@a.test", "laptop").await;
+    let path = "/.p2/core/v1/idcert/actor/alice@a.test";
+
+    // First lookup: fetched from a.test, verified, cached, served as a.test signed it.
+    let answer = get(&b, path).await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    answer.assert_jcs();
+    let objects = answer.json();
+    let objects = objects.as_array().unwrap();
+    let a_key = a.server.ca().certificate.public_key;
+    // (Both were issued within the same second, so their order is not defined.)
+    let served: BTreeSet<Vec<u8>> = objects
+        .iter()
+        .map(|o| verify_cacheable(o, &a_key).der)
+        .collect();
+    assert_eq!(
+        served,
+        BTreeSet::from([first.der.clone(), second.der.clone()])
+    );
+    assert_eq!(
+        (
+            counter(&b.server.metrics.idcert_cache_misses),
+            counter(&b.server.metrics.idcert_cache_hits)
+        ),
+        (1, 0)
+    );
+    let entry = b
+        .server
+        .store
+        .cached_idcerts("alice@a.test", now())
+        .await
+        .unwrap()
+        .unwrap();
+    let window_end: u64 = objects[0]["cacheNotValidAfter"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(entry.not_valid_after, window_end);
+
+    // Second lookup: from the cache, byte for byte the same (a.test would sign a new
+    // window now); filters apply to the cached answer.
+    let again = get(&b, path).await;
+    assert_eq!(again.body, answer.body);
+    assert_eq!(
+        (
+            counter(&b.server.metrics.idcert_cache_misses),
+            counter(&b.server.metrics.idcert_cache_hits)
+        ),
+        (1, 1)
+    );
+    let filtered = get(&b, &format!("{path}?sessionId=phone")).await;
+    assert_eq!(filtered.json(), serde_json::json!([]));
+
+    // After the window: evicted at read, fetched again with a new window.
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    assert!(
+        b.server
+            .store
+            .cached_idcerts("alice@a.test", now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let refetched = get(&b, path).await;
+    assert_eq!(refetched.status, 200);
+    assert_ne!(refetched.body, answer.body);
+    assert_eq!(counter(&b.server.metrics.idcert_cache_misses), 2);
+
+    // Refusals, each with its code: a user a.test does not know, a home server that is
+    // down, a malformed FID; then the per-address limit of such lookups.
+    let unknown = get(&b, "/.p2/core/v1/idcert/actor/zed@a.test").await;
+    assert_eq!(
+        (unknown.status, unknown.code().as_str()),
+        (404, "UNKNOWN_USER")
+    );
+    let down = get(&b, "/.p2/core/v1/idcert/actor/carol@c.test").await;
+    assert_eq!((down.status, down.code().as_str()), (502, "UNKNOWN_PEER"));
+    let bad = get(&b, "/.p2/core/v1/idcert/actor/not-an-fid").await;
+    assert_eq!((bad.status, bad.code().as_str()), (400, "INVALID_FID"));
+    let mut limited = None;
+    for _ in 0..8 {
+        let answer = get(&b, path).await;
+        if answer.status == 429 {
+            limited = Some(answer);
+            break;
+        }
+    }
+    let limited = limited.expect("the remote_idcert limit never applied");
+    assert_eq!(limited.code(), "RATE_LIMITED");
+    // Local users are not limited: their certificates need no peer.
+    user(&b.server, "bob@b.test", "phone").await;
+    assert_eq!(
+        get(&b, "/.p2/core/v1/idcert/actor/bob@b.test").await.status,
+        200
+    );
+}
+
+/// A `qs/fetch_key_packages` request (anonymous), optionally with a bearer token.
+async fn fetch_key_packages(server: &Running, token: Option<&str>) -> reqwest::Response {
+    use tls_codec::Serialize;
+    let payload =
+        phoenix_types::codec::encode(&phoenix_types::messages::qs::FetchKeyPackagesRequest {
+            friendship_token: [7; 32],
+        })
+        .unwrap();
+    let body = phoenix_types::messages::RequestEnvelope {
+        version: phoenix_types::PROTOCOL_VERSION,
+        payload: tls_codec::VLBytes::new(payload),
+        auth: phoenix_types::messages::Auth::None,
+    }
+    .tls_serialize_detached()
+    .unwrap();
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/phoenix/v1/qs/fetch_key_packages", server.url))
+        .header("content-type", "application/octet-stream")
+        .body(body);
+    if let Some(token) = token {
+        request = request.header("authorization", token);
+    }
+    request.send().await.unwrap()
+}
+
+async fn problem_code(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let problem: Problem = response.json().await.unwrap();
+    (status, problem.code)
+}
+
+// Requirement: RL-SESSION-1, RL-SESSION-2
+async fn sessions_rate_limit_remote_operations(backend: Backend) {
+    let mut limits = Limits::default();
+    limits.rate_limits.session_operations = "2/hour".parse().unwrap();
+    limits.rate_limits.fetch_key_packages = "6/hour".parse().unwrap();
+    let Some((a, b)) = pair(backend, polyproto::MIN_CACHE_TTL, limits).await else {
+        return;
+    };
+    let (alice_key, alice_cert) = user(&a.server, "alice@a.test", "laptop").await;
+    let (carol_key, carol_cert) = user(&a.server, "carol@a.test", "phone").await;
+    let alice = open_session(&b, "alice@a.test", &alice_key, &alice_cert).await;
+    let carol = open_session(&b, "carol@a.test", &carol_key, &carol_cert).await;
+    let bearer = |token: &str| format!("Bearer {token}");
+
+    // Alice's session: two fetches (the QS answers that it knows no such user), then her
+    // session's quota is spent: 429 with Retry-After. The per-IP bucket has counted 2.
+    for _ in 0..2 {
+        let response = fetch_key_packages(&b, Some(&bearer(&alice))).await;
+        assert_ne!(response.status().as_u16(), 429);
+        assert_ne!(response.status().as_u16(), 401);
+    }
+    let response = fetch_key_packages(&b, Some(&bearer(&alice))).await;
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after > 0);
+    let status = response.status().as_u16();
+    let problem: Problem = response.json().await.unwrap();
+    assert_eq!((status, problem.code.as_str()), (429, "RATE_LIMITED"));
+    assert!(
+        problem.detail.contains("session_operations"),
+        "{}",
+        problem.detail
+    );
+
+    // Carol's session from the same address has its own quota (per-IP count: 3).
+    let response = fetch_key_packages(&b, Some(&bearer(&carol))).await;
+    assert_ne!(response.status().as_u16(), 429);
+
+    // A bad token is refused, never ignored: unknown, malformed, another scheme; and a
+    // session that was ended (its certificate invalidated) no longer counts.
+    for header in [
+        bearer(&"0".repeat(64)),
+        bearer("not-a-token"),
+        format!("Basic {alice}"),
+        "Bearer".to_owned(),
+    ] {
+        assert_eq!(
+            problem_code(fetch_key_packages(&b, Some(&header)).await).await,
+            (401, "UNAUTHENTICATED".to_owned()),
+            "{header}"
+        );
+    }
+    let ended = request(
+        reqwest::Method::DELETE,
+        format!("{}/.p2/core/v1/session", b.url),
+        Some(&carol),
+        None,
+    )
+    .await;
+    assert_eq!(ended.status, 204);
+    assert_eq!(
+        problem_code(fetch_key_packages(&b, Some(&bearer(&carol))).await).await,
+        (401, "UNAUTHENTICATED".to_owned())
+    );
+
+    // Without a token: the per-IP limit (6/hour, 3 used above).
+    for _ in 0..3 {
+        let response = fetch_key_packages(&b, None).await;
+        assert_ne!(response.status().as_u16(), 429);
+    }
+    let response = fetch_key_packages(&b, None).await;
+    assert!(response.headers().contains_key("retry-after"));
+    let problem: Problem = response.json().await.unwrap();
+    assert_eq!(problem.code, "RATE_LIMITED");
+    assert!(
+        problem.detail.contains("fetch_key_packages"),
+        "{}",
+        problem.detail
+    );
+}
+
+/// A signed `as/dequeue_connection` of `fid`'s client `client_id`.
+async fn dequeue_connection(server: &Running, fid: &str, client_id: &str, key: &SigningKey) -> u16 {
+    use tls_codec::Serialize;
+    let payload = phoenix_types::codec::encode(&phoenix_types::messages::DequeueRequest {
+        timestamp: now(),
+        sequence_number_start: 0,
+        max: 10,
+    })
+    .unwrap();
+    let signature = crypto::sign(key, "as/dequeue_connection", &payload);
+    let body = phoenix_types::messages::RequestEnvelope {
+        version: phoenix_types::PROTOCOL_VERSION,
+        payload: tls_codec::VLBytes::new(payload),
+        auth: phoenix_types::messages::Auth::AsClient(phoenix_types::messages::AsClientAuth {
+            fid: fid.to_owned(),
+            client_id: client_id.to_owned(),
+            signature: tls_codec::VLBytes::new(signature.to_vec()),
+        }),
+    }
+    .tls_serialize_detached()
+    .unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("{}/phoenix/v1/as/dequeue_connection", server.url))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    if status != 200 {
+        let problem: Problem = response.json().await.unwrap();
+        assert_eq!(problem.code, "UNAUTHENTICATED", "{}", problem.detail);
+    }
+    status
+}
+
+// Requirement: AS-AUTH-2
+async fn invalidated_certificates_do_not_authenticate_as_requests(backend: Backend) {
+    let Some(a) = single(backend, polyproto::Settings::default()).await else {
+        return;
+    };
+    let (key, cert) = user(&a.server, "alice@a.test", "laptop").await;
+    assert_eq!(
+        dequeue_connection(&a, "alice@a.test", "laptop", &key).await,
+        200
+    );
+    // Alice ends a session on her own server: her certificate is invalidated there, and
+    // from then on it authenticates no AS request.
+    let token = open_session(&a, "alice@a.test", &key, &cert).await;
+    let ended = request(
+        reqwest::Method::DELETE,
+        format!("{}/.p2/core/v1/session", a.url),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(ended.status, 204);
+    assert_eq!(
+        dequeue_connection(&a, "alice@a.test", "laptop", &key).await,
+        401
+    );
+    // A renewed certificate (a new serial) authenticates again.
+    let (new_key, _) = renew(&a.server, "alice@a.test", "laptop").await;
+    assert_eq!(
+        dequeue_connection(&a, "alice@a.test", "laptop", &new_key).await,
+        200
+    );
+}
+
+// Requirement: ID-CACHE-2, FED-5
+async fn cache_and_replay_records_are_bounded(backend: Backend) {
+    let Some(a) = single(backend, polyproto::Settings::default()).await else {
+        return;
+    };
+    let store = &a.server.store;
+    let now = now();
+    let entry = |fid: &str, until: u64| CachedIdCerts {
+        fid: fid.to_owned(),
+        answer: "[]".to_owned(),
+        not_valid_after: until,
+        fetched_at: now,
+    };
+    // At most two entries: the one whose window ends soonest makes room.
+    store
+        .put_cached_idcerts(&entry("x@c.test", now + 50), now, 2)
+        .await
+        .unwrap();
+    store
+        .put_cached_idcerts(&entry("y@c.test", now + 10), now, 2)
+        .await
+        .unwrap();
+    store
+        .put_cached_idcerts(&entry("z@c.test", now + 90), now, 2)
+        .await
+        .unwrap();
+    assert_eq!(store.idcert_cache_len().await.unwrap(), 2);
+    assert!(
+        store
+            .cached_idcerts("y@c.test", now)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // Replacing an entry does not evict another.
+    store
+        .put_cached_idcerts(&entry("z@c.test", now + 95), now, 2)
+        .await
+        .unwrap();
+    assert_eq!(store.idcert_cache_len().await.unwrap(), 2);
+    // Never returned past its window; the purge deletes what ended.
+    assert!(
+        store
+            .cached_idcerts("x@c.test", now + 50)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.idcert_cache_len().await.unwrap(), 1);
+    phoenix_server::jobs::purge_once(&a.server, now + 100).await;
+    assert_eq!(store.idcert_cache_len().await.unwrap(), 0);
+    assert_eq!(counter(&a.server.metrics.idcert_cache_purged), 1);
+
+    // Replay records: kept while a replay could still be fresh, pruned after.
+    let message_id = [9u8; 16];
+    let enqueue = || EnqueueEntry {
+        client_id: [1; 16],
+        payload: b"x".to_vec(),
+        dedup: Some(message_id),
+    };
+    assert!(matches!(
+        store
+            .enqueue_federated("b.test", &message_id, now, &enqueue())
+            .await
+            .unwrap(),
+        FederatedEnqueue::Enqueued(_)
+    ));
+    phoenix_server::jobs::purge_once(&a.server, now + 600).await;
+    assert_eq!(
+        store
+            .enqueue_federated("b.test", &message_id, now, &enqueue())
+            .await
+            .unwrap(),
+        FederatedEnqueue::Replayed
+    );
+    phoenix_server::jobs::purge_once(
+        &a.server,
+        now + phoenix_server::jobs::FEDERATION_SEEN_RETENTION + 1,
+    )
+    .await;
+    assert_eq!(counter(&a.server.metrics.federation_seen_pruned), 1);
+    assert!(matches!(
+        store
+            .enqueue_federated("b.test", &message_id, now, &enqueue())
+            .await
+            .unwrap(),
+        FederatedEnqueue::Enqueued(_)
+    ));
+}
+
+/// How the hostile proxy in front of a home server changes `idcert/actor` answers.
+const HONEST: u8 = 0;
+const STRETCHED_WINDOW: u8 = 1;
+const OTHER_ACTOR: u8 = 2;
+
+/// A hostile home server: a proxy that forwards every GET and POST to the real server at
+/// `real`, except that it rewrites `idcert/actor` answers as `mode` says (for
+/// `OTHER_ACTOR`, it answers with `dave@d.test`'s certificates whatever was asked).
+async fn hostile_proxy(real: String, mode: Arc<std::sync::atomic::AtomicU8>) -> String {
+    use warp::Filter;
+    let (listener, url) = listen().await;
+    let route = warp::method()
+        .and(warp::path::full())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::body::bytes())
+        .then(
+            move |method: warp::http::Method,
+                  path: warp::path::FullPath,
+                  query: String,
+                  body: bytes::Bytes| {
+                let real = real.clone();
+                let mode = mode.load(std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    let mut path = path.as_str().to_owned();
+                    let actor = path.starts_with("/.p2/core/v1/idcert/actor/");
+                    if actor && mode == OTHER_ACTOR {
+                        path = "/.p2/core/v1/idcert/actor/dave@d.test".to_owned();
+                    }
+                    let url = if query.is_empty() {
+                        format!("{real}{path}")
+                    } else {
+                        format!("{real}{path}?{query}")
+                    };
+                    let response = reqwest::Client::new()
+                        .request(method, url)
+                        .header("content-type", "application/octet-stream")
+                        .body(body.to_vec())
+                        .send()
+                        .await
+                        .unwrap();
+                    let status = response.status().as_u16();
+                    let mut body = response.bytes().await.unwrap().to_vec();
+                    if actor && mode == STRETCHED_WINDOW && status == 200 {
+                        let mut objects: Vec<Value> = serde_json::from_slice(&body).unwrap();
+                        for object in &mut objects {
+                            let after: u64 = object["cacheNotValidAfter"]
+                                .as_str()
+                                .unwrap()
+                                .parse()
+                                .unwrap();
+                            object["cacheNotValidAfter"] = Value::String((after + 1).to_string());
+                        }
+                        body = serde_json::to_vec(&objects).unwrap();
+                    }
+                    warp::http::Response::builder()
+                        .status(status)
+                        .body(body)
+                        .unwrap()
+                }
+            },
+        );
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    url
+}
+
+// Requirement: ID-CACHE-1
+async fn forged_home_server_answers_are_not_cached(backend: Backend) {
+    // d.test is real; b.test reaches it only through the hostile proxy.
+    let Some(b_store) = store(backend).await else {
+        return;
+    };
+    let d_store = store(Backend::Sqlite).await.unwrap();
+    let (ld, ud) = listen().await;
+    let mode = Arc::new(std::sync::atomic::AtomicU8::new(HONEST));
+    let proxy = hostile_proxy(ud.clone(), mode.clone()).await;
+    let resolver =
+        |d: &str| Resolver::parse([format!("d.test={d}")].iter().map(String::as_str)).unwrap();
+    let settings = |d: &str| FederationSettings {
+        resolver: resolver(d),
+        ..FederationSettings::default()
+    };
+    let d = run("d.test", d_store, settings(&ud), (ld, ud.clone())).await;
+    let b = run("b.test", b_store, settings(&proxy), listen().await).await;
+    user(&d.server, "carol@d.test", "phone").await;
+    user(&d.server, "dave@d.test", "laptop").await;
+    let path = "/.p2/core/v1/idcert/actor/carol@d.test";
+
+    // A window the home server did not sign: refused, nothing cached.
+    mode.store(STRETCHED_WINDOW, std::sync::atomic::Ordering::SeqCst);
+    let answer = get(&b, path).await;
+    assert_eq!(
+        (answer.status, answer.code().as_str()),
+        (502, "UNKNOWN_PEER")
+    );
+    // Another actor's (genuine) certificates for carol: refused too.
+    mode.store(OTHER_ACTOR, std::sync::atomic::Ordering::SeqCst);
+    let answer = get(&b, path).await;
+    assert_eq!(
+        (answer.status, answer.code().as_str()),
+        (502, "UNKNOWN_PEER")
+    );
+    assert_eq!(b.server.store.idcert_cache_len().await.unwrap(), 0);
+
+    // The same proxy, honest: carol's certificate is served and cached.
+    mode.store(HONEST, std::sync::atomic::Ordering::SeqCst);
+    let answer = get(&b, path).await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let objects = answer.json();
+    let cert = verify_cacheable(&objects[0], &d.server.ca().certificate.public_key);
+    assert_eq!(cert.actor.unwrap().fid.to_string(), "carol@d.test");
+    assert_eq!(b.server.store.idcert_cache_len().await.unwrap(), 1);
 }

@@ -900,6 +900,7 @@ async fn dequeue_semantics(db: &TestDb) {
 /// 2026-11-15T00:00:00Z.
 const NOW: u64 = 1_794_700_800;
 
+// Requirement: DS-GID-1
 async fn ds_reserve_and_create(db: &TestDb) {
     let store = &db.store;
     let (g1, g2) = (group_id(1), group_id(2));

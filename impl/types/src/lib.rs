@@ -7,6 +7,8 @@
 //! - [`crypto`]: labelled Ed25519 signatures, AEAD for data at rest (group-state EAR,
 //!   credential encryption), HPKE sealing (queue configs, connection establishment).
 //! - [`certs`]: the X.509 PKI: the home server's CA certificate, client CSRs and ID-Certs.
+//! - [`cacheable`]: polyproto cacheable ID-Certs (a certificate with its home server's
+//!   signed cache window), as servers serve and cache them and clients verify them.
 //! - [`discovery`]: the discovery document and the domain → URL resolver.
 //! - [`messages`]: every request and response body of the AS, QS and DS, the request
 //!   envelope with its authentication, and the payloads clients exchange through the server.
@@ -17,6 +19,7 @@
 //! were received, never over a re-encoding. This crate does no I/O and reads no clock: the
 //! caller passes `now` and a random number generator.
 
+pub mod cacheable;
 pub mod certs;
 pub mod codec;
 pub mod crypto;

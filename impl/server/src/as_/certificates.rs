@@ -42,6 +42,15 @@ pub async fn client_certificates(server: &Server, request: &Request) -> Result<V
         ));
     }
     let skip = certs.len().saturating_sub(MAX_CERTIFICATES);
+    // Requirement: ADV-OP-1
+    observe!(
+        std::iter::once(Observed::Fid(fid.to_string())).chain(certs.iter().flat_map(
+            |(client_id, der, _, _)| [
+                Observed::AsClientId(client_id.clone()),
+                Observed::certificate(der)
+            ]
+        ))
+    );
     codec::encode(&ClientCertificatesResponse {
         certificates: certs
             .into_iter()
@@ -74,5 +83,6 @@ pub async fn domain_certificates(server: &Server, request: &Request) -> Result<V
     let req: phoenix_types::messages::as_::DomainCertificatesRequest = request.payload()?;
     let domain = phoenix_types::ids::Domain::parse(&req.domain)
         .map_err(|e| WireError::new(ErrorCode::Malformed, e.to_string()))?;
+    observe!([Observed::PeerDomain(domain.to_string())]);
     codec::encode(&crate::federation::certificates::domain_certificates(server, &domain).await?)
 }

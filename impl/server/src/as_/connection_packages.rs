@@ -42,8 +42,11 @@ pub async fn publish(server: &Server, request: &Request, now: u64) -> Result<Vec
         if payload.fid != client.fid || payload.client_id != client.client_id {
             return Err(invalid("a connection package names another client"));
         }
+        let package = codec::encode(package)?;
+        // Requirement: ADV-OP-1
+        observe!([Observed::connection_package(&package)]);
         stored.push(StoredConnectionPackage {
-            package: codec::encode(package)?,
+            package,
             last_resort: payload.last_resort == 1,
         });
     }
@@ -102,6 +105,8 @@ pub async fn fetch(server: &Server, request: &Request, now: u64) -> Result<Vec<u
         ));
     }
     let fid = fid.to_string();
+    // Requirement: ADV-OP-1
+    observe!([Observed::Fid(fid.clone())]);
     let (client_id, package) = server
         .store
         .take_connection_package(&fid)
@@ -119,6 +124,11 @@ pub async fn fetch(server: &Server, request: &Request, now: u64) -> Result<Vec<u
         .await
         .map_err(server.internal())?
         .ok_or_else(|| WireError::new(ErrorCode::Internal, "connection package without client"))?;
+    observe!([
+        Observed::AsClientId(client_id.clone()),
+        Observed::certificate(&client.certificate),
+        Observed::connection_package(&package),
+    ]);
     let package: ConnectionPackage = codec::decode(&package, usize::MAX)?;
     let _ = now;
     codec::encode(&FetchConnectionPackageResponse {

@@ -13,6 +13,7 @@ use crate::server::Server;
 use crate::store::AsStore;
 
 // Requirement: AS-DQ-1
+// Requirement: AS-CONN-1 (anonymous, sealed to the recipient: the AS learns no sender)
 pub async fn enqueue(server: &Server, request: &Request) -> Result<Vec<u8>, WireError> {
     request.require_anonymous()?;
     let req: EnqueueConnectionRequest = request.payload()?;
@@ -20,6 +21,11 @@ pub async fn enqueue(server: &Server, request: &Request) -> Result<Vec<u8>, Wire
         Fid::parse(&req.fid).map_err(|e| WireError::new(ErrorCode::InvalidFid, e.to_string()))?;
     let client_id = ClientId::parse(&req.client_id)
         .map_err(|e| WireError::new(ErrorCode::Malformed, e.to_string()))?;
+    // Requirement: ADV-OP-1
+    observe!([
+        Observed::Fid(fid.to_string()),
+        Observed::AsClientId(client_id.to_string()),
+    ]);
     if req.ciphertext.kem_output.as_slice().len() != 32 {
         return Err(WireError::new(
             ErrorCode::Malformed,

@@ -10,10 +10,13 @@ pub mod direct_queue;
 pub mod register;
 
 use phoenix_types::error::{ErrorCode, WireError};
-use phoenix_types::messages::as_;
+use phoenix_types::ids::Fid;
+use phoenix_types::messages::{Auth, as_};
 
 use crate::auth::Request;
 use crate::server::Server;
+use crate::store::AsStore;
+use crate::store::sessions::SessionStore;
 
 /// Resolve an operation name to its static name (for labels) or fail with 404.
 pub fn operation(name: &str) -> Option<&'static str> {
@@ -34,6 +37,7 @@ pub fn operation(name: &str) -> Option<&'static str> {
 
 /// Run one AS operation.
 pub async fn handle(server: &Server, request: &Request, now: u64) -> Result<Vec<u8>, WireError> {
+    check_not_invalidated(server, request, now).await?;
     match request.operation {
         as_::REGISTER => register::register(server, request, now).await,
         as_::PUBLISH_CONNECTION_PACKAGES => {
@@ -47,5 +51,49 @@ pub async fn handle(server: &Server, request: &Request, now: u64) -> Result<Vec<
         as_::RENEW_CERTIFICATE => register::renew_certificate(server, request, now).await,
         as_::DOMAIN_CERTIFICATES => certificates::domain_certificates(server, request).await,
         _ => Err(WireError::new(ErrorCode::NotFound, "unknown AS operation")),
+    }
+}
+
+// Requirement: AS-AUTH-2
+/// A request signed as a client whose current certificate was invalidated through
+/// polyproto (`DELETE session`, `PUT session/idcert/extern`, recorded in `p2_certificates`)
+/// is refused with `UNAUTHENTICATED` from the time of the invalidation, before the operation
+/// looks at it: such a certificate authenticates nothing any more. (Whether the
+/// invalidation is public is not a concern: `idcert/actor` serves it with `invalidatedAt`.)
+/// Unknown clients and malformed names are left to the operation's own authentication.
+async fn check_not_invalidated(
+    server: &Server,
+    request: &Request,
+    now: u64,
+) -> Result<(), WireError> {
+    let Auth::AsClient(auth) = &request.auth else {
+        return Ok(());
+    };
+    let Ok(fid) = Fid::parse(&auth.fid) else {
+        return Ok(());
+    };
+    let fid = fid.to_string();
+    let Some(client) = AsStore::client(&server.store, &fid, &auth.client_id)
+        .await
+        .map_err(server.internal())?
+    else {
+        return Ok(());
+    };
+    let serial = hex::decode(&client.serial).map_err(|_| {
+        tracing::error!("a stored certificate serial is not hex");
+        WireError::new(ErrorCode::Internal, "a stored certificate is corrupt")
+    })?;
+    let invalidated = server
+        .store
+        .certificate(&fid, &crate::polyproto::decimal(&serial))
+        .await
+        .map_err(server.internal())?
+        .and_then(|record| record.invalidated_at);
+    match invalidated {
+        Some(at) if at <= now => Err(WireError::new(
+            ErrorCode::Unauthenticated,
+            format!("the client's certificate was invalidated at {at}"),
+        )),
+        _ => Ok(()),
     }
 }

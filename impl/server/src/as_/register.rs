@@ -33,6 +33,11 @@ pub async fn register(server: &Server, request: &Request, now: u64) -> Result<Ve
     let csr = certs::verify_csr(req.csr.as_slice())
         .map_err(|e| WireError::new(ErrorCode::InvalidCsr, format!("invalid CSR: {e}")))?;
     let fid = &csr.subject.fid;
+    // Requirement: ADV-OP-1
+    observe!([
+        Observed::Fid(fid.to_string()),
+        Observed::AsClientId(csr.subject.client_id.to_string()),
+    ]);
     if fid.domain() != &server.domain {
         return Err(WireError::new(
             ErrorCode::WrongDomain,
@@ -40,6 +45,10 @@ pub async fn register(server: &Server, request: &Request, now: u64) -> Result<Ve
         ));
     }
     let (der, record) = issue(server, &csr, now).await?;
+    observe!([
+        Observed::certificate(&der),
+        Observed::CertificateSerial(record.serial.clone()),
+    ]);
     match server
         .store
         .create_user(&record, now)
@@ -84,6 +93,11 @@ pub async fn renew_certificate(
         ));
     }
     let (der, record) = issue(server, &csr, now).await?;
+    // Requirement: ADV-OP-1
+    observe!([
+        Observed::certificate(&der),
+        Observed::CertificateSerial(record.serial.clone()),
+    ]);
     if !server
         .store
         .renew_client(&record)

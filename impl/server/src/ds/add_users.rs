@@ -3,8 +3,8 @@
 //! joiner's sealed queue config (from its key package) and encrypted credential, fans the
 //! commit out to the other members and a welcome bundle to each joiner.
 
-use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn, Sender};
-use tls_codec::{Deserialize, Serialize, VLBytes};
+use openmls::prelude::Sender;
+use tls_codec::{Serialize, VLBytes};
 use zeroize::Zeroize;
 
 use phoenix_types::codec;
@@ -16,7 +16,8 @@ use phoenix_types::messages::ds::{
 };
 
 use crate::auth::{Request, check_fresh};
-use crate::ds::commit::{self, MAX_MLS_MESSAGE, leaf_of_signature_key};
+use crate::ds::commit::{self, leaf_of_signature_key};
+use crate::ds::decode;
 use crate::ds::group_state::LoadedGroup;
 use crate::ds::{authenticate_leaf, check_member_info, fan_out_entry, fan_out_to_members};
 use crate::qs::sealed_queue_config;
@@ -39,7 +40,7 @@ pub async fn add_users(server: &Server, request: &Request, now: u64) -> Result<V
             format!("groups have at most {max_group_size} members"),
         ));
     }
-    check_welcome(req.welcome.as_slice())?;
+    decode::welcome(req.welcome.as_slice())?;
 
     let staged = commit::stage(&group, req.commit.as_slice())?;
     if staged.sender != Sender::Member(openmls::prelude::LeafNodeIndex::new(sender)) {
@@ -75,6 +76,22 @@ pub async fn add_users(server: &Server, request: &Request, now: u64) -> Result<V
             encrypted_credential: added.encrypted_credential.clone(),
         };
         check_member_info(&info)?;
+        // The joiner's key package (as the QS handed it out), its leaf and member entry.
+        // Requirement: ADV-OP-2
+        observe!(
+            [
+                Observed::key_package(
+                    &tls_codec::Serialize::tls_serialize_detached(key_package).unwrap_or_default()
+                ),
+                Observed::sealed_queue_config(&info.queue_config),
+                Observed::encrypted_credential(info.encrypted_credential.as_slice()),
+            ]
+            .into_iter()
+            .chain(Observed::leaf(
+                key_package.leaf_node().signature_key().as_slice(),
+                key_package.leaf_node().credential()
+            ))
+        );
         joiners.push((
             key_package.leaf_node().signature_key().as_slice().to_vec(),
             info,
@@ -96,6 +113,7 @@ pub async fn add_users(server: &Server, request: &Request, now: u64) -> Result<V
             leaf_index: leaf,
             encrypted_credential: info.encrypted_credential.clone(),
         });
+        observe!([Observed::LeafIndex(leaf)]);
         group.set_member(leaf, info.clone());
         placed.push((info, welcome_info));
     }
@@ -124,23 +142,4 @@ pub async fn add_users(server: &Server, request: &Request, now: u64) -> Result<V
     }
     group.save(server, now, &outbox).await?;
     codec::encode(&Empty {})
-}
-
-fn check_welcome(bytes: &[u8]) -> Result<(), WireError> {
-    if bytes.len() > MAX_MLS_MESSAGE {
-        return Err(WireError::new(ErrorCode::TooLarge, "welcome is too large"));
-    }
-    let message = MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| {
-        WireError::new(
-            ErrorCode::InvalidMlsMessage,
-            format!("malformed welcome: {e}"),
-        )
-    })?;
-    match message.extract() {
-        MlsMessageBodyIn::Welcome(_) => Ok(()),
-        _ => Err(WireError::new(
-            ErrorCode::InvalidMlsMessage,
-            "expected a welcome message",
-        )),
-    }
 }

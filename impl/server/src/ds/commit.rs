@@ -5,18 +5,18 @@
 
 use openmls::messages::group_info::{GroupInfo, VerifiableGroupInfo};
 use openmls::prelude::{
-    ContentType, LeafNodeIndex, MlsMessageBodyIn, MlsMessageIn, OpenMlsSignaturePublicKey,
-    ProcessedMessageContent, ProtocolMessage, Sender, StagedCommit, Verifiable,
+    ContentType, LeafNodeIndex, OpenMlsSignaturePublicKey, ProcessedMessageContent,
+    ProtocolMessage, Sender, StagedCommit, Verifiable,
 };
 use openmls_rust_crypto::RustCrypto;
-use tls_codec::{Deserialize, Serialize};
+use tls_codec::Serialize;
 
 use phoenix_types::error::{ErrorCode, WireError};
 
+use crate::ds::decode;
 use crate::ds::group_state::LoadedGroup;
 
-/// Largest commit, welcome or group info message (bytes).
-pub const MAX_MLS_MESSAGE: usize = 512 * 1024;
+pub use crate::ds::decode::MAX_MLS_MESSAGE;
 
 fn invalid(code: ErrorCode, detail: impl Into<String>) -> WireError {
     WireError::new(code, detail)
@@ -25,27 +25,14 @@ fn invalid(code: ErrorCode, detail: impl Into<String>) -> WireError {
 // Requirement: DS-EPOCH-1, DS-EPOCH-2
 /// Decode a TLS-encoded `MlsMessage` carrying a public or private message of this group.
 pub fn protocol_message(group: &LoadedGroup, bytes: &[u8]) -> Result<ProtocolMessage, WireError> {
-    if bytes.len() > MAX_MLS_MESSAGE {
-        return Err(invalid(ErrorCode::TooLarge, "MLS message is too large"));
-    }
-    let message = MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| {
-        invalid(
-            ErrorCode::InvalidMlsMessage,
-            format!("malformed MLS message: {e}"),
-        )
-    })?;
-    let protocol = message.try_into_protocol_message().map_err(|_| {
-        invalid(
-            ErrorCode::InvalidMlsMessage,
-            "expected a public or private message",
-        )
-    })?;
+    let protocol = decode::protocol_message(bytes)?;
     if protocol.group_id() != group.public_group.group_id() {
         return Err(invalid(
             ErrorCode::InvalidMlsMessage,
             "message is for another group",
         ));
     }
+    // Requirement: ADV-REPLAY-1 (a replayed commit is for an epoch that is gone)
     if protocol.epoch() != group.public_group.group_context().epoch() {
         return Err(invalid(
             ErrorCode::WrongEpoch,
@@ -124,21 +111,7 @@ pub fn accept_group_info(
     bytes: &[u8],
     signer: u32,
 ) -> Result<(), WireError> {
-    if bytes.len() > MAX_MLS_MESSAGE {
-        return Err(invalid(ErrorCode::TooLarge, "group info is too large"));
-    }
-    let message = MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| {
-        invalid(
-            ErrorCode::InvalidGroupInfo,
-            format!("malformed group info: {e}"),
-        )
-    })?;
-    let MlsMessageBodyIn::GroupInfo(info) = message.extract() else {
-        return Err(invalid(
-            ErrorCode::InvalidGroupInfo,
-            "expected a group info message",
-        ));
-    };
+    let info = decode::group_info(bytes)?;
     verify_group_info(group, info, signer)?;
     group.state.group_info = tls_codec::VLBytes::new(bytes.to_vec());
     Ok(())

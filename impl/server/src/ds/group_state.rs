@@ -67,6 +67,7 @@ fn aad(group_id: &[u8]) -> Vec<u8> {
 
 // Requirement: DS-EAR-1
 /// Encrypt a group state for storage.
+// Requirement: ADV-SNAP-1 (group state at rest is ciphertext under the client-held EAR key)
 pub fn seal(key: &SymmetricKey, group_id: &[u8], state: &GroupState) -> Result<Vec<u8>, WireError> {
     let plain = codec::encode(state)?;
     crypto::seal_aead(key, &aad(group_id), &plain, &mut rand_core::OsRng)
@@ -183,6 +184,23 @@ impl LoadedGroup {
                     "stored group state lacks the MLS group",
                 )
             })?;
+        // What loading shows the DS: the group and its members' per-group pseudonyms.
+        // Requirement: ADV-OP-2
+        observe!(
+            std::iter::once(Observed::GroupId(group_id.to_vec()))
+                .chain(state.members.iter().flat_map(|m| {
+                    [
+                        Observed::LeafIndex(m.leaf_index),
+                        Observed::sealed_queue_config(&m.info.queue_config),
+                        Observed::encrypted_credential(m.info.encrypted_credential.as_slice()),
+                    ]
+                }))
+                .chain(
+                    public_group
+                        .members()
+                        .flat_map(|m| Observed::leaf(&m.signature_key, &m.credential))
+                )
+        );
         Ok(Self {
             qualified_id,
             group_id_bytes: group_id.to_vec(),

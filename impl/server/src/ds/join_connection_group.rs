@@ -63,6 +63,22 @@ pub async fn join_connection_group(
         WireError::new(ErrorCode::Internal, "the joiner is missing after the merge")
     })?;
     commit::accept_group_info(&mut group, req.group_info.as_slice(), joiner)?;
+    // Requirement: ADV-OP-2
+    observe!(
+        [
+            Observed::LeafIndex(joiner),
+            Observed::sealed_queue_config(&req.joiner.queue_config),
+            Observed::encrypted_credential(req.joiner.encrypted_credential.as_slice()),
+        ]
+        .into_iter()
+        .chain(
+            group
+                .public_group
+                .members()
+                .filter(|m| m.index.u32() == joiner)
+                .flat_map(|m| Observed::leaf(&m.signature_key, &m.credential))
+        )
+    );
     group.set_member(joiner, req.joiner.clone());
     let payload = QueuePayload::GroupMessage(GroupMessage {
         group_id: req.group_id.clone(),

@@ -10,6 +10,7 @@
 pub mod add_users;
 pub mod commit;
 pub mod create_group;
+pub mod decode;
 pub mod external_commit_info;
 pub mod group_state;
 pub mod join_connection_group;
@@ -91,10 +92,18 @@ pub fn authenticate_leaf(request: &Request, group: &LoadedGroup) -> Result<u32, 
             "the request signature does not verify with the leaf's key",
         )
     })?;
+    // Requirement: ADV-OP-2
+    observe!(
+        std::iter::once(Observed::LeafIndex(auth.leaf_index)).chain(Observed::leaf(
+            leaf.signature_key().as_slice(),
+            leaf.credential()
+        ))
+    );
     Ok(auth.leaf_index)
 }
 
 /// One outbox entry delivering `payload` to a member.
+// Requirement: DS-PRIV-1 (entries carry the member's sealed queue config, no QS id)
 pub fn fan_out_entry(
     member: &MemberInfo,
     payload: &QueuePayload,

@@ -57,6 +57,8 @@ pub async fn remove_users(
             ),
         ));
     }
+    // Requirement: ADV-OP-2
+    observe!(removed.iter().map(|leaf| Observed::LeafIndex(*leaf)));
     if removed.contains(&sender) {
         return Err(WireError::new(
             ErrorCode::InvalidCommit,

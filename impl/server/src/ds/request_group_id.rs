@@ -35,6 +35,8 @@ pub async fn request_group_id(
             .await
             .map_err(server.internal())?
         {
+            // Requirement: ADV-OP-2
+            observe!([Observed::GroupId(group_id.clone())]);
             return codec::encode(&RequestGroupIdResponse {
                 group_id: VLBytes::new(group_id),
             });

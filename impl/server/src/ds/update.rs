@@ -41,6 +41,19 @@ pub async fn update(server: &Server, request: &Request, now: u64) -> Result<Vec<
             "update takes a commit with a path and no proposals",
         ));
     }
+    // Requirement: ADV-OP-2
+    observe!(
+        staged
+            .commit
+            .update_path_leaf_node()
+            .into_iter()
+            .flat_map(|leaf| Observed::leaf(leaf.signature_key().as_slice(), leaf.credential()))
+            .chain(
+                req.new_encrypted_credential
+                    .iter()
+                    .map(|c| Observed::encrypted_credential(c.as_slice()))
+            )
+    );
     let recipients = group.state.members.clone();
     commit::merge(&mut group, staged)?;
     commit::accept_group_info(&mut group, req.group_info.as_slice(), sender)?;

@@ -31,7 +31,9 @@ pub async fn enqueue(server: &Server, body: &[u8], now: u64) -> Result<Vec<u8>, 
     let tbs: FederatedEnqueueTbs = codec::decode(message.tbs.as_slice(), MAX_FEDERATED_MESSAGE)?;
     let sender = Domain::parse(&tbs.sender)
         .map_err(|_| WireError::new(ErrorCode::Malformed, "invalid sender domain"))?;
+    // Requirement: FED-4
     server.federation.policy.check(&sender)?;
+    // Requirement: FED-1, ADV-REMOTE-1
     if tbs.destination != server.domain.as_str() {
         return Err(WireError::new(
             ErrorCode::Misaddressed,
@@ -54,14 +56,26 @@ pub async fn enqueue(server: &Server, body: &[u8], now: u64) -> Result<Vec<u8>, 
             "a federated message claiming to come from this server",
         ));
     }
+    // Requirement: FED-2, ADV-REMOTE-1
     verify_signature(server, &sender, &message).await?;
     check_fresh(tbs.timestamp, now)?;
     let client_id = open_queue_config(server, &sealed)?;
+    // Requirement: ADV-OP-1
+    observe!(
+        [
+            Observed::PeerDomain(sender.to_string()),
+            Observed::sealed_queue_config(&sealed),
+            Observed::QsClientId(client_id),
+        ]
+        .into_iter()
+        .chain(Observed::payload_group(tbs.payload.as_slice()))
+    );
     let entry = EnqueueEntry {
         client_id,
         payload: tbs.payload.as_slice().to_vec(),
         dedup: Some(tbs.message_id),
     };
+    // Requirement: FED-3
     match server
         .store
         .enqueue_federated(sender.as_str(), &tbs.message_id, now, &entry)

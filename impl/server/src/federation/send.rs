@@ -58,6 +58,7 @@ pub async fn send(server: &Server, entry: &OutboxEntry) -> SendOutcome {
             ));
         }
     };
+    // Requirement: FED-4
     if let Err(e) = server.federation.policy.check(&destination) {
         return SendOutcome::Permanent(e);
     }
@@ -98,11 +99,16 @@ pub async fn send(server: &Server, entry: &OutboxEntry) -> SendOutcome {
         )
     });
     match error.code {
+        // Requirement: FED-3
         ErrorCode::Replayed => SendOutcome::Delivered,
+        // A stale answer means the two servers' clocks disagree by more than the skew
+        // window (every attempt is signed afresh): an operational fault that gets fixed, so
+        // the entry waits for it instead of being dropped (nothing lost).
         ErrorCode::RateLimited
         | ErrorCode::UnknownPeer
         | ErrorCode::Internal
-        | ErrorCode::Unavailable => SendOutcome::Transient(format!("{destination}: {error}")),
+        | ErrorCode::Unavailable
+        | ErrorCode::StaleRequest => SendOutcome::Transient(format!("{destination}: {error}")),
         _ if status.is_server_error() => SendOutcome::Transient(format!("{destination}: {error}")),
         _ => SendOutcome::Permanent(error),
     }

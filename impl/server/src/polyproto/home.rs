@@ -9,14 +9,16 @@
 //! What this module is not: a cache of remote actors' certificates. Each lookup asks the
 //! home server (polyproto requires a fresh answer before a foreign actor acts and after any
 //! certificate change); the discovery documents it reads are cached by
-//! [`crate::federation::Peers`].
+//! [`crate::federation::Peers`]. The cache this server keeps for its own clients
+//! ([`crate::federation::certificates::actor_certificates`]) fetches through
+//! [`actor_certificates`] but is never used for sessions.
 
 use phoenix_types::certs::ParsedCert;
 use phoenix_types::error::{ErrorCode, WireError};
 use phoenix_types::ids::{Domain, Fid};
 
 use super::decimal;
-use super::idcert::{CacheableIdCertIn, VerifiedCacheable};
+use super::idcert::{CacheableIdCertIn, MAX_ACTOR_CERTIFICATES, VerifiedCacheable};
 use crate::server::Server;
 use crate::store::AsStore;
 use crate::store::sessions::SessionStore;
@@ -138,20 +140,9 @@ async fn remote(
     now: u64,
 ) -> Result<ActorCertificate, WireError> {
     let domain = fid.domain();
-    server.federation.policy.check(domain)?;
+    let answers = actor_certificates(server, fid).await?;
     let base = server.peers.url(domain);
     let base = base.trim_end_matches('/');
-    let url = format!("{base}/.p2/core/v1/idcert/actor/{fid}");
-    let answers: Vec<CacheableIdCertIn> = match fetch(server, &url).await? {
-        Fetched::Json(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| peer_error(format!("{domain}'s idcert/actor answer is malformed: {e}")))?,
-        Fetched::NotFound => {
-            return Err(WireError::new(
-                ErrorCode::UnknownUser,
-                format!("{domain} does not know {fid}"),
-            ));
-        }
-    };
     let mut candidate = None;
     for answer in &answers {
         // A certificate this server cannot parse (say, another algorithm) is not the one
@@ -186,6 +177,39 @@ async fn remote(
         invalidated_at: verified.invalidated_at,
         verified_until: verified.not_valid_after,
     })
+}
+
+/// Every certificate `fid`'s home server (another domain) vouches for, as it answered
+/// `GET idcert/actor/{fid}`: parsed as cacheable ID-Certs, nothing verified yet.
+/// `FEDERATION_REFUSED` by policy, `UNKNOWN_USER` if the home server does not know the
+/// user, `UNKNOWN_PEER` if it cannot be reached or answers with anything else than an
+/// array of at most [`MAX_ACTOR_CERTIFICATES`] cacheable ID-Certs in at most
+/// [`MAX_ANSWER`] bytes.
+pub async fn actor_certificates(
+    server: &Server,
+    fid: &Fid,
+) -> Result<Vec<CacheableIdCertIn>, WireError> {
+    let domain = fid.domain();
+    server.federation.policy.check(domain)?;
+    let base = server.peers.url(domain);
+    let base = base.trim_end_matches('/');
+    let url = format!("{base}/.p2/core/v1/idcert/actor/{fid}");
+    let answers: Vec<CacheableIdCertIn> = match fetch(server, &url).await? {
+        Fetched::Json(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| peer_error(format!("{domain}'s idcert/actor answer is malformed: {e}")))?,
+        Fetched::NotFound => {
+            return Err(WireError::new(
+                ErrorCode::UnknownUser,
+                format!("{domain} does not know {fid}"),
+            ));
+        }
+    };
+    if answers.len() > MAX_ACTOR_CERTIFICATES {
+        return Err(peer_error(format!(
+            "{domain} answered with more than {MAX_ACTOR_CERTIFICATES} certificates for {fid}"
+        )));
+    }
+    Ok(answers)
 }
 
 /// Verify `answer`'s `cacheSignature` with `domain`'s current CA key. That key comes from

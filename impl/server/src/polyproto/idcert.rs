@@ -19,22 +19,32 @@
 //! (`cacheNotValidAfter == cacheNotValidBefore`), so it is served for verifying old
 //! messages but not cached.
 //!
-//! This module also reads cacheable ID-Certs from other servers ([`CacheableIdCertIn`]).
+//! For a user of another domain, `idcert/actor/{fid}` answers from this server's cache of
+//! that domain's own cacheable ID-Certs (their windows and signatures are the home
+//! server's, see [`crate::federation::certificates`]): 404 `UNKNOWN_USER` if the home server
+//! does not know the user, 502 `UNKNOWN_PEER` if it cannot be reached or its answer does not
+//! verify, 403 `FEDERATION_REFUSED` by policy, 429 `RATE_LIMITED` beyond the client
+//! address's `remote_idcert` limit.
+//!
+//! The vocabulary (the signed string, reading another server's objects) is
+//! [`phoenix_types::cacheable`]'s.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use serde::Deserialize;
 use warp::Filter;
 use warp::filters::BoxedFilter;
+use warp::http::HeaderMap;
 use warp::reply::Response;
 
 use phoenix_types::certs::{self, ParsedCert};
-use phoenix_types::crypto;
 use phoenix_types::error::{ErrorCode, WireError};
 use phoenix_types::ids::{ClientId, Fid};
 
 use super::{JcsObject, decimal, jcs_response, parse_u64, percent_decode, respond, with_server};
+use crate::http::problem;
+use crate::ratelimit::{Limited, RateLimiter};
 use crate::server::{Server, now};
 use crate::store::AsStore;
 use crate::store::sessions::SessionStore;
@@ -43,23 +53,49 @@ use crate::store::sessions::SessionStore;
 /// answer stays bounded however often a user renewed.
 pub const MAX_ACTOR_CERTIFICATES: usize = 1024;
 
-pub fn routes(server: Arc<Server>) -> BoxedFilter<(Response,)> {
+pub fn routes(server: Arc<Server>, limiter: Arc<RateLimiter>) -> BoxedFilter<(Response,)> {
+    // The client's address as the rate limiter sees it, for the per-address limit on
+    // lookups of other domains' users (each may make this server ask a peer).
+    let client = warp::addr::remote()
+        .and(warp::header::headers_cloned())
+        .map(move |peer: Option<SocketAddr>, headers: HeaderMap| {
+            (limiter.clone(), limiter.client_ip(peer, &headers))
+        });
     let server_cert = warp::path!(".p2" / "core" / "v1" / "idcert" / "server")
         .and(warp::get())
         .and(warp::query::<BTreeMap<String, String>>())
         .and(with_server(server.clone()))
+        .and(crate::observe::source())
         .then(
-            |query: BTreeMap<String, String>, server: Arc<Server>| async move {
-                respond(server_certificate(&server, &query, now()).await)
+            |query: BTreeMap<String, String>, server: Arc<Server>, source| async move {
+                let handled = server_certificate(&server, &query, now());
+                respond(
+                    observe_request!(server, "polyproto", "idcert/server", source, handled).await,
+                )
             },
         );
     let actor_certs = warp::path!(".p2" / "core" / "v1" / "idcert" / "actor" / String)
         .and(warp::get())
         .and(warp::query::<BTreeMap<String, String>>())
+        .and(client)
         .and(with_server(server))
         .then(
-            |fid: String, query: BTreeMap<String, String>, server: Arc<Server>| async move {
-                respond(actor_certificates(&server, &fid, &query, now()).await)
+            |fid: String,
+             query: BTreeMap<String, String>,
+             (limiter, client): (Arc<RateLimiter>, Option<IpAddr>),
+             server: Arc<Server>| async move {
+                let lookup = Lookup {
+                    limiter: &limiter,
+                    client,
+                };
+                let handled = actor_certificates(&server, &fid, &query, Some(lookup), now());
+                match observe_request!(server, "polyproto", "idcert/actor", client, handled).await {
+                    Ok(response) => response,
+                    Err(Refusal::Limited(limited)) => {
+                        crate::ratelimit::with_retry_after(problem(&limited.error()), &limited)
+                    }
+                    Err(Refusal::Error(e)) => problem(&e),
+                }
             },
         );
     server_cert.or(actor_certs).unify().boxed()
@@ -93,17 +129,45 @@ pub async fn server_certificate(
     Ok(jcs_response(&cacheable(server, &parsed, None, now)?))
 }
 
-/// `idcert/actor/{fid}`: every certificate issued to a local user's clients whose validity
-/// overlaps `[notBefore, notAfter]`, optionally only those of one session (client) id.
+/// Who asks for another domain's user, for the rate limit of such lookups.
+#[derive(Debug, Clone, Copy)]
+pub struct Lookup<'a> {
+    pub limiter: &'a RateLimiter,
+    pub client: Option<IpAddr>,
+}
+
+/// Why `idcert/actor` answered with a problem.
+#[derive(Debug)]
+pub enum Refusal {
+    Limited(Limited),
+    Error(WireError),
+}
+
+impl From<WireError> for Refusal {
+    fn from(e: WireError) -> Self {
+        Self::Error(e)
+    }
+}
+
+/// `idcert/actor/{fid}`: every certificate issued to the user's clients whose validity
+/// overlaps `[notBefore, notAfter]`, optionally only those of one session (client) id. For
+/// a local user, from the store, each with a window starting now. For another domain's
+/// user, the home server's own cacheable ID-Certs as this server caches them for its
+/// clients ([`crate::federation::certificates::actor_certificates`]), within the home
+/// server's windows; such a lookup counts against the client address's `remote_idcert`
+/// rate limit (`lookup`; `None` skips it, for callers inside the server).
 pub async fn actor_certificates(
     server: &Server,
     fid: &str,
     query: &BTreeMap<String, String>,
+    lookup: Option<Lookup<'_>>,
     now: u64,
-) -> Result<Response, WireError> {
+) -> Result<Response, Refusal> {
     let fid = percent_decode(fid)
         .and_then(|fid| Fid::parse(&fid).ok())
         .ok_or_else(|| WireError::new(ErrorCode::InvalidFid, "not a valid federation id"))?;
+    // Requirement: ADV-OP-1
+    observe!([Observed::Fid(fid.to_string())]);
     let not_before = optional_u64(query, "notBefore")?;
     let not_after = optional_u64(query, "notAfter")?;
     let session_id = match query.get("sessionId") {
@@ -113,13 +177,38 @@ pub async fn actor_certificates(
         None => None,
     };
     if fid.domain() != &server.domain {
-        return Err(WireError::new(
-            ErrorCode::NotFound,
-            format!(
-                "{fid} is not a user of this server ({}); ask its home server",
-                server.domain
-            ),
-        ));
+        if let Some(lookup) = lookup {
+            lookup
+                .limiter
+                .check_remote_idcert(lookup.client)
+                .map_err(Refusal::Limited)?;
+        }
+        let (cached, _) =
+            crate::federation::certificates::actor_certificates(server, &fid, now).await?;
+        let mut answer = Vec::new();
+        for object in cached {
+            // Parsed when it was cached; the filters look at the certificate itself.
+            let Ok((cert, ..)) = object.parse() else {
+                continue;
+            };
+            let client_id = cert.actor.as_ref().map(|a| a.client_id.as_str());
+            if not_before.is_some_and(|t| cert.not_after < t)
+                || not_after.is_some_and(|t| cert.not_before > t)
+                || session_id
+                    .as_ref()
+                    .is_some_and(|id| Some(id.as_str()) != client_id)
+            {
+                continue;
+            }
+            observe!(
+                client_id
+                    .map(|id| Observed::AsClientId(id.to_owned()))
+                    .into_iter()
+                    .chain([Observed::certificate(&cert.der)])
+            );
+            answer.push(object);
+        }
+        return Ok(jcs_response(&answer));
     }
     let fid_str = fid.to_string();
     let issued = server
@@ -131,7 +220,8 @@ pub async fn actor_certificates(
         return Err(WireError::new(
             ErrorCode::UnknownUser,
             format!("{fid} is not registered here"),
-        ));
+        )
+        .into());
     }
     let invalidated: BTreeMap<String, u64> = server
         .store
@@ -155,6 +245,11 @@ pub async fn actor_certificates(
             WireError::new(ErrorCode::Internal, "a stored certificate is corrupt")
         })?;
         let invalidated_at = invalidated.get(&decimal(&parsed.serial)).copied();
+        observe!([
+            Observed::AsClientId(client_id.clone()),
+            Observed::certificate(der),
+            Observed::CertificateSerial(decimal(&parsed.serial)),
+        ]);
         answer.push(cacheable(server, &parsed, invalidated_at, now)?);
     }
     let skip = answer.len().saturating_sub(MAX_ACTOR_CERTIFICATES);
@@ -192,21 +287,7 @@ pub fn cacheable(
     Ok(object)
 }
 
-/// The string a `cacheSignature` signs: `"<serial> <notValidBefore> <notValidAfter>"` and
-/// `" <invalidatedAt>"` if invalidated (polyproto 0.21; older versions concatenated without
-/// separators).
-pub fn cache_signature_input(
-    serial_decimal: &str,
-    not_valid_before: u64,
-    not_valid_after: u64,
-    invalidated_at: Option<u64>,
-) -> String {
-    let mut input = format!("{serial_decimal} {not_valid_before} {not_valid_after}");
-    if let Some(at) = invalidated_at {
-        input.push_str(&format!(" {at}"));
-    }
-    input
-}
+pub use phoenix_types::cacheable::cache_signature_input;
 
 fn optional_u64(query: &BTreeMap<String, String>, name: &str) -> Result<Option<u64>, WireError> {
     match query.get(name) {
@@ -220,62 +301,4 @@ fn optional_u64(query: &BTreeMap<String, String>, name: &str) -> Result<Option<u
     }
 }
 
-/// A cacheable ID-Cert as another server sends it (not yet verified).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CacheableIdCertIn {
-    pub id_cert_pem: String,
-    pub cache_not_valid_before: String,
-    pub cache_not_valid_after: String,
-    pub cache_signature: String,
-    #[serde(default)]
-    pub invalidated_at: Option<String>,
-}
-
-/// A cacheable ID-Cert whose certificate parsed and whose `cacheSignature` verified with the
-/// issuing home server's current CA key. The certificate's own chain is not checked here.
-#[derive(Debug, Clone)]
-pub struct VerifiedCacheable {
-    pub cert: ParsedCert,
-    pub not_valid_before: u64,
-    pub not_valid_after: u64,
-    pub invalidated_at: Option<u64>,
-}
-
-impl CacheableIdCertIn {
-    /// Parse the certificate and the numbers (any failure is the sender's fault:
-    /// `UNKNOWN_PEER` is not right for a bad client request, so callers map the error).
-    pub fn parse(&self) -> Result<(ParsedCert, u64, u64, Option<u64>), String> {
-        let der = certs::from_pem(&self.id_cert_pem).map_err(|e| format!("idCertPem: {e}"))?;
-        let cert = ParsedCert::parse(&der).map_err(|e| format!("idCertPem: {e}"))?;
-        let before = parse_u64(&self.cache_not_valid_before)
-            .ok_or("cacheNotValidBefore is not a u64 string")?;
-        let after = parse_u64(&self.cache_not_valid_after)
-            .ok_or("cacheNotValidAfter is not a u64 string")?;
-        let invalidated = match &self.invalidated_at {
-            Some(at) => Some(parse_u64(at).ok_or("invalidatedAt is not a u64 string")?),
-            None => None,
-        };
-        Ok((cert, before, after, invalidated))
-    }
-
-    /// Parse and check the `cacheSignature` with `home_key` (the home server's current CA
-    /// key). Strict Ed25519.
-    pub fn verify(&self, home_key: &[u8; 32]) -> Result<VerifiedCacheable, String> {
-        let (cert, before, after, invalidated) = self.parse()?;
-        let signature = hex::decode(&self.cache_signature)
-            .ok()
-            .and_then(|s| ed25519_dalek::Signature::from_slice(&s).ok())
-            .ok_or("cacheSignature is not a hex Ed25519 signature")?;
-        let key = crypto::verifying_key(home_key).map_err(|_| "bad home server key")?;
-        let input = cache_signature_input(&decimal(&cert.serial), before, after, invalidated);
-        key.verify_strict(input.as_bytes(), &signature)
-            .map_err(|_| "cacheSignature does not verify with the home server's CA key")?;
-        Ok(VerifiedCacheable {
-            cert,
-            not_valid_before: before,
-            not_valid_after: after,
-            invalidated_at: invalidated,
-        })
-    }
-}
+pub use phoenix_types::cacheable::{CacheableIdCertIn, VerifiedCacheable};

@@ -5,7 +5,9 @@
 //! - [`well_known`]: `GET /.well-known/polyproto-core`;
 //! - [`idcert`]: `GET idcert/server[?timestamp=]` and `GET idcert/actor/{fid}`: every
 //!   certificate this server ever had or issued, as cacheable ID-Certs (JCS JSON, a cache
-//!   window and a `cacheSignature` by the current CA key);
+//!   window and a `cacheSignature` by the current CA key); for another domain's user, that
+//!   domain's own cacheable ID-Certs from this server's cache
+//!   ([`crate::federation::certificates`]);
 //! - [`session`]: foreign sessions: `GET`/`POST session/auth` (a key trial answered with
 //!   the actor's ID-Cert key gives a session token), `DELETE session` and
 //!   `PUT session/idcert/extern`, and [`session()`] to look a bearer token up;
@@ -102,7 +104,7 @@ pub fn parse_public_url(input: &str) -> Result<String, String> {
 /// tells the client's address (see [`session`]).
 pub fn routes(server: Arc<Server>, limiter: Arc<RateLimiter>) -> BoxedFilter<(Response,)> {
     well_known::routes(server.clone())
-        .or(idcert::routes(server.clone()))
+        .or(idcert::routes(server.clone(), limiter.clone()))
         .unify()
         .or(session::routes(server, limiter))
         .unify()
@@ -160,42 +162,8 @@ pub(crate) fn respond(result: Result<Response, WireError>) -> Response {
     }
 }
 
-/// The unsigned decimal value of a big-endian integer (a certificate serial). polyproto
-/// signs and sends serials in this form (`SerialNumber`'s `Display` is the `BigUint` of its
-/// bytes), so leading zero bytes do not change it.
-pub fn decimal(big_endian: &[u8]) -> String {
-    let mut number: Vec<u8> = big_endian.iter().copied().skip_while(|b| *b == 0).collect();
-    if number.is_empty() {
-        return "0".to_owned();
-    }
-    let mut digits = Vec::new();
-    // Long division by ten, most significant byte first; each quotient byte is below 256
-    // because the running remainder is below 10.
-    while !number.is_empty() {
-        let mut remainder = 0u16;
-        let mut quotient = Vec::with_capacity(number.len());
-        for byte in &number {
-            let current = remainder * 256 + u16::from(*byte);
-            let q = current / 10;
-            remainder = current % 10;
-            if !(quotient.is_empty() && q == 0) {
-                quotient.push(u8::try_from(q).unwrap_or(u8::MAX));
-            }
-        }
-        digits.push(char::from(b'0' + u8::try_from(remainder).unwrap_or(0)));
-        number = quotient;
-    }
-    digits.iter().rev().collect()
-}
-
-/// Parse a u64 sent as a decimal string (polyproto sends every u64 this way). Only
-/// ASCII digits, at most 20 of them, no sign and no leading `+`.
-pub(crate) fn parse_u64(value: &str) -> Option<u64> {
-    if value.is_empty() || value.len() > 20 || !value.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    value.parse().ok()
-}
+pub use phoenix_types::cacheable::decimal;
+pub(crate) use phoenix_types::cacheable::parse_u64;
 
 /// Percent-decode one path segment (an FID's `@` may arrive as `%40`). `None` for invalid
 /// escapes or non-UTF-8 results.
@@ -220,40 +188,6 @@ pub(crate) fn percent_decode(segment: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn decimal_matches_integer_formatting() {
-        assert_eq!(decimal(&[]), "0");
-        assert_eq!(decimal(&[0, 0]), "0");
-        assert_eq!(decimal(&[1, 0]), "256");
-        assert_eq!(decimal(&[0, 0xff]), "255");
-        for value in [
-            1u128,
-            9,
-            10,
-            255,
-            65_535,
-            u64::MAX as u128,
-            u128::MAX,
-            1 << 100,
-        ] {
-            assert_eq!(decimal(&value.to_be_bytes()), value.to_string());
-        }
-        // 20 bytes, the longest serial: 2^160 - 1.
-        assert_eq!(
-            decimal(&[0xff; 20]),
-            "1461501637330902918203684832716283019655932542975"
-        );
-    }
-
-    #[test]
-    fn u64_strings_are_strict() {
-        assert_eq!(parse_u64("0"), Some(0));
-        assert_eq!(parse_u64("18446744073709551615"), Some(u64::MAX));
-        for bad in ["", "-1", "+1", " 1", "1.0", "18446744073709551616", "1e3"] {
-            assert_eq!(parse_u64(bad), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn public_urls_are_origins() {

@@ -54,7 +54,7 @@ use phoenix_types::ids::Fid;
 
 use super::home::{self, ActorCertificate};
 use super::{JcsObject, decimal, jcs_response, parse_u64, respond, with_server};
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{RateLimiter, SessionKey};
 use crate::server::{Server, now};
 use crate::store::sessions::{
     CertificateRecord, CompleteTrial, InsertTrial, SessionRecord, SessionStore, TrialCompletion,
@@ -96,6 +96,68 @@ pub struct Session {
     token_hash: [u8; 32],
 }
 
+impl Session {
+    /// The opaque key the rate limiter counts this session's requests under (see
+    /// [`rate_limit_key`]).
+    pub fn rate_limit_key(&self) -> SessionKey {
+        limiter_key(&self.token_hash)
+    }
+}
+
+// Requirement: RL-SESSION-1, RL-SESSION-2
+/// The rate-limit key of the live session of an `Authorization: Bearer <token>` header, or
+/// `UNAUTHENTICATED` (as [`authenticate`]). Only whether the session is live is read, never
+/// its FID: a QS or DS request that carries a session is handled without the actor's
+/// identity ever being loaded.
+pub async fn rate_limit_key(
+    server: &Server,
+    authorization: Option<&str>,
+) -> Result<SessionKey, WireError> {
+    let unknown = || {
+        WireError::new(
+            ErrorCode::Unauthenticated,
+            "unknown or expired session token",
+        )
+    };
+    let hash = token_hash(bearer(authorization)?).ok_or_else(unknown)?;
+    if server
+        .store
+        .session_is_live(&hash, now())
+        .await
+        .map_err(server.internal())?
+    {
+        // The token is the session's: the operator can look its FID up (ADV-OP-1).
+        // Requirement: ADV-OP-1
+        observe!([Observed::SessionToken(hash)]);
+        Ok(limiter_key(&hash))
+    } else {
+        Err(unknown())
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header (the scheme case-insensitive).
+fn bearer(authorization: Option<&str>) -> Result<&str, WireError> {
+    let unauthenticated =
+        |detail: &str| WireError::new(ErrorCode::Unauthenticated, detail.to_owned());
+    let header =
+        authorization.ok_or_else(|| unauthenticated("a bearer session token is required"))?;
+    let (scheme, token) = header
+        .split_once(' ')
+        .ok_or_else(|| unauthenticated("expected Authorization: Bearer <token>"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(unauthenticated("expected Authorization: Bearer <token>"));
+    }
+    Ok(token.trim())
+}
+
+/// A hash of the token hash, so that neither the FID nor the stored token hash appears in
+/// the limiter's state.
+fn limiter_key(token_hash: &[u8; 32]) -> SessionKey {
+    let mut input = b"phoenix rate-limit session ".to_vec();
+    input.extend_from_slice(token_hash);
+    SessionKey(crypto::sha256(&input))
+}
+
 /// The session of a bearer token (without the `Bearer ` prefix), if it is valid now. For
 /// rate limiting and anything else that acts on behalf of a foreign actor. A storage
 /// failure is logged and counts as no session.
@@ -130,7 +192,8 @@ pub fn routes(server: Arc<Server>, limiter: Arc<RateLimiter>) -> BoxedFilter<(Re
         .and(client.clone())
         .and(with_server(server.clone()))
         .then(|client: Option<IpAddr>, server: Arc<Server>| async move {
-            respond(issue_trial(&server, client, now()).await)
+            let handled = issue_trial(&server, client, now());
+            respond(observe_request!(server, "polyproto", "session/auth", client, handled).await)
         });
     let answer = warp::path!(".p2" / "core" / "v1" / "session" / "auth")
         .and(warp::post())
@@ -140,7 +203,10 @@ pub fn routes(server: Arc<Server>, limiter: Arc<RateLimiter>) -> BoxedFilter<(Re
         .and(with_server(server.clone()))
         .then(
             |client: Option<IpAddr>, body: Bytes, server: Arc<Server>| async move {
-                respond(answer_trial(&server, client, &body, now()).await)
+                let handled = answer_trial(&server, client, &body, now());
+                respond(
+                    observe_request!(server, "polyproto", "session/answer", client, handled).await,
+                )
             },
         );
     let delete = warp::path!(".p2" / "core" / "v1" / "session")
@@ -148,11 +214,16 @@ pub fn routes(server: Arc<Server>, limiter: Arc<RateLimiter>) -> BoxedFilter<(Re
         .and(warp::header::optional::<String>("authorization"))
         .and(warp::query::<std::collections::BTreeMap<String, String>>())
         .and(with_server(server.clone()))
+        .and(crate::observe::source())
         .then(
             |authorization: Option<String>,
              query: std::collections::BTreeMap<String, String>,
-             server: Arc<Server>| async move {
-                respond(delete_session(&server, authorization.as_deref(), &query, now()).await)
+             server: Arc<Server>,
+             source| async move {
+                let handled = delete_session(&server, authorization.as_deref(), &query, now());
+                respond(
+                    observe_request!(server, "polyproto", "session/delete", source, handled).await,
+                )
             },
         );
     let update = warp::path!(".p2" / "core" / "v1" / "session" / "idcert" / "extern")
@@ -161,9 +232,20 @@ pub fn routes(server: Arc<Server>, limiter: Arc<RateLimiter>) -> BoxedFilter<(Re
         .and(warp::body::content_length_limit(MAX_BODY))
         .and(warp::body::bytes())
         .and(with_server(server))
+        .and(crate::observe::source())
         .then(
-            |authorization: Option<String>, body: Bytes, server: Arc<Server>| async move {
-                respond(update_certificate(&server, authorization.as_deref(), &body, now()).await)
+            |authorization: Option<String>, body: Bytes, server: Arc<Server>, source| async move {
+                let handled = update_certificate(&server, authorization.as_deref(), &body, now());
+                respond(
+                    observe_request!(
+                        server,
+                        "polyproto",
+                        "session/idcert/extern",
+                        source,
+                        handled
+                    )
+                    .await,
+                )
             },
         );
     trial
@@ -244,6 +326,11 @@ pub async fn answer_trial(
     let fid = Fid::parse(&answer.fid)
         .map_err(|e| WireError::new(ErrorCode::InvalidFid, e.to_string()))?;
     let serial = canonical_serial(&answer.serial_number)?;
+    // Requirement: ADV-OP-1
+    observe!([
+        Observed::Fid(fid.to_string()),
+        Observed::CertificateSerial(serial.clone()),
+    ]);
     let signature = hex::decode(&answer.signature)
         .ok()
         .and_then(|s| ed25519_dalek::Signature::from_slice(&s).ok())
@@ -343,6 +430,11 @@ pub async fn answer_trial(
         verified_until: certificate.verified_until,
     };
     let record = certificate_record(&fid, &certificate);
+    observe!([
+        Observed::AsClientId(client_id.clone()),
+        Observed::certificate(&certificate.cert.der),
+        Observed::SessionToken(hash),
+    ]);
     match server
         .store
         .complete_trial(&trial, now, &completion, &record, &session)
@@ -510,6 +602,8 @@ pub async fn update_certificate(
         .map_err(|e| WireError::new(ErrorCode::InvalidCertificate, e.to_string()))?;
     let cert = ParsedCert::parse(&der)
         .map_err(|e| WireError::new(ErrorCode::InvalidCertificate, e.to_string()))?;
+    // Requirement: ADV-OP-1
+    observe!([Observed::certificate(&der)]);
     let actor = cert
         .actor
         .as_ref()
@@ -590,8 +684,14 @@ fn extern_body(body: &[u8]) -> Result<(String, Option<u64>), WireError> {
     }
 }
 
-/// The session of an `Authorization: Bearer <token>` header, or `UNAUTHENTICATED`.
-async fn authenticate(server: &Server, authorization: Option<&str>) -> Result<Session, WireError> {
+// Requirement: RL-SESSION-2
+/// The session of an `Authorization: Bearer <token>` header, or `UNAUTHENTICATED` (no
+/// header, another scheme, or a token that is malformed, unknown, expired or whose session
+/// was ended or whose certificate was invalidated).
+pub async fn authenticate(
+    server: &Server,
+    authorization: Option<&str>,
+) -> Result<Session, WireError> {
     let unauthenticated =
         |detail: &str| WireError::new(ErrorCode::Unauthenticated, detail.to_owned());
     let header =
@@ -602,9 +702,17 @@ async fn authenticate(server: &Server, authorization: Option<&str>) -> Result<Se
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(unauthenticated("expected Authorization: Bearer <token>"));
     }
-    session(server, token.trim())
+    let session = session(server, token.trim())
         .await
-        .ok_or_else(|| unauthenticated("unknown or expired session token"))
+        .ok_or_else(|| unauthenticated("unknown or expired session token"))?;
+    // Requirement: ADV-OP-1
+    observe!([
+        Observed::Fid(session.fid.to_string()),
+        Observed::AsClientId(session.client_id.clone()),
+        Observed::CertificateSerial(session.serial.clone()),
+        Observed::SessionToken(session.token_hash),
+    ]);
+    Ok(session)
 }
 
 fn certificate_record(fid: &Fid, certificate: &ActorCertificate) -> CertificateRecord {

@@ -18,7 +18,11 @@ pub fn routes(server: Arc<Server>) -> BoxedFilter<(Response,)> {
     warp::path!(".well-known" / "polyproto-core")
         .and(warp::get())
         .and(with_server(server))
-        .map(|server: Arc<Server>| jcs_response(&document(&server)))
+        .and(crate::observe::source())
+        .map(|server: Arc<Server>, source| {
+            observe_detached!(server, "polyproto", "well-known", source, []);
+            jcs_response(&document(&server))
+        })
         .boxed()
 }
 

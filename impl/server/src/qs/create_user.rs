@@ -42,6 +42,14 @@ pub async fn create_user(server: &Server, request: &Request) -> Result<Vec<u8>, 
         user_id,
         auth_key: auth_key(req.client_auth_key.as_slice())?,
     };
+    // Requirement: ADV-OP-1
+    observe!([
+        Observed::QsUserId(user.user_id),
+        Observed::QsClientId(client.client_id),
+        Observed::QsAuthKey(user.auth_key),
+        Observed::QsAuthKey(client.auth_key),
+        Observed::FriendshipTokenHash(user.friendship_token_hash),
+    ]);
     match QsStore::create_user(&server.store, &user, &client)
         .await
         .map_err(server.internal())?

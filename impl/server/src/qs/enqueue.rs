@@ -26,12 +26,31 @@ pub async fn enqueue_local(
     server: &Server,
     entries: &[OutboxEntry],
 ) -> Result<Vec<EnqueueOutcome>, StoreError> {
+    // The QS's own step, observed on its own even when it runs inline after a DS request.
+    observe_request!(server, "qs", "enqueue", deliver(server, entries)).await
+}
+
+async fn deliver(
+    server: &Server,
+    entries: &[OutboxEntry],
+) -> Result<Vec<EnqueueOutcome>, StoreError> {
     let mut outcomes: Vec<Option<EnqueueOutcome>> = Vec::with_capacity(entries.len());
     let mut batch = Vec::new();
     let mut batch_index = Vec::new();
     for (i, entry) in entries.iter().enumerate() {
         match target(server, entry) {
             Ok(client_id) => {
+                // Requirement: ADV-OP-1
+                observe!(
+                    [
+                        Observed::QsClientId(client_id),
+                        Observed::SealedQueueConfig(phoenix_types::crypto::sha256(
+                            &entry.queue_config
+                        )),
+                    ]
+                    .into_iter()
+                    .chain(Observed::payload_group(&entry.payload))
+                );
                 batch.push(EnqueueEntry {
                     client_id,
                     payload: entry.payload.clone(),

@@ -32,6 +32,11 @@ pub async fn fetch_key_packages(server: &Server, request: &Request) -> Result<Ve
     if !crypto::ct_eq(&user.friendship_token_hash, &hash) {
         return Err(unknown());
     }
+    // Requirement: ADV-OP-1
+    observe!([
+        Observed::FriendshipTokenHash(hash),
+        Observed::QsUserId(user.user_id),
+    ]);
     let packages = server
         .store
         .take_key_packages(&user.user_id)
@@ -47,5 +52,14 @@ pub async fn fetch_key_packages(server: &Server, request: &Request) -> Result<Ve
         .iter()
         .map(|(_, bytes)| codec::decode::<AddPackage>(bytes, usize::MAX))
         .collect::<Result<Vec<_>, _>>()?;
+    observe!(
+        packages
+            .iter()
+            .zip(&add_packages)
+            .flat_map(|((client_id, _), p)| [
+                Observed::QsClientId(*client_id),
+                Observed::key_package(p.key_package.as_slice()),
+            ])
+    );
     codec::encode(&FetchKeyPackagesResponse { add_packages })
 }

@@ -37,19 +37,18 @@ pub async fn publish_key_packages(
     let mut stored = Vec::with_capacity(req.add_packages.len());
     for add_package in &req.add_packages {
         let bytes = add_package.key_package.as_slice();
-        if bytes.len() > MAX_KEY_PACKAGE_LEN {
-            return Err(WireError::new(
-                ErrorCode::TooLarge,
-                "key package is too large",
-            ));
-        }
         let invalid = |detail: String| WireError::new(ErrorCode::InvalidKeyPackage, detail);
-        let kp = KeyPackageIn::tls_deserialize_exact(bytes)
-            .map_err(|e| invalid(format!("malformed key package: {e}")))?
+        let kp = decode_key_package(bytes)?
             .validate(&crypto, ProtocolVersion::Mls10)
             .map_err(|e| invalid(format!("invalid key package: {e}")))?;
         let sealed = sealed_queue_config(&kp)?;
         let target = open_queue_config(server, &sealed)?;
+        // Requirement: ADV-OP-1
+        observe!([
+            Observed::key_package(bytes),
+            Observed::sealed_queue_config(&sealed),
+            Observed::QsClientId(target),
+        ]);
         if target != client.client_id {
             return Err(invalid("the queue config names another client".into()));
         }
@@ -70,4 +69,23 @@ pub async fn publish_key_packages(
         .await
         .map_err(server.internal())?;
     codec::encode(&Empty {})
+}
+
+// Requirement: WIRE-3, VEC-1
+/// Decode one uploaded key package (a bare `KeyPackage`, not wrapped in an `MLSMessage`):
+/// at most [`MAX_KEY_PACKAGE_LEN`] bytes (`TOO_LARGE`), exact TLS decoding
+/// (`INVALID_KEY_PACKAGE`). Its signature, lifetime and keys are checked by the caller.
+pub fn decode_key_package(bytes: &[u8]) -> Result<KeyPackageIn, WireError> {
+    if bytes.len() > MAX_KEY_PACKAGE_LEN {
+        return Err(WireError::new(
+            ErrorCode::TooLarge,
+            "key package is too large",
+        ));
+    }
+    KeyPackageIn::tls_deserialize_exact(bytes).map_err(|e| {
+        WireError::new(
+            ErrorCode::InvalidKeyPackage,
+            format!("malformed key package: {e}"),
+        )
+    })
 }

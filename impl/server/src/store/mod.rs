@@ -8,7 +8,12 @@
 //! so and is tested for it in `tests/store_suite.rs`, which runs against both backends.
 //!
 //! What this module is not: a cache, or a place for business rules.
+//!
+//! Requirement: ADV-SNAP-2 (each service reads and writes only its own tables; `qs_` and
+//! `ds_` tables hold no FID and no key shared with `as_` tables: see the migrations'
+//! privacy note)
 
+pub mod ephemeral;
 pub mod postgres;
 pub mod sessions;
 pub mod sqlite;
@@ -295,6 +300,49 @@ pub trait QsStore {
         now: u64,
         entry: &EnqueueEntry,
     ) -> impl Future<Output = StoreResult<FederatedEnqueue>> + Send;
+}
+
+/// This server's cached copy of another server's answer about one of its users'
+/// certificates (`p2_idcert_cache`): the home server's JSON array of cacheable ID-Certs,
+/// exactly as it signed them, and the end of the cache window (the earliest
+/// `cacheNotValidAfter` in it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedIdCerts {
+    pub fid: String,
+    pub answer: String,
+    pub not_valid_after: u64,
+    pub fetched_at: u64,
+}
+
+/// Storage of ephemeral rows that expire: the cache of other servers' actors' certificates
+/// (a cache entry is never returned once its window has ended) and the replay records of
+/// federated messages. Implemented once for both backends in [`ephemeral`].
+pub trait EphemeralStore {
+    /// The entry for `fid` if its window has not ended at `now` (`now <
+    /// not_valid_after`). An entry whose window has ended is deleted here (eviction at
+    /// read) and `Ok(None)` returned.
+    fn cached_idcerts(
+        &self,
+        fid: &str,
+        now: u64,
+    ) -> impl Future<Output = StoreResult<Option<CachedIdCerts>>> + Send;
+    /// Insert or replace the entry of `entry.fid`, in one transaction: entries whose window
+    /// ended are purged first; if `max_entries` other entries remain, those whose windows
+    /// end soonest are evicted to make room.
+    fn put_cached_idcerts(
+        &self,
+        entry: &CachedIdCerts,
+        now: u64,
+        max_entries: u64,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Delete every entry whose window has ended at `now`; returns how many.
+    fn purge_idcert_cache(&self, now: u64) -> impl Future<Output = StoreResult<u64>> + Send;
+    /// How many entries are stored (expired or not).
+    fn idcert_cache_len(&self) -> impl Future<Output = StoreResult<u64>> + Send;
+    // Requirement: FED-5
+    /// Delete the replay records of federated messages received before `before`; returns
+    /// how many.
+    fn prune_federation_seen(&self, before: u64) -> impl Future<Output = StoreResult<u64>> + Send;
 }
 
 /// A group as stored: only the id, the ciphertext, a version for compare-and-swap and the

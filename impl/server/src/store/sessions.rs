@@ -170,6 +170,13 @@ pub trait SessionStore {
         token_hash: &[u8; 32],
         now: u64,
     ) -> impl Future<Output = StoreResult<Option<SessionRecord>>> + Send;
+    /// Whether an unexpired session has this token hash. Reads nothing else of the row,
+    /// so that a caller that only needs to know (the rate limiter) never holds the FID.
+    fn session_is_live(
+        &self,
+        token_hash: &[u8; 32],
+        now: u64,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
     /// Record `certificate` (with its `invalidated_at`, keeping an earlier invalidation)
     /// and delete every session opened with it.
     fn invalidate_certificate(
@@ -252,6 +259,10 @@ impl SessionStore for Store {
 
     async fn session(&self, token_hash: &[u8; 32], now: u64) -> StoreResult<Option<SessionRecord>> {
         delegate!(self, session(token_hash, now))
+    }
+
+    async fn session_is_live(&self, token_hash: &[u8; 32], now: u64) -> StoreResult<bool> {
+        delegate!(self, session_is_live(token_hash, now))
     }
 
     async fn invalidate_certificate(&self, certificate: &CertificateRecord) -> StoreResult<()> {
@@ -408,6 +419,8 @@ mod sql {
          VALUES ($1, $2, $3, $4, $5, $6, $7)";
     pub const SESSION: &str = "SELECT token_hash, fid, client_id, serial, created_at, \
          expires_at, verified_until FROM p2_sessions WHERE token_hash = $1 AND expires_at >= $2";
+    pub const SESSION_IS_LIVE: &str =
+        "SELECT count(*) FROM p2_sessions WHERE token_hash = $1 AND expires_at >= $2";
     pub const DELETE_CERTIFICATE_SESSIONS: &str =
         "DELETE FROM p2_sessions WHERE fid = $1 AND serial = $2";
     pub const DELETE_OTHER_SESSIONS: &str =
@@ -630,6 +643,19 @@ macro_rules! backend {
                     .as_ref()
                     .map(session_record)
                     .transpose()
+            }
+
+            pub(super) async fn session_is_live(
+                pool: &$pool,
+                token_hash: &[u8; 32],
+                now: u64,
+            ) -> StoreResult<bool> {
+                let count: i64 = sqlx::query_scalar(sql::SESSION_IS_LIVE)
+                    .bind(token_hash.as_slice())
+                    .bind(bound(now))
+                    .fetch_one(pool)
+                    .await?;
+                Ok(count > 0)
             }
 
             pub(super) async fn invalidate_certificate(

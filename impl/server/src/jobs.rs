@@ -1,0 +1,54 @@
+//! Periodic purges of ephemeral rows, once a minute while the server runs: cache entries of
+//! foreign actors' certificates whose window ended ([`crate::federation::certificates`];
+//! reads evict them too, this bounds what an idle cache keeps), and replay records of
+//! federated messages too old for a replay to pass the freshness check.
+//!
+//! What this module is not: the outbox worker ([`crate::outbox`]) or the CA jobs
+//! ([`crate::server::Server::run_ca_jobs`]).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use phoenix_types::messages::MAX_CLOCK_SKEW;
+
+use crate::server::{Server, now};
+use crate::store::EphemeralStore;
+
+/// How often the purges run.
+pub const PURGE_PERIOD: Duration = Duration::from_secs(60);
+
+/// How long a federated message's replay record is kept (seconds). A federated enqueue is
+/// accepted only if its timestamp is within [`MAX_CLOCK_SKEW`] of the receiver's clock, so
+/// a replay arriving more than `2 × MAX_CLOCK_SKEW` after the original was received is
+/// refused as `STALE_REQUEST` whatever the replay records say; the rest is margin for clock
+/// steps on the receiver.
+pub const FEDERATION_SEEN_RETENTION: u64 = 2 * MAX_CLOCK_SKEW + 3600;
+
+/// Run the purges every [`PURGE_PERIOD`] until the task is aborted.
+pub async fn run_purges(server: Arc<Server>) {
+    let mut tick = tokio::time::interval(PURGE_PERIOD);
+    loop {
+        tick.tick().await;
+        purge_once(&server, now()).await;
+    }
+}
+
+/// One round of purges as of `now`.
+pub async fn purge_once(server: &Server, now: u64) {
+    crate::federation::certificates::purge(server, now).await;
+    // Requirement: FED-5
+    match server
+        .store
+        .prune_federation_seen(now.saturating_sub(FEDERATION_SEEN_RETENTION))
+        .await
+    {
+        Ok(pruned) => {
+            server
+                .metrics
+                .federation_seen_pruned
+                .fetch_add(pruned, Ordering::Relaxed);
+        }
+        Err(e) => tracing::error!(error = %e, "cannot prune the federated replay records"),
+    }
+}

@@ -1,0 +1,173 @@
+//! [`EphemeralStore`] for both backends, written once: the cache of other servers' actors'
+//! certificates (`p2_idcert_cache`, migration `0005_idcert_cache`) and the pruning of
+//! federated replay records (`qs_federation_seen`).
+//!
+//! The statements use `$n` placeholders, which SQLite accepts too; the one difference
+//! between the backends is how a read-modify-write transaction starts (SQLite takes the
+//! write lock first with `BEGIN IMMEDIATE`, as in [`super::sqlite`]).
+
+use super::rows::Columns;
+use super::{CachedIdCerts, EphemeralStore, Store, StoreResult, bound, from_db, to_db};
+
+/// Calls the function of whichever backend is configured.
+macro_rules! delegate {
+    ($self:ident, $method:ident ( $($arg:expr),* )) => {
+        match $self {
+            Store::Sqlite(store) => sqlite::$method(store.pool(), $($arg),*).await,
+            Store::Postgres(store) => postgres::$method(store.pool(), $($arg),*).await,
+        }
+    };
+}
+
+impl EphemeralStore for Store {
+    async fn cached_idcerts(&self, fid: &str, now: u64) -> StoreResult<Option<CachedIdCerts>> {
+        delegate!(self, cached_idcerts(fid, now))
+    }
+
+    async fn put_cached_idcerts(
+        &self,
+        entry: &CachedIdCerts,
+        now: u64,
+        max_entries: u64,
+    ) -> StoreResult<()> {
+        delegate!(self, put_cached_idcerts(entry, now, max_entries))
+    }
+
+    async fn purge_idcert_cache(&self, now: u64) -> StoreResult<u64> {
+        delegate!(self, purge_idcert_cache(now))
+    }
+
+    async fn idcert_cache_len(&self) -> StoreResult<u64> {
+        delegate!(self, idcert_cache_len())
+    }
+
+    async fn prune_federation_seen(&self, before: u64) -> StoreResult<u64> {
+        delegate!(self, prune_federation_seen(before))
+    }
+}
+
+fn cached(row: &impl Columns) -> StoreResult<CachedIdCerts> {
+    Ok(CachedIdCerts {
+        fid: row.text("fid")?,
+        answer: row.text("answer")?,
+        not_valid_after: row.unsigned("not_valid_after")?,
+        fetched_at: row.unsigned("fetched_at")?,
+    })
+}
+
+mod sql {
+    pub const CACHED: &str = "SELECT fid, answer, not_valid_after, fetched_at \
+         FROM p2_idcert_cache WHERE fid = $1";
+    pub const EVICT: &str = "DELETE FROM p2_idcert_cache WHERE fid = $1 AND not_valid_after <= $2";
+    pub const PURGE: &str = "DELETE FROM p2_idcert_cache WHERE not_valid_after <= $1";
+    pub const COUNT_OTHERS: &str = "SELECT count(*) FROM p2_idcert_cache WHERE fid <> $1";
+    pub const EVICT_SOONEST: &str = "DELETE FROM p2_idcert_cache WHERE fid IN \
+         (SELECT fid FROM p2_idcert_cache WHERE fid <> $1 \
+          ORDER BY not_valid_after, fid LIMIT $2)";
+    pub const UPSERT: &str = "INSERT INTO p2_idcert_cache \
+         (fid, answer, not_valid_after, fetched_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (fid) DO UPDATE SET answer = excluded.answer, \
+         not_valid_after = excluded.not_valid_after, fetched_at = excluded.fetched_at";
+    pub const LEN: &str = "SELECT count(*) FROM p2_idcert_cache";
+    pub const PRUNE_SEEN: &str = "DELETE FROM qs_federation_seen WHERE received_at < $1";
+}
+
+/// Both backends' functions, from one body.
+macro_rules! backend {
+    ($name:ident, $db:ty, $pool:ty, $begin:expr) => {
+        mod $name {
+            use super::*;
+
+            pub(super) async fn cached_idcerts(
+                pool: &$pool,
+                fid: &str,
+                now: u64,
+            ) -> StoreResult<Option<CachedIdCerts>> {
+                let entry = sqlx::query(sql::CACHED)
+                    .bind(fid)
+                    .fetch_optional(pool)
+                    .await?
+                    .as_ref()
+                    .map(cached)
+                    .transpose()?;
+                match entry {
+                    Some(entry) if now < entry.not_valid_after => Ok(Some(entry)),
+                    // Past its window: never returned, and evicted here (a hit writes
+                    // nothing, so readers do not contend for SQLite's write lock).
+                    Some(_) => {
+                        sqlx::query(sql::EVICT)
+                            .bind(fid)
+                            .bind(bound(now))
+                            .execute(pool)
+                            .await?;
+                        Ok(None)
+                    }
+                    None => Ok(None),
+                }
+            }
+
+            pub(super) async fn put_cached_idcerts(
+                pool: &$pool,
+                entry: &CachedIdCerts,
+                now: u64,
+                max_entries: u64,
+            ) -> StoreResult<()> {
+                let mut tx = pool.begin_with($begin).await?;
+                sqlx::query(sql::PURGE)
+                    .bind(bound(now))
+                    .execute(&mut *tx)
+                    .await?;
+                let others: i64 = sqlx::query_scalar(sql::COUNT_OTHERS)
+                    .bind(&entry.fid)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let excess = from_db(others)?
+                    .saturating_add(1)
+                    .saturating_sub(max_entries);
+                if excess > 0 {
+                    sqlx::query(sql::EVICT_SOONEST)
+                        .bind(&entry.fid)
+                        .bind(to_db(excess)?)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query(sql::UPSERT)
+                    .bind(&entry.fid)
+                    .bind(&entry.answer)
+                    .bind(to_db(entry.not_valid_after)?)
+                    .bind(to_db(entry.fetched_at)?)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            pub(super) async fn purge_idcert_cache(pool: &$pool, now: u64) -> StoreResult<u64> {
+                Ok(sqlx::query(sql::PURGE)
+                    .bind(bound(now))
+                    .execute(pool)
+                    .await?
+                    .rows_affected())
+            }
+
+            pub(super) async fn idcert_cache_len(pool: &$pool) -> StoreResult<u64> {
+                let len: i64 = sqlx::query_scalar(sql::LEN).fetch_one(pool).await?;
+                from_db(len)
+            }
+
+            pub(super) async fn prune_federation_seen(
+                pool: &$pool,
+                before: u64,
+            ) -> StoreResult<u64> {
+                Ok(sqlx::query(sql::PRUNE_SEEN)
+                    .bind(bound(before))
+                    .execute(pool)
+                    .await?
+                    .rows_affected())
+            }
+        }
+    };
+}
+
+backend!(sqlite, sqlx::Sqlite, sqlx::SqlitePool, "BEGIN IMMEDIATE");
+backend!(postgres, sqlx::Postgres, sqlx::PgPool, "BEGIN");
