@@ -761,7 +761,7 @@ fn requirements(t: &DsStep, outcome: &Outcome) -> Vec<&'static str> {
         DsStep::Add { .. } | DsStep::Remove { .. } if stale => vec!["DS-EPOCH-1"],
         DsStep::Add { .. } => vec!["DS-ADD-1", "QS-KP-3", "DS-COMMIT-1", "DS-FAN-1"],
         DsStep::Remove { .. } => vec!["DS-COMMIT-1", "DS-FAN-1", "DS-FAN-2", "DS-AUTH-1"],
-        DsStep::Sync { .. } => vec!["QS-Q-2", "ID-CHAIN-1", "DS-FAN-2"],
+        DsStep::Sync { .. } => vec!["QS-Q-2", "ID-CHAIN-1", "ID-CHAIN-3", "DS-FAN-2"],
         DsStep::GroupInfo {
             right_key: false, ..
         } => vec!["DS-EAR-1"],

@@ -58,6 +58,36 @@ pub struct ClientGroup {
     pub leaf_key: KeyId,
     pub active: bool,
     pub members: BTreeMap<Leaf, MemberInfo>,
+    /// Members a commit removed, by leaf and the first epoch they no longer held it: a
+    /// message they sent before that commit is still theirs (Requirement: DS-FAN-2).
+    pub departed: BTreeMap<(Leaf, Epoch), MemberInfo>,
+}
+
+impl ClientGroup {
+    /// The commit ending the current epoch removes `leaf`'s member: keep it for the
+    /// messages it sent in the epochs still readable.
+    fn retire(&mut self, leaf: Leaf) {
+        let until = self.epoch.saturating_add(1);
+        if let Some(m) = self.members.remove(&leaf) {
+            self.departed.insert((leaf, until), m);
+        }
+        self.departed
+            .retain(|(_, u), _| u.saturating_add(MAX_PAST_EPOCHS) > until);
+    }
+
+    /// The member that held `leaf` in `epoch` (the current epoch or an earlier one): one
+    /// that departed after `epoch` if there is one, else the current one.
+    pub fn member_at(&self, leaf: Leaf, epoch: Epoch) -> Option<&MemberInfo> {
+        if epoch < self.epoch
+            && let Some((_, m)) = self
+                .departed
+                .range((leaf, epoch.saturating_add(1))..=(leaf, Epoch::MAX))
+                .next()
+        {
+            return Some(m);
+        }
+        self.members.get(&leaf)
+    }
 }
 
 /// A connected contact: its friendship token and key, and the certificate serials of its
@@ -341,6 +371,7 @@ pub fn create_group(state: &mut State, client: ClientRef) -> Result<GroupId, Err
             leaf_key,
             active: true,
             members,
+            departed: BTreeMap::new(),
         },
     );
     state.clients.insert(client, me);
@@ -400,7 +431,7 @@ pub fn run(state: &mut State, op: &ClientOp) -> Outcome {
             if outcome.is_ok() {
                 let removed = *leaf;
                 advance(state, *client, *group, move |v| {
-                    v.members.remove(&removed);
+                    v.retire(removed);
                 });
             }
             outcome
@@ -707,6 +738,7 @@ fn process(state: &mut State, client: ClientRef, _seq: Seq, item: &QueueItem) {
                     leaf_key,
                     active: true,
                     members: view_members,
+                    departed: BTreeMap::new(),
                 },
             );
         }
@@ -732,7 +764,7 @@ fn process(state: &mut State, client: ClientRef, _seq: Seq, item: &QueueItem) {
                 }
                 CommitKind::Remove(leaves) => {
                     for l in leaves.iter() {
-                        view.members.remove(l);
+                        view.retire(*l);
                         if *l == view.leaf {
                             view.active = false;
                         }
@@ -757,7 +789,9 @@ fn process(state: &mut State, client: ClientRef, _seq: Seq, item: &QueueItem) {
             if !view.active || *epoch > view.epoch || too_old || me.accepted.contains(msg) {
                 return;
             }
-            let Some(member) = view.members.get(sender) else {
+            // The sender as it was in the message's epoch: a member removed since still
+            // sent it (Requirement: ID-CHAIN-3).
+            let Some(member) = view.member_at(*sender, *epoch) else {
                 return;
             };
             // The message's signature: by the sender leaf's key.

@@ -5,6 +5,7 @@
 //! Every operation loads the openmls state from the local store and saves it only when
 //! the operation succeeded; a failed operation leaves the local state as it was.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -1097,30 +1098,94 @@ impl Client {
             .ok_or_else(|| ClientError::Store("the group's MLS state is missing".into()))
     }
 
-    /// Verify the member at `leaf` of `group` from its stored encrypted credential.
+    /// Verify the member at `leaf` of `group` in the current epoch from its stored
+    /// encrypted credential.
     async fn verify_member(
         &self,
         record: &Group,
         group: &MlsGroup,
         leaf: u32,
     ) -> Result<VerifiedMember, ClientError> {
-        let members = self.store.members(&record.group_id).await?;
-        let encrypted = members
-            .iter()
-            .find(|(l, _)| *l == leaf)
-            .map(|(_, c)| c.clone())
-            .ok_or_else(|| verification(format!("no credential is known for leaf {leaf}")))?;
-        let leaf_key = group
-            .members()
-            .find(|m| m.index.u32() == leaf)
-            .map(|m| m.signature_key)
-            .ok_or_else(|| verification(format!("leaf {leaf} is not in the group")))?;
+        self.verify_member_at(record, group, leaf, group.epoch().as_u64())
+            .await
+    }
+
+    /// Verify the member that held `leaf` in `epoch` (the current epoch or a recent one).
+    async fn verify_member_at(
+        &self,
+        record: &Group,
+        group: &MlsGroup,
+        leaf: u32,
+        epoch: u64,
+    ) -> Result<VerifiedMember, ClientError> {
+        let (leaf_key, encrypted) = self.member_at(record, group, leaf, epoch).await?;
         let info = verify::decrypt_credential(
             &SymmetricKey(record.credential_key),
             &record.group_id,
             &encrypted,
         )?;
         self.verify_info(&info, &leaf_key, now()).await
+    }
+
+    /// The signature key and encrypted credential `leaf` had in `epoch`: the ones archived
+    /// when a later commit removed or replaced them, else the current ones. A message sent
+    /// just before a commit that removed its sender is thus still attributed to that
+    /// sender, never to a member who took the leaf later (Requirement: ID-CHAIN-3).
+    async fn member_at(
+        &self,
+        record: &Group,
+        group: &MlsGroup,
+        leaf: u32,
+        epoch: u64,
+    ) -> Result<(Vec<u8>, Vec<u8>), ClientError> {
+        if epoch < group.epoch().as_u64()
+            && let Some(archived) = self
+                .store
+                .archived_member(&record.group_id, leaf, epoch)
+                .await?
+        {
+            return Ok(archived);
+        }
+        let members = self.store.members(&record.group_id).await?;
+        let encrypted = members
+            .into_iter()
+            .find(|(l, _)| *l == leaf)
+            .map(|(_, c)| c)
+            .ok_or_else(|| verification(format!("no credential is known for leaf {leaf}")))?;
+        let leaf_key = group
+            .members()
+            .find(|m| m.index.u32() == leaf)
+            .map(|m| m.signature_key)
+            .ok_or_else(|| verification(format!("leaf {leaf} is not in the group")))?;
+        Ok((leaf_key, encrypted))
+    }
+
+    /// After a commit is merged, before the stored credentials are updated for the new
+    /// epoch: archive the credential of every leaf that the commit removed, re-keyed or
+    /// gives a new credential (`replaced`), as it was in the epoch that ended
+    /// (`before`: the leaves' signature keys then).
+    async fn archive_ended_epoch(
+        &self,
+        record: &Group,
+        before: &BTreeMap<u32, Vec<u8>>,
+        group: &MlsGroup,
+        replaced: &[u32],
+    ) -> Result<(), ClientError> {
+        let after = leaf_keys(group);
+        for (leaf, key) in before {
+            if after.get(leaf) != Some(key) || replaced.contains(leaf) {
+                self.store
+                    .archive_member(
+                        &record.group_id,
+                        *leaf,
+                        group.epoch().as_u64(),
+                        key,
+                        mls::MAX_PAST_EPOCHS as u64 + 1,
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     async fn send_in_group(
@@ -1807,9 +1872,12 @@ impl Client {
                 .map_err(mls_err)?;
             return Err(e);
         }
+        let before = leaf_keys(&group);
         group
             .merge_pending_commit(&self.provider)
             .map_err(mls_err)?;
+        self.archive_ended_epoch(&record, &before, &group, &[])
+            .await?;
         for (key_package, credential) in key_packages.iter().zip(encrypted) {
             let key = key_package.leaf_node().signature_key().as_slice();
             if let Some(member) = group.members().find(|m| m.signature_key == key) {
@@ -1953,9 +2021,18 @@ impl Client {
                 .map_err(mls_err)?;
             return Err(e);
         }
+        let before = leaf_keys(group);
         group
             .merge_pending_commit(&self.provider)
             .map_err(mls_err)?;
+        let own_leaf = group.own_leaf_index().u32();
+        let replaced = if new_credential.is_some() {
+            vec![own_leaf]
+        } else {
+            Vec::new()
+        };
+        self.archive_ended_epoch(record, &before, group, &replaced)
+            .await?;
         if let Some(credential) = new_credential {
             self.store
                 .set_member(&record.group_id, group.own_leaf_index().u32(), &credential)
@@ -2279,6 +2356,7 @@ impl Client {
             .process_message(&self.provider, protocol)
             .map_err(mls_err)?;
         let sender = processed.sender().clone();
+        let message_epoch = processed.epoch().as_u64();
         let display = display_name(&record);
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
@@ -2287,23 +2365,18 @@ impl Client {
                 };
                 let payload: ApplicationPayload =
                     codec::decode(&app.into_bytes(), 128 * 1024).map_err(ClientError::Server)?;
-                let verified = self.verify_member(&record, &group, leaf.u32()).await;
+                // The sender as it was in the message's epoch, which may have ended (a
+                // message sent just before a commit that removed or re-keyed its sender).
+                let verified = self
+                    .verify_member_at(&record, &group, leaf.u32(), message_epoch)
+                    .await;
                 match payload {
                     ApplicationPayload::Text(text) => {
-                        // Keep the message with the sender's credential as it is now, so that
-                        // `history` can re-verify it as of its arrival.
-                        let leaf_key = group
-                            .members()
-                            .find(|m| m.index == leaf)
-                            .map(|m| m.signature_key)
-                            .unwrap_or_default();
-                        let credential = self
-                            .store
-                            .members(&record.group_id)
-                            .await?
-                            .into_iter()
-                            .find(|(l, _)| *l == leaf.u32())
-                            .map(|(_, c)| c)
+                        // Keep the message with the sender's credential of its epoch, so
+                        // that `history` can re-verify it as of its arrival.
+                        let (leaf_key, credential) = self
+                            .member_at(&record, &group, leaf.u32(), message_epoch)
+                            .await
                             .unwrap_or_default();
                         self.store
                             .put_message(&StoredMessage {
@@ -2375,9 +2448,17 @@ impl Client {
                     .map(|r| r.remove_proposal().removed().u32())
                     .collect();
                 let self_removed = staged.self_removed();
+                let before = leaf_keys(&group);
                 group
                     .merge_staged_commit(&self.provider, *staged)
                     .map_err(mls_err)?;
+                let replaced: Vec<u32> = message
+                    .new_credentials
+                    .iter()
+                    .map(|c| c.leaf_index)
+                    .collect();
+                self.archive_ended_epoch(&record, &before, &group, &replaced)
+                    .await?;
                 for leaf in &removed {
                     self.store.remove_member(&record.group_id, *leaf).await?;
                 }
@@ -2597,6 +2678,14 @@ fn direct_queue_aad(fid: &str, client_id: &str) -> Vec<u8> {
     aad.push(0);
     aad.extend_from_slice(client_id.as_bytes());
     aad
+}
+
+/// The members' signature keys in the group's current epoch, by leaf index.
+fn leaf_keys(group: &MlsGroup) -> BTreeMap<u32, Vec<u8>> {
+    group
+        .members()
+        .map(|m| (m.index.u32(), m.signature_key))
+        .collect()
 }
 
 fn display_name(record: &Group) -> String {

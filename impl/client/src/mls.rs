@@ -30,7 +30,7 @@ pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_
 
 /// How many past epochs a member can still decrypt messages of (messages sent just before
 /// a commit arrive after it).
-const MAX_PAST_EPOCHS: usize = 5;
+pub const MAX_PAST_EPOCHS: usize = 5;
 
 /// An openmls provider over an in-memory copy of the stored openmls state.
 pub struct Provider {

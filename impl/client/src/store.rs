@@ -514,6 +514,62 @@ impl Store {
         Ok(())
     }
 
+    /// Keep the credential `leaf` had until `until_epoch` (with the leaf's signature key of
+    /// that time), before a commit's removal or key change replaces it; forget what is older
+    /// than `keep_epochs` epochs before `until_epoch`.
+    pub async fn archive_member(
+        &self,
+        group_id: &[u8],
+        leaf: u32,
+        until_epoch: u64,
+        leaf_key: &[u8],
+        keep_epochs: u64,
+    ) -> Result<(), ClientError> {
+        let until = i64::try_from(until_epoch)
+            .map_err(|_| ClientError::Store("epoch out of range".into()))?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT OR REPLACE INTO group_member_history (group_id, leaf_index, until_epoch, leaf_key, encrypted_credential)
+             SELECT group_id, leaf_index, ?, ?, encrypted_credential FROM group_members WHERE group_id = ? AND leaf_index = ?",
+        )
+        .bind(until)
+        .bind(leaf_key)
+        .bind(group_id)
+        .bind(i64::from(leaf))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM group_member_history WHERE group_id = ? AND until_epoch < ?")
+            .bind(group_id)
+            .bind(until.saturating_sub(i64::try_from(keep_epochs).unwrap_or(i64::MAX)))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The credential and signature key `leaf` had in `epoch`, if a later commit replaced
+    /// or removed them (see [`Store::archive_member`]); `None` if they still hold.
+    pub async fn archived_member(
+        &self,
+        group_id: &[u8],
+        leaf: u32,
+        epoch: u64,
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>, ClientError> {
+        let epoch =
+            i64::try_from(epoch).map_err(|_| ClientError::Store("epoch out of range".into()))?;
+        let row = sqlx::query(
+            "SELECT leaf_key, encrypted_credential FROM group_member_history
+             WHERE group_id = ? AND leaf_index = ? AND until_epoch > ? ORDER BY until_epoch LIMIT 1",
+        )
+        .bind(group_id)
+        .bind(i64::from(leaf))
+        .bind(epoch)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((r.try_get("leaf_key")?, r.try_get("encrypted_credential")?)))
+            .transpose()
+    }
+
     /// leaf index → encrypted credential.
     pub async fn members(&self, group_id: &[u8]) -> Result<Vec<(u32, Vec<u8>)>, ClientError> {
         let rows = sqlx::query("SELECT leaf_index, encrypted_credential FROM group_members WHERE group_id = ? ORDER BY leaf_index")
