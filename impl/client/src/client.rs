@@ -1716,6 +1716,13 @@ impl Client {
         let fid = Fid::parse(fid)
             .map_err(|e| usage(e.to_string()))?
             .to_string();
+        if fid == id.fid {
+            return Err(usage(format!("you are already a member of {name:?}")));
+        }
+        let group = self.load_group(&record.group_id)?;
+        if !self.leaves_of(&record, &group, &fid).await.is_empty() {
+            return Err(usage(format!("{fid} is already a member of {name:?}")));
+        }
         let contact = self.store.contact(&fid).await?;
         let (token, friendship_key) = match contact
             .as_ref()
@@ -1941,16 +1948,7 @@ impl Client {
             return Err(usage("you cannot remove yourself this way"));
         }
         let mut group = self.load_group(&record.group_id)?;
-        let mut leaves = Vec::new();
-        for member in group.members() {
-            if let Ok(v) = self
-                .verify_member(&record, &group, member.index.u32())
-                .await
-                && v.fid == fid
-            {
-                leaves.push(member.index);
-            }
-        }
+        let leaves = self.leaves_of(&record, &group, &fid).await;
         if leaves.is_empty() {
             return Err(usage(format!("{fid} is not a member of {name:?}")));
         }
@@ -1979,6 +1977,26 @@ impl Client {
                 .await?;
         }
         Ok(())
+    }
+
+    /// The leaves of `group` whose member verifies as `fid`.
+    async fn leaves_of(
+        &self,
+        record: &Group,
+        group: &MlsGroup,
+        fid: &str,
+    ) -> Vec<openmls::prelude::LeafNodeIndex> {
+        let mut leaves = Vec::new();
+        for member in group.members() {
+            if let Ok(v) = self
+                .verify_member(record, group, member.index.u32())
+                .await
+                && v.fid == fid
+            {
+                leaves.push(member.index);
+            }
+        }
+        leaves
     }
 
     /// Send a staged commit (update or remove) to the DS, then merge it, or drop it if the

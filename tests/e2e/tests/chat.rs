@@ -137,6 +137,16 @@ fn chat(server: &TestServer) {
         }
     }
 
+    // Inviting a member again is refused before anything is sent, and changes nothing.
+    let again = alice.fail(&["group", "invite", "team", "bob@a.test"]);
+    assert_one_line_error(&again.stderr, &["already a member"]);
+    let members = alice.run(&["group", "members", "team"]);
+    assert_eq!(
+        members["members"].as_array().map(Vec::len),
+        Some(2),
+        "{members}"
+    );
+
     // A group that does not exist.
     let missing = alice.fail(&["send", "nosuchgroup", "x"]);
     assert!(
