@@ -1988,9 +1988,7 @@ impl Client {
     ) -> Vec<openmls::prelude::LeafNodeIndex> {
         let mut leaves = Vec::new();
         for member in group.members() {
-            if let Ok(v) = self
-                .verify_member(record, group, member.index.u32())
-                .await
+            if let Ok(v) = self.verify_member(record, group, member.index.u32()).await
                 && v.fid == fid
             {
                 leaves.push(member.index);
