@@ -279,6 +279,21 @@ impl Answer {
         problem.code
     }
 
+    /// The answer is a problem document with `status` and `code`.
+    fn assert_problem(&self, status: u16, code: &str) {
+        assert_eq!((self.status, self.code().as_str()), (status, code));
+    }
+
+    /// The answer has `status`; a failure shows the body, which says why.
+    fn assert_status(&self, status: u16) {
+        assert_eq!(
+            self.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+    }
+
     /// The body is RFC 8785 canonical: parsing and re-serialising with sorted keys gives
     /// the same bytes (every value here is a string or an array of objects of strings).
     fn assert_jcs(&self) {
@@ -319,6 +334,11 @@ async fn get(server: &Running, path: &str) -> Answer {
     .await
 }
 
+/// A time in a polyproto JSON object: UNIX seconds, as a decimal string.
+fn seconds(object: &Value, name: &str) -> u64 {
+    object[name].as_str().unwrap().parse().unwrap()
+}
+
 /// Verify a cacheable ID-Cert object with `ca_key` and return its certificate.
 fn verify_cacheable(object: &Value, ca_key: &[u8; 32]) -> ParsedCert {
     let field = |name: &str| object[name].as_str().unwrap().to_owned();
@@ -339,8 +359,8 @@ fn verify_cacheable(object: &Value, ca_key: &[u8; 32]) -> ParsedCert {
         .unwrap()
         .verify_strict(signed.as_bytes(), &signature)
         .unwrap();
-    let before: u64 = field("cacheNotValidBefore").parse().unwrap();
-    let after: u64 = field("cacheNotValidAfter").parse().unwrap();
+    let before = seconds(object, "cacheNotValidBefore");
+    let after = seconds(object, "cacheNotValidAfter");
     assert!(before <= after && after <= cert.not_after.max(before));
     assert!(after - before <= 12 * 3600);
     cert
@@ -428,16 +448,7 @@ async fn server_certificate_history_is_served_and_signed(backend: Backend) {
     );
     let served = verify_cacheable(&object, &first.certificate.public_key);
     assert_eq!(served.der, first.certificate.der);
-    let window: u64 = object["cacheNotValidAfter"]
-        .as_str()
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        - object["cacheNotValidBefore"]
-            .as_str()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap();
+    let window = seconds(&object, "cacheNotValidAfter") - seconds(&object, "cacheNotValidBefore");
     assert_eq!(window, polyproto::MIN_CACHE_TTL);
 
     // Nothing before the first CA; bad input.
@@ -447,9 +458,9 @@ async fn server_certificate_history_is_served_and_signed(backend: Backend) {
         &format!("/.p2/core/v1/idcert/server?timestamp={before}"),
     )
     .await;
-    assert_eq!((answer.status, answer.code().as_str()), (404, "NOT_FOUND"));
+    answer.assert_problem(404, "NOT_FOUND");
     let answer = get(&a, "/.p2/core/v1/idcert/server?timestamp=-5").await;
-    assert_eq!((answer.status, answer.code().as_str()), (400, "MALFORMED"));
+    answer.assert_problem(400, "MALFORMED");
 
     // After a rotation: now gives the new CA, the first CA's start gives the first one,
     // and both answers are signed by the new (current) key.
@@ -534,37 +545,23 @@ async fn actor_certificates_are_filtered(backend: Backend) {
 
     // Unknown users, other domains, bad input.
     let answer = get(&a, "/.p2/core/v1/idcert/actor/bob@a.test").await;
-    assert_eq!(
-        (answer.status, answer.code().as_str()),
-        (404, "UNKNOWN_USER")
-    );
+    answer.assert_problem(404, "UNKNOWN_USER");
     // Another domain's user: asked of its home server, which cannot be reached here.
     let answer = get(&a, "/.p2/core/v1/idcert/actor/bob@b.test").await;
-    assert_eq!(
-        (answer.status, answer.code().as_str()),
-        (502, "UNKNOWN_PEER")
-    );
+    answer.assert_problem(502, "UNKNOWN_PEER");
     let answer = get(&a, "/.p2/core/v1/idcert/actor/not-an-fid").await;
-    assert_eq!(
-        (answer.status, answer.code().as_str()),
-        (400, "INVALID_FID")
-    );
+    answer.assert_problem(400, "INVALID_FID");
     let answer = get(&a, "/.p2/core/v1/idcert/actor/alice@a.test?notBefore=x").await;
-    assert_eq!((answer.status, answer.code().as_str()), (400, "MALFORMED"));
+    answer.assert_problem(400, "MALFORMED");
 }
 
 /// GET a key trial from `server`.
 async fn trial(server: &Running) -> String {
     let answer = get(server, "/.p2/core/v1/session/auth").await;
-    assert_eq!(
-        answer.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
+    answer.assert_status(200);
     answer.assert_jcs();
     let object = answer.json();
-    let expires: u64 = object["expires"].as_str().unwrap().parse().unwrap();
+    let expires = seconds(&object, "expires");
     assert!(expires >= now());
     let trial = object["trial"].as_str().unwrap().to_owned();
     assert!(trial.len() >= 64);
@@ -596,21 +593,39 @@ async fn answer(
     .await
 }
 
-/// Open a session on `server` for the holder of `key` and `cert`.
-async fn open_session(server: &Running, fid: &str, key: &SigningKey, cert: &ParsedCert) -> String {
+/// A fresh key trial of `server`, and `key`'s signature of it.
+async fn signed_trial(server: &Running, key: &SigningKey) -> (String, [u8; 64]) {
     let trial = trial(server).await;
     let signature = key.sign(trial.as_bytes()).to_bytes();
-    let response = answer(server, fid, &decimal(&cert.serial), &signature, None).await;
-    assert_eq!(
-        response.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&response.body)
-    );
+    (trial, signature)
+}
+
+/// Answer a fresh key trial of `server` as the holder of `key` and `cert` (without naming
+/// the trial, as polyproto clients do).
+async fn answer_trial(server: &Running, fid: &str, key: &SigningKey, cert: &ParsedCert) -> Answer {
+    let (_, signature) = signed_trial(server, key).await;
+    answer(server, fid, &decimal(&cert.serial), &signature, None).await
+}
+
+/// Open a session on `server` for the holder of `key` and `cert`.
+async fn open_session(server: &Running, fid: &str, key: &SigningKey, cert: &ParsedCert) -> String {
+    let response = answer_trial(server, fid, key, cert).await;
+    response.assert_status(200);
     response.assert_jcs();
     let object = response.json();
     assert_eq!(object.as_object().unwrap().len(), 1);
     object["token"].as_str().unwrap().to_owned()
+}
+
+/// `DELETE session` on `server` with `token`.
+async fn end_session(server: &Running, token: &str) -> Answer {
+    request(
+        reqwest::Method::DELETE,
+        format!("{}/.p2/core/v1/session", server.url),
+        Some(token),
+        None,
+    )
+    .await
 }
 
 async fn key_trial_gives_a_session(backend: Backend) {
@@ -633,8 +648,7 @@ async fn key_trial_gives_a_session(backend: Backend) {
 
     // With the trial named explicitly, too; a new session for the same certificate
     // replaces the old token (one active token per certificate).
-    let trial = trial(&a).await;
-    let signature = key.sign(trial.as_bytes()).to_bytes();
+    let (trial, signature) = signed_trial(&a, &key).await;
     let response = answer(
         &a,
         "alice@a.test",
@@ -662,15 +676,9 @@ async fn wrong_answers_are_refused_with_their_own_codes(backend: Backend) {
 
     // No trial at all.
     let response = answer(&a, "alice@a.test", &serial, &[0; 64], None).await;
-    assert_eq!(
-        (response.status, response.code().as_str()),
-        (401, "UNAUTHENTICATED")
-    );
+    response.assert_problem(401, "UNAUTHENTICATED");
     let response = answer(&a, "alice@a.test", &serial, &[0; 64], Some("nope")).await;
-    assert_eq!(
-        (response.status, response.code().as_str()),
-        (401, "UNAUTHENTICATED")
-    );
+    response.assert_problem(401, "UNAUTHENTICATED");
 
     // A wrong signature ends the trial.
     let t = trial(&a).await;
@@ -683,10 +691,7 @@ async fn wrong_answers_are_refused_with_their_own_codes(backend: Backend) {
         None,
     )
     .await;
-    assert_eq!(
-        (response.status, response.code().as_str()),
-        (401, "BAD_SIGNATURE")
-    );
+    response.assert_problem(401, "BAD_SIGNATURE");
     let response = answer(
         &a,
         "alice@a.test",
@@ -695,26 +700,15 @@ async fn wrong_answers_are_refused_with_their_own_codes(backend: Backend) {
         Some(&t),
     )
     .await;
-    assert_eq!(
-        (response.status, response.code().as_str()),
-        (401, "STALE_REQUEST")
-    );
+    response.assert_problem(401, "STALE_REQUEST");
 
     // Unknown FID, unknown serial.
-    let t = trial(&a).await;
-    let signature = key.sign(t.as_bytes()).to_bytes();
+    let (t, signature) = signed_trial(&a, &key).await;
     let response = answer(&a, "bob@a.test", &serial, &signature, Some(&t)).await;
-    assert_eq!(
-        (response.status, response.code().as_str()),
-        (404, "UNKNOWN_USER")
-    );
-    let t = trial(&a).await;
-    let signature = key.sign(t.as_bytes()).to_bytes();
+    response.assert_problem(404, "UNKNOWN_USER");
+    let (t, signature) = signed_trial(&a, &key).await;
     let response = answer(&a, "alice@a.test", "12345", &signature, Some(&t)).await;
-    assert_eq!(
-        (response.status, response.code().as_str()),
-        (404, "UNKNOWN_CLIENT")
-    );
+    response.assert_problem(404, "UNKNOWN_CLIENT");
 
     // Malformed answers.
     for (fid, serial, signature, code) in [
@@ -724,7 +718,7 @@ async fn wrong_answers_are_refused_with_their_own_codes(backend: Backend) {
         ("alice@a.test", serial.as_str(), vec![0u8; 63], "MALFORMED"),
     ] {
         let response = answer(&a, fid, serial, &signature, None).await;
-        assert_eq!((response.status, response.code()), (400, code.to_owned()));
+        response.assert_problem(400, code);
     }
     let response = request(
         reqwest::Method::POST,
@@ -733,22 +727,15 @@ async fn wrong_answers_are_refused_with_their_own_codes(backend: Backend) {
         Some(br#"{"fid":"alice@a.test","serialNumber":1,"signature":""}"#.to_vec()),
     )
     .await;
-    assert_eq!(
-        (response.status, response.code().as_str()),
-        (400, "MALFORMED")
-    );
+    response.assert_problem(400, "MALFORMED");
 
     // A replay, with and without naming the trial.
-    let t = trial(&a).await;
-    let signature = key.sign(t.as_bytes()).to_bytes();
+    let (t, signature) = signed_trial(&a, &key).await;
     let response = answer(&a, "alice@a.test", &serial, &signature, None).await;
     assert_eq!(response.status, 200);
     for named in [None, Some(t.as_str())] {
         let response = answer(&a, "alice@a.test", &serial, &signature, named).await;
-        assert_eq!(
-            (response.status, response.code().as_str()),
-            (409, "REPLAYED")
-        );
+        response.assert_problem(409, "REPLAYED");
     }
 
     // Pending trials per address are bounded.
@@ -761,10 +748,7 @@ async fn wrong_answers_are_refused_with_their_own_codes(backend: Backend) {
         }
     }
     let limited = limited.expect("the per-address bound was not enforced");
-    assert_eq!(
-        (limited.status, limited.code().as_str()),
-        (429, "RATE_LIMITED")
-    );
+    limited.assert_problem(429, "RATE_LIMITED");
 }
 
 async fn expired_trials_are_refused(backend: Backend) {
@@ -788,10 +772,7 @@ async fn expired_trials_are_refused(backend: Backend) {
             named,
         )
         .await;
-        assert_eq!(
-            (response.status, response.code().as_str()),
-            (401, "STALE_REQUEST")
-        );
+        response.assert_problem(401, "STALE_REQUEST");
     }
 }
 
@@ -801,34 +782,19 @@ async fn delete_session_invalidates_the_certificate(backend: Backend) {
     };
     let (key, cert) = user(&a.server, "alice@a.test", "laptop").await;
     let token = open_session(&a, "alice@a.test", &key, &cert).await;
-    let url = format!("{}/.p2/core/v1/session", a.url);
+    let delete = async |query: &str, token: Option<&str>| {
+        let url = format!("{}/.p2/core/v1/session{query}", a.url);
+        request(reqwest::Method::DELETE, url, token, None).await
+    };
 
-    let response = request(reqwest::Method::DELETE, url.clone(), None, None).await;
-    assert_eq!(
-        (response.status, response.code().as_str()),
-        (401, "UNAUTHENTICATED")
-    );
-    let response = request(
-        reqwest::Method::DELETE,
-        format!("{url}?sessionId=phone"),
-        Some(&token),
-        None,
-    )
-    .await;
-    assert_eq!(
-        (response.status, response.code().as_str()),
-        (403, "FORBIDDEN")
-    );
-    let response = request(
-        reqwest::Method::DELETE,
-        format!("{url}?sessionId=laptop"),
-        Some(&token),
-        None,
-    )
-    .await;
+    let response = delete("", None).await;
+    response.assert_problem(401, "UNAUTHENTICATED");
+    let response = delete("?sessionId=phone", Some(&token)).await;
+    response.assert_problem(403, "FORBIDDEN");
+    let response = delete("?sessionId=laptop", Some(&token)).await;
     assert_eq!(response.status, 204);
     assert!(polyproto::session(&a.server, &token).await.is_none());
-    let response = request(reqwest::Method::DELETE, url, Some(&token), None).await;
+    let response = delete("", Some(&token)).await;
     assert_eq!(response.status, 401);
 
     // The home server now serves the certificate as invalidated (signed), and it cannot
@@ -837,16 +803,11 @@ async fn delete_session_invalidates_the_certificate(backend: Backend) {
         .await
         .json();
     let object = &list.as_array().unwrap()[0];
-    let at: u64 = object["invalidatedAt"].as_str().unwrap().parse().unwrap();
+    let at = seconds(object, "invalidatedAt");
     assert!(at <= now());
     verify_cacheable(object, &a.server.ca().certificate.public_key);
-    let t = trial(&a).await;
-    let signature = key.sign(t.as_bytes()).to_bytes();
-    let response = answer(&a, "alice@a.test", &decimal(&cert.serial), &signature, None).await;
-    assert_eq!(
-        (response.status, response.code().as_str()),
-        (403, "FORBIDDEN")
-    );
+    let response = answer_trial(&a, "alice@a.test", &key, &cert).await;
+    response.assert_problem(403, "FORBIDDEN");
 }
 
 async fn extern_certificate_updates(backend: Backend) {
@@ -868,26 +829,15 @@ async fn extern_certificate_updates(backend: Backend) {
     let response = put(None, json_pem(&cert)).await;
     assert_eq!(response.status, 401);
     let response = put(Some(token.clone()), json_pem(&other)).await;
-    assert_eq!(
-        (response.status, response.code().as_str()),
-        (403, "FORBIDDEN")
-    );
+    response.assert_problem(403, "FORBIDDEN");
     let response = put(Some(token.clone()), b"\"not a pem\"".to_vec()).await;
-    assert_eq!(
-        (response.status, response.code().as_str()),
-        (400, "INVALID_CERTIFICATE")
-    );
+    response.assert_problem(400, "INVALID_CERTIFICATE");
 
     // A renewed certificate (as polyproto 0.21 sends it: the JCS JSON string of the PEM)
     // becomes the session's.
     let (new_key, renewed) = renew(&a.server, "alice@a.test", "laptop").await;
     let response = put(Some(token.clone()), json_pem(&renewed)).await;
-    assert_eq!(
-        response.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&response.body)
-    );
+    response.assert_status(201);
     let session = polyproto::session(&a.server, &token).await.unwrap();
     assert_eq!(session.serial, decimal(&renewed.serial));
 
@@ -895,10 +845,7 @@ async fn extern_certificate_updates(backend: Backend) {
     let (_, unknown) = issue(&a.server, "alice@a.test", "laptop");
     let unknown = ParsedCert::parse(&unknown.certificate).unwrap();
     let response = put(Some(token.clone()), json_pem(&unknown)).await;
-    assert_eq!(
-        (response.status, response.code().as_str()),
-        (404, "UNKNOWN_CLIENT")
-    );
+    response.assert_problem(404, "UNKNOWN_CLIENT");
 
     // A revocation, as an object with invalidatedAt: recorded, the session ends, the
     // certificate cannot open another one.
@@ -910,20 +857,8 @@ async fn extern_certificate_updates(backend: Backend) {
     let response = put(Some(token.clone()), body).await;
     assert_eq!(response.status, 201);
     assert!(polyproto::session(&a.server, &token).await.is_none());
-    let t = trial(&a).await;
-    let signature = new_key.sign(t.as_bytes()).to_bytes();
-    let response = answer(
-        &a,
-        "alice@a.test",
-        &decimal(&renewed.serial),
-        &signature,
-        None,
-    )
-    .await;
-    assert_eq!(
-        (response.status, response.code().as_str()),
-        (403, "FORBIDDEN")
-    );
+    let response = answer_trial(&a, "alice@a.test", &new_key, &renewed).await;
+    response.assert_problem(403, "FORBIDDEN");
     let list = get(&a, "/.p2/core/v1/idcert/actor/alice@a.test")
         .await
         .json();
@@ -975,31 +910,16 @@ async fn foreign_session_via_the_home_server(backend: Backend) {
     open_session(&b, "carol@a.test", &new_key, &renewed).await;
 
     // A session deleted on b.test invalidates the certificate in b.test's view only.
-    let response = request(
-        reqwest::Method::DELETE,
-        format!("{}/.p2/core/v1/session", b.url),
-        Some(&token),
-        None,
-    )
-    .await;
+    let response = end_session(&b, &token).await;
     assert_eq!(response.status, 204);
-    let t = trial(&b).await;
-    let signature = key.sign(t.as_bytes()).to_bytes();
-    let response = answer(&b, "alice@a.test", &decimal(&cert.serial), &signature, None).await;
-    assert_eq!(
-        (response.status, response.code().as_str()),
-        (403, "FORBIDDEN")
-    );
+    let response = answer_trial(&b, "alice@a.test", &key, &cert).await;
+    response.assert_problem(403, "FORBIDDEN");
     open_session(&a, "alice@a.test", &key, &cert).await;
 
     // Unknown users and serials at the home server.
-    let t = trial(&b).await;
-    let signature = key.sign(t.as_bytes()).to_bytes();
+    let (t, signature) = signed_trial(&b, &key).await;
     let response = answer(&b, "zed@a.test", "1", &signature, Some(&t)).await;
-    assert_eq!(
-        (response.status, response.code().as_str()),
-        (404, "UNKNOWN_USER")
-    );
+    response.assert_problem(404, "UNKNOWN_USER");
 
     // A home server b.test does not federate with.
     let c_store = store(Backend::Sqlite).await.unwrap();
@@ -1012,13 +932,8 @@ async fn foreign_session_via_the_home_server(backend: Backend) {
         listen().await,
     )
     .await;
-    let t = trial(&c).await;
-    let signature = key.sign(t.as_bytes()).to_bytes();
-    let response = answer(&c, "alice@a.test", &decimal(&cert.serial), &signature, None).await;
-    assert_eq!(
-        (response.status, response.code().as_str()),
-        (403, "FEDERATION_REFUSED")
-    );
+    let response = answer_trial(&c, "alice@a.test", &key, &cert).await;
+    response.assert_problem(403, "FEDERATION_REFUSED");
 }
 
 /// Two servers on loopback: a.test (SQLite) and b.test (`backend`), resolving each other;
@@ -1064,6 +979,19 @@ fn counter(value: &std::sync::atomic::AtomicU64) -> u64 {
     value.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// `server`'s certificate cache lookups so far: (misses, hits).
+fn cache_lookups(server: &Server) -> (u64, u64) {
+    (
+        counter(&server.metrics.idcert_cache_misses),
+        counter(&server.metrics.idcert_cache_hits),
+    )
+}
+
+/// `fid`'s certificates as cached in `store` at `at`.
+async fn cached(store: &Store, fid: &str, at: u64) -> Option<CachedIdCerts> {
+    store.cached_idcerts(fid, at).await.unwrap()
+}
+
 // Requirement: ID-CACHE-1, ID-CACHE-2
 async fn foreign_certificates_are_cached_within_the_issuers_window(backend: Backend) {
     // a.test's windows last 3 s (below polyproto's hour, which only the configuration
@@ -1079,12 +1007,7 @@ async fn foreign_certificates_are_cached_within_the_issuers_window(backend: Back
 
     // First lookup: fetched from a.test, verified, cached, served as a.test signed it.
     let answer = get(&b, path).await;
-    assert_eq!(
-        answer.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
+    answer.assert_status(200);
     answer.assert_jcs();
     let objects = answer.json();
     let objects = objects.as_array().unwrap();
@@ -1098,49 +1021,26 @@ async fn foreign_certificates_are_cached_within_the_issuers_window(backend: Back
         served,
         BTreeSet::from([first.der.clone(), second.der.clone()])
     );
-    assert_eq!(
-        (
-            counter(&b.server.metrics.idcert_cache_misses),
-            counter(&b.server.metrics.idcert_cache_hits)
-        ),
-        (1, 0)
-    );
-    let entry = b
-        .server
-        .store
-        .cached_idcerts("alice@a.test", now())
+    assert_eq!(cache_lookups(&b.server), (1, 0));
+    let entry = cached(&b.server.store, "alice@a.test", now())
         .await
-        .unwrap()
         .unwrap();
-    let window_end: u64 = objects[0]["cacheNotValidAfter"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let window_end = seconds(&objects[0], "cacheNotValidAfter");
     assert_eq!(entry.not_valid_after, window_end);
 
     // Second lookup: from the cache, byte for byte the same (a.test would sign a new
     // window now); filters apply to the cached answer.
     let again = get(&b, path).await;
     assert_eq!(again.body, answer.body);
-    assert_eq!(
-        (
-            counter(&b.server.metrics.idcert_cache_misses),
-            counter(&b.server.metrics.idcert_cache_hits)
-        ),
-        (1, 1)
-    );
+    assert_eq!(cache_lookups(&b.server), (1, 1));
     let filtered = get(&b, &format!("{path}?sessionId=phone")).await;
     assert_eq!(filtered.json(), serde_json::json!([]));
 
     // After the window: evicted at read, fetched again with a new window.
     tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
     assert!(
-        b.server
-            .store
-            .cached_idcerts("alice@a.test", now())
+        cached(&b.server.store, "alice@a.test", now())
             .await
-            .unwrap()
             .is_none()
     );
     let refetched = get(&b, path).await;
@@ -1151,14 +1051,11 @@ async fn foreign_certificates_are_cached_within_the_issuers_window(backend: Back
     // Refusals, each with its code: a user a.test does not know, a home server that is
     // down, a malformed FID; then the per-address limit of such lookups.
     let unknown = get(&b, "/.p2/core/v1/idcert/actor/zed@a.test").await;
-    assert_eq!(
-        (unknown.status, unknown.code().as_str()),
-        (404, "UNKNOWN_USER")
-    );
+    unknown.assert_problem(404, "UNKNOWN_USER");
     let down = get(&b, "/.p2/core/v1/idcert/actor/carol@c.test").await;
-    assert_eq!((down.status, down.code().as_str()), (502, "UNKNOWN_PEER"));
+    down.assert_problem(502, "UNKNOWN_PEER");
     let bad = get(&b, "/.p2/core/v1/idcert/actor/not-an-fid").await;
-    assert_eq!((bad.status, bad.code().as_str()), (400, "INVALID_FID"));
+    bad.assert_problem(400, "INVALID_FID");
     let mut limited = None;
     for _ in 0..8 {
         let answer = get(&b, path).await;
@@ -1263,13 +1160,7 @@ async fn sessions_rate_limit_remote_operations(backend: Backend) {
             "{header}"
         );
     }
-    let ended = request(
-        reqwest::Method::DELETE,
-        format!("{}/.p2/core/v1/session", b.url),
-        Some(&carol),
-        None,
-    )
-    .await;
+    let ended = end_session(&b, &carol).await;
     assert_eq!(ended.status, 204);
     assert_eq!(
         problem_code(fetch_key_packages(&b, Some(&bearer(&carol))).await).await,
@@ -1340,13 +1231,7 @@ async fn invalidated_certificates_do_not_authenticate_as_requests(backend: Backe
     // Alice ends a session on her own server: her certificate is invalidated there, and
     // from then on it authenticates no AS request.
     let token = open_session(&a, "alice@a.test", &key, &cert).await;
-    let ended = request(
-        reqwest::Method::DELETE,
-        format!("{}/.p2/core/v1/session", a.url),
-        Some(&token),
-        None,
-    )
-    .await;
+    let ended = end_session(&a, &token).await;
     assert_eq!(ended.status, 204);
     assert_eq!(
         dequeue_connection(&a, "alice@a.test", "laptop", &key).await,
@@ -1367,47 +1252,27 @@ async fn cache_and_replay_records_are_bounded(backend: Backend) {
     };
     let store = &a.server.store;
     let now = now();
-    let entry = |fid: &str, until: u64| CachedIdCerts {
-        fid: fid.to_owned(),
-        answer: "[]".to_owned(),
-        not_valid_after: until,
-        fetched_at: now,
+    // Cache an entry for `fid` whose window ends at `until`, in a cache of two entries.
+    let put = async |fid: &str, until: u64| {
+        let entry = CachedIdCerts {
+            fid: fid.to_owned(),
+            answer: "[]".to_owned(),
+            not_valid_after: until,
+            fetched_at: now,
+        };
+        store.put_cached_idcerts(&entry, now, 2).await.unwrap();
     };
     // At most two entries: the one whose window ends soonest makes room.
-    store
-        .put_cached_idcerts(&entry("x@c.test", now + 50), now, 2)
-        .await
-        .unwrap();
-    store
-        .put_cached_idcerts(&entry("y@c.test", now + 10), now, 2)
-        .await
-        .unwrap();
-    store
-        .put_cached_idcerts(&entry("z@c.test", now + 90), now, 2)
-        .await
-        .unwrap();
+    put("x@c.test", now + 50).await;
+    put("y@c.test", now + 10).await;
+    put("z@c.test", now + 90).await;
     assert_eq!(store.idcert_cache_len().await.unwrap(), 2);
-    assert!(
-        store
-            .cached_idcerts("y@c.test", now)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(cached(store, "y@c.test", now).await.is_none());
     // Replacing an entry does not evict another.
-    store
-        .put_cached_idcerts(&entry("z@c.test", now + 95), now, 2)
-        .await
-        .unwrap();
+    put("z@c.test", now + 95).await;
     assert_eq!(store.idcert_cache_len().await.unwrap(), 2);
     // Never returned past its window; the purge deletes what ended.
-    assert!(
-        store
-            .cached_idcerts("x@c.test", now + 50)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(cached(store, "x@c.test", now + 50).await.is_none());
     assert_eq!(store.idcert_cache_len().await.unwrap(), 1);
     phoenix_server::jobs::purge_once(&a.server, now + 100).await;
     assert_eq!(store.idcert_cache_len().await.unwrap(), 0);
@@ -1415,39 +1280,27 @@ async fn cache_and_replay_records_are_bounded(backend: Backend) {
 
     // Replay records: kept while a replay could still be fresh, pruned after.
     let message_id = [9u8; 16];
-    let enqueue = || EnqueueEntry {
+    let entry = EnqueueEntry {
         client_id: [1; 16],
         payload: b"x".to_vec(),
         dedup: Some(message_id),
     };
-    assert!(matches!(
+    let enqueue = async || {
         store
-            .enqueue_federated("b.test", &message_id, now, &enqueue())
+            .enqueue_federated("b.test", &message_id, now, &entry)
             .await
-            .unwrap(),
-        FederatedEnqueue::Enqueued(_)
-    ));
+            .unwrap()
+    };
+    assert!(matches!(enqueue().await, FederatedEnqueue::Enqueued(_)));
     phoenix_server::jobs::purge_once(&a.server, now + 600).await;
-    assert_eq!(
-        store
-            .enqueue_federated("b.test", &message_id, now, &enqueue())
-            .await
-            .unwrap(),
-        FederatedEnqueue::Replayed
-    );
+    assert_eq!(enqueue().await, FederatedEnqueue::Replayed);
     phoenix_server::jobs::purge_once(
         &a.server,
         now + phoenix_server::jobs::FEDERATION_SEEN_RETENTION + 1,
     )
     .await;
     assert_eq!(counter(&a.server.metrics.federation_seen_pruned), 1);
-    assert!(matches!(
-        store
-            .enqueue_federated("b.test", &message_id, now, &enqueue())
-            .await
-            .unwrap(),
-        FederatedEnqueue::Enqueued(_)
-    ));
+    assert!(matches!(enqueue().await, FederatedEnqueue::Enqueued(_)));
 }
 
 /// How the hostile proxy in front of a home server changes `idcert/actor` answers.
@@ -1495,11 +1348,7 @@ async fn hostile_proxy(real: String, mode: Arc<std::sync::atomic::AtomicU8>) -> 
                     if actor && mode == STRETCHED_WINDOW && status == 200 {
                         let mut objects: Vec<Value> = serde_json::from_slice(&body).unwrap();
                         for object in &mut objects {
-                            let after: u64 = object["cacheNotValidAfter"]
-                                .as_str()
-                                .unwrap()
-                                .parse()
-                                .unwrap();
+                            let after = seconds(object, "cacheNotValidAfter");
                             object["cacheNotValidAfter"] = Value::String((after + 1).to_string());
                         }
                         body = serde_json::to_vec(&objects).unwrap();
@@ -1540,28 +1389,17 @@ async fn forged_home_server_answers_are_not_cached(backend: Backend) {
     // A window the home server did not sign: refused, nothing cached.
     mode.store(STRETCHED_WINDOW, std::sync::atomic::Ordering::SeqCst);
     let answer = get(&b, path).await;
-    assert_eq!(
-        (answer.status, answer.code().as_str()),
-        (502, "UNKNOWN_PEER")
-    );
+    answer.assert_problem(502, "UNKNOWN_PEER");
     // Another actor's (genuine) certificates for carol: refused too.
     mode.store(OTHER_ACTOR, std::sync::atomic::Ordering::SeqCst);
     let answer = get(&b, path).await;
-    assert_eq!(
-        (answer.status, answer.code().as_str()),
-        (502, "UNKNOWN_PEER")
-    );
+    answer.assert_problem(502, "UNKNOWN_PEER");
     assert_eq!(b.server.store.idcert_cache_len().await.unwrap(), 0);
 
     // The same proxy, honest: carol's certificate is served and cached.
     mode.store(HONEST, std::sync::atomic::Ordering::SeqCst);
     let answer = get(&b, path).await;
-    assert_eq!(
-        answer.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
+    answer.assert_status(200);
     let objects = answer.json();
     let cert = verify_cacheable(&objects[0], &d.server.ca().certificate.public_key);
     assert_eq!(cert.actor.unwrap().fid.to_string(), "carol@d.test");
