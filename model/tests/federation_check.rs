@@ -22,9 +22,9 @@
     clippy::indexing_slicing
 )]
 
-use std::time::Instant;
+mod common;
 
-use stateright::{Checker, Expectation, Model, Property};
+use stateright::{Model, Property};
 
 use phoenix_model::adversary::{AdvOp, NOWHERE_DOMAIN, REMOTE_DOMAIN, RemoteSend};
 use phoenix_model::client::{ClientOp, ClientRef};
@@ -32,8 +32,13 @@ use phoenix_model::federation::{self, FedMsgId, FedOp};
 use phoenix_model::ids::{GroupId, MsgId};
 use phoenix_model::invariants;
 use phoenix_model::state::{Config, Op, State, step};
-use phoenix_model::world::{self, A, ALICE, B, BOB, CAROL};
+use phoenix_model::world::{self, A, ALICE, B, BOB};
 use phoenix_types::error::ErrorCode;
+
+use common::{CLIENTS, Check};
+
+/// The budget overrides (see `with_overrides`).
+const OVERRIDES: &str = "PHOENIX_FED_BUDGET";
 
 /// How much of each kind of action one path may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -56,11 +61,7 @@ struct Budget {
     attempts: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct World {
-    state: State,
-    used: Budget,
-}
+type World = common::World<Budget>;
 
 struct Federation {
     limits: Budget,
@@ -69,8 +70,6 @@ struct Federation {
     /// The malicious remote server's repertoire.
     remote: Vec<RemoteSend>,
 }
-
-const CLIENTS: [ClientRef; 3] = [ALICE, BOB, CAROL];
 
 impl Federation {
     fn new(limits: Budget) -> Self {
@@ -320,65 +319,30 @@ const NOTHING: Budget = Budget {
 
 /// `PHOENIX_FED_BUDGET="sends=3,drops=2"` overrides budgets (to explore a bigger
 /// configuration by hand).
-fn with_overrides(mut b: Budget) -> Budget {
-    let spec = std::env::var("PHOENIX_FED_BUDGET").unwrap_or_default();
-    for part in spec.split(',').filter(|p| !p.is_empty()) {
-        let (name, value) = part.split_once('=').expect("name=value");
-        let n: u8 = value.parse().expect("a number");
-        match name {
-            "sends" => b.sends = n,
-            "commits" => b.commits = n,
-            "drops" => b.drops = n,
-            "duplicates" => b.duplicates = n,
-            "restarts" => b.restarts = n,
-            "remote" => b.remote = n,
-            "in_flight" => b.in_flight = usize::from(n),
-            "attempts" => b.attempts = u32::from(n),
-            other => panic!("unknown budget {other}"),
-        }
-    }
-    b
+fn with_overrides(limits: Budget) -> Budget {
+    common::with_overrides(OVERRIDES, limits, |b, name, n| match name {
+        "sends" => b.sends = n,
+        "commits" => b.commits = n,
+        "drops" => b.drops = n,
+        "duplicates" => b.duplicates = n,
+        "restarts" => b.restarts = n,
+        "remote" => b.remote = n,
+        "in_flight" => b.in_flight = usize::from(n),
+        "attempts" => b.attempts = u32::from(n),
+        other => panic!("unknown budget {other}"),
+    })
 }
 
 fn check(name: &str, limits: Budget, reachable: &[&'static str]) {
     let limits = with_overrides(limits);
-    let started = Instant::now();
-    let checker = Federation::new(limits)
-        .checker()
-        .threads(1)
-        .spawn_bfs()
-        .join();
-    let unique = checker.unique_state_count();
-    println!(
-        "federation model check [{name}]: {} states explored, {unique} unique, max depth {}, {:.1?}\n  budgets: {limits:?}",
-        checker.state_count(),
-        checker.max_depth(),
-        started.elapsed()
-    );
-    for property in checker.model().properties() {
-        let found = checker.discovery(property.name).is_some();
-        let verdict = match (&property.expectation, found) {
-            (Expectation::Always, false) => "holds",
-            (Expectation::Always, true) => "VIOLATED",
-            (_, true) => "reached",
-            (_, false) => "not reached",
-        };
-        println!("  [{name}] {:<50} {verdict}", property.name);
-    }
-    for property in checker.model().properties() {
-        if let Expectation::Always = property.expectation {
-            checker.assert_no_discovery(property.name);
-        }
-    }
-    assert!(
-        unique > 10_000,
-        "{unique} unique states: the configuration is too small to mean much"
-    );
-    if std::env::var("PHOENIX_FED_BUDGET").is_err() {
-        for example in reachable {
-            checker.assert_any_discovery(example);
-        }
-    }
+    let check = Check {
+        title: "federation model check",
+        name,
+        overrides: OVERRIDES,
+        min_unique: 10_000,
+        reachable,
+    };
+    common::check(Federation::new(limits), &limits, &check);
 }
 
 /// Two homeservers, three clients, two messages that cross servers (one each way) over a

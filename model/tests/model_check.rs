@@ -21,9 +21,9 @@
     clippy::indexing_slicing
 )]
 
-use std::time::Instant;
+mod common;
 
-use stateright::{Checker, Expectation, Model, Property};
+use stateright::{Model, Property};
 
 use phoenix_model::adversary::AdvOp;
 use phoenix_model::client::{ClientOp, ClientRef};
@@ -32,6 +32,11 @@ use phoenix_model::invariants;
 use phoenix_model::network::{NetOp, Packet};
 use phoenix_model::state::{Config, Op, State, step};
 use phoenix_model::world::{self, ALICE, BOB, CAROL};
+
+use common::{CLIENTS, Check};
+
+/// The budget overrides (see `with_overrides`).
+const OVERRIDES: &str = "PHOENIX_MODEL_BUDGET";
 
 /// How much of each kind of action one path may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,11 +55,7 @@ struct Budget {
     in_flight: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct World {
-    state: State,
-    used: Budget,
-}
+type World = common::World<Budget>;
 
 struct Phoenix {
     limits: Budget,
@@ -80,8 +81,6 @@ impl Phoenix {
     }
 }
 
-const CLIENTS: [ClientRef; 3] = [ALICE, BOB, CAROL];
-
 /// Whether `c` has nothing new in its queue (an atomic sync would change nothing).
 fn client_has_nothing_queued(s: &State, c: ClientRef) -> bool {
     let Some(client) = s.clients.get(&c) else {
@@ -99,19 +98,7 @@ impl Model for Phoenix {
     fn init_states(&self) -> Vec<World> {
         vec![World {
             state: self.init.clone(),
-            used: Budget {
-                sends: 0,
-                commits: 0,
-                adds: 0,
-                removes: 0,
-                drops: 0,
-                duplicates: 0,
-                replays: 0,
-                mints: 0,
-                checks: 0,
-                ticks: 0,
-                in_flight: 0,
-            },
+            used: NOTHING,
         }]
     }
 
@@ -334,27 +321,21 @@ const NOTHING: Budget = Budget {
 
 /// `PHOENIX_MODEL_BUDGET="sends=3,ticks=1"` overrides some budgets of every configuration
 /// (to explore a bigger one by hand).
-fn with_overrides(mut b: Budget) -> Budget {
-    let spec = std::env::var("PHOENIX_MODEL_BUDGET").unwrap_or_default();
-    for part in spec.split(',').filter(|p| !p.is_empty()) {
-        let (name, value) = part.split_once('=').expect("name=value");
-        let n: u8 = value.parse().expect("a number");
-        match name {
-            "sends" => b.sends = n,
-            "commits" => b.commits = n,
-            "adds" => b.adds = n,
-            "removes" => b.removes = n,
-            "drops" => b.drops = n,
-            "duplicates" => b.duplicates = n,
-            "replays" => b.replays = n,
-            "mints" => b.mints = n,
-            "checks" => b.checks = n,
-            "ticks" => b.ticks = n,
-            "in_flight" => b.in_flight = usize::from(n),
-            other => panic!("unknown budget {other}"),
-        }
-    }
-    b
+fn with_overrides(limits: Budget) -> Budget {
+    common::with_overrides(OVERRIDES, limits, |b, name, n| match name {
+        "sends" => b.sends = n,
+        "commits" => b.commits = n,
+        "adds" => b.adds = n,
+        "removes" => b.removes = n,
+        "drops" => b.drops = n,
+        "duplicates" => b.duplicates = n,
+        "replays" => b.replays = n,
+        "mints" => b.mints = n,
+        "checks" => b.checks = n,
+        "ticks" => b.ticks = n,
+        "in_flight" => b.in_flight = usize::from(n),
+        other => panic!("unknown budget {other}"),
+    })
 }
 
 /// Check every invariant in every reachable state of the configuration `limits`; the
@@ -362,40 +343,14 @@ fn with_overrides(mut b: Budget) -> Budget {
 /// vacuous).
 fn check(name: &str, limits: Budget, reachable: &[&'static str]) {
     let limits = with_overrides(limits);
-    let started = Instant::now();
-    let checker = Phoenix::new(limits).checker().threads(1).spawn_bfs().join();
-    let unique = checker.unique_state_count();
-    eprintln!(
-        "model check [{name}]: {} states explored, {} unique, max depth {}, {:.1?}\n  budgets: {limits:?}",
-        checker.state_count(),
-        unique,
-        checker.max_depth(),
-        started.elapsed()
-    );
-    for property in checker.model().properties() {
-        let found = checker.discovery(property.name).is_some();
-        if let Expectation::Always = property.expectation {
-            let verdict = if found { "VIOLATED" } else { "holds" };
-            eprintln!("  [{name}] always    {:<45} {verdict}", property.name);
-        } else {
-            let verdict = if found { "reached" } else { "not reached" };
-            eprintln!("  [{name}] sometimes {:<45} {verdict}", property.name);
-        }
-    }
-    for property in checker.model().properties() {
-        if let Expectation::Always = property.expectation {
-            checker.assert_no_discovery(property.name);
-        }
-    }
-    assert!(
-        unique > 1_000,
-        "the configuration is too small to mean much"
-    );
-    if std::env::var("PHOENIX_MODEL_BUDGET").is_err() {
-        for example in reachable {
-            checker.assert_any_discovery(example);
-        }
-    }
+    let check = Check {
+        title: "model check",
+        name,
+        overrides: OVERRIDES,
+        min_unique: 1_000,
+        reachable,
+    };
+    common::check(Phoenix::new(limits), &limits, &check);
 }
 
 /// Queue delivery through a lossy, duplicating, reordering network: a message and a
