@@ -15,6 +15,8 @@
     clippy::indexing_slicing
 )]
 
+mod support;
+
 use rand_core::{OsRng, RngCore};
 use tempfile::TempDir;
 use tls_codec::{Serialize, VLBytes};
@@ -22,8 +24,6 @@ use tls_codec::{Serialize, VLBytes};
 use phoenix_client::api::{Api, Signer};
 use phoenix_client::{Client, ClientError};
 use phoenix_server::server::{Limits, Server};
-use phoenix_server::store::Store;
-use phoenix_server::store::postgres::PgStore;
 use phoenix_types::certs;
 use phoenix_types::codec;
 use phoenix_types::crypto;
@@ -33,85 +33,34 @@ use phoenix_types::messages::as_::{self, ConnectionPackagePayload};
 use phoenix_types::messages::{
     Auth, DequeueRequest, DequeueResponse, Empty, RequestEnvelope, ds, qs,
 };
-
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+use support::{Backend, Storage};
 
 /// A running server and its state.
 struct TestServer {
     url: String,
-    _dir: TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    schema: Option<(String, String)>,
+    _storage: Storage,
 }
 
 impl TestServer {
-    async fn start(store: Store, dir: TempDir, schema: Option<(String, String)>) -> Self {
+    /// Start a server on `backend`; `None` if Postgres is unavailable and not required.
+    async fn start(backend: Backend) -> Option<Self> {
+        let (store, storage) = support::store(backend, "api").await?;
         let server = Server::start(Domain::parse("a.test").unwrap(), store, Limits::default())
             .await
             .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(phoenix_server::http::serve(server, listener, async move {
-            let _ = rx.await;
-        }));
-        Self {
+        let (listener, url) = support::listen().await;
+        Some(Self {
             url,
-            _dir: dir,
-            shutdown: Some(tx),
-            schema,
-        }
+            shutdown: Some(support::serve(server, listener)),
+            _storage: storage,
+        })
     }
 
-    async fn sqlite() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("phoenix.db").display());
-        let store = Store::connect(&url).await.unwrap();
-        Self::start(store, dir, None).await
-    }
-
-    async fn postgres() -> Option<Self> {
-        let url = std::env::var("PHOENIX_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into());
-        let mut bytes = [0u8; 8];
-        OsRng.fill_bytes(&mut bytes);
-        let schema = format!("api_{}", hex::encode(bytes));
-        match PgStore::connect_with_schema(&url, &schema).await {
-            Ok(pg) => Some(
-                Self::start(
-                    Store::Postgres(pg),
-                    tempfile::tempdir().unwrap(),
-                    Some((url, schema)),
-                )
-                .await,
-            ),
-            Err(e) => {
-                let required = std::env::var("CI").is_ok_and(|v| v == "true")
-                    || std::env::var("PHOENIX_TEST_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
-                if required {
-                    panic!(
-                        "postgres is unreachable and required (CI=true or PHOENIX_TEST_REQUIRE_POSTGRES=1): {e}"
-                    );
-                }
-                eprintln!("skipping postgres: {e}");
-                None
-            }
-        }
-    }
-
+    /// Stop serving; the store's schema is dropped with it.
     async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
-        }
-        if let Some((url, schema)) = self.schema.take() {
-            use sqlx::Connection;
-            if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
-                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP SCHEMA IF EXISTS {schema} CASCADE"
-                )))
-                .execute(&mut conn)
-                .await;
-            }
         }
     }
 
@@ -168,13 +117,15 @@ fn code(result: Result<impl std::fmt::Debug, ClientError>) -> String {
     }
 }
 
+/// Run each `async fn test(server: &TestServer)` named once per backend, on a server of
+/// its own (unlike `support::on_both_backends`, whose tests start their servers).
 macro_rules! on_both_backends {
     ($($test:ident),* $(,)?) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
-                    let server = super::TestServer::sqlite().await;
+                    let server = super::TestServer::start(super::Backend::Sqlite).await.unwrap();
                     super::$test(&server).await;
                     server.stop().await;
                 }
@@ -184,7 +135,9 @@ macro_rules! on_both_backends {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $test() {
-                    let Some(server) = super::TestServer::postgres().await else { return };
+                    let Some(server) = super::TestServer::start(super::Backend::Postgres).await else {
+                        return;
+                    };
                     super::$test(&server).await;
                     server.stop().await;
                 }

@@ -10,17 +10,17 @@
     clippy::indexing_slicing
 )]
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use rand_core::{OsRng, RngCore};
-use tempfile::TempDir;
 use tls_codec::VLBytes;
 
 use phoenix_client::api::{Api, Signer};
 use phoenix_server::federation::{FederationSettings, Policy};
 use phoenix_server::server::{Limits, Server, now};
-use phoenix_server::store::postgres::PgStore;
 use phoenix_server::store::{OutboxEntry, Store};
 use phoenix_types::codec;
 use phoenix_types::crypto::{self, hpke_info};
@@ -30,20 +30,12 @@ use phoenix_types::ids::{Domain, QsId};
 use phoenix_types::messages::federation::{self, FederatedEnqueue, FederatedEnqueueTbs};
 use phoenix_types::messages::qs::{self, QueueConfig, SealedQueueConfig};
 use phoenix_types::messages::{DequeueRequest, DequeueResponse};
-
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+use support::{Backend, Storage, listen};
 
 struct Running {
     server: Arc<Server>,
     url: String,
-    _dir: TempDir,
     _shutdown: tokio::sync::oneshot::Sender<()>,
-}
-
-async fn listen() -> (tokio::net::TcpListener, String) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    (listener, url)
 }
 
 async fn run(
@@ -61,45 +53,16 @@ async fn run(
     )
     .await
     .unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(phoenix_server::http::serve(
-        server.clone(),
-        listener,
-        async move {
-            let _ = rx.await;
-        },
-    ));
     Running {
+        _shutdown: support::serve(server.clone(), listener),
         server,
         url,
-        _dir: tempfile::tempdir().unwrap(),
-        _shutdown: tx,
     }
 }
 
-async fn sqlite_store() -> (Store, TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::connect(&format!("sqlite://{}", dir.path().join("db").display()))
-        .await
-        .unwrap();
-    (store, dir)
-}
-
-async fn postgres_store() -> Option<Store> {
-    let url =
-        std::env::var("PHOENIX_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into());
-    let mut bytes = [0u8; 8];
-    OsRng.fill_bytes(&mut bytes);
-    match PgStore::connect_with_schema(&url, &format!("fed_{}", hex::encode(bytes))).await {
-        Ok(pg) => Some(Store::Postgres(pg)),
-        Err(e) => {
-            let required = std::env::var("CI").is_ok_and(|v| v == "true")
-                || std::env::var("PHOENIX_TEST_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
-            assert!(!required, "postgres is unreachable and required: {e}");
-            eprintln!("skipping postgres: {e}");
-            None
-        }
-    }
+/// A store of `backend` for one test (Postgres schemas named `fed_...`).
+async fn store(backend: Backend) -> Option<(Store, Storage)> {
+    support::store(backend, "fed").await
 }
 
 /// a.test and b.test, b.test refusing evil.test; plus evil.test itself (so that its key
@@ -108,7 +71,7 @@ struct Federation {
     a: Running,
     b: Running,
     evil: Running,
-    _dirs: Vec<TempDir>,
+    _storage: Vec<Storage>,
 }
 
 async fn federation(b_store: Store) -> Federation {
@@ -130,8 +93,8 @@ async fn federation(b_store: Store) -> Federation {
         policy,
         ..FederationSettings::default()
     };
-    let (a_store, da) = sqlite_store().await;
-    let (e_store, de) = sqlite_store().await;
+    let (a_store, da) = store(Backend::Sqlite).await.unwrap();
+    let (e_store, de) = store(Backend::Sqlite).await.unwrap();
     let a = run("a.test", a_store, settings(Policy::default()), la, ua).await;
     let b = run(
         "b.test",
@@ -148,7 +111,7 @@ async fn federation(b_store: Store) -> Federation {
         a,
         b,
         evil,
-        _dirs: vec![da, de],
+        _storage: vec![da, de],
     }
 }
 
@@ -329,13 +292,13 @@ async fn each_refusal_has_its_own_code(b_store: Store) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_each_refusal_has_its_own_code() {
-    let (store, _dir) = sqlite_store().await;
+    let (store, _storage) = store(Backend::Sqlite).await.unwrap();
     each_refusal_has_its_own_code(store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_each_refusal_has_its_own_code() {
-    if let Some(store) = postgres_store().await {
+    if let Some((store, _storage)) = store(Backend::Postgres).await {
         each_refusal_has_its_own_code(store).await;
     }
 }
@@ -354,8 +317,8 @@ async fn peers_ca_certificates_are_cached_within_the_issuers_window() {
             .map(String::as_str),
     )
     .unwrap();
-    let (a_store, _da) = sqlite_store().await;
-    let (b_store, _db) = sqlite_store().await;
+    let (a_store, _da) = store(Backend::Sqlite).await.unwrap();
+    let (b_store, _db) = store(Backend::Sqlite).await.unwrap();
     let a = run(
         "a.test",
         a_store,

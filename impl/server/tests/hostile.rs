@@ -21,6 +21,8 @@
     clippy::indexing_slicing
 )]
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -39,8 +41,6 @@ use tls_codec::{Serialize, VLBytes};
 use phoenix_client::Client;
 use phoenix_client::api::{Api, Signer};
 use phoenix_server::server::{Limits, Server};
-use phoenix_server::store::Store;
-use phoenix_server::store::postgres::PgStore;
 use phoenix_types::certs;
 use phoenix_types::codec;
 use phoenix_types::crypto::{self, hpke_info, label};
@@ -54,92 +54,39 @@ use phoenix_types::messages::qs::{
 use phoenix_types::messages::{
     AsClientAuth, Auth, DequeueRequest, DsLeafAuth, Empty, QsAuth, RequestEnvelope, operation_label,
 };
+use support::{Backend, Storage, on_both_backends};
 
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const DOMAIN: &str = "a.test";
 const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
-
-#[derive(Debug, Clone, Copy)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
 
 /// A running server.
 struct TestServer {
     url: String,
     server: Arc<Server>,
-    _dir: TempDir,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    schema: Option<(String, String)>,
+    _storage: Storage,
 }
 
 impl TestServer {
     /// Start a server with `limits`; `None` if Postgres is unavailable and not required.
     async fn start(backend: Backend, limits: Limits) -> Option<Self> {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, schema) = match backend {
-            Backend::Sqlite => {
-                let url = format!("sqlite://{}", dir.path().join("phoenix.db").display());
-                (Store::connect(&url).await.unwrap(), None)
-            }
-            Backend::Postgres => {
-                let url = std::env::var("PHOENIX_TEST_POSTGRES_URL")
-                    .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into());
-                let mut bytes = [0u8; 8];
-                OsRng.fill_bytes(&mut bytes);
-                let schema = format!("hostile_{}", hex::encode(bytes));
-                match PgStore::connect_with_schema(&url, &schema).await {
-                    Ok(pg) => (Store::Postgres(pg), Some((url, schema))),
-                    Err(e) => {
-                        let required = std::env::var("CI").is_ok_and(|v| v == "true")
-                            || std::env::var("PHOENIX_TEST_REQUIRE_POSTGRES")
-                                .is_ok_and(|v| v == "1");
-                        assert!(
-                            !required,
-                            "postgres is unreachable and required (CI=true or PHOENIX_TEST_REQUIRE_POSTGRES=1): {e}"
-                        );
-                        eprintln!("skipping postgres: {e}");
-                        return None;
-                    }
-                }
-            }
-        };
+        let (store, storage) = support::store(backend, "hostile").await?;
         let server = Server::start(Domain::parse(DOMAIN).unwrap(), store, limits)
             .await
             .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(phoenix_server::http::serve(
-            server.clone(),
-            listener,
-            async move {
-                let _ = rx.await;
-            },
-        ));
+        let (listener, url) = support::listen().await;
         Some(Self {
             url,
+            shutdown: Some(support::serve(server.clone(), listener)),
             server,
-            _dir: dir,
-            shutdown: Some(tx),
-            schema,
+            _storage: storage,
         })
     }
 
+    /// Stop serving; the store's schema is dropped with it.
     async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
-        }
-        if let Some((url, schema)) = self.schema.take() {
-            use sqlx::Connection;
-            if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
-                let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP SCHEMA IF EXISTS {schema} CASCADE"
-                )))
-                .execute(&mut conn)
-                .await;
-            }
         }
     }
 
@@ -159,27 +106,6 @@ fn unlimited() -> Limits {
     let mut limits = Limits::default();
     limits.rate_limits.enabled = false;
     limits
-}
-
-macro_rules! on_both_backends {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_backends!(

@@ -20,18 +20,18 @@
     clippy::indexing_slicing
 )]
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use ed25519_dalek::{Signer, SigningKey};
-use rand_core::{OsRng, RngCore};
+use rand_core::OsRng;
 use serde_json::Value;
-use tempfile::TempDir;
 
 use phoenix_server::federation::{FederationSettings, Policy};
 use phoenix_server::polyproto::{self, decimal};
 use phoenix_server::server::{Limits, Server, now};
-use phoenix_server::store::postgres::PgStore;
 use phoenix_server::store::sessions::SessionStore;
 use phoenix_server::store::{
     AsClientRecord, AsStore, CaRecord, CachedIdCerts, CreateUser, EnqueueEntry, EphemeralStore,
@@ -42,8 +42,12 @@ use phoenix_types::crypto;
 use phoenix_types::discovery::Resolver;
 use phoenix_types::error::Problem;
 use phoenix_types::ids::{ClientId, Domain, Fid};
+use support::{Backend, Storage, listen, on_both_backends, serve};
 
-const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// A store of `backend` for one test (Postgres schemas named `p2_...`).
+async fn store(backend: Backend) -> Option<(Store, Storage)> {
+    support::store(backend, "p2").await
+}
 
 /// A running server.
 struct Running {
@@ -51,92 +55,6 @@ struct Running {
     url: String,
     _shutdown: tokio::sync::oneshot::Sender<()>,
     _storage: Storage,
-}
-
-/// What a test's database leaves behind: a temporary directory, and for Postgres a schema,
-/// dropped when the test ends (also when it fails).
-struct Storage {
-    _dir: TempDir,
-    schema: Option<(String, String)>,
-}
-
-impl Drop for Storage {
-    fn drop(&mut self) {
-        let Some((url, schema)) = self.schema.take() else {
-            return;
-        };
-        // Drop runs inside the test's runtime, which must not block: use a thread with a
-        // runtime of its own.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                use sqlx::Connection;
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "DROP SCHEMA IF EXISTS {schema} CASCADE"
-                    )))
-                    .execute(&mut conn)
-                    .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-async fn store(backend: Backend) -> Option<(Store, Storage)> {
-    let dir = tempfile::tempdir().unwrap();
-    match backend {
-        Backend::Sqlite => {
-            let url = format!("sqlite://{}", dir.path().join("phoenix.db").display());
-            let storage = Storage {
-                _dir: dir,
-                schema: None,
-            };
-            Some((Store::connect(&url).await.unwrap(), storage))
-        }
-        Backend::Postgres => {
-            let url = std::env::var("PHOENIX_TEST_POSTGRES_URL")
-                .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into());
-            let mut bytes = [0u8; 8];
-            OsRng.fill_bytes(&mut bytes);
-            let schema = format!("p2_{}", hex::encode(bytes));
-            match PgStore::connect_with_schema(&url, &schema).await {
-                Ok(pg) => Some((
-                    Store::Postgres(pg),
-                    Storage {
-                        _dir: dir,
-                        schema: Some((url, schema)),
-                    },
-                )),
-                Err(e) => {
-                    let required = std::env::var("CI").is_ok_and(|v| v == "true")
-                        || std::env::var("PHOENIX_TEST_REQUIRE_POSTGRES").is_ok_and(|v| v == "1");
-                    assert!(
-                        !required,
-                        "postgres is unreachable and required (CI=true or PHOENIX_TEST_REQUIRE_POSTGRES=1): {e}"
-                    );
-                    eprintln!("skipping postgres: {e}");
-                    None
-                }
-            }
-        }
-    }
-}
-
-async fn listen() -> (tokio::net::TcpListener, String) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    (listener, url)
 }
 
 async fn run(
@@ -182,18 +100,10 @@ async fn run_with(
     let server = Server::start_with(domain, store, limits, federation)
         .await
         .unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(phoenix_server::http::serve(
-        server.clone(),
-        listener,
-        async move {
-            let _ = rx.await;
-        },
-    ));
     Running {
+        _shutdown: serve(server.clone(), listener),
         server,
         url,
-        _shutdown: tx,
         _storage: storage,
     }
 }
@@ -364,27 +274,6 @@ fn verify_cacheable(object: &Value, ca_key: &[u8; 32]) -> ParsedCert {
     assert!(before <= after && after <= cert.not_after.max(before));
     assert!(after - before <= 12 * 3600);
     cert
-}
-
-macro_rules! on_both_backends {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::Backend::Sqlite).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::Backend::Postgres).await;
-                }
-            )*
-        }
-    };
 }
 
 on_both_backends!(
