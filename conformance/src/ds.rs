@@ -27,6 +27,7 @@ use tls_codec::{Deserialize as _, VLBytes};
 
 use phoenix_client::api::{Api, Signer};
 use phoenix_client::{Client, ClientError};
+use phoenix_model::adversary::AdvOp;
 use phoenix_model::call::{Call, DsCall, Outcome, QsCall, QsSigner};
 use phoenix_model::client::{ClientOp, ClientRef};
 use phoenix_model::ids::{GroupId, KeyId, MsgId};
@@ -41,6 +42,7 @@ use phoenix_types::messages::{DequeueRequest, DequeueResponse};
 use crate::HarnessError;
 use crate::names::Names;
 use crate::observed::{self, Observed};
+use crate::proxy::{self, RecordingProxy};
 use crate::runner::StepFailure;
 use crate::target::Target;
 
@@ -82,6 +84,9 @@ pub enum DsStep {
     GroupInfo { group: u8, right_key: bool },
     /// `client` reads up to `max` of its queue without deleting anything.
     PeekQueue { client: u8, max: u16 },
+    /// The network adversary sends the last DS request the server accepted again, byte
+    /// for byte (the model's `AdvOp::ReplayDs`).
+    Replay,
 }
 
 /// The model's world and, per client, how many accepted messages its syncs reported.
@@ -199,6 +204,7 @@ impl ReferenceStateMachine for DsMachine {
             4 => (0u8..3).prop_map(|client| DsStep::Sync { client }),
             1 => (0u8..2, prop::bool::weighted(0.7)).prop_map(|(group, right_key)| DsStep::GroupInfo { group, right_key }),
             2 => (0u8..3, prop_oneof![Just(1u16), Just(2u16), Just(50u16)]).prop_map(|(client, max)| DsStep::PeekQueue { client, max }),
+            1 => Just(DsStep::Replay),
         ];
         // Membership changes are rarer: each case stays mostly in its groups.
         let mut options: Vec<(u32, BoxedStrategy<DsStep>)> = vec![(16, traffic.boxed())];
@@ -381,6 +387,7 @@ fn run_model(state: &RefState, t: &DsStep) -> (State, Outcome) {
                 client: client_ref(*client),
             }),
         ),
+        DsStep::Replay => step(m, &Op::Adversary(AdvOp::ReplayDs)),
         DsStep::GroupInfo { group, right_key } => {
             let g = group_of(state, *group);
             let ear = m
@@ -477,6 +484,10 @@ struct Member {
 /// The server under test for one case of the DS suite.
 pub struct DsSut {
     api: Api,
+    /// The server's URL, for the adversary's requests.
+    server: String,
+    /// The clients reach the server through it; it records their requests.
+    proxy: RecordingProxy,
     names: Names,
     members: Vec<Member>,
 }
@@ -496,6 +507,7 @@ fn setup(what: &str) -> impl Fn(ClientError) -> HarnessError + '_ {
 impl DsSut {
     pub async fn new(target: &Target) -> Result<Self, HarnessError> {
         let api = Api::new(&target.url).map_err(|e| HarnessError::Setup(e.to_string()))?;
+        let proxy = RecordingProxy::start(&target.url).await?;
         let names = Names::new(&target.domain);
         let mut clients = Vec::new();
         for c in CLIENTS {
@@ -509,7 +521,7 @@ impl DsSut {
             }
             let fid = names.fid(world::fid(c.0));
             client
-                .register(&fid, &target.url)
+                .register(&fid, &proxy.url)
                 .await
                 .map_err(setup("register"))?;
             clients.push((client, home, fid));
@@ -569,6 +581,8 @@ impl DsSut {
         }
         let sut = Self {
             api,
+            server: target.url.clone(),
+            proxy,
             names,
             members,
         };
@@ -577,6 +591,24 @@ impl DsSut {
             sut.dequeue(i, 0, 0).await?;
         }
         Ok(sut)
+    }
+
+    /// Send the last DS request the server accepted from a client again, as it was. As in
+    /// the model, requests for a group id or a group's info do not count.
+    async fn replay(&self) -> Result<Observed, HarnessError> {
+        let last = self.proxy.last_accepted(|path| {
+            path.strip_prefix("/phoenix/v1/ds/").is_some_and(|op| {
+                op != ds_msg::REQUEST_GROUP_ID && op != ds_msg::EXTERNAL_COMMIT_INFO
+            })
+        });
+        match last {
+            Some(x) => proxy::post_raw(&self.server, &x.path, x.body).await,
+            None => Ok(Observed::Error(
+                phoenix_types::error::ErrorCode::NotFound
+                    .as_str()
+                    .to_owned(),
+            )),
+        }
     }
 
     fn member(&mut self, i: u8) -> Result<&mut Member, HarnessError> {
@@ -767,6 +799,10 @@ fn requirements(t: &DsStep, outcome: &Outcome) -> Vec<&'static str> {
         } => vec!["DS-EAR-1"],
         DsStep::GroupInfo { .. } => vec!["DS-INFO-1"],
         DsStep::PeekQueue { .. } => vec!["QS-DEQ-1", "QS-DEQ-2", "QS-DEQ-3", "QS-Q-1"],
+        DsStep::Replay if outcome == &Err(phoenix_types::error::ErrorCode::Replayed) => {
+            vec!["ADV-REPLAY-1", "ADV-REPLAY-2"]
+        }
+        DsStep::Replay => vec!["ADV-REPLAY-1"],
     }
 }
 
@@ -933,6 +969,10 @@ impl crate::runner::Suite for Ds {
             DsStep::GroupInfo { group, right_key } => (
                 observed::expected(&outcome),
                 sut.group_info(*group, *right_key).await.map_err(fail)?,
+            ),
+            DsStep::Replay => (
+                observed::expected(&outcome),
+                sut.replay().await.map_err(fail)?,
             ),
             DsStep::PeekQueue { client, max } => {
                 let expected = match &outcome {

@@ -34,6 +34,7 @@ pub mod fixtures;
 pub mod names;
 pub mod observed;
 pub mod peer;
+pub mod proxy;
 pub mod report;
 pub mod runner;
 pub mod target;

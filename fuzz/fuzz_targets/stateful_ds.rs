@@ -113,6 +113,16 @@ impl Run<'_> {
         let body = phoenix_fuzz::harness::envelope("ds", s.operation, &payload, &signer, mutation);
         let result = self.h.call("ds", s.operation, &body);
         let code = result.as_ref().err().map(|e| e.code);
+        // An application message the DS accepted before (intact or damaged, by its bytes)
+        // is refused from now on.
+        let message = match request {
+            DsRequest::Send(r) => Some(r.message.as_slice()),
+            _ => None,
+        };
+        let replay = message.is_some_and(|m| self.h.ds_sent.borrow().contains(m));
+        if let (Ok(_), Some(m)) = (&result, message) {
+            self.h.ds_sent.borrow_mut().insert(m.to_vec());
+        }
         let state = &mut self.states[s.group];
         if !predictable || *state == state::UNKNOWN {
             if result.is_ok() && s.to.is_some() {
@@ -139,10 +149,14 @@ impl Run<'_> {
                     "{:?} was accepted in state {state} (made for {})",
                     s.name, s.from
                 );
+                assert!(!replay, "{:?} was accepted again (a replay)", s.name);
                 codec::decode::<Empty>(bytes, usize::MAX).expect("an empty response");
                 if let Some(to) = s.to {
                     *state = to;
                 }
+            }
+            Err(e) if expect_ok && replay => {
+                assert_eq!(e.code, ErrorCode::Replayed, "{:?} replayed: {e}", s.name);
             }
             Err(e) => {
                 assert!(!expect_ok, "{:?} was refused in state {state}: {e}", s.name);

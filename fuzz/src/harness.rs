@@ -213,6 +213,9 @@ pub struct Harness {
     pub generation: u64,
     /// The DS target's precomputed groups, built on first use.
     pub ds: Option<Box<DsFixture>>,
+    /// The application messages (MLS bytes) the DS target got this server to accept: the
+    /// DS refuses the same message again (`REPLAYED`), in this run or a later one.
+    pub ds_sent: std::cell::RefCell<std::collections::BTreeSet<Vec<u8>>>,
 }
 
 static HARNESS: Mutex<Option<Harness>> = Mutex::new(None);
@@ -241,6 +244,7 @@ impl Harness {
             runs: 0,
             generation,
             ds: None,
+            ds_sent: Default::default(),
         }
     }
 

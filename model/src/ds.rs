@@ -52,6 +52,9 @@ pub struct DsState {
     pub reserved: BTreeSet<GroupId>,
     pub groups: BTreeMap<GroupId, Group>,
     pub next_group: u32,
+    /// Replay records: the application messages accepted (the server keeps a digest of
+    /// each, with no group or member next to it) (Requirement: ADV-REPLAY-2).
+    pub sent: BTreeSet<MsgId>,
 }
 
 impl DsState {
@@ -61,6 +64,7 @@ impl DsState {
             reserved: BTreeSet::new(),
             groups: BTreeMap::new(),
             next_group: 0,
+            sent: BTreeSet::new(),
         }
     }
 }
@@ -300,7 +304,13 @@ fn handle_inner(
                 sender: signer.leaf,
                 msg: *msg,
             };
-            Ok((Reply::Empty, fan_out(&g.members, Some(signer.leaf), &item)))
+            let effects = fan_out(&g.members, Some(signer.leaf), &item);
+            // A replayed message is refused, not fanned out again (Requirement:
+            // ADV-REPLAY-2).
+            if !state.sent.insert(*msg) {
+                return Err(ErrorCode::Replayed);
+            }
+            Ok((Reply::Empty, effects))
         }
     }
 }

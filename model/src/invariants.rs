@@ -54,7 +54,29 @@ pub fn all(state: &State) -> Vec<(&'static str, bool)> {
             "no_forged_enqueue_accepted",
             inv_no_forged_enqueue_accepted(state),
         ),
+        (
+            "no_message_fanned_out_twice",
+            inv_no_message_fanned_out_twice(state),
+        ),
     ]
+}
+
+/// No application message reaches a queue twice, whatever the adversary replayed: the DS
+/// refuses a replayed `send_message` (Requirement: ADV-REPLAY-2, ADV-REPLAY-1).
+pub fn inv_no_message_fanned_out_twice(state: &State) -> bool {
+    for server in state.servers.values() {
+        for record in server.qs.clients.values() {
+            let mut seen = BTreeSet::new();
+            for item in record.queue.history.iter() {
+                if let queue::QueueItem::Application { msg, .. } = item
+                    && !seen.insert(*msg)
+                {
+                    return false;
+                }
+            }
+        }
+    }
+    true
 }
 
 /// No duplicate ever: each federated message (sender, id) is enqueued at most once,

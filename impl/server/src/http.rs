@@ -289,6 +289,16 @@ async fn metrics(server: &Server) -> String {
             &m.federation_seen_pruned,
         ),
         (
+            "phoenix_ds_seen_pruned_total",
+            "Replay records of application messages pruned after the freshness window.",
+            &m.ds_seen_pruned,
+        ),
+        (
+            "phoenix_ds_replays_refused_total",
+            "Replayed application messages refused by the DS (REPLAYED).",
+            &m.ds_replays_refused,
+        ),
+        (
             "phoenix_idcert_cache_hits_total",
             "Foreign actors' certificates served from the cache.",
             &m.idcert_cache_hits,

@@ -1,7 +1,8 @@
 //! Periodic purges of ephemeral rows, once a minute while the server runs: cache entries of
 //! foreign actors' certificates whose window ended ([`crate::federation::certificates`];
 //! reads evict them too, this bounds what an idle cache keeps), and replay records of
-//! federated messages too old for a replay to pass the freshness check.
+//! federated messages and of the DS's application messages too old for a replay to pass
+//! the freshness check.
 //!
 //! What this module is not: the outbox worker ([`crate::outbox`]) or the CA jobs
 //! ([`crate::server::Server::run_ca_jobs`]).
@@ -18,11 +19,11 @@ use crate::store::EphemeralStore;
 /// How often the purges run.
 pub const PURGE_PERIOD: Duration = Duration::from_secs(60);
 
-/// How long a federated message's replay record is kept (seconds). A federated enqueue is
-/// accepted only if its timestamp is within [`MAX_CLOCK_SKEW`] of the receiver's clock, so
-/// a replay arriving more than `2 × MAX_CLOCK_SKEW` after the original was received is
-/// refused as `STALE_REQUEST` whatever the replay records say; the rest is margin for clock
-/// steps on the receiver.
+/// How long a replay record (of a federated message, or of an application message the DS
+/// accepted) is kept (seconds). A request is accepted only if its timestamp is within
+/// [`MAX_CLOCK_SKEW`] of the receiver's clock, so a replay arriving more than
+/// `2 × MAX_CLOCK_SKEW` after the original was received is refused as `STALE_REQUEST`
+/// whatever the replay records say; the rest is margin for clock steps on the receiver.
 pub const FEDERATION_SEEN_RETENTION: u64 = 2 * MAX_CLOCK_SKEW + 3600;
 
 /// Run the purges every [`PURGE_PERIOD`] until the task is aborted.
@@ -50,5 +51,19 @@ pub async fn purge_once(server: &Server, now: u64) {
                 .fetch_add(pruned, Ordering::Relaxed);
         }
         Err(e) => tracing::error!(error = %e, "cannot prune the federated replay records"),
+    }
+    // Requirement: ADV-REPLAY-2
+    match server
+        .store
+        .prune_ds_seen(now.saturating_sub(FEDERATION_SEEN_RETENTION))
+        .await
+    {
+        Ok(pruned) => {
+            server
+                .metrics
+                .ds_seen_pruned
+                .fetch_add(pruned, Ordering::Relaxed);
+        }
+        Err(e) => tracing::error!(error = %e, "cannot prune the DS's message replay records"),
     }
 }

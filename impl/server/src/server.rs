@@ -109,6 +109,10 @@ pub struct Metrics {
     pub idcert_cache_purged: AtomicU64,
     /// Replay records of federated messages pruned.
     pub federation_seen_pruned: AtomicU64,
+    /// Replay records of application messages (DS `send_message`) pruned.
+    pub ds_seen_pruned: AtomicU64,
+    /// Replayed application messages refused.
+    pub ds_replays_refused: AtomicU64,
 }
 
 impl std::fmt::Debug for Server {

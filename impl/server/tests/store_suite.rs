@@ -35,8 +35,8 @@ use tempfile::TempDir;
 use phoenix_server::store::postgres::PgStore;
 use phoenix_server::store::{
     AsClientRecord, AsStore, CaRecord, CreateGroup, CreateQsUser, CreateUser, DsStore,
-    EnqueueEntry, OutboxEntry, QsClientRecord, QsStore, QsUserRecord, Store, StoreError,
-    StoredConnectionPackage, StoredGroup, StoredKeyPackage,
+    EnqueueEntry, EphemeralStore, OutboxEntry, QsClientRecord, QsStore, QsUserRecord, Store,
+    StoreError, StoredConnectionPackage, StoredGroup, StoredKeyPackage,
 };
 use phoenix_types::ids::QsId;
 use phoenix_types::messages::QueueMessage;
@@ -1062,14 +1062,25 @@ async fn ds_update_group_race(db: &TestDb) {
 
 async fn outbox_append_due_postpone_delete(db: &TestDb) {
     let store = &db.store;
-    store.append_outbox(&[]).await.unwrap();
+    assert!(
+        store
+            .append_message_outbox(&[0; 32], NOW, &[])
+            .await
+            .unwrap()
+    );
     store.delete_outbox(&[]).await.unwrap();
     assert!(store.due_outbox(NOW, 10).await.unwrap().is_empty());
 
-    store
-        .append_outbox(&[outbox_entry(1), outbox_entry(2), outbox_entry(3)])
-        .await
-        .unwrap();
+    assert!(
+        store
+            .append_message_outbox(
+                &[1; 32],
+                NOW,
+                &[outbox_entry(1), outbox_entry(2), outbox_entry(3)]
+            )
+            .await
+            .unwrap()
+    );
     let due = store.due_outbox(NOW, 10).await.unwrap();
     assert_eq!(
         due.iter()
@@ -1107,7 +1118,20 @@ async fn outbox_append_due_postpone_delete(db: &TestDb) {
         store.due_outbox(u64::MAX, 10).await.unwrap(),
         due[..1].to_vec()
     );
-    store.append_outbox(&[outbox_entry(4)]).await.unwrap();
+    // Requirement: ADV-REPLAY-2
+    // A message recorded before (a replay) appends nothing, even with other entries.
+    assert!(
+        !store
+            .append_message_outbox(&[1; 32], NOW + 1, &[outbox_entry(5)])
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .append_message_outbox(&[2; 32], NOW + 1, &[outbox_entry(4)])
+            .await
+            .unwrap()
+    );
     let due = store.due_outbox(u64::MAX, 10).await.unwrap();
     assert_eq!(
         due.iter()
@@ -1120,6 +1144,23 @@ async fn outbox_append_due_postpone_delete(db: &TestDb) {
         .await
         .unwrap();
     assert!(store.due_outbox(u64::MAX, 10).await.unwrap().is_empty());
+
+    // Replay records are pruned by age: only those received before the cut-off go, and a
+    // pruned digest can be recorded again.
+    assert_eq!(store.prune_ds_seen(NOW + 1).await.unwrap(), 2);
+    assert!(
+        store
+            .append_message_outbox(&[0; 32], NOW, &[])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .append_message_outbox(&[2; 32], NOW, &[])
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.prune_ds_seen(u64::MAX).await.unwrap(), 2);
 }
 
 // Backend-independent checks ------------------------------------------------------------

@@ -1,8 +1,11 @@
 //! `send_message`: a member sends an application message (an MLS `PrivateMessage` of the
 //! current epoch) to the group. The DS cannot read it; it checks the request signature
-//! with the sender's leaf key, the group and epoch, and fans it out to every other member.
+//! with the sender's leaf key, the group and epoch, and fans it out to every other member,
+//! once: a replayed message is refused (`REPLAYED`), by a digest the DS keeps for as long
+//! as the replay could still pass the freshness check.
 
 use openmls::prelude::{ContentType, ProtocolMessage};
+use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
 use phoenix_types::codec;
@@ -45,11 +48,31 @@ pub async fn send_message(
         new_credentials: Vec::new(),
     });
     let outbox = fan_out_to_members(&group.state.members, Some(sender), &payload)?;
-    server
+    // Requirement: ADV-REPLAY-2
+    let recorded = server
         .store
-        .append_outbox(&outbox)
+        .append_message_outbox(&message_digest(req.message.as_slice()), now, &outbox)
         .await
         .map_err(server.internal())?;
+    if !recorded {
+        server
+            .metrics
+            .ds_replays_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Err(WireError::new(
+            ErrorCode::Replayed,
+            "this application message was sent before",
+        ));
+    }
     crate::outbox::deliver_now(server).await;
     codec::encode(&Empty {})
+}
+
+/// The replay record of an application message: SHA-256 over a label and the message (a
+/// `PrivateMessage`: its nonce and ciphertext make two sends of one text differ).
+fn message_digest(message: &[u8]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(b"phoenix ds sent message v1");
+    hash.update(message);
+    hash.finalize().into()
 }

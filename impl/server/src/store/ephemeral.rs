@@ -1,6 +1,6 @@
 //! [`EphemeralStore`] for both backends, written once: the cache of other servers' actors'
 //! certificates (`p2_idcert_cache`, migration `0005_idcert_cache`) and the pruning of
-//! federated replay records (`qs_federation_seen`).
+//! replay records (`qs_federation_seen`, `ds_seen_messages`).
 //!
 //! The statements use `$n` placeholders, which SQLite accepts too; the one difference
 //! between the backends is how a read-modify-write transaction starts (SQLite takes the
@@ -44,6 +44,10 @@ impl EphemeralStore for Store {
     async fn prune_federation_seen(&self, before: u64) -> StoreResult<u64> {
         delegate!(self, prune_federation_seen(before))
     }
+
+    async fn prune_ds_seen(&self, before: u64) -> StoreResult<u64> {
+        delegate!(self, prune_ds_seen(before))
+    }
 }
 
 fn cached(row: &impl Columns) -> StoreResult<CachedIdCerts> {
@@ -70,6 +74,7 @@ mod sql {
          not_valid_after = excluded.not_valid_after, fetched_at = excluded.fetched_at";
     pub const LEN: &str = "SELECT count(*) FROM p2_idcert_cache";
     pub const PRUNE_SEEN: &str = "DELETE FROM qs_federation_seen WHERE received_at < $1";
+    pub const PRUNE_DS_SEEN: &str = "DELETE FROM ds_seen_messages WHERE received_at < $1";
 }
 
 /// Both backends' functions, from one body.
@@ -160,6 +165,14 @@ macro_rules! backend {
                 before: u64,
             ) -> StoreResult<u64> {
                 Ok(sqlx::query(sql::PRUNE_SEEN)
+                    .bind(bound(before))
+                    .execute(pool)
+                    .await?
+                    .rows_affected())
+            }
+
+            pub(super) async fn prune_ds_seen(pool: &$pool, before: u64) -> StoreResult<u64> {
+                Ok(sqlx::query(sql::PRUNE_DS_SEEN)
                     .bind(bound(before))
                     .execute(pool)
                     .await?

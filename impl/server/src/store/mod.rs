@@ -343,6 +343,10 @@ pub trait EphemeralStore {
     /// Delete the replay records of federated messages received before `before`; returns
     /// how many.
     fn prune_federation_seen(&self, before: u64) -> impl Future<Output = StoreResult<u64>> + Send;
+    // Requirement: ADV-REPLAY-2
+    /// Delete the replay records of application messages received before `before`;
+    /// returns how many.
+    fn prune_ds_seen(&self, before: u64) -> impl Future<Output = StoreResult<u64>> + Send;
 }
 
 /// A group as stored: only the id, the ciphertext, a version for compare-and-swap and the
@@ -423,9 +427,16 @@ pub trait DsStore {
         now: u64,
         outbox: &[OutboxEntry],
     ) -> impl Future<Output = StoreResult<bool>> + Send;
-    /// Append outbox entries (for messages that do not change the group state).
-    fn append_outbox(&self, outbox: &[OutboxEntry])
-    -> impl Future<Output = StoreResult<()>> + Send;
+    // Requirement: ADV-REPLAY-2
+    /// Record an accepted application message by its `digest` (received at `received_at`)
+    /// and append its outbox entries, in one transaction. Returns false, and changes
+    /// nothing, if a message with that digest was recorded before (a replay).
+    fn append_message_outbox(
+        &self,
+        digest: &[u8; 32],
+        received_at: u64,
+        outbox: &[OutboxEntry],
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
     /// Up to `limit` outbox entries that are due at `now`, oldest first, with their ids.
     fn due_outbox(
         &self,
@@ -685,8 +696,16 @@ impl DsStore for Store {
         )
     }
 
-    async fn append_outbox(&self, outbox: &[OutboxEntry]) -> StoreResult<()> {
-        delegate!(self, DsStore::append_outbox(outbox))
+    async fn append_message_outbox(
+        &self,
+        digest: &[u8; 32],
+        received_at: u64,
+        outbox: &[OutboxEntry],
+    ) -> StoreResult<bool> {
+        delegate!(
+            self,
+            DsStore::append_message_outbox(digest, received_at, outbox)
+        )
     }
 
     async fn due_outbox(&self, now: u64, limit: u32) -> StoreResult<Vec<(i64, OutboxEntry)>> {

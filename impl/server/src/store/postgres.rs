@@ -901,14 +901,27 @@ impl DsStore for PgStore {
         Ok(true)
     }
 
-    async fn append_outbox(&self, outbox: &[OutboxEntry]) -> StoreResult<()> {
-        if outbox.is_empty() {
-            return Ok(());
-        }
+    async fn append_message_outbox(
+        &self,
+        digest: &[u8; 32],
+        received_at: u64,
+        outbox: &[OutboxEntry],
+    ) -> StoreResult<bool> {
         let mut tx = self.begin().await?;
+        let recorded = sqlx::query(
+            "INSERT INTO ds_seen_messages (digest, received_at) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(digest.as_slice())
+        .bind(bound(received_at))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if recorded == 0 {
+            return Ok(false);
+        }
         insert_outbox(&mut tx, outbox).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     async fn due_outbox(&self, now: u64, limit: u32) -> StoreResult<Vec<(i64, OutboxEntry)>> {
