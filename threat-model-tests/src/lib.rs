@@ -310,6 +310,17 @@ impl User {
         self.home.path()
     }
 
+    /// The id of this client's QS queue (its pseudonym at the QS).
+    pub async fn qs_client_id(&self) -> [u8; 16] {
+        self.local()
+            .await
+            .identity()
+            .await
+            .unwrap()
+            .expect("a registered client")
+            .qs_client_id
+    }
+
     /// Sync until an event satisfying `wanted` arrives (fan-out across servers runs from the
     /// outbox a moment after the request), or panic after 30 s.
     pub async fn sync_until(
@@ -355,6 +366,14 @@ pub async fn connect(a: &mut User, b: &mut User) {
     let b_fid = b.fid.clone();
     a.sync_until(move |e| e["kind"] == "connected" && e["contact"] == b_fid.as_str())
         .await;
+}
+
+/// `a` and `b` connected, and `b` in `a`'s new group `name`.
+pub async fn group_of_two(a: &mut User, b: &mut User, name: &str) {
+    connect(a, b).await;
+    a.client.create_group(name).await.unwrap();
+    a.client.invite(name, &b.fid).await.unwrap();
+    b.sync_until(|e| e["kind"] == "joined").await;
 }
 
 /// The server's logs, captured for the whole test binary.

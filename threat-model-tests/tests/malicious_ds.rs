@@ -13,7 +13,7 @@
 use tls_codec::VLBytes;
 
 use phoenix_server::store::{EnqueueEntry, QsStore};
-use phoenix_threat_model_tests::{Backend, Homeserver, User, connect, listener};
+use phoenix_threat_model_tests::{Backend, Homeserver, User, group_of_two, listener};
 use phoenix_types::codec;
 use phoenix_types::messages::ds::QueuePayload;
 
@@ -26,22 +26,12 @@ async fn a_tampered_message_is_refused() {
         .unwrap();
     let mut alice = User::register("alice@a.test", &a.url, &resolve).await;
     let mut bob = User::register("bob@a.test", &a.url, &resolve).await;
-    connect(&mut alice, &mut bob).await;
-    alice.client.create_group("g").await.unwrap();
-    alice.client.invite("g", "bob@a.test").await.unwrap();
-    bob.sync_until(|e| e["kind"] == "joined").await;
+    group_of_two(&mut alice, &mut bob, "g").await;
 
     alice.client.send("g", "genuine").await.unwrap();
     // The adversary reads bob's queue (it controls the server) and injects a copy of the
     // message with one byte of the ciphertext flipped.
-    let bob_queue = bob
-        .local()
-        .await
-        .identity()
-        .await
-        .unwrap()
-        .unwrap()
-        .qs_client_id;
+    let bob_queue = bob.qs_client_id().await;
     let (messages, _) = QsStore::dequeue(&a.server.store, &bob_queue, 0, 100)
         .await
         .unwrap();

@@ -15,7 +15,7 @@
 use phoenix_conformance::observed::Observed;
 use phoenix_conformance::proxy::{RecordingProxy, post_raw};
 use phoenix_server::store::QsStore;
-use phoenix_threat_model_tests::{Backend, Homeserver, User, connect, listener};
+use phoenix_threat_model_tests::{Backend, Homeserver, User, group_of_two, listener};
 
 async fn replay_send_message_on(backend: Backend) {
     let l = listener().await;
@@ -27,10 +27,7 @@ async fn replay_send_message_on(backend: Backend) {
     // alice's traffic goes through the adversary's proxy.
     let mut alice = User::register("alice@a.test", &proxy.url, &resolve).await;
     let mut bob = User::register("bob@a.test", &a.url, &resolve).await;
-    connect(&mut alice, &mut bob).await;
-    alice.client.create_group("g").await.unwrap();
-    alice.client.invite("g", "bob@a.test").await.unwrap();
-    bob.sync_until(|e| e["kind"] == "joined").await;
+    group_of_two(&mut alice, &mut bob, "g").await;
 
     alice.client.send("g", "only once").await.unwrap();
     let events = bob
@@ -60,14 +57,7 @@ async fn replay_send_message_on(backend: Backend) {
 
     // Nothing was fanned out again: bob's queue stays empty once he has read it, and he
     // sees no second copy.
-    let bob_queue = bob
-        .local()
-        .await
-        .identity()
-        .await
-        .unwrap()
-        .unwrap()
-        .qs_client_id;
+    let bob_queue = bob.qs_client_id().await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let events = bob.client.sync().await.unwrap();
     assert!(

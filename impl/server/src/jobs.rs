@@ -38,32 +38,31 @@ pub async fn run_purges(server: Arc<Server>) {
 /// One round of purges as of `now`.
 pub async fn purge_once(server: &Server, now: u64) {
     crate::federation::certificates::purge(server, now).await;
+    let before = now.saturating_sub(FEDERATION_SEEN_RETENTION);
     // Requirement: FED-5
-    match server
-        .store
-        .prune_federation_seen(now.saturating_sub(FEDERATION_SEEN_RETENTION))
-        .await
-    {
-        Ok(pruned) => {
-            server
-                .metrics
-                .federation_seen_pruned
-                .fetch_add(pruned, Ordering::Relaxed);
-        }
-        Err(e) => tracing::error!(error = %e, "cannot prune the federated replay records"),
-    }
+    count_pruned(
+        server.store.prune_federation_seen(before).await,
+        &server.metrics.federation_seen_pruned,
+        "federated replay records",
+    );
     // Requirement: ADV-REPLAY-2
-    match server
-        .store
-        .prune_ds_seen(now.saturating_sub(FEDERATION_SEEN_RETENTION))
-        .await
-    {
+    count_pruned(
+        server.store.prune_ds_seen(before).await,
+        &server.metrics.ds_seen_pruned,
+        "the DS's message replay records",
+    );
+}
+
+/// Add what a purge of `what` deleted to `counter`, or log why it failed.
+fn count_pruned(
+    result: crate::store::StoreResult<u64>,
+    counter: &std::sync::atomic::AtomicU64,
+    what: &str,
+) {
+    match result {
         Ok(pruned) => {
-            server
-                .metrics
-                .ds_seen_pruned
-                .fetch_add(pruned, Ordering::Relaxed);
+            counter.fetch_add(pruned, Ordering::Relaxed);
         }
-        Err(e) => tracing::error!(error = %e, "cannot prune the DS's message replay records"),
+        Err(e) => tracing::error!(error = %e, "cannot prune {what}"),
     }
 }
