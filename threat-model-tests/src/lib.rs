@@ -8,7 +8,10 @@
 //! - `snapshot.rs`: a snapshot adversary reads the raw database and logs;
 //! - `malicious_as.rs`: the AS mints a second credential for an existing user;
 //! - `authentication_chain.rs`: forged or broken authentication chains;
-//! - `malicious_ds.rs`: the DS injects a tampered message.
+//! - `malicious_ds.rs`: the DS injects a tampered message;
+//! - `honest_but_curious.rs`: the operator reads what each request handler saw;
+//! - `network.rs`: the network replays a client's request (through the conformance
+//!   harness's recording proxy).
 //!
 //! Federation adversaries (forged, replayed, misrouted QS-to-QS messages) are tested against
 //! the real server in `impl/server/tests/federation.rs`.
