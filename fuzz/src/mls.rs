@@ -3,9 +3,7 @@
 //! configs to the in-process QS.
 
 use openmls::prelude::{
-    BasicCredential, Capabilities, Ciphersuite, CredentialWithKey, Extension, ExtensionType,
-    Extensions, KeyPackage, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroupCreateConfig,
-    MlsGroupJoinConfig, UnknownExtension,
+    BasicCredential, CredentialWithKey, Extension, Extensions, KeyPackage, UnknownExtension,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
@@ -15,41 +13,10 @@ use phoenix_types::codec;
 use phoenix_types::crypto::{self, hpke_info};
 use phoenix_types::messages::qs::{QUEUE_CONFIG_EXTENSION_TYPE, QueueConfig, SealedQueueConfig};
 
-pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
-
 /// An openmls provider with in-memory storage.
 pub type Provider = OpenMlsRustCrypto;
 
-pub fn capabilities() -> Capabilities {
-    Capabilities::new(
-        None,
-        Some(&[CIPHERSUITE]),
-        Some(&[
-            ExtensionType::Unknown(QUEUE_CONFIG_EXTENSION_TYPE),
-            ExtensionType::LastResort,
-        ]),
-        None,
-        None,
-    )
-}
-
-pub fn create_config() -> MlsGroupCreateConfig {
-    MlsGroupCreateConfig::builder()
-        .ciphersuite(CIPHERSUITE)
-        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
-        .capabilities(capabilities())
-        .use_ratchet_tree_extension(false)
-        .max_past_epochs(5)
-        .build()
-}
-
-pub fn join_config() -> MlsGroupJoinConfig {
-    MlsGroupJoinConfig::builder()
-        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
-        .use_ratchet_tree_extension(false)
-        .max_past_epochs(5)
-        .build()
-}
+pub use phoenix_types::mls_profile::{CIPHERSUITE, capabilities, create_config, join_config};
 
 /// A fresh leaf signature key (stored in the provider) and a pseudonymous credential.
 pub fn new_leaf(provider: &Provider, pseudonym: &[u8]) -> (SignatureKeyPair, CredentialWithKey) {

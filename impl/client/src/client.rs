@@ -1908,24 +1908,30 @@ impl Client {
         let record = self.active_group(name).await?;
         let mut group = self.load_group(&record.group_id)?;
         let signer = mls::own_signer(&self.provider, &group)?;
-        let bundle = group
+        let bundle = self.self_update(&mut group, &signer)?;
+        self.send_commit(&id, &record, &mut group, ds::UPDATE, bundle, None)
+            .await
+    }
+
+    /// A staged commit of `group` that updates our own leaf (a path, no proposals).
+    fn self_update(
+        &self,
+        group: &mut MlsGroup,
+        signer: &openmls_basic_credential::SignatureKeyPair,
+    ) -> Result<openmls::group::CommitMessageBundle, ClientError> {
+        group
             .commit_builder()
             .force_self_update(true)
             .consume_proposal_store(false)
             .load_psks(self.provider.storage())
             .map_err(mls_err)?
             .create_group_info(true)
-            .build(
-                self.provider.rand(),
-                self.provider.crypto(),
-                &signer,
-                |_| true,
-            )
+            .build(self.provider.rand(), self.provider.crypto(), signer, |_| {
+                true
+            })
             .map_err(mls_err)?
             .stage_commit(&self.provider)
-            .map_err(mls_err)?;
-        self.send_commit(&id, &record, &mut group, ds::UPDATE, bundle, None)
-            .await
+            .map_err(mls_err)
     }
 
     /// Remove the member `fid` (all its clients) from group `name`.
@@ -2130,22 +2136,7 @@ impl Client {
                 &record.group_id,
                 &Self::credential_info(&id, signer.public()),
             )?;
-            let bundle = group
-                .commit_builder()
-                .force_self_update(true)
-                .consume_proposal_store(false)
-                .load_psks(self.provider.storage())
-                .map_err(mls_err)?
-                .create_group_info(true)
-                .build(
-                    self.provider.rand(),
-                    self.provider.crypto(),
-                    &signer,
-                    |_| true,
-                )
-                .map_err(mls_err)?
-                .stage_commit(&self.provider)
-                .map_err(mls_err)?;
+            let bundle = self.self_update(&mut group, &signer)?;
             self.send_commit(
                 &id,
                 &record,

@@ -9,11 +9,10 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use openmls::group::{LeafNodeLifetimePolicy, MlsGroupJoinConfigBuilder};
+use openmls::group::LeafNodeLifetimePolicy;
 use openmls::prelude::{
-    BasicCredential, Capabilities, Ciphersuite, CredentialWithKey, ExtensionType,
-    MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig,
-    MlsMessageBodyIn, MlsMessageIn, ProtocolMessage, RatchetTreeIn, StagedWelcome,
+    BasicCredential, CredentialWithKey, MlsGroup, MlsGroupJoinConfig, MlsMessageBodyIn,
+    MlsMessageIn, ProtocolMessage, RatchetTreeIn, StagedWelcome,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_memory_storage::MemoryStorage;
@@ -22,15 +21,9 @@ use openmls_traits::OpenMlsProvider;
 use rand_core::{OsRng, RngCore};
 use tls_codec::Deserialize;
 
-use phoenix_types::messages::qs::QUEUE_CONFIG_EXTENSION_TYPE;
-
 use crate::error::{ClientError, mls_err, verification};
 
-pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
-
-/// How many past epochs a member can still decrypt messages of (messages sent just before
-/// a commit arrive after it).
-pub const MAX_PAST_EPOCHS: usize = 5;
+pub use phoenix_types::mls_profile::{CIPHERSUITE, MAX_PAST_EPOCHS};
 
 /// An openmls provider over an in-memory copy of the stored openmls state.
 pub struct Provider {
@@ -81,43 +74,9 @@ impl OpenMlsProvider for Provider {
     }
 }
 
-/// Leaf capabilities: the Phoenix queue config extension and last-resort key packages.
-pub fn capabilities() -> Capabilities {
-    Capabilities::new(
-        None,
-        Some(&[CIPHERSUITE]),
-        Some(&[
-            ExtensionType::Unknown(QUEUE_CONFIG_EXTENSION_TYPE),
-            ExtensionType::LastResort,
-        ]),
-        None,
-        None,
-    )
-}
-
-pub fn create_config() -> MlsGroupCreateConfig {
-    MlsGroupCreateConfig::builder()
-        .ciphersuite(CIPHERSUITE)
-        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
-        .capabilities(capabilities())
-        .use_ratchet_tree_extension(false)
-        .max_past_epochs(MAX_PAST_EPOCHS)
-        .build()
-}
-
-pub fn join_config() -> MlsGroupJoinConfig {
-    join_config_builder().build()
-}
-
-/// The settings of [`join_config`], for callers that need one more: replaying a recorded
-/// group that injects resumption PSKs of earlier epochs needs them kept
-/// (`number_of_resumption_psks`), which Phoenix's groups never do.
-pub fn join_config_builder() -> MlsGroupJoinConfigBuilder {
-    MlsGroupJoinConfig::builder()
-        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
-        .use_ratchet_tree_extension(false)
-        .max_past_epochs(MAX_PAST_EPOCHS)
-}
+pub use phoenix_types::mls_profile::{
+    capabilities, create_config, join_config, join_config_builder,
+};
 
 /// A fresh leaf signature key (stored in the provider so it can be found again by its
 /// public key) and a pseudonymous credential for it.

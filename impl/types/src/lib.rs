@@ -10,6 +10,8 @@
 //! - [`cacheable`]: polyproto cacheable ID-Certs (a certificate with its home server's
 //!   signed cache window), as servers serve and cache them and clients verify them.
 //! - [`discovery`]: the discovery document and the domain → URL resolver.
+//! - [`mls_profile`]: the MLS settings of Phoenix groups (ciphersuite, capabilities,
+//!   group configs), shared by the client library and the fuzz harness.
 //! - [`messages`]: every request and response body of the AS, QS and DS, the request
 //!   envelope with its authentication, and the payloads clients exchange through the server.
 //!
@@ -27,6 +29,7 @@ pub mod discovery;
 pub mod error;
 pub mod ids;
 pub mod messages;
+pub mod mls_profile;
 
 /// The protocol version spoken on every Phoenix route; carried in every request envelope
 /// and advertised in discovery.
