@@ -10,7 +10,8 @@
 //!   session she opened there by a key trial, and her invitation (opted in with
 //!   `--remote-sessions all`) fetches bob's key packages from b.test's QS with the same
 //!   session; every message between them arrives verified, bob's certificate vouched for by
-//!   b.test. After alice renews her certificate, her next request opens a new session.
+//!   b.test. After alice renews her certificate, her next request opens a new session; a
+//!   token b.test refuses (`UNAUTHENTICATED`) is replaced by a new session transparently.
 //! - **The ladder.** With a.test down, alice's client asks b.test itself; with both down,
 //!   it fails and says why for each rung.
 
@@ -28,6 +29,28 @@ use serde_json::Value;
 use phoenix_e2e::{Cli, TestDatabase, TestServer, free_port};
 
 const WAIT: Duration = Duration::from_secs(30);
+
+/// Overwrite the session token the client in `home` holds on `domain`'s server with one
+/// that server never issued (the client's state is a SQLite file of its own).
+fn replace_session_token(home: &std::path::Path, domain: &str) {
+    let url = format!("sqlite://{}", home.join("client.db").display());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let replaced = runtime.block_on(async {
+        use sqlx::Connection;
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("UPDATE sessions SET token = ? WHERE domain = ?")
+            .bind("00".repeat(32))
+            .bind(domain)
+            .execute(&mut db)
+            .await
+            .unwrap()
+            .rows_affected()
+    });
+    assert_eq!(replaced, 1, "the client holds a session on {domain}");
+}
 
 /// The value of a Prometheus sample on `server`'s /metrics, if present.
 fn metric(server: &TestServer, sample: &str) -> Option<u64> {
@@ -151,6 +174,25 @@ fn foreign_certificates_sessions_and_the_ladder() {
     assert_eq!(requests["requests"][0]["fid"], "alice@a.test", "{requests}");
     let opened = b.log().matches("opened a polyproto session").count();
     assert_eq!(opened, 2, "alice's renewed certificate needs a new session");
+
+    // A token b.test no longer honours (its operator ended the session, say) is refused with
+    // UNAUTHENTICATED: alice's client drops it, opens a new session and sends the request
+    // once more, so the user sees nothing of it.
+    replace_session_token(alice.home(), "b.test");
+    let dave = Cli::for_server("dave", &b);
+    dave.run(&[
+        "register",
+        "dave@b.test",
+        "--server",
+        &url_b,
+        &resolve_a,
+        &resolve_b,
+    ]);
+    alice.run(&["connect", "dave@b.test"]);
+    let requests = dave.run(&["requests"]);
+    assert_eq!(requests["requests"][0]["fid"], "alice@a.test", "{requests}");
+    let opened = b.log().matches("opened a polyproto session").count();
+    assert_eq!(opened, 3, "a refused token is replaced by a new session");
 
     // The ladder: a.test is down, so alice's client asks b.test itself ...
     a.pause();
