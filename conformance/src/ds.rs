@@ -457,6 +457,78 @@ pub(crate) fn accepted_messages(model: &State, client: ClientRef) -> Vec<MsgId> 
     out
 }
 
+/// After a suite's setup: `client` (FID `fid`, state in `home`) processes what is left in
+/// its queue, which must hold no error; then its identity as its store holds it (queue id
+/// and key, next sequence number).
+pub(crate) async fn settled_identity(
+    client: &mut Client,
+    home: &TempDir,
+    fid: &str,
+) -> Result<phoenix_client::store::Identity, HarnessError> {
+    let events = client.sync().await.map_err(setup("sync"))?;
+    if events.iter().any(|e| e["kind"] == "error") {
+        return Err(HarnessError::Setup(format!("{fid}: {events:?}")));
+    }
+    let store = phoenix_client::store::Store::open(home.path())
+        .await
+        .map_err(setup("store"))?;
+    store
+        .identity()
+        .await
+        .map_err(setup("identity"))?
+        .ok_or_else(|| HarnessError::Setup("no identity".into()))
+}
+
+/// The messages `client` reports at a sync, after the `from` it reported before, as the
+/// model has it: (sender's FID, text), in order.
+pub(crate) fn expected_messages(
+    model: &State,
+    client: ClientRef,
+    from: usize,
+    names: &Names,
+) -> Vec<(String, String)> {
+    accepted_messages(model, client)
+        .into_iter()
+        .skip(from)
+        .map(|msg| {
+            let sender = model
+                .ghost
+                .sent
+                .get(&msg)
+                .map(|s| names.fid(s.sender))
+                .unwrap_or_default();
+            (sender, format!("m{}", msg.0))
+        })
+        .collect()
+}
+
+/// Sync `client` (whose FID is `fid`): the verified messages it reports, as (sender's FID,
+/// text). An unverified message or an error event is a mismatch: the model's clients
+/// accept only what verifies.
+pub(crate) async fn sync_messages(
+    client: &mut Client,
+    fid: &str,
+) -> Result<Vec<(String, String)>, HarnessError> {
+    let events = client
+        .sync()
+        .await
+        .map_err(|e| HarnessError::Mismatch(format!("sync failed: {e}")))?;
+    let mut received = Vec::new();
+    for e in &events {
+        match e["kind"].as_str() {
+            Some("message") if e["verified"] == true => received.push((
+                e["sender"].as_str().unwrap_or_default().to_owned(),
+                e["text"].as_str().unwrap_or_default().to_owned(),
+            )),
+            Some("message") | Some("error") => {
+                return Err(HarnessError::Mismatch(format!("{fid} reports {e}")));
+            }
+            _ => {}
+        }
+    }
+    Ok(received)
+}
+
 /// The kind of a queue item, as the server's payload shows it.
 pub(crate) fn kind(item: &QueueItem) -> &'static str {
     match item {
@@ -558,18 +630,7 @@ impl DsSut {
             .map_err(setup("invite bob"))?;
         let mut members = Vec::new();
         for (mut client, home, fid) in [(alice, ah, af), (bob, bh, bf), (carol, ch, cf)] {
-            let events = client.sync().await.map_err(setup("sync"))?;
-            if events.iter().any(|e| e["kind"] == "error") {
-                return Err(HarnessError::Setup(format!("{fid}: {events:?}")));
-            }
-            let store = phoenix_client::store::Store::open(home.path())
-                .await
-                .map_err(setup("store"))?;
-            let id = store
-                .identity()
-                .await
-                .map_err(setup("identity"))?
-                .ok_or_else(|| HarnessError::Setup("no identity".into()))?;
+            let id = settled_identity(&mut client, &home, &fid).await?;
             members.push(Member {
                 client,
                 home,
@@ -919,48 +980,15 @@ impl crate::runner::Suite for Ds {
                 )
             }
             DsStep::Sync { client } => {
-                let c = client_ref(*client);
                 let from = before
                     .reported
                     .get(usize::from(*client))
                     .copied()
                     .unwrap_or(0);
-                let expected: Vec<(String, String)> = accepted_messages(&after.model, c)
-                    .into_iter()
-                    .skip(from)
-                    .map(|msg| {
-                        let sender = after
-                            .model
-                            .ghost
-                            .sent
-                            .get(&msg)
-                            .map(|s| sut.names.fid(s.sender))
-                            .unwrap_or_default();
-                        (sender, format!("m{}", msg.0))
-                    })
-                    .collect();
+                let expected =
+                    expected_messages(&after.model, client_ref(*client), from, &sut.names);
                 let m = sut.member(*client).map_err(fail)?;
-                let events = m
-                    .client
-                    .sync()
-                    .await
-                    .map_err(|e| fail(HarnessError::Mismatch(format!("sync failed: {e}"))))?;
-                let mut received = Vec::new();
-                for e in &events {
-                    match e["kind"].as_str() {
-                        Some("message") if e["verified"] == true => received.push((
-                            e["sender"].as_str().unwrap_or_default().to_owned(),
-                            e["text"].as_str().unwrap_or_default().to_owned(),
-                        )),
-                        Some("message") | Some("error") => {
-                            return Err(fail(HarnessError::Mismatch(format!(
-                                "{} reports {e}",
-                                m.fid
-                            ))));
-                        }
-                        _ => {}
-                    }
-                }
+                let received = sync_messages(&mut m.client, &m.fid).await.map_err(fail)?;
                 (
                     Observed::Messages { received: expected },
                     Observed::Messages { received },

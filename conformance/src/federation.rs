@@ -59,7 +59,10 @@ use phoenix_types::messages::qs::{self, QueueConfig, SealedQueueConfig};
 use phoenix_types::messages::{DequeueRequest, DequeueResponse};
 
 use crate::HarnessError;
-use crate::ds::{accepted_messages, client_outcome, group_info_of, kind, payload_kind};
+use crate::ds::{
+    accepted_messages, client_outcome, expected_messages, group_info_of, kind, payload_kind,
+    settled_identity, sync_messages,
+};
 use crate::names::Names;
 use crate::observed::{self, Observed};
 use crate::peer::{self, PeerInfo, Reach};
@@ -506,18 +509,7 @@ impl FedSut {
             .into_iter()
             .zip(CLIENTS.iter().zip([&target.url, &b.url]))
         {
-            let events = client.sync().await.map_err(setup("sync"))?;
-            if events.iter().any(|e| e["kind"] == "error") {
-                return Err(HarnessError::Setup(format!("{fid}: {events:?}")));
-            }
-            let store = phoenix_client::store::Store::open(home.path())
-                .await
-                .map_err(setup("store"))?;
-            let id = store
-                .identity()
-                .await
-                .map_err(setup("identity"))?
-                .ok_or_else(|| HarnessError::Setup("no identity".into()))?;
+            let id = settled_identity(&mut client, &home, &fid).await?;
             let model = init.model.clients.get(c).map_or(QsCid(0), |x| x.qs_id);
             queues.push(QueueRef {
                 what: fid.clone(),
@@ -780,51 +772,18 @@ impl<const PROFILE: u8> crate::runner::Suite for Federation<PROFILE> {
                 )
             }
             FedStep::Sync { client } => {
-                let c = client_ref(*client);
                 let from = before
                     .reported
                     .get(usize::from(*client))
                     .copied()
                     .unwrap_or(0);
-                let expected: Vec<(String, String)> = accepted_messages(&after.model, c)
-                    .into_iter()
-                    .skip(from)
-                    .map(|msg| {
-                        let sender = after
-                            .model
-                            .ghost
-                            .sent
-                            .get(&msg)
-                            .map(|s| sut.names.fid(s.sender))
-                            .unwrap_or_default();
-                        (sender, format!("m{}", msg.0))
-                    })
-                    .collect();
+                let expected =
+                    expected_messages(&after.model, client_ref(*client), from, &sut.names);
                 let m = sut
                     .members
                     .get_mut(usize::from(*client))
                     .ok_or_else(|| fail(HarnessError::Setup("no such client".into())))?;
-                let events = m
-                    .client
-                    .sync()
-                    .await
-                    .map_err(|e| fail(HarnessError::Mismatch(format!("sync failed: {e}"))))?;
-                let mut received = Vec::new();
-                for e in &events {
-                    match e["kind"].as_str() {
-                        Some("message") if e["verified"] == true => received.push((
-                            e["sender"].as_str().unwrap_or_default().to_owned(),
-                            e["text"].as_str().unwrap_or_default().to_owned(),
-                        )),
-                        Some("message") | Some("error") => {
-                            return Err(fail(HarnessError::Mismatch(format!(
-                                "{} reports {e}",
-                                m.fid
-                            ))));
-                        }
-                        _ => {}
-                    }
-                }
+                let received = sync_messages(&mut m.client, &m.fid).await.map_err(fail)?;
                 (
                     Observed::Messages { received: expected },
                     Observed::Messages { received },
