@@ -17,8 +17,8 @@
 //! can predict the outcome of an intact request.
 
 use openmls::prelude::{
-    GroupId, LeafNodeIndex, LeafNodeParameters, MlsGroup, MlsMessageBodyIn, MlsMessageIn,
-    MlsMessageOut, ProcessedMessageContent, RatchetTreeIn, StagedWelcome,
+    GroupId, KeyPackage, LeafNodeIndex, LeafNodeParameters, MlsGroup, MlsMessageBodyIn,
+    MlsMessageIn, MlsMessageOut, ProcessedMessageContent, RatchetTreeIn, StagedWelcome,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::OpenMlsProvider;
@@ -208,6 +208,45 @@ fn commit_request(
     }
 }
 
+/// A staged commit of `group` adding the owner of `key_package`, and the `add_users`
+/// request for it (the added member's encrypted credential and welcome info are filler
+/// bytes of value `tag`); returns the welcome too, for the joiner.
+fn add_member(
+    group: &mut MlsGroup,
+    provider: &Provider,
+    signer: &SignatureKeyPair,
+    gid: &[u8],
+    ear: [u8; 32],
+    key_package: KeyPackage,
+    tag: u8,
+) -> (DsRequest, MlsMessageOut) {
+    let bundle = group
+        .commit_builder()
+        .propose_adds([key_package])
+        .load_psks(provider.storage())
+        .expect("psks")
+        .create_group_info(true)
+        .build(provider.rand(), provider.crypto(), signer, |_| true)
+        .expect("add commit")
+        .stage_commit(provider)
+        .expect("staged");
+    let (commit, welcome, group_info) = bundle.into_messages();
+    let welcome = welcome.expect("a welcome");
+    let request = DsRequest::AddUsers(AddUsersRequest {
+        timestamp: 0,
+        group_id: VLBytes::new(gid.to_vec()),
+        ear_key: ear,
+        commit: VLBytes::new(encoded(&commit)),
+        welcome: VLBytes::new(encoded(&welcome)),
+        group_info: VLBytes::new(encoded(&group_info.expect("a group info"))),
+        added: vec![AddedMember {
+            encrypted_credential: VLBytes::new(vec![tag; 64]),
+            welcome_info: VLBytes::new(vec![tag; 32]),
+        }],
+    });
+    (request, welcome)
+}
+
 fn self_update(
     group: &mut MlsGroup,
     provider: &Provider,
@@ -330,34 +369,12 @@ impl DsFixture {
         let pb = Provider::default();
         let bob_config = codec::encode(&sealed(server, [2; 16])).expect("sealed");
         let (kb, sb) = mls::key_package(&pb, Some(bob_config), false);
-        let bundle = ga
-            .commit_builder()
-            .propose_adds([kb])
-            .load_psks(pa.storage())
-            .expect("psks")
-            .create_group_info(true)
-            .build(pa.rand(), pa.crypto(), &sa, |_| true)
-            .expect("add commit")
-            .stage_commit(&pa)
-            .expect("staged");
-        let (commit, welcome, group_info) = bundle.into_messages();
-        let welcome = welcome.expect("a welcome");
+        let (request, welcome) = add_member(&mut ga, &pa, &sa, &team, team_ear, kb, 2);
         steps.push(Step {
             name: "alice adds bob",
             operation: ds::ADD_USERS,
             group: 0,
-            request: DsRequest::AddUsers(AddUsersRequest {
-                timestamp: 0,
-                group_id: VLBytes::new(team.clone()),
-                ear_key: team_ear,
-                commit: VLBytes::new(encoded(&commit)),
-                welcome: VLBytes::new(encoded(&welcome)),
-                group_info: VLBytes::new(encoded(&group_info.expect("a group info"))),
-                added: vec![AddedMember {
-                    encrypted_credential: VLBytes::new(vec![2; 64]),
-                    welcome_info: VLBytes::new(vec![2; 32]),
-                }],
-            }),
+            request,
             signer: Some((0, 0)),
             from: E0,
             to: Some(E1),
@@ -428,33 +445,12 @@ impl DsFixture {
         let pc = Provider::default();
         let carol_config = codec::encode(&sealed(server, [3; 16])).expect("sealed");
         let (kc, _) = mls::key_package(&pc, Some(carol_config), false);
-        let bundle = ga
-            .commit_builder()
-            .propose_adds([kc])
-            .load_psks(pa.storage())
-            .expect("psks")
-            .create_group_info(true)
-            .build(pa.rand(), pa.crypto(), &sa, |_| true)
-            .expect("add commit")
-            .stage_commit(&pa)
-            .expect("staged");
-        let (commit, welcome, group_info) = bundle.into_messages();
+        let (request, _) = add_member(&mut ga, &pa, &sa, &team, team_ear, kc, 3);
         steps.push(Step {
             name: "alice adds carol at epoch 2",
             operation: ds::ADD_USERS,
             group: 0,
-            request: DsRequest::AddUsers(AddUsersRequest {
-                timestamp: 0,
-                group_id: VLBytes::new(team.clone()),
-                ear_key: team_ear,
-                commit: VLBytes::new(encoded(&commit)),
-                welcome: VLBytes::new(encoded(&welcome.expect("a welcome"))),
-                group_info: VLBytes::new(encoded(&group_info.expect("a group info"))),
-                added: vec![AddedMember {
-                    encrypted_credential: VLBytes::new(vec![3; 64]),
-                    welcome_info: VLBytes::new(vec![3; 32]),
-                }],
-            }),
+            request,
             signer: Some((0, 0)),
             from: E2,
             to: Some(E3_ALT),
