@@ -34,9 +34,9 @@ use tempfile::TempDir;
 
 use phoenix_server::store::postgres::PgStore;
 use phoenix_server::store::{
-    AsClientRecord, AsStore, CaRecord, CreateGroup, CreateQsUser, CreateUser, DsStore,
-    EnqueueEntry, EphemeralStore, OutboxEntry, QsClientRecord, QsStore, QsUserRecord, Store,
-    StoreError, StoredConnectionPackage, StoredGroup, StoredKeyPackage,
+    AsClientRecord, AsStore, CaRecord, CachedIdCerts, CreateGroup, CreateQsUser, CreateUser,
+    DsStore, EnqueueEntry, EphemeralStore, OutboxEntry, QsClientRecord, QsStore, QsUserRecord,
+    Store, StoreError, StoredConnectionPackage, StoredGroup, StoredKeyPackage,
 };
 use phoenix_types::ids::QsId;
 use phoenix_types::messages::QueueMessage;
@@ -89,6 +89,7 @@ suite! {
     ds_update_group_is_compare_and_swap,
     ds_update_group_race,
     outbox_append_due_postpone_delete,
+    idcert_cache_cap_holds_under_concurrency,
 }
 
 // Authentication Service --------------------------------------------------------------
@@ -1161,6 +1162,40 @@ async fn outbox_append_due_postpone_delete(db: &TestDb) {
             .unwrap()
     );
     assert_eq!(store.prune_ds_seen(u64::MAX).await.unwrap(), 2);
+}
+
+// Ephemeral rows ------------------------------------------------------------------------
+
+// Requirement: ID-CACHE-2
+/// Many servers' worth of concurrent cache fills (distinct FIDs) never leave more entries
+/// than the cap.
+async fn idcert_cache_cap_holds_under_concurrency(db: &TestDb) {
+    const CAP: u64 = 5;
+    let store = &db.store;
+    for round in 0..4u64 {
+        let tasks: Vec<_> = (0..24u64)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let entry = CachedIdCerts {
+                        fid: format!("u{round}x{i}@c.test"),
+                        answer: "[]".to_owned(),
+                        not_valid_after: NOW + 1_000 + i,
+                        fetched_at: NOW,
+                    };
+                    store.put_cached_idcerts(&entry, NOW, CAP).await.unwrap();
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let len = store.idcert_cache_len().await.unwrap();
+        assert!(
+            len <= CAP,
+            "round {round}: {len} entries in a cache of {CAP}"
+        );
+    }
 }
 
 // Backend-independent checks ------------------------------------------------------------

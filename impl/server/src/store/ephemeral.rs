@@ -3,8 +3,9 @@
 //! replay records (`qs_federation_seen`, `ds_seen_messages`).
 //!
 //! The statements use `$n` placeholders, which SQLite accepts too; the one difference
-//! between the backends is how a read-modify-write transaction starts (SQLite takes the
-//! write lock first with `BEGIN IMMEDIATE`, as in [`super::sqlite`]).
+//! between the backends is how a read-modify-write transaction excludes other writers
+//! (SQLite takes the write lock first with `BEGIN IMMEDIATE`, as in [`super::sqlite`];
+//! Postgres locks the cache table against other writers).
 
 use super::rows::Columns;
 use super::{CachedIdCerts, EphemeralStore, Store, StoreResult, bound, from_db, to_db};
@@ -79,7 +80,7 @@ mod sql {
 
 /// Both backends' functions, from one body.
 macro_rules! backend {
-    ($name:ident, $db:ty, $pool:ty, $begin:expr) => {
+    ($name:ident, $db:ty, $pool:ty, $begin:expr, $serialize_cache_writes:expr) => {
         mod $name {
             use super::*;
 
@@ -118,6 +119,11 @@ macro_rules! backend {
                 max_entries: u64,
             ) -> StoreResult<()> {
                 let mut tx = pool.begin_with($begin).await?;
+                // Count and insert as one writer at a time, or concurrent fills each see
+                // room and together overshoot the cap.
+                if let Some(lock) = $serialize_cache_writes {
+                    sqlx::query(lock).execute(&mut *tx).await?;
+                }
                 sqlx::query(sql::PURGE)
                     .bind(bound(now))
                     .execute(&mut *tx)
@@ -182,5 +188,19 @@ macro_rules! backend {
     };
 }
 
-backend!(sqlite, sqlx::Sqlite, sqlx::SqlitePool, "BEGIN IMMEDIATE");
-backend!(postgres, sqlx::Postgres, sqlx::PgPool, "BEGIN");
+// SQLite: `BEGIN IMMEDIATE` already makes each writer wait for the others. Postgres: a
+// table lock that excludes other writers of the cache (and not its readers).
+backend!(
+    sqlite,
+    sqlx::Sqlite,
+    sqlx::SqlitePool,
+    "BEGIN IMMEDIATE",
+    None::<&str>
+);
+backend!(
+    postgres,
+    sqlx::Postgres,
+    sqlx::PgPool,
+    "BEGIN",
+    Some("LOCK TABLE p2_idcert_cache IN SHARE ROW EXCLUSIVE MODE")
+);
