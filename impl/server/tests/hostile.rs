@@ -27,9 +27,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use openmls::prelude::{
-    BasicCredential, Capabilities, Ciphersuite, CredentialWithKey, Extension, ExtensionType,
-    Extensions, GroupId, KeyPackage, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY, MlsGroup,
-    MlsGroupCreateConfig, UnknownExtension,
+    BasicCredential, CredentialWithKey, Extension, Extensions, GroupId, KeyPackage, MlsGroup,
+    UnknownExtension,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
@@ -54,10 +53,10 @@ use phoenix_types::messages::qs::{
 use phoenix_types::messages::{
     AsClientAuth, Auth, DequeueRequest, DsLeafAuth, Empty, QsAuth, RequestEnvelope, operation_label,
 };
+use phoenix_types::mls_profile::{CIPHERSUITE, capabilities, create_config};
 use support::{Backend, Storage, on_both_backends};
 
 const DOMAIN: &str = "a.test";
-const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 
 /// A running server.
 struct TestServer {
@@ -297,19 +296,6 @@ impl QsIdentity {
     }
 }
 
-fn capabilities() -> Capabilities {
-    Capabilities::new(
-        None,
-        Some(&[CIPHERSUITE]),
-        Some(&[
-            ExtensionType::Unknown(QUEUE_CONFIG_EXTENSION_TYPE),
-            ExtensionType::LastResort,
-        ]),
-        None,
-        None,
-    )
-}
-
 fn sealed_queue_config(server: &Server, client_id: [u8; 16]) -> SealedQueueConfig {
     let plain = codec::encode(&QueueConfig { client_id }).unwrap();
     SealedQueueConfig {
@@ -380,12 +366,7 @@ impl DsIdentity {
         let gid = reserved.group_id.as_slice().to_vec();
         let provider = OpenMlsRustCrypto::default();
         let (signer, credential) = new_leaf(&provider);
-        let config = MlsGroupCreateConfig::builder()
-            .ciphersuite(CIPHERSUITE)
-            .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
-            .capabilities(capabilities())
-            .use_ratchet_tree_extension(false)
-            .build();
+        let config = create_config();
         let mut group = MlsGroup::new_with_group_id(
             &provider,
             &signer,
