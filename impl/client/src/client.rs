@@ -1720,7 +1720,7 @@ impl Client {
             return Err(usage(format!("you are already a member of {name:?}")));
         }
         let group = self.load_group(&record.group_id)?;
-        if !self.leaves_of(&record, &group, &fid).await.is_empty() {
+        if self.has_member_claiming(&record, &group, &fid).await? {
             return Err(usage(format!("{fid} is already a member of {name:?}")));
         }
         let contact = self.store.contact(&fid).await?;
@@ -2001,6 +2001,34 @@ impl Client {
             }
         }
         leaves
+    }
+
+    /// Whether a member of `group` claims to be `fid`: its credential, bound to its leaf
+    /// key, names it. Checked locally (no certificate chain, no request): a guard against
+    /// adding someone twice, not an authentication.
+    async fn has_member_claiming(
+        &self,
+        record: &Group,
+        group: &MlsGroup,
+        fid: &str,
+    ) -> Result<bool, ClientError> {
+        let keys = leaf_keys(group);
+        for (leaf, encrypted) in self.store.members(&record.group_id).await? {
+            let Some(key) = keys.get(&leaf) else {
+                continue;
+            };
+            let claimed = verify::decrypt_credential(
+                &SymmetricKey(record.credential_key),
+                &record.group_id,
+                &encrypted,
+            )
+            .and_then(|info| verify::check_binding(&info, key))
+            .is_ok_and(|cert| cert.actor.is_some_and(|a| a.fid.to_string() == fid));
+            if claimed {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Send a staged commit (update or remove) to the DS, then merge it, or drop it if the
