@@ -216,6 +216,8 @@ pub struct Client {
     provider: Provider,
     sync_before_commit: bool,
     remote_sessions: RemoteSessions,
+    /// Held for the client's lifetime: one writer per state directory.
+    _lock: crate::lock::StateLock,
 }
 
 impl std::fmt::Debug for Client {
@@ -228,7 +230,19 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Open the client state in `home` (created if missing).
+    ///
+    /// Takes the state directory's lock first (one writer per client state): a second
+    /// process waits up to [`crate::lock::DEFAULT_WAIT`] (`PHOENIX_LOCK_WAIT_SECS`
+    /// overrides it), then fails naming the holder.
     pub async fn open(home: &Path) -> Result<Self, ClientError> {
+        let wait = std::env::var("PHOENIX_LOCK_WAIT_SECS")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(|s| std::time::Duration::from_secs(s.min(3600)))
+            .unwrap_or(crate::lock::DEFAULT_WAIT);
+        std::fs::create_dir_all(home)
+            .map_err(|e| ClientError::Store(format!("cannot create {}: {e}", home.display())))?;
+        let lock = crate::lock::StateLock::acquire(home, wait).await?;
         let store = Store::open(home).await?;
         let provider = Provider::from_values(store.load_mls().await?);
         Ok(Self {
@@ -237,6 +251,7 @@ impl Client {
             provider,
             sync_before_commit: true,
             remote_sessions: RemoteSessions::default(),
+            _lock: lock,
         })
     }
 

@@ -18,6 +18,7 @@
 pub mod api;
 pub mod client;
 pub mod error;
+pub mod lock;
 pub mod mls;
 pub mod store;
 pub mod verify;

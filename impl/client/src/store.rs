@@ -92,6 +92,26 @@ pub struct Store {
     pool: SqlitePool,
 }
 
+/// Refuse a database file that users other than its owner can read or write.
+fn check_private(path: &Path) -> Result<(), ClientError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(ClientError::Usage(format!(
+                    "{} holds your signing key and messages but is readable by other users \
+                     (mode {mode:o}); fix it with `chmod 600 {}` and check who could have read it",
+                    path.display(),
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn arr<const N: usize>(v: Vec<u8>) -> Result<[u8; N], ClientError> {
     v.try_into()
         .map_err(|_| ClientError::Store("corrupt key length".into()))
@@ -110,12 +130,22 @@ impl Store {
     pub async fn open(dir: &Path) -> Result<Self, ClientError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| ClientError::Store(format!("cannot create {}: {e}", dir.display())))?;
+        // Requirement: CL-FILES-1
+        // The directory and the database hold the signing key and every received
+        // plaintext: owner only. The database file is created 0600 before SQLite opens it
+        // (SQLite gives its -wal and -shm files the database's mode); an existing one that
+        // others can read is refused rather than silently used.
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+                ClientError::Store(format!("cannot make {} private: {e}", dir.display()))
+            })?;
         }
-        let url = format!("sqlite://{}", dir.join("client.db").display());
+        let db = dir.join("client.db");
+        check_private(&db)?;
+        crate::lock::open_private(&db)?;
+        let url = format!("sqlite://{}", db.display());
         let options = SqliteConnectOptions::from_str(&url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)

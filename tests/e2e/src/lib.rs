@@ -610,6 +610,11 @@ impl Cli {
 
     /// Run `phoenix --home <home> --json <args...>` and return its exit status and output.
     pub fn output(&self, args: &[&str]) -> Output {
+        self.output_with_env(args, &[])
+    }
+
+    /// [`Cli::output`] with extra environment variables for the command.
+    pub fn output_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         // Output goes to files, not pipes: no pipe can fill up and block the child while
         // this thread waits for it with a timeout.
         let out_dir = tempfile::tempdir().unwrap();
@@ -622,6 +627,7 @@ impl Cli {
             .args(args)
             .env("NO_COLOR", "1")
             .env_remove("PHOENIX_HOME")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(fs::File::create(&stdout_path).unwrap())
             .stderr(fs::File::create(&stderr_path).unwrap())
