@@ -102,55 +102,35 @@ impl Api {
         signer: Signer<'_>,
         session: Option<&str>,
     ) -> Result<Resp, ClientError> {
-        let payload = payload
-            .tls_serialize_detached()
-            .map_err(|e| ClientError::Usage(format!("request too large: {e}")))?;
-        let label = operation_label(service, operation);
-        let auth = match signer {
-            Signer::Anonymous => Auth::None,
-            Signer::AsClient {
-                fid,
-                client_id,
-                key,
-            } => Auth::AsClient(AsClientAuth {
-                fid: fid.to_owned(),
-                client_id: client_id.to_owned(),
-                signature: VLBytes::new(crypto::sign(key, &label, &payload).to_vec()),
-            }),
-            Signer::QsClient { id, key } => Auth::QsClient(QsAuth {
-                id,
-                signature: VLBytes::new(crypto::sign(key, &label, &payload).to_vec()),
-            }),
-            Signer::DsLeaf { leaf_index, key } => {
-                let signature = key
-                    .sign(&crypto::labelled(&label, &payload))
-                    .map_err(|e| ClientError::Mls(format!("signing failed: {e:?}")))?;
-                Auth::DsLeaf(DsLeafAuth {
-                    leaf_index,
-                    signature: VLBytes::new(signature),
-                })
-            }
-        };
-        let envelope = RequestEnvelope {
-            version: PROTOCOL_VERSION,
-            payload: VLBytes::new(payload),
-            auth,
-        };
-        let body = envelope
-            .tls_serialize_detached()
-            .map_err(|e| ClientError::Usage(format!("request too large: {e}")))?;
+        let body = seal(service, operation, payload, signer)?;
+        let bytes = self.post_sealed(service, operation, &body, session).await?;
+        decode_answer(
+            &bytes,
+            &format!("{}/phoenix/v1/{service}/{operation}", self.base),
+        )
+    }
+
+    /// Send a sealed request (the exact bytes of [`seal`]) to `service/operation`: the
+    /// body of a 2xx answer, or the problem document as an error. Sending the same bytes
+    /// again is how a client retries a request whose answer it did not get: the server
+    /// accepts a signed request once and answers a copy with `REPLAYED`.
+    pub async fn post_sealed(
+        &self,
+        service: &str,
+        operation: &str,
+        body: &[u8],
+        session: Option<&str>,
+    ) -> Result<Vec<u8>, ClientError> {
         let url = format!("{}/phoenix/v1/{service}/{operation}", self.base);
         let mut request = self
             .http
             .post(&url)
             .header("content-type", "application/octet-stream")
-            .body(body);
+            .body(body.to_vec());
         if let Some(token) = session {
             request = request.bearer_auth(token);
         }
-        let bytes = answer(request, &url).await?;
-        Resp::tls_deserialize_exact(&bytes)
-            .map_err(|e| ClientError::Transport(format!("{url}: malformed response: {e}")))
+        answer(request, &url).await
     }
 
     /// `GET path` (a polyproto route), the body of a 2xx answer.
@@ -169,6 +149,58 @@ impl Api {
             .body(body);
         answer(request, &url).await
     }
+}
+
+/// The request envelope of `service/operation` with `payload`, signed by `signer`: the
+/// exact bytes to send (and to send again, unchanged, after a lost answer).
+pub fn seal<Req: Serialize>(
+    service: &str,
+    operation: &str,
+    payload: &Req,
+    signer: Signer<'_>,
+) -> Result<Vec<u8>, ClientError> {
+    let payload = payload
+        .tls_serialize_detached()
+        .map_err(|e| ClientError::Usage(format!("request too large: {e}")))?;
+    let label = operation_label(service, operation);
+    let auth = match signer {
+        Signer::Anonymous => Auth::None,
+        Signer::AsClient {
+            fid,
+            client_id,
+            key,
+        } => Auth::AsClient(AsClientAuth {
+            fid: fid.to_owned(),
+            client_id: client_id.to_owned(),
+            signature: VLBytes::new(crypto::sign(key, &label, &payload).to_vec()),
+        }),
+        Signer::QsClient { id, key } => Auth::QsClient(QsAuth {
+            id,
+            signature: VLBytes::new(crypto::sign(key, &label, &payload).to_vec()),
+        }),
+        Signer::DsLeaf { leaf_index, key } => {
+            let signature = key
+                .sign(&crypto::labelled(&label, &payload))
+                .map_err(|e| ClientError::Mls(format!("signing failed: {e:?}")))?;
+            Auth::DsLeaf(DsLeafAuth {
+                leaf_index,
+                signature: VLBytes::new(signature),
+            })
+        }
+    };
+    RequestEnvelope {
+        version: PROTOCOL_VERSION,
+        payload: VLBytes::new(payload),
+        auth,
+    }
+    .tls_serialize_detached()
+    .map_err(|e| ClientError::Usage(format!("request too large: {e}")))
+}
+
+/// Decode a 2xx answer's body as the operation's response type.
+pub fn decode_answer<Resp: Deserialize>(bytes: &[u8], url: &str) -> Result<Resp, ClientError> {
+    Resp::tls_deserialize_exact(bytes)
+        .map_err(|e| ClientError::Transport(format!("{url}: malformed response: {e}")))
 }
 
 /// Largest answer read (bytes).

@@ -40,6 +40,9 @@ use phoenix_types::messages::qs::{
 use phoenix_types::messages::{DequeueRequest, DequeueResponse, Empty};
 
 use crate::api::{Api, Signer};
+use recovery::CommitAftermath;
+
+mod recovery;
 use crate::error::{ClientError, mls_err, usage, verification};
 use crate::mls::{self, CIPHERSUITE, Provider};
 use crate::store::{ConnectionRequest, Contact, Group, Identity, Store, StoredMessage};
@@ -1209,6 +1212,7 @@ impl Client {
         record: &Group,
         payload: &ApplicationPayload,
     ) -> Result<(), ClientError> {
+        self.require_settled(record).await?;
         let mut group = self.load_group(&record.group_id)?;
         let signer = mls::own_signer(&self.provider, &group)?;
         let plain = codec::encode(payload).map_err(ClientError::Server)?;
@@ -1217,24 +1221,25 @@ impl Client {
             .map_err(mls_err)?
             .tls_serialize_detached()
             .map_err(mls_err)?;
-        let _: Empty = self
-            .ds_call(
-                id,
-                &record.group_id,
-                ds::SEND_MESSAGE,
-                &ds::SendMessageRequest {
-                    timestamp: now(),
-                    group_id: VLBytes::new(record.group_id.clone()),
-                    ear_key: record.ear_key,
-                    message: VLBytes::new(message),
-                },
-                Signer::DsLeaf {
-                    leaf_index: group.own_leaf_index().u32(),
-                    key: &signer,
-                },
-            )
-            .await?;
-        Ok(())
+        let body = crate::api::seal(
+            "ds",
+            ds::SEND_MESSAGE,
+            &ds::SendMessageRequest {
+                timestamp: now(),
+                group_id: VLBytes::new(record.group_id.clone()),
+                ear_key: record.ear_key,
+                message: VLBytes::new(message),
+            },
+            Signer::DsLeaf {
+                leaf_index: group.own_leaf_index().u32(),
+                key: &signer,
+            },
+        )?;
+        let text = match payload {
+            ApplicationPayload::Text(text) => text.as_str(),
+            ApplicationPayload::Friendship(_) => "(friendship package)",
+        };
+        self.send_message_sealed(id, record, &body, text).await
     }
 
     // ----- connections ---------------------------------------------------------------
@@ -1868,47 +1873,47 @@ impl Client {
                 welcome_info: VLBytes::new(welcome_info),
             });
         }
-        let result: Result<Empty, ClientError> = self
-            .ds_call(
-                &id,
-                &record.group_id,
-                ds::ADD_USERS,
-                &ds::AddUsersRequest {
-                    timestamp: now(),
-                    group_id: VLBytes::new(record.group_id.clone()),
-                    ear_key: record.ear_key,
-                    commit: VLBytes::new(commit.tls_serialize_detached().map_err(mls_err)?),
-                    welcome: VLBytes::new(welcome.tls_serialize_detached().map_err(mls_err)?),
-                    group_info: VLBytes::new(group_info.tls_serialize_detached().map_err(mls_err)?),
-                    added,
-                },
-                Signer::DsLeaf {
-                    leaf_index: group.own_leaf_index().u32(),
-                    key: &signer,
-                },
-            )
-            .await;
-        if let Err(e) = result {
-            group
-                .clear_pending_commit(self.provider.storage())
-                .map_err(mls_err)?;
-            return Err(e);
-        }
-        let before = leaf_keys(&group);
-        group
-            .merge_pending_commit(&self.provider)
-            .map_err(mls_err)?;
-        self.archive_ended_epoch(&record, &before, &group, &[])
-            .await?;
-        for (key_package, credential) in key_packages.iter().zip(encrypted) {
-            let key = key_package.leaf_node().signature_key().as_slice();
-            if let Some(member) = group.members().find(|m| m.signature_key == key) {
-                self.store
-                    .set_member(&record.group_id, member.index.u32(), &credential)
-                    .await?;
-            }
-        }
-        Ok(())
+        let group_info = group_info.tls_serialize_detached().map_err(mls_err)?;
+        let body = crate::api::seal(
+            "ds",
+            ds::ADD_USERS,
+            &ds::AddUsersRequest {
+                timestamp: now(),
+                group_id: VLBytes::new(record.group_id.clone()),
+                ear_key: record.ear_key,
+                commit: VLBytes::new(commit.tls_serialize_detached().map_err(mls_err)?),
+                welcome: VLBytes::new(welcome.tls_serialize_detached().map_err(mls_err)?),
+                group_info: VLBytes::new(group_info.clone()),
+                added,
+            },
+            Signer::DsLeaf {
+                leaf_index: group.own_leaf_index().u32(),
+                key: &signer,
+            },
+        )?;
+        let aftermath = CommitAftermath {
+            own_credential: None,
+            members: key_packages
+                .iter()
+                .zip(encrypted)
+                .map(|(key_package, credential)| {
+                    (
+                        hex::encode(key_package.leaf_node().signature_key().as_slice()),
+                        hex::encode(credential),
+                    )
+                })
+                .collect(),
+        };
+        self.send_commit_sealed(
+            &id,
+            &record,
+            &mut group,
+            ds::ADD_USERS,
+            &body,
+            &group_info,
+            &aftermath,
+        )
+        .await
     }
 
     /// Rotate our leaf's keys in group `name` (an MLS update commit).
@@ -2057,53 +2062,34 @@ impl Client {
         bundle: openmls::group::CommitMessageBundle,
         new_credential: Option<Vec<u8>>,
     ) -> Result<(), ClientError> {
+        self.require_settled(record).await?;
         let signer = &mls::own_signer(&self.provider, group)?;
         let (commit, _, group_info) = bundle.into_messages();
         let group_info =
             group_info.ok_or_else(|| ClientError::Mls("no group info for the new epoch".into()))?;
-        let result: Result<Empty, ClientError> = self
-            .ds_call(
-                id,
-                &record.group_id,
-                operation,
-                &ds::CommitRequest {
-                    timestamp: now(),
-                    group_id: VLBytes::new(record.group_id.clone()),
-                    ear_key: record.ear_key,
-                    commit: VLBytes::new(commit.tls_serialize_detached().map_err(mls_err)?),
-                    group_info: VLBytes::new(group_info.tls_serialize_detached().map_err(mls_err)?),
-                    new_encrypted_credential: new_credential.clone().map(VLBytes::new),
-                },
-                Signer::DsLeaf {
-                    leaf_index: group.own_leaf_index().u32(),
-                    key: signer,
-                },
-            )
-            .await;
-        if let Err(e) = result {
-            group
-                .clear_pending_commit(self.provider.storage())
-                .map_err(mls_err)?;
-            return Err(e);
-        }
-        let before = leaf_keys(group);
-        group
-            .merge_pending_commit(&self.provider)
-            .map_err(mls_err)?;
-        let own_leaf = group.own_leaf_index().u32();
-        let replaced = if new_credential.is_some() {
-            vec![own_leaf]
-        } else {
-            Vec::new()
+        let group_info = group_info.tls_serialize_detached().map_err(mls_err)?;
+        let body = crate::api::seal(
+            "ds",
+            operation,
+            &ds::CommitRequest {
+                timestamp: now(),
+                group_id: VLBytes::new(record.group_id.clone()),
+                ear_key: record.ear_key,
+                commit: VLBytes::new(commit.tls_serialize_detached().map_err(mls_err)?),
+                group_info: VLBytes::new(group_info.clone()),
+                new_encrypted_credential: new_credential.clone().map(VLBytes::new),
+            },
+            Signer::DsLeaf {
+                leaf_index: group.own_leaf_index().u32(),
+                key: signer,
+            },
+        )?;
+        let aftermath = CommitAftermath {
+            own_credential: new_credential.map(hex::encode),
+            members: Vec::new(),
         };
-        self.archive_ended_epoch(record, &before, group, &replaced)
-            .await?;
-        if let Some(credential) = new_credential {
-            self.store
-                .set_member(&record.group_id, group.own_leaf_index().u32(), &credential)
-                .await?;
-        }
-        Ok(())
+        self.send_commit_sealed(id, record, group, operation, &body, &group_info, &aftermath)
+            .await
     }
 
     async fn active_group(&self, name: &str) -> Result<Group, ClientError> {
@@ -2310,6 +2296,10 @@ impl Client {
 
     async fn pull_into_events(&mut self, id: &Identity) -> Result<(), ClientError> {
         if !self.sync_before_commit {
+            // Requests of earlier commands still unsettled go first, whatever else.
+            for event in self.flush_outgoing(id).await? {
+                self.store.push_event(&event).await?;
+            }
             return Ok(());
         }
         let events = self.pull(id).await?;
@@ -2331,24 +2321,45 @@ impl Client {
             .await?
             .map(|i| i.qs_next_seq)
             .unwrap_or(id.qs_next_seq);
-        let mut events = Vec::new();
+        // Requirement: CL-AMBIG-1 (what an earlier command could not settle, first)
+        let mut events = self.flush_outgoing(id).await?;
         let mut joined = false;
         loop {
-            let batch: DequeueResponse = api
-                .call(
-                    "qs",
-                    qs::DEQUEUE,
-                    &DequeueRequest {
-                        timestamp: now(),
-                        sequence_number_start: start,
-                        max: DEQUEUE_BATCH,
-                    },
-                    Signer::QsClient {
-                        id: id.qs_client_id,
-                        key: &qs_key,
-                    },
-                )
-                .await?;
+            // A dequeue only reads from `start` (and drops what is below it): asking again
+            // after a lost answer is safe, so a transport failure is retried a few times.
+            let mut attempt = 0;
+            let batch: Option<DequeueResponse> = loop {
+                attempt += 1;
+                let result = api
+                    .call(
+                        "qs",
+                        qs::DEQUEUE,
+                        &DequeueRequest {
+                            timestamp: now(),
+                            sequence_number_start: start,
+                            max: DEQUEUE_BATCH,
+                        },
+                        Signer::QsClient {
+                            id: id.qs_client_id,
+                            key: &qs_key,
+                        },
+                    )
+                    .await;
+                match result {
+                    Err(ClientError::Transport(_)) if attempt < 3 => {
+                        tokio::time::sleep(std::time::Duration::from_millis(250 * attempt)).await;
+                    }
+                    // What was processed is acknowledged already: its events must reach
+                    // the user even though the next batch cannot be fetched now.
+                    Err(e) if !events.is_empty() => {
+                        events.push(json!({"kind": "error",
+                            "detail": format!("could not fetch the rest of the queue: {e}")}));
+                        break None;
+                    }
+                    other => break Some(other?),
+                }
+            };
+            let Some(batch) = batch else { break };
             for message in &batch.messages {
                 match self
                     .handle_queue_message(id, message.payload.as_slice())
@@ -2361,7 +2372,9 @@ impl Client {
                         events.push(event);
                     }
                     Ok(None) => {}
-                    Err(e) => events.push(json!({"kind": "error", "detail": e.to_string()})),
+                    Err(e) => {
+                        events.push(self.unprocessed_event(message.payload.as_slice(), &e).await)
+                    }
                 }
                 // Persist the MLS state before acknowledging the message.
                 self.save().await?;
@@ -2373,10 +2386,39 @@ impl Client {
             }
         }
         if joined {
-            // Joining consumed one of our key packages: publish a fresh set.
-            self.publish_key_packages(id).await?;
+            // Joining consumed one of our key packages: publish a fresh set. A failure
+            // must not lose the events of what was already processed (and acknowledged):
+            // it is reported, and the last-resort package keeps us invitable meanwhile.
+            if let Err(e) = self.publish_key_packages(id).await {
+                events.push(json!({"kind": "error",
+                    "detail": format!("could not publish new key packages (the next join publishes them): {e}")}));
+            }
         }
         Ok(events)
+    }
+
+    // Requirement: CL-LOSS-1
+    /// The event for a queue message that could not be processed: the reason, and the
+    /// group it was for where the client can tell (the sender of an undecryptable message
+    /// is encrypted with it, so it is not known).
+    async fn unprocessed_event(&self, payload: &[u8], error: &ClientError) -> serde_json::Value {
+        let group = match codec::decode::<QueuePayload>(payload, 4 * 1024 * 1024) {
+            Ok(QueuePayload::GroupMessage(message)) => {
+                match self.store.group_by_id(message.group_id.as_slice()).await {
+                    Ok(Some(record)) => Some(record.name),
+                    _ => Some(format!(
+                        "unknown group {}",
+                        hex::encode(message.group_id.as_slice())
+                    )),
+                }
+            }
+            Ok(QueuePayload::Welcome(_)) => Some("(an invitation)".to_owned()),
+            Err(_) => None,
+        };
+        match group {
+            Some(group) => json!({"kind": "error", "group": group, "detail": error.to_string()}),
+            None => json!({"kind": "error", "detail": error.to_string()}),
+        }
     }
 
     async fn handle_queue_message(

@@ -1,6 +1,8 @@
 //! `phoenix`: the Phoenix command-line client. See `phoenix --help` and the README's quick
 //! start. Every command takes `--home DIR` (the client's state directory) and `--json`.
-//! Errors are one line on stderr and a non-zero exit code.
+//! Errors are one line on stderr and a non-zero exit code (1). `sync` prints what it could
+//! not process as `error` events (naming the group where known) and then exits with
+//! [`EXIT_SYNC_ERRORS`] (3), so that scripts notice a loss.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -93,6 +95,9 @@ enum GroupCommand {
     Update { name: String },
 }
 
+/// Exit code of a `sync` that printed events reporting errors.
+const EXIT_SYNC_ERRORS: u8 = 3;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json_out = cli.json;
@@ -113,7 +118,16 @@ fn main() -> ExitCode {
             } else if !text.is_empty() {
                 println!("{text}");
             }
-            ExitCode::SUCCESS
+            // Requirement: CL-LOSS-1
+            let reported_errors = value
+                .get("events")
+                .and_then(Value::as_array)
+                .is_some_and(|events| events.iter().any(|e| e["kind"] == "error"));
+            if reported_errors {
+                ExitCode::from(EXIT_SYNC_ERRORS)
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(e) => {
             if json_out {
@@ -349,7 +363,12 @@ fn describe(event: &Value) -> String {
             s("invited_by"),
             s("reason")
         ),
+        "error" if event.get("group").is_some() => {
+            format!("[{}] error: {}", s("group"), s("detail"))
+        }
         "error" => format!("error: {}", s("detail")),
+        "sent" => format!("[{}] sent (confirmed late): {}", s("group"), s("text")),
+        "commit_confirmed" => format!("[{}] your {} was confirmed", s("group"), s("operation")),
         other => format!("{other}: {event}"),
     }
 }

@@ -87,6 +87,33 @@ pub struct ConnectionRequest {
     pub received_at: u64,
 }
 
+/// A request sent (or about to be) whose outcome is not known yet.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub id: i64,
+    pub group_id: Vec<u8>,
+    pub operation: String,
+    pub body: Vec<u8>,
+    /// `message` or `commit`.
+    pub kind: String,
+    pub detail: String,
+    pub group_info: Option<Vec<u8>>,
+    pub created_at: u64,
+    pub attempts: u32,
+}
+
+/// An [`Outgoing`] before it is stored.
+#[derive(Debug, Clone)]
+pub struct NewOutgoing<'a> {
+    pub group_id: &'a [u8],
+    pub operation: &'a str,
+    pub body: &'a [u8],
+    pub kind: &'a str,
+    pub detail: &'a str,
+    pub group_info: Option<&'a [u8]>,
+    pub created_at: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
@@ -723,17 +750,102 @@ impl Store {
     /// Replace the stored openmls state with `values`, atomically.
     pub async fn save_mls(&self, values: &HashMap<Vec<u8>, Vec<u8>>) -> Result<(), ClientError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM mls_kv").execute(&mut *tx).await?;
-        for (k, v) in values {
-            sqlx::query("INSERT INTO mls_kv (key, value) VALUES (?, ?)")
-                .bind(k)
-                .bind(v)
-                .execute(&mut *tx)
-                .await?;
-        }
+        write_mls(&mut tx, values).await?;
         tx.commit().await?;
         Ok(())
     }
+
+    // Requirement: CL-AMBIG-1
+    /// Save the MLS state a request leads to together with the request itself, before it
+    /// is sent: one transaction, so that a crash leaves either neither (nothing was sent)
+    /// or both (the request is sent again; its ratchet generation is never used twice).
+    pub async fn save_mls_with_outgoing(
+        &self,
+        values: &HashMap<Vec<u8>, Vec<u8>>,
+        outgoing: &NewOutgoing<'_>,
+    ) -> Result<i64, ClientError> {
+        let mut tx = self.pool.begin().await?;
+        write_mls(&mut tx, values).await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO outgoing (group_id, operation, body, kind, detail, group_info, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(outgoing.group_id)
+        .bind(outgoing.operation)
+        .bind(outgoing.body)
+        .bind(outgoing.kind)
+        .bind(outgoing.detail)
+        .bind(outgoing.group_info)
+        .bind(i(outgoing.created_at)?)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Save the MLS state that settles an outgoing request and forget the request, in one
+    /// transaction.
+    pub async fn save_mls_settling(
+        &self,
+        values: &HashMap<Vec<u8>, Vec<u8>>,
+        outgoing: i64,
+    ) -> Result<(), ClientError> {
+        let mut tx = self.pool.begin().await?;
+        write_mls(&mut tx, values).await?;
+        sqlx::query("DELETE FROM outgoing WHERE id = ?")
+            .bind(outgoing)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Requests whose outcome is not known, oldest first.
+    pub async fn outgoing(&self) -> Result<Vec<Outgoing>, ClientError> {
+        let rows = sqlx::query("SELECT * FROM outgoing ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Outgoing {
+                    id: r.try_get("id")?,
+                    group_id: r.try_get("group_id")?,
+                    operation: r.try_get("operation")?,
+                    body: r.try_get("body")?,
+                    kind: r.try_get("kind")?,
+                    detail: r.try_get("detail")?,
+                    group_info: r.try_get("group_info")?,
+                    created_at: u(r.try_get("created_at")?)?,
+                    attempts: u32::try_from(r.try_get::<i64, _>("attempts")?)
+                        .map_err(|_| ClientError::Store("bad attempt count".into()))?,
+                })
+            })
+            .collect()
+    }
+
+    /// Count one more attempt at an outgoing request.
+    pub async fn outgoing_attempted(&self, id: i64) -> Result<(), ClientError> {
+        sqlx::query("UPDATE outgoing SET attempts = attempts + 1 WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn write_mls(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    values: &HashMap<Vec<u8>, Vec<u8>>,
+) -> Result<(), ClientError> {
+    sqlx::query("DELETE FROM mls_kv").execute(&mut **tx).await?;
+    for (k, v) in values {
+        sqlx::query("INSERT INTO mls_kv (key, value) VALUES (?, ?)")
+            .bind(k)
+            .bind(v)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }
 
 fn contact_from_row(r: sqlx::sqlite::SqliteRow) -> Result<Contact, ClientError> {

@@ -177,3 +177,125 @@ fn client_state_is_private_and_a_readable_database_is_refused() {
         out.stderr
     );
 }
+
+// ----- lost answers -----------------------------------------------------------------
+
+#[test]
+fn lost_replies_on_ds_and_qs_operations_on_sqlite() {
+    lost_replies_on_ds_and_qs_operations(&TestServer::sqlite("a.test"));
+}
+
+#[test]
+fn lost_replies_on_ds_and_qs_operations_on_postgres() {
+    let Some(server) = TestServer::postgres("a.test") else {
+        return;
+    };
+    lost_replies_on_ds_and_qs_operations(&server);
+}
+
+/// alice reaches the server through a proxy that throws away the server's answer to the
+/// next request of a given operation: the server did the work, alice's client never hears
+/// of it. Before the client settled such requests, the lost answer to `send_message` made
+/// it roll back and reuse the ratchet generation (its next message was refused by every
+/// receiver: "The requested secret was deleted to preserve forward secrecy"), and a lost
+/// answer to a commit left it an epoch behind for good (`WRONG_EPOCH` on every send). Now
+/// every command whose answer was dropped still succeeds (the identical bytes are sent
+/// again; the server's `REPLAYED` or the DS's current group info settles it), and bob
+/// receives every acknowledged message exactly once.
+///
+/// Requirement: CL-AMBIG-1
+fn lost_replies_on_ds_and_qs_operations(server: &TestServer) {
+    use phoenix_e2e::proxy::ReplyDroppingProxy;
+
+    let proxy = ReplyDroppingProxy::start(server.url());
+    let alice = Cli::for_server("alice", server);
+    let bob = Cli::for_server("bob", server);
+    let carol = Cli::for_server("carol", server);
+    alice.run(&["register", "alice@a.test", "--server", &proxy.url]);
+    bob.run(&["register", "bob@a.test", "--server", server.url()]);
+    carol.run(&["register", "carol@a.test", "--server", server.url()]);
+    for (contact, fid) in [(&bob, "bob@a.test"), (&carol, "carol@a.test")] {
+        alice.run(&["connect", fid]);
+        contact.run(&["requests"]);
+        contact.run(&["accept", "alice@a.test"]);
+        alice.sync_until(DELIVERY, |e| {
+            e["kind"] == "connected" && e["contact"] == fid
+        });
+    }
+    alice.run(&["group", "create", "g"]);
+
+    let mut acknowledged = Vec::new();
+    let mut send = |text: &str| {
+        alice.run(&["send", "g", text]);
+        acknowledged.push(text.to_owned());
+    };
+
+    proxy.drop_next_reply(&["/phoenix/v1/ds/add_users"]);
+    alice.run(&["group", "invite", "g", "bob@a.test"]);
+    bob.sync_until(DELIVERY, |e| e["kind"] == "joined");
+
+    proxy.drop_next_reply(&["/phoenix/v1/ds/send_message"]);
+    send("after a lost answer");
+    send("the next one");
+
+    proxy.drop_next_reply(&["/phoenix/v1/ds/update"]);
+    alice.run(&["group", "update", "g"]);
+    send("after a lost update answer");
+
+    proxy.drop_next_reply(&["/phoenix/v1/ds/add_users"]);
+    alice.run(&["group", "invite", "g", "carol@a.test"]);
+    carol.sync_until(DELIVERY, |e| e["kind"] == "joined");
+    proxy.drop_next_reply(&["/phoenix/v1/ds/remove_users"]);
+    alice.run(&["group", "remove", "g", "carol@a.test"]);
+    send("after a lost remove answer");
+
+    // bob answers; alice's dequeue answer is dropped once.
+    bob.run(&["send", "g", "hi alice"]);
+    proxy.drop_next_reply(&["/phoenix/v1/qs/dequeue"]);
+    let alice_events = alice.sync_until(DELIVERY, |e| e["text"] == "hi alice");
+
+    let mut events = Vec::new();
+    let deadline = std::time::Instant::now() + DELIVERY;
+    while !texts(&events).contains(acknowledged.last().unwrap())
+        && std::time::Instant::now() < deadline
+    {
+        events.extend(bob.run(&["sync"])["events"].as_array().cloned().unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let received = texts(&events);
+    let lost: Vec<_> = acknowledged
+        .iter()
+        .filter(|t| !received.contains(t))
+        .collect();
+    let duplicated = received.len()
+        - received
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+    let errors: Vec<_> = events
+        .iter()
+        .chain(&alice_events)
+        .filter(|e| e["kind"] == "error")
+        .collect();
+    eprintln!(
+        "lost answers {:?}: acknowledged {}, delivered {}, lost {}, duplicated {duplicated}, errors {}",
+        proxy.dropped(),
+        acknowledged.len(),
+        received.len(),
+        lost.len(),
+        errors.len()
+    );
+    assert!(
+        proxy.armed().is_empty(),
+        "drops not met: {:?}",
+        proxy.armed()
+    );
+    assert!(lost.is_empty(), "lost {lost:?}; bob's events {events:?}");
+    assert_eq!(duplicated, 0, "{events:?}");
+    assert!(errors.is_empty(), "{errors:?}");
+    // Every message bob got is verified from alice: the retried bytes are the original.
+    for e in events.iter().filter(|e| e["kind"] == "message") {
+        assert_eq!(e["verified"], true, "{e}");
+        assert_eq!(e["sender"], "alice@a.test", "{e}");
+    }
+}
