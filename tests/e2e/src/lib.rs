@@ -402,6 +402,15 @@ impl TestServer {
         self.terminate()
     }
 
+    /// Kill the server with SIGKILL (no graceful shutdown: whatever was in flight is cut
+    /// off), keeping its database, to [`TestServer::start_again`] later.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Start a paused server again.
     pub fn start_again(&mut self) {
         if self.child.is_none() {

@@ -299,3 +299,140 @@ fn lost_replies_on_ds_and_qs_operations(server: &TestServer) {
         assert_eq!(e["sender"], "alice@a.test", "{e}");
     }
 }
+
+// ----- kill -9 under load -----------------------------------------------------------
+
+/// A server on a fixed port, so that it comes back where the clients expect it.
+fn restartable(database: Option<phoenix_e2e::TestDatabase>) -> TestServer {
+    let listen = format!("127.0.0.1:{}", phoenix_e2e::free_port());
+    TestServer::start_with("a.test", database, &listen, &[])
+}
+
+#[test]
+fn kill_9_loop_under_concurrent_senders_on_sqlite() {
+    kill_9_loop_under_concurrent_senders(restartable(None));
+}
+
+#[test]
+fn kill_9_loop_under_concurrent_senders_on_postgres() {
+    let Some(db) = phoenix_e2e::TestDatabase::for_test() else {
+        return;
+    };
+    kill_9_loop_under_concurrent_senders(restartable(Some(db)));
+}
+
+/// Three senders send to one group while the server is killed with SIGKILL and started
+/// again, over and over. A send that the CLI acknowledged (exit 0) must reach the reader
+/// exactly once; a send that failed (the server was down, or died before answering) may
+/// arrive later (the client sends it again with the next command) but never twice.
+///
+/// Requirement: CL-AMBIG-1, DS-OUTBOX-1
+fn kill_9_loop_under_concurrent_senders(mut server: TestServer) {
+    const SENDERS: [&str; 3] = ["s0", "s1", "s2"];
+    const PER_SENDER: usize = 12;
+    const CRASHES: usize = 6;
+    let url = server.url().to_owned();
+    let reader = Cli::for_server("reader", &server);
+    reader.run(&["register", "reader@a.test", "--server", &url]);
+    reader.run(&["group", "create", "g"]);
+    let senders: Vec<Cli> = SENDERS
+        .iter()
+        .map(|name| {
+            let cli = Cli::for_server(name, &server);
+            let fid = format!("{name}@a.test");
+            cli.run(&["register", &fid, "--server", &url]);
+            cli.run(&["connect", "reader@a.test"]);
+            reader.run(&["requests"]);
+            reader.run(&["accept", &fid]);
+            cli.sync_until(DELIVERY, |e| e["kind"] == "connected");
+            reader.run(&["group", "invite", "g", &fid]);
+            cli.sync_until(DELIVERY, |e| e["kind"] == "joined");
+            cli
+        })
+        .collect();
+
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let results: Vec<Vec<(String, bool)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = senders
+            .iter()
+            .zip(SENDERS)
+            .map(|(cli, name)| {
+                scope.spawn(move || {
+                    (0..PER_SENDER)
+                        .map(|i| {
+                            let text = format!("{name}-{i}");
+                            let ok = cli.output(&["send", "g", &text]).status.success();
+                            std::thread::sleep(Duration::from_millis(100));
+                            (text, ok)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let killer = scope.spawn(|| {
+            for _ in 0..CRASHES {
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(700));
+                server.crash();
+                std::thread::sleep(Duration::from_millis(300));
+                server.start_again();
+            }
+        });
+        let results = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        killer.join().unwrap();
+        results
+    });
+
+    // Whatever a sender could not settle while the server was down, it sends now.
+    for cli in &senders {
+        let out = cli.output(&["sync"]);
+        assert!(out.status.success(), "{}", out.stderr);
+    }
+    let acknowledged: Vec<String> = results
+        .iter()
+        .flatten()
+        .filter(|(_, ok)| *ok)
+        .map(|(t, _)| t.clone())
+        .collect();
+    let mut events = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while acknowledged.iter().any(|t| !texts(&events).contains(t))
+        && std::time::Instant::now() < deadline
+    {
+        let out = reader.output(&["sync"]);
+        if let Ok(v) = serde_json::from_str::<Value>(out.stdout.trim()) {
+            events.extend(v["events"].as_array().cloned().unwrap_or_default());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let received = texts(&events);
+    let lost: Vec<_> = acknowledged
+        .iter()
+        .filter(|t| !received.contains(t))
+        .collect();
+    let duplicated = received.len()
+        - received
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+    let errors: Vec<_> = events.iter().filter(|e| e["kind"] == "error").collect();
+    eprintln!(
+        "kill -9 x{CRASHES} under {} senders: sent {}, acknowledged {}, delivered {}, lost {}, duplicated {duplicated}, errors {}",
+        SENDERS.len(),
+        SENDERS.len() * PER_SENDER,
+        acknowledged.len(),
+        received.len(),
+        lost.len(),
+        errors.len()
+    );
+    assert!(
+        acknowledged.len() >= PER_SENDER,
+        "too few sends succeeded to mean anything"
+    );
+    assert!(lost.is_empty(), "lost {lost:?}; errors {errors:?}");
+    assert_eq!(duplicated, 0, "{received:?}");
+    assert!(errors.is_empty(), "{errors:?}");
+}
