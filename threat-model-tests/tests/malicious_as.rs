@@ -187,10 +187,17 @@ async fn a_minted_second_credential_is_detected() {
     assert_eq!(contacts[0].clients.len(), 1);
     assert!(!contacts[0].clients.contains(&minted_fingerprint));
 
-    // The CLI shows it too.
+    // The CLI shows it too, once the library's client has closed the state (one writer
+    // per state directory).
+    let User {
+        client,
+        home: alice_home,
+        ..
+    } = alice;
+    drop(client);
     let output = std::process::Command::new(phoenix_e2e::binary("phoenix"))
         .arg("--home")
-        .arg(alice.home())
+        .arg(alice_home.path())
         .arg("requests")
         .output()
         .unwrap();
