@@ -1618,23 +1618,23 @@ impl Client {
             &record.group_id,
             &Self::credential_info(&id, signer.public()),
         )?;
-        let _: Empty = self
-            .ds_call(
-                &id,
-                &record.group_id,
-                ds::JOIN_CONNECTION_GROUP,
-                &ds::JoinConnectionGroupRequest {
-                    group_id: VLBytes::new(record.group_id.clone()),
-                    ear_key: record.ear_key,
-                    commit: VLBytes::new(commit.tls_serialize_detached().map_err(mls_err)?),
-                    group_info: VLBytes::new(group_info.tls_serialize_detached().map_err(mls_err)?),
-                    joiner: MemberInfo {
-                        queue_config: Self::seal_queue_config(&id)?,
-                        encrypted_credential: VLBytes::new(encrypted_credential.clone()),
-                    },
+        let group_info = group_info.tls_serialize_detached().map_err(mls_err)?;
+        let body = crate::api::seal(
+            "ds",
+            ds::JOIN_CONNECTION_GROUP,
+            &ds::JoinConnectionGroupRequest {
+                group_id: VLBytes::new(record.group_id.clone()),
+                ear_key: record.ear_key,
+                commit: VLBytes::new(commit.tls_serialize_detached().map_err(mls_err)?),
+                group_info: VLBytes::new(group_info.clone()),
+                joiner: MemberInfo {
+                    queue_config: Self::seal_queue_config(&id)?,
+                    encrypted_credential: VLBytes::new(encrypted_credential.clone()),
                 },
-                Signer::Anonymous,
-            )
+            },
+            Signer::Anonymous,
+        )?;
+        self.send_join_sealed(&id, &record, ds::JOIN_CONNECTION_GROUP, &body, &group_info)
             .await?;
         self.store.put_group(&record).await?;
         self.store

@@ -23,9 +23,11 @@
 //! 5. If the server cannot be reached at all, the request stays saved and the command
 //!    fails saying so; the next command sends it again first ([`Client::flush_outgoing`]).
 //!
-//! Not covered here: `create_group` and `join_connection_group` (a lost answer leaves a
-//! group the client must create or join again), and a client that fell behind anyway
-//! (resync by external commit belongs to the Delivery Service work).
+//! `join_connection_group` is settled the same way within the command that sends it
+//! ([`Client::send_join_sealed`]), but not kept past it. Not covered here: `create_group`
+//! (a lost answer leaves an orphan group on the server; the user creates the group again),
+//! and a client that fell behind anyway (resync by external commit belongs to the
+//! Delivery Service work).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -447,6 +449,49 @@ impl Client {
                 "operation": pending.operation})),
             Err(e) => Ok(json!({"kind": "error", "group": record.name,
                 "detail": format!("your {} in {} was not made: {e}", pending.operation, record.name)})),
+        }
+    }
+
+    /// Send an external commit joining a group (`join_connection_group`) within this
+    /// command: the identical bytes again while no answer comes, and a refusal after an
+    /// unanswered attempt settled against the DS's current group info (the join is
+    /// anonymous and refused once the group is full, so a copy of an accepted join is
+    /// refused). Unlike the other commits it is not kept past the command: the caller
+    /// keeps the connection request and the user can accept again.
+    pub(super) async fn send_join_sealed(
+        &self,
+        id: &Identity,
+        record: &Group,
+        operation: &str,
+        body: &[u8],
+        group_info: &[u8],
+    ) -> Result<(), ClientError> {
+        match self
+            .deliver(
+                id,
+                &record.group_id,
+                operation,
+                body,
+                RETRY_PAUSES.len() + 1,
+            )
+            .await
+        {
+            Outcome::Accepted => Ok(()),
+            Outcome::Refused {
+                error,
+                after_silence: false,
+            } => Err(error),
+            Outcome::Refused {
+                error,
+                after_silence: true,
+            } => {
+                if self.ds_group_info(id, record).await? == group_info {
+                    Ok(())
+                } else {
+                    Err(error)
+                }
+            }
+            Outcome::Unknown(error) => Err(error),
         }
     }
 
