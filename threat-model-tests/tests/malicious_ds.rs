@@ -66,6 +66,18 @@ async fn a_tampered_message_is_refused() {
         events.iter().any(|e| e["kind"] == "error"),
         "the tampered message is reported: {events:?}"
     );
+    // Requirement: CL-LOSS-1
+    // The report names the group, and bob's history shows the gap where it happened.
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "error" && e["group"] == "g"),
+        "{events:?}"
+    );
+    let history = bob.client.history("g").await.unwrap();
+    let gaps: Vec<_> = history.iter().filter(|m| m["gap"] == true).collect();
+    assert_eq!(gaps.len(), 1, "{history:?}");
+    assert_eq!(history.last().unwrap()["gap"], true, "{history:?}");
     // The group still works.
     alice.client.send("g", "after the attack").await.unwrap();
     bob.sync_until(|e| e["text"] == "after the attack" && e["verified"] == true)

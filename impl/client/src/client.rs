@@ -2221,6 +2221,19 @@ impl Client {
                     "problem": e.to_string(), "text": m.text}),
             });
         }
+        // Requirement: CL-LOSS-1
+        // Where messages could not be processed, the history says so, in time order.
+        for (at, reason) in self.store.gaps(&record.group_id).await? {
+            let position = out
+                .iter()
+                .position(|m| m["received_at"].as_u64().is_some_and(|t| t > at))
+                .unwrap_or(out.len());
+            out.insert(
+                position,
+                json!({"received_at": at, "gap": true, "verified": false, "sender": null,
+                    "problem": format!("a message could not be processed here: {reason}")}),
+            );
+        }
         Ok(out)
     }
 
@@ -2405,7 +2418,15 @@ impl Client {
         let group = match codec::decode::<QueuePayload>(payload, 4 * 1024 * 1024) {
             Ok(QueuePayload::GroupMessage(message)) => {
                 match self.store.group_by_id(message.group_id.as_slice()).await {
-                    Ok(Some(record)) => Some(record.name),
+                    Ok(Some(record)) => {
+                        // The gap shows in `history` too; failing to record it must not
+                        // hide the event itself.
+                        let _ = self
+                            .store
+                            .add_gap(&record.group_id, now(), &error.to_string())
+                            .await;
+                        Some(record.name)
+                    }
                     _ => Some(format!(
                         "unknown group {}",
                         hex::encode(message.group_id.as_slice())

@@ -289,7 +289,9 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
                 .map(|m| {
                     let field =
                         |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
-                    if m.get("verified") == Some(&Value::Bool(true)) {
+                    if m.get("gap") == Some(&Value::Bool(true)) {
+                        format!("--- GAP: {} ---", field("problem"))
+                    } else if m.get("verified") == Some(&Value::Bool(true)) {
                         format!("{}: {}", field("sender"), field("text"))
                     } else {
                         format!("UNVERIFIED ({}): {}", field("problem"), field("text"))

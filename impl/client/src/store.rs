@@ -392,6 +392,30 @@ impl Store {
         Ok(())
     }
 
+    // Requirement: CL-LOSS-1
+    /// Record that a message of `group_id` could not be processed at `at`.
+    pub async fn add_gap(&self, group_id: &[u8], at: u64, reason: &str) -> Result<(), ClientError> {
+        sqlx::query("INSERT INTO history_gaps (group_id, at, reason) VALUES (?, ?, ?)")
+            .bind(group_id)
+            .bind(i(at)?)
+            .bind(reason)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The gaps of `group_id`'s history: when, and why.
+    pub async fn gaps(&self, group_id: &[u8]) -> Result<Vec<(u64, String)>, ClientError> {
+        let rows =
+            sqlx::query("SELECT at, reason FROM history_gaps WHERE group_id = ? ORDER BY id")
+                .bind(group_id)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|r| Ok((u(r.try_get("at")?)?, r.try_get("reason")?)))
+            .collect()
+    }
+
     pub async fn messages(&self, group_id: &[u8]) -> Result<Vec<StoredMessage>, ClientError> {
         let rows = sqlx::query("SELECT * FROM messages WHERE group_id = ? ORDER BY id")
             .bind(group_id)
