@@ -124,6 +124,8 @@ pub struct HonestClient {
     pub alerts: BTreeSet<Fid>,
     /// Counter for fresh keys and message ids.
     pub counter: u32,
+    /// Requests sent whose answer was lost, oldest first (Requirement: CL-AMBIG-1).
+    pub pending: Vec<crate::recovery::Pending>,
 }
 
 /// What an honest client does.
@@ -215,6 +217,7 @@ pub fn register(state: &mut State, client: ClientRef, fid: Fid) -> Outcome {
         accepted: BTreeSet::new(),
         alerts: BTreeSet::new(),
         counter: 10,
+        pending: Vec::new(),
     };
     publish_key_packages(state, &mut me)?;
     state.clients.insert(client, me);
@@ -442,7 +445,7 @@ pub fn run(state: &mut State, op: &ClientOp) -> Outcome {
 }
 
 /// The client's own record and its view of `group`, if it is an active member.
-fn member_view(
+pub(crate) fn member_view(
     state: &State,
     client: ClientRef,
     group: GroupId,
@@ -450,6 +453,11 @@ fn member_view(
     let Some(me) = state.clients.get(&client) else {
         return Err(ErrorCode::UnknownClient);
     };
+    // Requirement: CL-AMBIG-1 (a group with an unsettled request takes no new one: the
+    // client library refuses locally)
+    if me.pending.iter().any(|p| p.group == group) {
+        return Err(ErrorCode::Forbidden);
+    }
     match me.groups.get(&group) {
         Some(view) if view.active => Ok((me.clone(), view.clone())),
         // The client library refuses locally; no request is sent.
@@ -458,7 +466,7 @@ fn member_view(
 }
 
 /// After our own accepted commit: the next epoch, with `change` applied to the view.
-fn advance(
+pub(crate) fn advance(
     state: &mut State,
     client: ClientRef,
     group: GroupId,
@@ -485,6 +493,7 @@ fn send(state: &mut State, client: ClientRef, group: GroupId) -> Outcome {
     let at = state.now;
     let fid = me.fid;
     state.clients.insert(client, me);
+    crate::recovery::note_created(state, msg);
     let outcome = call_server(
         state,
         group.domain,
@@ -508,6 +517,7 @@ fn send(state: &mut State, client: ClientRef, group: GroupId) -> Outcome {
                 at,
             },
         );
+        state.ghost.acknowledged.insert(msg);
     }
     outcome
 }

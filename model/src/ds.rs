@@ -44,6 +44,9 @@ pub struct Group {
     pub ear: KeyId,
     pub epoch: Epoch,
     pub members: BTreeMap<Leaf, Member>,
+    /// Who committed into the current epoch (the signer of the group info the DS keeps and
+    /// serves with `external_commit_info`); `None` at creation.
+    pub committer: Option<Leaf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -127,6 +130,7 @@ fn handle_inner(
                     ear: *ear,
                     epoch: 0,
                     members,
+                    committer: None,
                 },
             );
             Ok((Reply::Empty, Vec::new()))
@@ -176,6 +180,7 @@ fn handle_inner(
             let mut next = g;
             next.members.insert(leaf, member_of(joiner));
             next.epoch = next.epoch.saturating_add(1);
+            next.committer = Some(leaf);
             state.groups.insert(*group, next);
             Ok((Reply::Empty, effects))
         }
@@ -206,6 +211,7 @@ fn handle_inner(
                 });
             }
             next.epoch = next.epoch.saturating_add(1);
+            next.committer = Some(signer.leaf);
             let item = QueueItem::Commit {
                 group: *group,
                 epoch: g.epoch,
@@ -262,6 +268,7 @@ fn handle_inner(
                 next.members.remove(leaf);
             }
             next.epoch = next.epoch.saturating_add(1);
+            next.committer = Some(signer.leaf);
             state.groups.insert(*group, next);
             Ok((Reply::Empty, effects))
         }
@@ -284,6 +291,7 @@ fn handle_inner(
             let effects = fan_out(&g.members, Some(signer.leaf), &item);
             let mut next = g;
             next.epoch = next.epoch.saturating_add(1);
+            next.committer = Some(signer.leaf);
             state.groups.insert(*group, next);
             Ok((Reply::Empty, effects))
         }

@@ -426,3 +426,30 @@ pub fn inv_no_minted_credential_trusted(state: &State) -> bool {
 pub fn some_alert_raised(state: &State) -> bool {
     state.clients.values().any(|c| !c.alerts.is_empty())
 }
+
+// ----- a client's lost answers (Requirement: CL-AMBIG-1) ------------------------------
+
+/// No two messages are ever created under one message id, i.e. one ratchet generation of
+/// their sender: a lost answer never makes the client reuse a generation.
+pub fn inv_no_generation_reused(state: &State) -> bool {
+    state.ghost.created.values().all(|n| *n <= 1)
+}
+
+/// Every message a client was told was sent is one the server kept.
+pub fn inv_acknowledged_kept(state: &State) -> bool {
+    state
+        .ghost
+        .acknowledged
+        .iter()
+        .all(|m| state.ghost.sent.contains_key(m))
+}
+
+/// A client merges as its own only a commit the DS accepted from its leaf: no fork after a
+/// lost answer.
+pub fn inv_merged_commits_were_accepted(state: &State) -> bool {
+    state
+        .ghost
+        .merged_own
+        .iter()
+        .all(|(group, epoch, leaf)| state.ghost.committers.get(&(*group, *epoch)) == Some(leaf))
+}

@@ -13,6 +13,7 @@
 //! - [`network`], [`adversary`]: the network (drop, duplicate, reorder), the snapshot
 //!   adversary, the honest-but-curious operator, a malicious AS, forged and replayed
 //!   requests. [`federation`]: not yet modelled.
+//! - [`recovery`]: requests whose answer is lost, and how the client settles them.
 //! - [`state`]: the world and [`state::step`], the one transition function.
 //! - [`invariants`]: the properties, as `inv_*` predicates over the state.
 //! - [`world`]: the configurations the model checker explores and the conformance suites
@@ -41,5 +42,6 @@ pub mod invariants;
 pub mod network;
 pub mod qs;
 pub mod queue;
+pub mod recovery;
 pub mod state;
 pub mod world;

@@ -29,6 +29,9 @@ pub struct Config {
     pub cert_lifetime: Time,
     /// How far a federated message's timestamp may be from the receiver's clock.
     pub clock_skew: Time,
+    /// A deliberately broken client, to show the recovery invariants can fail
+    /// ([`crate::recovery::ClientMutant`]; `None` in every real configuration).
+    pub client_mutant: crate::recovery::ClientMutant,
 }
 
 impl Default for Config {
@@ -37,6 +40,7 @@ impl Default for Config {
             max_dequeue: 500,
             cert_lifetime: 30 * 24 * 3600,
             clock_skew: 300,
+            client_mutant: crate::recovery::ClientMutant::None,
         }
     }
 }
@@ -123,6 +127,16 @@ pub struct Ghost {
     pub last_resort_leaf_keys: BTreeSet<KeyId>,
     pub sent: BTreeMap<MsgId, Sent>,
     pub accepted: BTreeSet<Accepted>,
+    /// How many distinct messages a client created under each message id, i.e. under each
+    /// ratchet generation of its (Requirement: CL-AMBIG-1).
+    pub created: BTreeMap<MsgId, u32>,
+    /// Application messages a client was told were sent (an answer, or `REPLAYED` to a
+    /// resent copy).
+    pub acknowledged: BTreeSet<MsgId>,
+    /// Commits a client merged as its own: (group, epoch it was for, the client's leaf).
+    pub merged_own: BTreeSet<(GroupId, Epoch, u32)>,
+    /// Who committed each accepted commit: (group, epoch it was for) → the signer's leaf.
+    pub committers: BTreeMap<(GroupId, Epoch), u32>,
     /// Federation: created, enqueued, accepted and refused federated messages.
     pub fed: FedGhost,
 }
@@ -180,6 +194,8 @@ pub enum Op {
     Fed(FedOp),
     /// An adversary acts.
     Adversary(AdvOp),
+    /// A client request whose answer is lost, and the client settling it.
+    Recovery(crate::recovery::RecoveryOp),
     /// Time passes.
     Tick,
 }
@@ -193,6 +209,7 @@ pub fn step(state: &State, op: &Op) -> (State, Outcome) {
         Op::Net(op) => network::run(&mut next, op),
         Op::Fed(op) => federation::run(&mut next, op),
         Op::Adversary(op) => adversary::run(&mut next, op),
+        Op::Recovery(op) => crate::recovery::run(&mut next, op),
         Op::Tick => {
             next.now = next.now.saturating_add(1);
             Ok(crate::call::Reply::Empty)
@@ -282,6 +299,12 @@ fn record_ds_ghost(
     if let (true, Some(key)) = (is_commit, before) {
         let n = state.ghost.commits.get(&key).copied().unwrap_or(0);
         state.ghost.commits.insert(key, n.saturating_add(1));
+        if let DsCall::AddUsers { signer, .. }
+        | DsCall::RemoveUsers { signer, .. }
+        | DsCall::Update { signer, .. } = call
+        {
+            state.ghost.committers.insert(key, signer.leaf);
+        }
     }
     let Some((group, _)) = before else { return };
     let Some(server) = state.servers.get(&to) else {
