@@ -68,7 +68,7 @@ impl Api {
             .get(&url)
             .send()
             .await
-            .map_err(|e| ClientError::Transport(format!("{url}: {e}")))?;
+            .map_err(|e| ClientError::Transport(format!("{url}: {}", with_causes(&e))))?;
         if !response.status().is_success() {
             return Err(ClientError::Transport(format!(
                 "{url}: HTTP {}",
@@ -203,6 +203,22 @@ pub fn decode_answer<Resp: Deserialize>(bytes: &[u8], url: &str) -> Result<Resp,
         .map_err(|e| ClientError::Transport(format!("{url}: malformed response: {e}")))
 }
 
+/// An error with its chain of causes ("error sending request: ... : Connection refused"),
+/// so that the user sees why, not only that, a request failed.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Largest answer read (bytes).
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
 
@@ -211,13 +227,13 @@ async fn answer(request: reqwest::RequestBuilder, url: &str) -> Result<Vec<u8>, 
     let mut response = request
         .send()
         .await
-        .map_err(|e| ClientError::Transport(format!("{url}: {e}")))?;
+        .map_err(|e| ClientError::Transport(format!("{url}: {}", with_causes(&e))))?;
     let status = response.status();
     let mut bytes = Vec::new();
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| ClientError::Transport(format!("{url}: {e}")))?
+        .map_err(|e| ClientError::Transport(format!("{url}: {}", with_causes(&e))))?
     {
         if bytes.len() + chunk.len() > MAX_ANSWER {
             return Err(ClientError::Transport(format!(

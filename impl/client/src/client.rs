@@ -1517,17 +1517,17 @@ impl Client {
         let fid = Fid::parse(fid)
             .map_err(|e| usage(e.to_string()))?
             .to_string();
-        let request = self
-            .store
-            .requests()
-            .await?
-            .into_iter()
-            .find(|r| r.fid == fid)
-            .ok_or_else(|| {
-                usage(format!(
-                    "no connection request from {fid} (run `phoenix requests` to fetch new ones)"
-                ))
-            })?;
+        // A request not fetched yet is fetched now: `accept` works without `requests`.
+        let mut stored = self.store.requests().await?;
+        if !stored.iter().any(|r| r.fid == fid) {
+            self.requests().await?;
+            stored = self.store.requests().await?;
+        }
+        let request = stored.into_iter().find(|r| r.fid == fid).ok_or_else(|| {
+            usage(format!(
+                "no connection request from {fid} (none is waiting on the server either)"
+            ))
+        })?;
         if let Some(warning) = self.request_warning(&request).await? {
             return Err(verification(format!("refusing to accept: {warning}")));
         }
@@ -2233,6 +2233,20 @@ impl Client {
                 json!({"received_at": at, "gap": true, "verified": false, "sender": null,
                     "problem": format!("a message could not be processed here: {reason}")}),
             );
+        }
+        Ok(out)
+    }
+
+    /// The groups this client is in (not the connection groups), with their number of
+    /// members, sorted by name.
+    pub async fn group_list(&self) -> Result<Vec<(String, usize, bool)>, ClientError> {
+        let mut out = Vec::new();
+        for record in self.store.groups().await? {
+            if record.kind != "group" {
+                continue;
+            }
+            let members = self.store.members(&record.group_id).await?.len();
+            out.push((record.name, members, record.active));
         }
         Ok(out)
     }

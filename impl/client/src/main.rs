@@ -83,6 +83,8 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum GroupCommand {
+    /// List your groups.
+    List,
     /// Create a group.
     Create { name: String },
     /// Invite a connected contact into a group.
@@ -253,6 +255,31 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
                     format!("rotated your keys in {name}"),
                 )
             }
+            GroupCommand::List => {
+                let groups = client.group_list().await?;
+                let text = if groups.is_empty() {
+                    "no groups (create one with `phoenix group create NAME`)".to_owned()
+                } else {
+                    groups
+                        .iter()
+                        .map(|(name, members, active)| {
+                            if *active {
+                                format!("{name} ({members} members)")
+                            } else {
+                                format!("{name} (you were removed)")
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                };
+                let list: Vec<Value> = groups
+                    .iter()
+                    .map(|(name, members, active)| {
+                        json!({"name": name, "members": members, "active": active})
+                    })
+                    .collect();
+                (json!({"groups": list}), text)
+            }
             GroupCommand::Members { name } => {
                 let members = client.members(&name).await?;
                 let text = members
@@ -272,7 +299,10 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
         },
         Command::Send { group, text } => {
             client.send(&group, &text).await?;
-            (json!({"group": group, "sent": true}), String::new())
+            (
+                json!({"group": group, "sent": true}),
+                format!("sent to {group}"),
+            )
         }
         Command::Renew => {
             let r = client.renew().await?;
@@ -326,7 +356,11 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
         }
         Command::Sync => {
             let events = client.sync().await?;
-            let text = events.iter().map(describe).collect::<Vec<_>>().join("\n");
+            let text = if events.is_empty() {
+                "nothing new".to_owned()
+            } else {
+                events.iter().map(describe).collect::<Vec<_>>().join("\n")
+            };
             (json!({"events": events}), text)
         }
     })

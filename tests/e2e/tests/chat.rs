@@ -218,3 +218,60 @@ fn is_hex(value: &Value) -> bool {
         .as_str()
         .is_some_and(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit()))
 }
+
+/// What a new user meets: `accept` works without `requests` first, `group list` lists,
+/// `send` and an empty `sync` say something, and an unreachable server's error names the
+/// cause.
+#[test]
+fn a_new_user_meets_no_walls() {
+    let server = TestServer::sqlite("a.test");
+    let url = server.url();
+    let alice = Cli::for_server("alice", &server);
+    let bob = Cli::for_server("bob", &server);
+    alice.run(&["register", "alice@a.test", "--server", url]);
+    bob.run(&["register", "bob@a.test", "--server", url]);
+    alice.run(&["connect", "bob@a.test"]);
+    // No `bob requests` first.
+    bob.run(&["accept", "alice@a.test"]);
+    alice.sync_until(DELIVERY, |e| e["kind"] == "connected");
+
+    assert_eq!(alice.run(&["group", "list"])["groups"], json!([]));
+    alice.run(&["group", "create", "team"]);
+    alice.run(&["group", "invite", "team", "bob@a.test"]);
+    let list = alice.run(&["group", "list"]);
+    assert_eq!(
+        list["groups"],
+        json!([{"name": "team", "members": 2, "active": true}]),
+        "{list}"
+    );
+
+    let human = |cli: &Cli, args: &[&str]| {
+        let out = std::process::Command::new(phoenix_e2e::binary("phoenix"))
+            .arg("--home")
+            .arg(cli.home())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (status, stdout, _) = human(&alice, &["send", "team", "hello"]);
+    assert!(status.success());
+    assert_eq!(stdout.trim(), "sent to team");
+    let (status, stdout, _) = human(&alice, &["sync"]);
+    assert!(status.success());
+    assert_eq!(stdout.trim(), "nothing new");
+    let (_, stdout, _) = human(&alice, &["group", "list"]);
+    assert_eq!(stdout.trim(), "team (2 members)");
+
+    let nowhere = Cli::new("nowhere");
+    let (status, _, stderr) = human(
+        &nowhere,
+        &["register", "x@a.test", "--server", "http://127.0.0.1:9"],
+    );
+    assert!(!status.success());
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+}
