@@ -5,7 +5,7 @@
 //! Every operation loads the openmls state from the local store and saves it only when
 //! the operation succeeded; a failed operation leaves the local state as it was.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -2318,6 +2318,25 @@ impl Client {
         let result = self.pull(&id).await;
         let fresh = self.finish(result).await?;
         events.extend(fresh);
+        // Connection requests waiting in the AS direct queue are shown too.
+        let known: BTreeSet<String> = self
+            .store
+            .requests()
+            .await?
+            .into_iter()
+            .map(|r| r.fid)
+            .collect();
+        match self.requests().await {
+            Ok(all) => {
+                for request in all.iter().filter(|r| !known.contains(&r.fid)) {
+                    let warning = self.request_warning(request).await?;
+                    events.push(json!({"kind": "connection_request", "fid": request.fid,
+                        "warning": warning}));
+                }
+            }
+            Err(e) => events.push(json!({"kind": "error",
+                "detail": format!("could not fetch connection requests: {e}")})),
+        }
         Ok(events)
     }
 

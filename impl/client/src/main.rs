@@ -380,6 +380,16 @@ fn describe(event: &Value) -> String {
             s("text")
         ),
         "connected" => format!("connected with {}", s("contact")),
+        "connection_request" if field("warning").is_string() => format!(
+            "{} wants to connect. WARNING: {}",
+            s("fid"),
+            s("warning")
+        ),
+        "connection_request" => format!(
+            "{} wants to connect: `phoenix accept {}` to accept",
+            s("fid"),
+            s("fid")
+        ),
         "joined" => format!(
             "joined group {} (invited by {})",
             s("group"),

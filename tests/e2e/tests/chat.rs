@@ -231,6 +231,16 @@ fn a_new_user_meets_no_walls() {
     alice.run(&["register", "alice@a.test", "--server", url]);
     bob.run(&["register", "bob@a.test", "--server", url]);
     alice.run(&["connect", "bob@a.test"]);
+    // `sync` shows the waiting request.
+    let events = bob.run(&["sync"])["events"].clone();
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "connection_request" && e["fid"] == "alice@a.test"),
+        "{events}"
+    );
     // No `bob requests` first.
     bob.run(&["accept", "alice@a.test"]);
     alice.sync_until(DELIVERY, |e| e["kind"] == "connected");
