@@ -304,6 +304,11 @@ async fn metrics(server: &Server) -> String {
             &m.connection_packages_purged,
         ),
         (
+            "phoenix_group_reservations_purged_total",
+            "Group id reservations that expired unused, deleted by the periodic purge.",
+            &m.group_reservations_purged,
+        ),
+        (
             "phoenix_idcert_cache_hits_total",
             "Foreign actors' certificates served from the cache.",
             &m.idcert_cache_hits,

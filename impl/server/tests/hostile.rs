@@ -114,6 +114,7 @@ on_both_backends!(
     size_limits_answer_413_before_costly_work,
     an_expired_connection_package_is_never_served_nor_consumed,
     a_rolled_back_group_state_is_refused_and_changes_nothing,
+    group_id_reservations_that_expire_unused_are_purged,
 );
 
 // ----- building valid requests ------------------------------------------------------
@@ -1334,5 +1335,49 @@ async fn a_rolled_back_group_state_is_refused_and_changes_nothing(backend: Backe
             .all(|e| e["kind"] != "message" && e["kind"] != "commit"),
         "{events:?}"
     );
+    server.stop().await;
+}
+
+// Requirement: DS-GID-2
+/// Reservations that nobody used are deleted by the jobs loop once expired, and only
+/// then; an expired id cannot be used before or after the purge.
+async fn group_id_reservations_that_expire_unused_are_purged(backend: Backend) {
+    use phoenix_server::store::{CreateGroup, DsStore};
+    let Some(server) = TestServer::start(backend, unlimited()).await else {
+        return;
+    };
+    let api = server.api();
+    let mut reserved = Vec::new();
+    for _ in 0..3 {
+        let response: ds::RequestGroupIdResponse = api
+            .call("ds", ds::REQUEST_GROUP_ID, &Empty {}, Signer::Anonymous)
+            .await
+            .unwrap();
+        reserved.push(response.group_id.as_slice().to_vec());
+    }
+    let purged = || {
+        server
+            .server
+            .metrics
+            .group_reservations_purged
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let lifetime = server.server.limits.group_id_reservation;
+    phoenix_server::jobs::purge_once(&server.server, now()).await;
+    assert_eq!(purged(), 0);
+    phoenix_server::jobs::purge_once(&server.server, now() + lifetime + 1).await;
+    assert_eq!(purged(), 3);
+    // Gone: not even a clock that went back can use them.
+    for group_id in &reserved {
+        assert_eq!(
+            server
+                .server
+                .store
+                .create_group(group_id, b"state", now())
+                .await
+                .unwrap(),
+            CreateGroup::NotReserved
+        );
+    }
     server.stop().await;
 }

@@ -87,6 +87,7 @@ suite! {
     enqueue_dedup_is_a_no_op,
     dequeue_semantics,
     ds_reserve_and_create,
+    ds_expired_reservations_are_purged,
     ds_update_group_is_compare_and_swap,
     ds_update_group_race,
     outbox_append_due_postpone_delete,
@@ -1019,6 +1020,38 @@ async fn ds_reserve_and_create(db: &TestDb) {
         Err(StoreError::Corrupt(_))
     ));
     assert_eq!(store.group(&group_id(3)).await.unwrap(), None);
+}
+
+// Requirement: DS-GID-2
+/// The purge deletes exactly the reservations that expired unused: not a live one, not
+/// one already used by its group (deleted then), and the group stays.
+async fn ds_expired_reservations_are_purged(db: &TestDb) {
+    let store = &db.store;
+    let (g1, g2, g3) = (group_id(1), group_id(2), group_id(3));
+    assert!(store.reserve_group_id(&g1, NOW + 60).await.unwrap());
+    assert!(store.reserve_group_id(&g2, NOW + 120).await.unwrap());
+    assert!(store.reserve_group_id(&g3, NOW + 120).await.unwrap());
+    assert_eq!(
+        store.create_group(&g3, b"state", NOW).await.unwrap(),
+        CreateGroup::Created
+    );
+    assert_eq!(store.purge_group_reservations(NOW + 59).await.unwrap(), 0);
+    assert_eq!(store.purge_group_reservations(NOW + 60).await.unwrap(), 1);
+    assert_eq!(store.purge_group_reservations(NOW + 60).await.unwrap(), 0);
+    // g2 is still reserved (a clock that went back may still use it); g1 is gone.
+    assert_eq!(
+        store.create_group(&g1, b"state", NOW).await.unwrap(),
+        CreateGroup::NotReserved
+    );
+    assert_eq!(
+        store.create_group(&g2, b"state", NOW + 61).await.unwrap(),
+        CreateGroup::Created
+    );
+    assert_eq!(store.purge_group_reservations(u64::MAX).await.unwrap(), 0);
+    assert_eq!(
+        store.group(&g3).await.unwrap().unwrap().ciphertext,
+        b"state"
+    );
 }
 
 async fn ds_update_group_is_compare_and_swap(db: &TestDb) {

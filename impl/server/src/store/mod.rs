@@ -356,6 +356,10 @@ pub trait EphemeralStore {
     /// Delete every connection package (last-resort ones included) whose validity ended
     /// at `now` (`not_after <= now`); returns how many.
     fn purge_connection_packages(&self, now: u64) -> impl Future<Output = StoreResult<u64>> + Send;
+    // Requirement: DS-GID-2
+    /// Delete every group id reservation that expired unused at `now` (`expires_at <=
+    /// now`; a used one was deleted when its group was created); returns how many.
+    fn purge_group_reservations(&self, now: u64) -> impl Future<Output = StoreResult<u64>> + Send;
 }
 
 /// A group as stored: only the id, the ciphertext, a version for compare-and-swap and the
