@@ -381,9 +381,13 @@ fn main() {
                 .block_on(h.server.store.group(&g.group_id))
                 .unwrap()
                 .unwrap();
-            let state =
-                group_state::open(&SymmetricKey(g.ear_key), &g.group_id, &stored.ciphertext)
-                    .unwrap();
+            let (state, _epoch) = group_state::open(
+                &SymmetricKey(g.ear_key),
+                &g.group_id,
+                stored.version,
+                &stored.ciphertext,
+            )
+            .unwrap();
             states.push(state);
         }
         (requests, states)
@@ -565,9 +569,12 @@ fn main() {
             &codec::encode(state).unwrap(),
         );
     }
+    // Sealed as version 1 at epoch 0, the version the target opens it as.
     let sealed_state = group_state::seal(
         &SymmetricKey([7; 32]),
         b"0123456789abcdeffuzz.test",
+        1,
+        0,
         &group_states[0],
     )
     .unwrap();

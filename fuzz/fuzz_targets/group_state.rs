@@ -13,7 +13,7 @@ use phoenix_types::crypto::SymmetricKey;
 
 fuzz_target!(|data: &[u8]| {
     let group_id = b"0123456789abcdeffuzz.test";
-    let _ = group_state::open(&SymmetricKey([7; 32]), group_id, data);
+    let _ = group_state::open(&SymmetricKey([7; 32]), group_id, 1, data);
     if data.len() > MAX_GROUP_STATE {
         return;
     }

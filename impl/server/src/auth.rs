@@ -3,6 +3,8 @@
 //! signed payloads are fresh. Who may call what is decided by each operation; this module
 //! only proves who is calling.
 
+use zeroize::Zeroize;
+
 use phoenix_types::PROTOCOL_VERSION;
 use phoenix_types::codec;
 use phoenix_types::crypto;
@@ -20,6 +22,15 @@ pub struct Request {
     pub operation: &'static str,
     pub payload: Vec<u8>,
     pub auth: Auth,
+}
+
+// Requirement: DS-EAR-1
+/// The exact payload bytes hold secrets the request passes through (a DS request's EAR
+/// key): they are zeroized when the request is dropped, on every path.
+impl Drop for Request {
+    fn drop(&mut self) {
+        self.payload.zeroize();
+    }
 }
 
 impl Request {
@@ -44,7 +55,9 @@ impl Request {
         Ok(Self {
             service,
             operation,
-            payload: envelope.payload.as_slice().to_vec(),
+            // Moved, not copied: the payload of a DS request holds the group's EAR key,
+            // and this is the one copy, zeroized when the request is dropped.
+            payload: envelope.payload.into(),
             auth: envelope.auth,
         })
     }

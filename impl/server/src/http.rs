@@ -299,6 +299,16 @@ async fn metrics(server: &Server) -> String {
             &m.ds_replays_refused,
         ),
         (
+            "phoenix_connection_packages_purged_total",
+            "Expired connection packages deleted by the periodic purge.",
+            &m.connection_packages_purged,
+        ),
+        (
+            "phoenix_group_reservations_purged_total",
+            "Group id reservations that expired unused, deleted by the periodic purge.",
+            &m.group_reservations_purged,
+        ),
+        (
             "phoenix_idcert_cache_hits_total",
             "Foreign actors' certificates served from the cache.",
             &m.idcert_cache_hits,

@@ -2,7 +2,9 @@
 //! foreign actors' certificates whose window ended ([`crate::federation::certificates`];
 //! reads evict them too, this bounds what an idle cache keeps), and replay records of
 //! federated messages and of the DS's application messages too old for a replay to pass
-//! the freshness check.
+//! the freshness check, connection packages whose validity ended (never served once
+//! expired; this deletes them) and group id reservations that expired unused (never
+//! usable once expired; this deletes them).
 //!
 //! What this module is not: the outbox worker ([`crate::outbox`]) or the CA jobs
 //! ([`crate::server::Server::run_ca_jobs`]).
@@ -50,6 +52,18 @@ pub async fn purge_once(server: &Server, now: u64) {
         server.store.prune_ds_seen(before).await,
         &server.metrics.ds_seen_pruned,
         "the DS's message replay records",
+    );
+    // Requirement: AS-CP-7
+    count_pruned(
+        server.store.purge_connection_packages(now).await,
+        &server.metrics.connection_packages_purged,
+        "expired connection packages",
+    );
+    // Requirement: DS-GID-2
+    count_pruned(
+        server.store.purge_group_reservations(now).await,
+        &server.metrics.group_reservations_purged,
+        "expired group id reservations",
     );
 }
 

@@ -113,6 +113,10 @@ pub struct Metrics {
     pub ds_seen_pruned: AtomicU64,
     /// Replayed application messages refused.
     pub ds_replays_refused: AtomicU64,
+    /// Connection packages deleted by the periodic purge because they expired.
+    pub connection_packages_purged: AtomicU64,
+    /// Group id reservations deleted by the periodic purge because they expired unused.
+    pub group_reservations_purged: AtomicU64,
 }
 
 impl std::fmt::Debug for Server {

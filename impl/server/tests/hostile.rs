@@ -112,6 +112,9 @@ on_both_backends!(
     a_thousand_concurrent_key_package_claims_hand_out_no_package_twice,
     the_key_package_quota_stops_a_drainer,
     size_limits_answer_413_before_costly_work,
+    an_expired_connection_package_is_never_served_nor_consumed,
+    a_rolled_back_group_state_is_refused_and_changes_nothing,
+    group_id_reservations_that_expire_unused_are_purged,
 );
 
 // ----- building valid requests ------------------------------------------------------
@@ -1156,5 +1159,225 @@ async fn size_limits_answer_413_before_costly_work(backend: Backend) {
     }
     assert_eq!(answered, Some(413));
     assert!(server.healthy().await);
+    server.stop().await;
+}
+
+// Requirement: AS-CP-7
+/// A client's connection packages all expire (their validity is in the signed payload):
+/// once past it, a fetch finds none (`NO_CONNECTION_PACKAGE`), the last-resort package
+/// included, and consumes nothing; the jobs loop's purge then deletes them.
+async fn an_expired_connection_package_is_never_served_nor_consumed(backend: Backend) {
+    use phoenix_server::store::AsStore;
+    let Some(server) = TestServer::start(backend, unlimited()).await else {
+        return;
+    };
+    let api = server.api();
+    let alice = AsIdentity::register(&api, "alice@a.test").await;
+    let not_after = now() + 2;
+    let mut request = alice.connection_packages(3);
+    for package in &mut request.packages {
+        let mut payload: ConnectionPackagePayload =
+            codec::decode(package.payload.as_slice(), 1024).unwrap();
+        payload.not_after = not_after;
+        let payload = codec::encode(&payload).unwrap();
+        package.signature =
+            VLBytes::new(crypto::sign(&alice.key, label::CONNECTION_PACKAGE, &payload).to_vec());
+        package.payload = VLBytes::new(payload);
+    }
+    let _: Empty = api
+        .call(
+            "as",
+            as_::PUBLISH_CONNECTION_PACKAGES,
+            &request,
+            Signer::AsClient {
+                fid: &alice.fid,
+                client_id: &alice.client_id,
+                key: &alice.key,
+            },
+        )
+        .await
+        .unwrap();
+    while now() < not_after {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let fetch = || async {
+        api.call::<_, as_::FetchConnectionPackageResponse>(
+            "as",
+            as_::FETCH_CONNECTION_PACKAGE,
+            &as_::FetchConnectionPackageRequest {
+                fid: alice.fid.clone(),
+            },
+            Signer::Anonymous,
+        )
+        .await
+    };
+    for _ in 0..4 {
+        let refused = fetch().await.unwrap_err();
+        assert_eq!(refused.code(), Some("NO_CONNECTION_PACKAGE"), "{refused}");
+    }
+    // Nothing was consumed: as of before the expiry, both one-time packages are there.
+    let store = &server.server.store;
+    for _ in 0..2 {
+        let (_, package) = store
+            .take_connection_package(&alice.fid, not_after - 1)
+            .await
+            .unwrap()
+            .unwrap();
+        let package: ConnectionPackage = codec::decode(&package, 4096).unwrap();
+        let payload: ConnectionPackagePayload =
+            codec::decode(package.payload.as_slice(), 1024).unwrap();
+        assert_eq!(payload.last_resort, 0);
+    }
+    // The purge deletes what is left (the last-resort package).
+    phoenix_server::jobs::purge_once(&server.server, now()).await;
+    assert_eq!(
+        store
+            .take_connection_package(&alice.fid, not_after - 1)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        server
+            .server
+            .metrics
+            .connection_packages_purged
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    server.stop().await;
+}
+
+// Requirement: DS-EAR-3
+/// A malicious operator puts an older ciphertext of a group back into its row (as a
+/// restored snapshot would): the state of the previous version, sealed under the same
+/// EAR key. The DS refuses every request on that row with `GROUP_STATE_INVALID` instead
+/// of running it on the old state, and the refused requests change nothing (row, queues).
+async fn a_rolled_back_group_state_is_refused_and_changes_nothing(backend: Backend) {
+    use phoenix_server::store::DsStore;
+    let Some(server) = TestServer::start(backend, unlimited()).await else {
+        return;
+    };
+    let (mut alice, _alice_home) = client(&server, "alice@a.test").await;
+    let (mut bob, _bob_home) = client(&server, "bob@a.test").await;
+    alice.connect("bob@a.test").await.unwrap();
+    assert_eq!(bob.requests().await.unwrap().len(), 1);
+    bob.accept("alice@a.test").await.unwrap();
+    alice.sync().await.unwrap();
+    alice.create_group("team").await.unwrap();
+    alice.invite("team", "bob@a.test").await.unwrap();
+    bob.sync().await.unwrap();
+    let group = alice.group("team").await.unwrap();
+    let store = &server.server.store;
+
+    let old = store.group(&group.group_id).await.unwrap().unwrap();
+    alice.update("team").await.unwrap();
+    bob.sync().await.unwrap();
+    let current = store.group(&group.group_id).await.unwrap().unwrap();
+    assert_eq!(current.version, old.version + 1);
+    // The operator's rollback: the older ciphertext into the current row.
+    assert!(
+        store
+            .update_group(
+                &group.group_id,
+                current.version,
+                &old.ciphertext,
+                now(),
+                &[]
+            )
+            .await
+            .unwrap()
+    );
+    let rolled_back = store.group(&group.group_id).await.unwrap().unwrap();
+    assert_eq!(rolled_back.ciphertext, old.ciphertext);
+
+    let api = server.api();
+    let info = |ear_key: [u8; 32]| {
+        let api = api.clone();
+        let group_id = group.group_id.clone();
+        async move {
+            api.call::<_, ds::ExternalCommitInfoResponse>(
+                "ds",
+                ds::EXTERNAL_COMMIT_INFO,
+                &ds::ExternalCommitInfoRequest {
+                    group_id: VLBytes::new(group_id),
+                    ear_key,
+                },
+                Signer::Anonymous,
+            )
+            .await
+        }
+    };
+    let refused = info(group.ear_key).await.unwrap_err();
+    assert_eq!(refused.code(), Some("GROUP_STATE_INVALID"), "{refused}");
+    // A wrong key is still the client's fault, told apart from the rollback.
+    let mut wrong = group.ear_key;
+    wrong[0] ^= 1;
+    let refused = info(wrong).await.unwrap_err();
+    assert_eq!(refused.code(), Some("WRONG_EAR_KEY"), "{refused}");
+    // A commit and an application message on the rolled-back row are refused too.
+    alice.set_sync_before_commit(false);
+    let refused = alice.update("team").await.unwrap_err();
+    assert_eq!(refused.code(), Some("GROUP_STATE_INVALID"), "{refused}");
+    let refused = bob.send("team", "on the old state").await.unwrap_err();
+    assert_eq!(refused.code(), Some("GROUP_STATE_INVALID"), "{refused}");
+    // Nothing changed: the row is as the operator left it, and no one got anything.
+    assert_eq!(
+        store.group(&group.group_id).await.unwrap().unwrap(),
+        rolled_back
+    );
+    let events = alice.sync().await.unwrap();
+    assert!(events.iter().all(|e| e["kind"] != "message"), "{events:?}");
+    let events = bob.sync().await.unwrap();
+    assert!(
+        events
+            .iter()
+            .all(|e| e["kind"] != "message" && e["kind"] != "commit"),
+        "{events:?}"
+    );
+    server.stop().await;
+}
+
+// Requirement: DS-GID-2
+/// Reservations that nobody used are deleted by the jobs loop once expired, and only
+/// then; an expired id cannot be used before or after the purge.
+async fn group_id_reservations_that_expire_unused_are_purged(backend: Backend) {
+    use phoenix_server::store::{CreateGroup, DsStore};
+    let Some(server) = TestServer::start(backend, unlimited()).await else {
+        return;
+    };
+    let api = server.api();
+    let mut reserved = Vec::new();
+    for _ in 0..3 {
+        let response: ds::RequestGroupIdResponse = api
+            .call("ds", ds::REQUEST_GROUP_ID, &Empty {}, Signer::Anonymous)
+            .await
+            .unwrap();
+        reserved.push(response.group_id.as_slice().to_vec());
+    }
+    let purged = || {
+        server
+            .server
+            .metrics
+            .group_reservations_purged
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let lifetime = server.server.limits.group_id_reservation;
+    phoenix_server::jobs::purge_once(&server.server, now()).await;
+    assert_eq!(purged(), 0);
+    phoenix_server::jobs::purge_once(&server.server, now() + lifetime + 1).await;
+    assert_eq!(purged(), 3);
+    // Gone: not even a clock that went back can use them.
+    for group_id in &reserved {
+        assert_eq!(
+            server
+                .server
+                .store
+                .create_group(group_id, b"state", now())
+                .await
+                .unwrap(),
+            CreateGroup::NotReserved
+        );
+    }
     server.stop().await;
 }

@@ -76,6 +76,7 @@ suite! {
     as_certificates_are_kept,
     connection_packages_are_taken_once,
     connection_packages_race,
+    expired_connection_packages_are_never_served_and_are_purged,
     direct_queue_semantics,
     direct_queue_race,
     qs_queue_config_key_is_insert_once,
@@ -86,6 +87,7 @@ suite! {
     enqueue_dedup_is_a_no_op,
     dequeue_semantics,
     ds_reserve_and_create,
+    ds_expired_reservations_are_purged,
     ds_update_group_is_compare_and_swap,
     ds_update_group_race,
     outbox_append_due_postpone_delete,
@@ -270,7 +272,10 @@ async fn connection_packages_are_taken_once(db: &TestDb) {
     AsStore::create_user(store, &as_client(fid, "c1", "01"), 1_000)
         .await
         .unwrap();
-    assert_eq!(store.take_connection_package(fid).await.unwrap(), None);
+    assert_eq!(
+        store.take_connection_package(fid, 1_000).await.unwrap(),
+        None
+    );
 
     store
         .replace_connection_packages(
@@ -296,7 +301,7 @@ async fn connection_packages_are_taken_once(db: &TestDb) {
         )
         .await
         .unwrap();
-    let take = || async { store.take_connection_package(fid).await.unwrap() };
+    let take = || async { store.take_connection_package(fid, 1_000).await.unwrap() };
     assert_eq!(take().await, Some(("c1".to_owned(), b"q1".to_vec())));
     assert_eq!(take().await, Some(("c1".to_owned(), b"q2".to_vec())));
     // Only the last-resort package is left: it is handed out and kept.
@@ -311,11 +316,70 @@ async fn connection_packages_are_taken_once(db: &TestDb) {
     assert_eq!(take().await, None);
     assert_eq!(
         store
-            .take_connection_package("bob@example.org")
+            .take_connection_package("bob@example.org", 1_000)
             .await
             .unwrap(),
         None
     );
+}
+
+// Requirement: AS-CP-7
+/// A package whose validity ended is neither served nor consumed, the last-resort one
+/// included (the fetch finds nothing); the purge deletes exactly the expired ones, and a
+/// package valid for longer stays servable.
+async fn expired_connection_packages_are_never_served_and_are_purged(db: &TestDb) {
+    let store = &db.store;
+    let fid = "alice@example.org";
+    AsStore::create_user(store, &as_client(fid, "c1", "01"), 1_000)
+        .await
+        .unwrap();
+    store
+        .replace_connection_packages(
+            fid,
+            "c1",
+            &[
+                expiring_connection_package(b"soon", false, 2_000),
+                expiring_connection_package(b"later", false, 5_000),
+                expiring_connection_package(b"lr", true, 2_000),
+                // A validity past what the database holds is clamped, not refused.
+                expiring_connection_package(b"far", false, u64::MAX),
+            ],
+        )
+        .await
+        .unwrap();
+    // At 2_000 "soon" and the last-resort package have expired: "later" and "far" are
+    // served, then nothing, and the expired ones are not consumed either.
+    let take = |now: u64| async move { store.take_connection_package(fid, now).await.unwrap() };
+    assert_eq!(
+        take(2_000).await,
+        Some(("c1".to_owned(), b"later".to_vec()))
+    );
+    assert_eq!(take(2_000).await, Some(("c1".to_owned(), b"far".to_vec())));
+    assert_eq!(take(2_000).await, None);
+    assert_eq!(take(2_000).await, None);
+    // Before expiry they were still there, untouched by the refused fetches.
+    assert_eq!(take(1_999).await, Some(("c1".to_owned(), b"soon".to_vec())));
+    assert_eq!(take(1_999).await, Some(("c1".to_owned(), b"lr".to_vec())));
+
+    // The purge deletes the expired last-resort package and nothing valid.
+    store
+        .replace_connection_packages(
+            fid,
+            "c1",
+            &[
+                expiring_connection_package(b"old", false, 2_000),
+                expiring_connection_package(b"lr", true, 2_000),
+                expiring_connection_package(b"new", false, 9_000),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.purge_connection_packages(1_999).await.unwrap(), 0);
+    assert_eq!(store.purge_connection_packages(2_000).await.unwrap(), 2);
+    assert_eq!(store.purge_connection_packages(2_000).await.unwrap(), 0);
+    // Only "new" is left, even for a clock that went back.
+    assert_eq!(take(1_000).await, Some(("c1".to_owned(), b"new".to_vec())));
+    assert_eq!(take(1_000).await, None);
 }
 
 async fn connection_packages_race(db: &TestDb) {
@@ -336,7 +400,7 @@ async fn connection_packages_race(db: &TestDb) {
     let tasks: Vec<_> = (0..50)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(async move { store.take_connection_package(fid).await.unwrap() })
+            tokio::spawn(async move { store.take_connection_package(fid, 1_000).await.unwrap() })
         })
         .collect();
     let mut consumed = Vec::new();
@@ -958,6 +1022,38 @@ async fn ds_reserve_and_create(db: &TestDb) {
     assert_eq!(store.group(&group_id(3)).await.unwrap(), None);
 }
 
+// Requirement: DS-GID-2
+/// The purge deletes exactly the reservations that expired unused: not a live one, not
+/// one already used by its group (deleted then), and the group stays.
+async fn ds_expired_reservations_are_purged(db: &TestDb) {
+    let store = &db.store;
+    let (g1, g2, g3) = (group_id(1), group_id(2), group_id(3));
+    assert!(store.reserve_group_id(&g1, NOW + 60).await.unwrap());
+    assert!(store.reserve_group_id(&g2, NOW + 120).await.unwrap());
+    assert!(store.reserve_group_id(&g3, NOW + 120).await.unwrap());
+    assert_eq!(
+        store.create_group(&g3, b"state", NOW).await.unwrap(),
+        CreateGroup::Created
+    );
+    assert_eq!(store.purge_group_reservations(NOW + 59).await.unwrap(), 0);
+    assert_eq!(store.purge_group_reservations(NOW + 60).await.unwrap(), 1);
+    assert_eq!(store.purge_group_reservations(NOW + 60).await.unwrap(), 0);
+    // g2 is still reserved (a clock that went back may still use it); g1 is gone.
+    assert_eq!(
+        store.create_group(&g1, b"state", NOW).await.unwrap(),
+        CreateGroup::NotReserved
+    );
+    assert_eq!(
+        store.create_group(&g2, b"state", NOW + 61).await.unwrap(),
+        CreateGroup::Created
+    );
+    assert_eq!(store.purge_group_reservations(u64::MAX).await.unwrap(), 0);
+    assert_eq!(
+        store.group(&g3).await.unwrap().unwrap().ciphertext,
+        b"state"
+    );
+}
+
 async fn ds_update_group_is_compare_and_swap(db: &TestDb) {
     let store = &db.store;
     let g = group_id(1);
@@ -1403,9 +1499,18 @@ fn as_client(fid: &str, client_id: &str, serial: &str) -> AsClientRecord {
 }
 
 fn connection_package(package: &[u8], last_resort: bool) -> StoredConnectionPackage {
+    expiring_connection_package(package, last_resort, 2_000_000_000)
+}
+
+fn expiring_connection_package(
+    package: &[u8],
+    last_resort: bool,
+    not_after: u64,
+) -> StoredConnectionPackage {
     StoredConnectionPackage {
         package: package.to_vec(),
         last_resort,
+        not_after,
     }
 }
 

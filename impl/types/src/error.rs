@@ -62,6 +62,8 @@ codes! {
     GroupExists = (409, "GROUP_EXISTS"),
     WrongGroupDomain = (400, "WRONG_GROUP_DOMAIN"),
     WrongEarKey = (403, "WRONG_EAR_KEY"),
+    // Requirement: DS-EAR-3
+    GroupStateInvalid = (500, "GROUP_STATE_INVALID"),
     WrongEpoch = (409, "WRONG_EPOCH"),
     InvalidMlsMessage = (400, "INVALID_MLS_MESSAGE"),
     InvalidCommit = (400, "INVALID_COMMIT"),
@@ -149,7 +151,10 @@ mod tests {
             let status = code.http_status();
             let ours = matches!(
                 code,
-                ErrorCode::Internal | ErrorCode::Unavailable | ErrorCode::UnknownPeer
+                ErrorCode::Internal
+                    | ErrorCode::Unavailable
+                    | ErrorCode::UnknownPeer
+                    | ErrorCode::GroupStateInvalid
             );
             assert_eq!(status >= 500, ours, "{code:?}");
         }

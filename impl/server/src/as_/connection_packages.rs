@@ -3,7 +3,9 @@
 //! A client publishes signed connection packages (each an HPKE key to encrypt a
 //! connection establishment package to); publishing replaces the previous set, and exactly
 //! one package must be last-resort. Anyone may fetch one package of a user: it is consumed
-//! atomically, except the last-resort one, which is reused when no other is left.
+//! atomically, except the last-resort one, which is reused when no other is left. A
+//! package is stored with the end of its signed validity and is never served (nor
+//! consumed) from then on, the last-resort one included; the jobs loop purges it.
 
 use phoenix_types::codec;
 use phoenix_types::crypto::{self, label};
@@ -48,6 +50,7 @@ pub async fn publish(server: &Server, request: &Request, now: u64) -> Result<Vec
         stored.push(StoredConnectionPackage {
             package,
             last_resort: payload.last_resort == 1,
+            not_after: payload.not_after,
         });
     }
     if stored.iter().filter(|p| p.last_resort).count() != 1 {
@@ -92,7 +95,7 @@ pub fn verify_package(
     Ok(payload)
 }
 
-// Requirement: AS-CP-3, AS-CP-4, AS-CP-6
+// Requirement: AS-CP-3, AS-CP-4, AS-CP-6, AS-CP-7
 pub async fn fetch(server: &Server, request: &Request, now: u64) -> Result<Vec<u8>, WireError> {
     request.require_anonymous()?;
     let req: FetchConnectionPackageRequest = request.payload()?;
@@ -109,7 +112,7 @@ pub async fn fetch(server: &Server, request: &Request, now: u64) -> Result<Vec<u
     observe!([Observed::Fid(fid.clone())]);
     let (client_id, package) = server
         .store
-        .take_connection_package(&fid)
+        .take_connection_package(&fid, now)
         .await
         .map_err(server.internal())?
         .ok_or_else(|| {
@@ -130,7 +133,6 @@ pub async fn fetch(server: &Server, request: &Request, now: u64) -> Result<Vec<u
         Observed::connection_package(&package),
     ]);
     let package: ConnectionPackage = codec::decode(&package, usize::MAX)?;
-    let _ = now;
     codec::encode(&FetchConnectionPackageResponse {
         package,
         client_certificate: VLBytes::new(client.certificate),

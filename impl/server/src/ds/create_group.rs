@@ -112,7 +112,14 @@ pub async fn create_group(
             info: req.creator.clone(),
         }],
     };
-    let ciphertext = group_state::seal(&ear_key, &group_id, &state)?;
+    // Requirement: DS-EAR-3 (a new group's row is version 0)
+    let ciphertext = group_state::seal(
+        &ear_key,
+        &group_id,
+        0,
+        public_group.group_context().epoch().as_u64(),
+        &state,
+    )?;
     match server
         .store
         .create_group(&group_id, &ciphertext, now)

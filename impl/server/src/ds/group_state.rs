@@ -1,10 +1,16 @@
 //! The DS's per-group state and its encryption at rest.
 //!
 //! The stored row holds only the group id, a version (for compare-and-swap) and the
-//! ciphertext of [`GroupState`] under the group's EAR key (AES-256-GCM, with the format
-//! version and the group id bound as associated data, so a ciphertext cannot be replayed
-//! under another group id). The EAR key arrives with each request, lives in a
-//! [`SymmetricKey`] that is zeroized on drop, and is never stored.
+//! sealed [`GroupState`] under the group's EAR key: `epoch (u64) || key check (32 bytes)
+//! || AES-256-GCM(nonce || ciphertext)`. The associated data binds the format version,
+//! the row's version, the MLS epoch and the group id, so a ciphertext cannot be replayed
+//! under another group id nor, in the same group, at another version: a row rolled back
+//! to an older ciphertext (a restored snapshot) is refused with `GROUP_STATE_INVALID`
+//! instead of being taken for the current state. The key check (a hash of the key and the
+//! group id) tells a client's wrong key (`WRONG_EAR_KEY`, the client's fault) apart from
+//! a row that is not the one sealed for its version (the server's fault). The EAR key
+//! arrives with each request, lives in a [`SymmetricKey`] that is zeroized on drop, and
+//! is never stored.
 //!
 //! The MLS public group is persisted as the entries of openmls's storage provider, so
 //! loading it is a decode, not a re-verification of every leaf (design: never rebuild or
@@ -16,6 +22,7 @@ use std::sync::RwLock;
 use openmls::prelude::{GroupId, PublicGroup};
 use openmls_memory_storage::MemoryStorage;
 use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
+use zeroize::Zeroize;
 
 use phoenix_types::codec;
 use phoenix_types::crypto::{self, SymmetricKey};
@@ -26,8 +33,13 @@ use phoenix_types::messages::ds::{LeafCredential, MemberInfo};
 use crate::server::Server;
 use crate::store::{DsStore, OutboxEntry};
 
-/// Version of the [`GroupState`] format; bound into the AEAD associated data.
-pub const GROUP_STATE_FORMAT: u16 = 1;
+/// Version of the sealed [`GroupState`] format; bound into the AEAD associated data.
+/// Format 2 (version and epoch bound, key check) replaced format 1 (group id only); rows
+/// of format 1 do not open (there are no deployments to migrate).
+pub const GROUP_STATE_FORMAT: u16 = 2;
+
+/// Length of the clear header of a sealed group state: the epoch and the key check.
+const HEADER_LEN: usize = 8 + 32;
 
 /// Largest group state we decrypt and decode (bytes).
 pub const MAX_GROUP_STATE: usize = 16 * 1024 * 1024;
@@ -58,42 +70,102 @@ pub struct Member {
     pub info: MemberInfo,
 }
 
-fn aad(group_id: &[u8]) -> Vec<u8> {
+// Requirement: DS-EAR-3
+/// The associated data of a sealed state: fixed-length fields first, the group id last.
+fn aad(group_id: &[u8], version: u64, epoch: u64) -> Vec<u8> {
     let mut aad = b"phoenix-v1 group state ".to_vec();
     aad.extend_from_slice(&GROUP_STATE_FORMAT.to_be_bytes());
+    aad.extend_from_slice(&version.to_be_bytes());
+    aad.extend_from_slice(&epoch.to_be_bytes());
     aad.extend_from_slice(group_id);
     aad
 }
 
-// Requirement: DS-EAR-1
-/// Encrypt a group state for storage.
-// Requirement: ADV-SNAP-1 (group state at rest is ciphertext under the client-held EAR key)
-pub fn seal(key: &SymmetricKey, group_id: &[u8], state: &GroupState) -> Result<Vec<u8>, WireError> {
-    let plain = codec::encode(state)?;
-    crypto::seal_aead(key, &aad(group_id), &plain, &mut rand_core::OsRng)
-        .map_err(|_| WireError::new(ErrorCode::Internal, "group state encryption failed"))
+/// A commitment to the EAR key of a group: lets the DS tell a wrong key from a state that
+/// does not open at its version. Reveals nothing of the key (SHA-256 preimage).
+fn key_check(key: &SymmetricKey, group_id: &[u8]) -> [u8; 32] {
+    let mut input = b"phoenix-v1 group state key check\0".to_vec();
+    input.extend_from_slice(&key.0);
+    input.extend_from_slice(group_id);
+    let check = crypto::sha256(&input);
+    input.zeroize();
+    check
 }
 
-/// Decrypt and decode a stored group state. A wrong key is the caller's fault.
+// Requirement: DS-EAR-1, DS-EAR-3
+/// Encrypt a group state for storage as the row's `version`, at MLS `epoch`.
+// Requirement: ADV-SNAP-1 (group state at rest is ciphertext under the client-held EAR key)
+pub fn seal(
+    key: &SymmetricKey,
+    group_id: &[u8],
+    version: u64,
+    epoch: u64,
+    state: &GroupState,
+) -> Result<Vec<u8>, WireError> {
+    let mut plain = codec::encode(state)?;
+    let sealed = crypto::seal_aead(
+        key,
+        &aad(group_id, version, epoch),
+        &plain,
+        &mut rand_core::OsRng,
+    )
+    .map_err(|_| WireError::new(ErrorCode::Internal, "group state encryption failed"));
+    plain.zeroize();
+    let sealed = sealed?;
+    let mut out = Vec::with_capacity(HEADER_LEN + sealed.len());
+    out.extend_from_slice(&epoch.to_be_bytes());
+    out.extend_from_slice(&key_check(key, group_id));
+    out.extend_from_slice(&sealed);
+    Ok(out)
+}
+
+fn not_this_version() -> WireError {
+    WireError::new(
+        ErrorCode::GroupStateInvalid,
+        "the stored group state is not the one sealed for its version (rolled back or \
+         altered in the server's storage); nothing was changed",
+    )
+}
+
+// Requirement: DS-EAR-1, DS-EAR-3
+/// Decrypt and decode the stored group state of row `version`; returns it with the epoch
+/// it was sealed at. A wrong key is the caller's fault (`WRONG_EAR_KEY`); a ciphertext
+/// that the right key does not open as this version is the server's
+/// (`GROUP_STATE_INVALID`).
 pub fn open(
     key: &SymmetricKey,
     group_id: &[u8],
-    ciphertext: &[u8],
-) -> Result<GroupState, WireError> {
-    if ciphertext.len() > MAX_GROUP_STATE {
+    version: u64,
+    sealed: &[u8],
+) -> Result<(GroupState, u64), WireError> {
+    if sealed.len() > MAX_GROUP_STATE {
         return Err(WireError::new(
             ErrorCode::Internal,
             "stored group state is too large",
         ));
     }
-    let plain = crypto::open_aead(key, &aad(group_id), ciphertext).map_err(|_| {
-        WireError::new(
+    let (Some(epoch), Some(check), Some(ciphertext)) = (
+        sealed.get(..8),
+        sealed.get(8..HEADER_LEN),
+        sealed.get(HEADER_LEN..),
+    ) else {
+        return Err(not_this_version());
+    };
+    if !crypto::ct_eq(check, &key_check(key, group_id)) {
+        return Err(WireError::new(
             ErrorCode::WrongEarKey,
             "the EAR key does not decrypt this group",
-        )
-    })?;
-    codec::decode(&plain, MAX_GROUP_STATE)
-        .map_err(|_| WireError::new(ErrorCode::Internal, "stored group state is corrupt"))
+        ));
+    }
+    let mut epoch_bytes = [0u8; 8];
+    epoch_bytes.copy_from_slice(epoch);
+    let epoch = u64::from_be_bytes(epoch_bytes);
+    let mut plain = crypto::open_aead(key, &aad(group_id, version, epoch), ciphertext)
+        .map_err(|_| not_this_version())?;
+    let state = codec::decode(&plain, MAX_GROUP_STATE)
+        .map_err(|_| WireError::new(ErrorCode::Internal, "stored group state is corrupt"));
+    plain.zeroize();
+    Ok((state?, epoch))
 }
 
 /// Put storage entries into a fresh openmls memory storage.
@@ -174,7 +246,7 @@ impl LoadedGroup {
             .await
             .map_err(server.internal())?
             .ok_or_else(|| WireError::new(ErrorCode::UnknownGroup, "no such group"))?;
-        let state = open(&ear_key, group_id, &stored.ciphertext)?;
+        let (state, epoch) = open(&ear_key, group_id, stored.version, &stored.ciphertext)?;
         let storage = storage_from(&state.mls);
         let public_group = PublicGroup::load(&storage, &GroupId::from_slice(group_id))
             .map_err(|_| WireError::new(ErrorCode::Internal, "stored group state is corrupt"))?
@@ -184,6 +256,10 @@ impl LoadedGroup {
                     "stored group state lacks the MLS group",
                 )
             })?;
+        // Requirement: DS-EAR-3
+        if public_group.group_context().epoch().as_u64() != epoch {
+            return Err(not_this_version());
+        }
         // What loading shows the DS: the group and its members' per-group pseudonyms.
         // Requirement: ADV-OP-2
         observe!(
@@ -222,7 +298,18 @@ impl LoadedGroup {
         outbox: &[OutboxEntry],
     ) -> Result<(), WireError> {
         self.state.mls = entries_of(&self.storage)?;
-        let ciphertext = seal(&self.ear_key, &self.group_id_bytes, &self.state)?;
+        // Requirement: DS-EAR-3 (sealed as the version the compare-and-swap writes)
+        let next_version = self
+            .version
+            .checked_add(1)
+            .ok_or_else(|| WireError::new(ErrorCode::Internal, "group version overflow"))?;
+        let ciphertext = seal(
+            &self.ear_key,
+            &self.group_id_bytes,
+            next_version,
+            self.public_group.group_context().epoch().as_u64(),
+            &self.state,
+        )?;
         let stored = server
             .store
             .update_group(&self.group_id_bytes, self.version, &ciphertext, now, outbox)
@@ -262,5 +349,72 @@ impl LoadedGroup {
         self.state.members.retain(|m| m.leaf_index != leaf_index);
         self.state.members.push(Member { leaf_index, info });
         self.state.members.sort_by_key(|m| m.leaf_index);
+    }
+}
+
+#[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "test: a failure to set up is a test failure"
+)]
+mod tests {
+    use super::*;
+
+    fn state() -> GroupState {
+        GroupState {
+            mls: Vec::new(),
+            group_info: VLBytes::new(b"info".to_vec()),
+            members: Vec::new(),
+        }
+    }
+
+    fn code(result: Result<(GroupState, u64), WireError>) -> ErrorCode {
+        match result {
+            Ok(_) => ErrorCode::Internal,
+            Err(e) => e.code,
+        }
+    }
+
+    // Requirement: DS-EAR-1, DS-EAR-3
+    /// A sealed state opens only as the version and under the group id it was sealed for,
+    /// with the epoch it was sealed at; a wrong key is told apart from a state of another
+    /// version, and a tampered header does not open.
+    #[test]
+    fn sealed_state_binds_version_epoch_and_group() {
+        let key = SymmetricKey([1; 32]);
+        let sealed = seal(&key, b"group-a", 7, 3, &state()).unwrap();
+        assert_eq!(open(&key, b"group-a", 7, &sealed).unwrap(), (state(), 3));
+        // An older (or newer) row version: the server's fault.
+        assert_eq!(
+            code(open(&key, b"group-a", 8, &sealed)),
+            ErrorCode::GroupStateInvalid
+        );
+        assert_eq!(
+            code(open(&key, b"group-a", 6, &sealed)),
+            ErrorCode::GroupStateInvalid
+        );
+        // Another key, or another group (whose key check differs): the caller's fault.
+        assert_eq!(
+            code(open(&SymmetricKey([2; 32]), b"group-a", 7, &sealed)),
+            ErrorCode::WrongEarKey
+        );
+        assert_eq!(
+            code(open(&key, b"group-b", 7, &sealed)),
+            ErrorCode::WrongEarKey
+        );
+        // The epoch in the clear header is bound: changing it does not open.
+        let mut other_epoch = sealed.clone();
+        if let Some(byte) = other_epoch.get_mut(7) {
+            *byte ^= 1;
+        }
+        assert_eq!(
+            code(open(&key, b"group-a", 7, &other_epoch)),
+            ErrorCode::GroupStateInvalid
+        );
+        // Too short to hold the header.
+        assert_eq!(
+            code(open(&key, b"group-a", 7, &sealed[..HEADER_LEN - 1])),
+            ErrorCode::GroupStateInvalid
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! [`EphemeralStore`] for both backends, written once: the cache of other servers' actors'
-//! certificates (`p2_idcert_cache`, migration `0005_idcert_cache`) and the pruning of
-//! replay records (`qs_federation_seen`, `ds_seen_messages`).
+//! certificates (`p2_idcert_cache`, migration `0005_idcert_cache`), the pruning of
+//! replay records (`qs_federation_seen`, `ds_seen_messages`) and the purges of expired
+//! connection packages (`as_connection_packages.not_after`) and of group id reservations
+//! that expired unused (`ds_reservations`; migration `0010_expiry_purges`).
 //!
 //! The statements use `$n` placeholders, which SQLite accepts too; the one difference
 //! between the backends is how a read-modify-write transaction excludes other writers
@@ -49,6 +51,14 @@ impl EphemeralStore for Store {
     async fn prune_ds_seen(&self, before: u64) -> StoreResult<u64> {
         delegate!(self, prune_ds_seen(before))
     }
+
+    async fn purge_connection_packages(&self, now: u64) -> StoreResult<u64> {
+        delegate!(self, purge_connection_packages(now))
+    }
+
+    async fn purge_group_reservations(&self, now: u64) -> StoreResult<u64> {
+        delegate!(self, purge_group_reservations(now))
+    }
 }
 
 fn cached(row: &impl Columns) -> StoreResult<CachedIdCerts> {
@@ -76,6 +86,9 @@ mod sql {
     pub const LEN: &str = "SELECT count(*) FROM p2_idcert_cache";
     pub const PRUNE_SEEN: &str = "DELETE FROM qs_federation_seen WHERE received_at < $1";
     pub const PRUNE_DS_SEEN: &str = "DELETE FROM ds_seen_messages WHERE received_at < $1";
+    pub const PURGE_CONNECTION_PACKAGES: &str =
+        "DELETE FROM as_connection_packages WHERE not_after <= $1";
+    pub const PURGE_GROUP_RESERVATIONS: &str = "DELETE FROM ds_reservations WHERE expires_at <= $1";
 }
 
 /// Both backends' functions, from one body.
@@ -180,6 +193,28 @@ macro_rules! backend {
             pub(super) async fn prune_ds_seen(pool: &$pool, before: u64) -> StoreResult<u64> {
                 Ok(sqlx::query(sql::PRUNE_DS_SEEN)
                     .bind(bound(before))
+                    .execute(pool)
+                    .await?
+                    .rows_affected())
+            }
+
+            pub(super) async fn purge_connection_packages(
+                pool: &$pool,
+                now: u64,
+            ) -> StoreResult<u64> {
+                Ok(sqlx::query(sql::PURGE_CONNECTION_PACKAGES)
+                    .bind(bound(now))
+                    .execute(pool)
+                    .await?
+                    .rows_affected())
+            }
+
+            pub(super) async fn purge_group_reservations(
+                pool: &$pool,
+                now: u64,
+            ) -> StoreResult<u64> {
+                Ok(sqlx::query(sql::PURGE_GROUP_RESERVATIONS)
+                    .bind(bound(now))
                     .execute(pool)
                     .await?
                     .rows_affected())

@@ -77,6 +77,9 @@ pub struct AsClientRecord {
 pub struct StoredConnectionPackage {
     pub package: Vec<u8>,
     pub last_resort: bool,
+    /// The end of the package's validity (its signed `not_after`, Unix seconds): from
+    /// then on it is never served, and the purge deletes it.
+    pub not_after: u64,
 }
 
 /// Outcome of [`AsStore::create_user`].
@@ -122,14 +125,16 @@ pub trait AsStore {
         client_id: &str,
         packages: &[StoredConnectionPackage],
     ) -> impl Future<Output = StoreResult<()>> + Send;
-    // Requirement: AS-CP-3, AS-CP-4
-    /// Take one connection package of one of the user's clients: a non-last-resort one is
-    /// deleted as it is returned (never handed out twice, even under concurrent calls);
-    /// if none is left, the last-resort one is returned and kept. Returns (client id,
-    /// package).
+    // Requirement: AS-CP-3, AS-CP-4, AS-CP-7
+    /// Take one connection package of one of the user's clients that is still valid at
+    /// `now` (`now < not_after`): a non-last-resort one is deleted as it is returned
+    /// (never handed out twice, even under concurrent calls); if none is left, the
+    /// last-resort one is returned and kept. Expired packages are neither returned nor
+    /// deleted here (the purge deletes them). Returns (client id, package).
     fn take_connection_package(
         &self,
         fid: &str,
+        now: u64,
     ) -> impl Future<Output = StoreResult<Option<(String, Vec<u8>)>>> + Send;
     /// Append to a client's direct queue; the sequence number is assigned atomically and
     /// is one more than the last one ever assigned in that queue. `Ok(None)` if the client
@@ -347,6 +352,14 @@ pub trait EphemeralStore {
     /// Delete the replay records of application messages received before `before`;
     /// returns how many.
     fn prune_ds_seen(&self, before: u64) -> impl Future<Output = StoreResult<u64>> + Send;
+    // Requirement: AS-CP-7
+    /// Delete every connection package (last-resort ones included) whose validity ended
+    /// at `now` (`not_after <= now`); returns how many.
+    fn purge_connection_packages(&self, now: u64) -> impl Future<Output = StoreResult<u64>> + Send;
+    // Requirement: DS-GID-2
+    /// Delete every group id reservation that expired unused at `now` (`expires_at <=
+    /// now`; a used one was deleted when its group was created); returns how many.
+    fn purge_group_reservations(&self, now: u64) -> impl Future<Output = StoreResult<u64>> + Send;
 }
 
 /// A group as stored: only the id, the ciphertext, a version for compare-and-swap and the
@@ -540,8 +553,12 @@ impl AsStore for Store {
         )
     }
 
-    async fn take_connection_package(&self, fid: &str) -> StoreResult<Option<(String, Vec<u8>)>> {
-        delegate!(self, AsStore::take_connection_package(fid))
+    async fn take_connection_package(
+        &self,
+        fid: &str,
+        now: u64,
+    ) -> StoreResult<Option<(String, Vec<u8>)>> {
+        delegate!(self, AsStore::take_connection_package(fid, now))
     }
 
     async fn enqueue_direct(

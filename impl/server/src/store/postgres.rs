@@ -285,32 +285,41 @@ impl AsStore for PgStore {
             .iter()
             .map(|package| (package.package.as_slice(), package.last_resort))
             .unzip();
+        let not_after: Vec<i64> = packages.iter().map(|p| bound(p.not_after)).collect();
         sqlx::query(
-            "INSERT INTO as_connection_packages (fid, client_id, package, last_resort) \
-             SELECT $1, $2, package, last_resort \
-             FROM UNNEST($3::bytea[], $4::boolean[]) WITH ORDINALITY AS p(package, last_resort, n) \
+            "INSERT INTO as_connection_packages (fid, client_id, package, last_resort, not_after) \
+             SELECT $1, $2, package, last_resort, not_after \
+             FROM UNNEST($3::bytea[], $4::boolean[], $5::bigint[]) \
+             WITH ORDINALITY AS p(package, last_resort, not_after, n) \
              ORDER BY n",
         )
         .bind(fid)
         .bind(client_id)
         .bind(contents)
         .bind(last_resort)
+        .bind(not_after)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn take_connection_package(&self, fid: &str) -> StoreResult<Option<(String, Vec<u8>)>> {
+    async fn take_connection_package(
+        &self,
+        fid: &str,
+        now: u64,
+    ) -> StoreResult<Option<(String, Vec<u8>)>> {
         // SKIP LOCKED: a package locked by a concurrent taker is as good as gone, so take
         // the next one instead of waiting.
+        // Requirement: AS-CP-7
         let taken = sqlx::query_as(
             "DELETE FROM as_connection_packages WHERE id = (\
                  SELECT id FROM as_connection_packages WHERE fid = $1 AND NOT last_resort \
-                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+                 AND not_after > $2 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
              RETURNING client_id, package",
         )
         .bind(fid)
+        .bind(bound(now))
         .fetch_optional(&self.pool)
         .await?;
         if taken.is_some() {
@@ -318,9 +327,10 @@ impl AsStore for PgStore {
         }
         Ok(sqlx::query_as(
             "SELECT client_id, package FROM as_connection_packages \
-             WHERE fid = $1 AND last_resort ORDER BY id LIMIT 1",
+             WHERE fid = $1 AND last_resort AND not_after > $2 ORDER BY id LIMIT 1",
         )
         .bind(fid)
+        .bind(bound(now))
         .fetch_optional(&self.pool)
         .await?)
     }

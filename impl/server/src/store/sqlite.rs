@@ -200,12 +200,13 @@ impl AsStore for SqliteStore {
             .await?;
         for package in packages {
             sqlx::query(
-                "INSERT INTO as_connection_packages (fid, client_id, package, last_resort) VALUES (?, ?, ?, ?)",
+                "INSERT INTO as_connection_packages (fid, client_id, package, last_resort, not_after) VALUES (?, ?, ?, ?, ?)",
             )
             .bind(fid)
             .bind(client_id)
             .bind(package.package.as_slice())
             .bind(package.last_resort)
+            .bind(bound(package.not_after))
             .execute(&mut *tx)
             .await?;
         }
@@ -213,15 +214,21 @@ impl AsStore for SqliteStore {
         Ok(())
     }
 
-    async fn take_connection_package(&self, fid: &str) -> StoreResult<Option<(String, Vec<u8>)>> {
+    async fn take_connection_package(
+        &self,
+        fid: &str,
+        now: u64,
+    ) -> StoreResult<Option<(String, Vec<u8>)>> {
         let mut tx = self.write().await?;
+        // Requirement: AS-CP-7
         let taken = sqlx::query_as::<_, (String, Vec<u8>)>(
             "DELETE FROM as_connection_packages WHERE id = (\
                  SELECT id FROM as_connection_packages WHERE fid = ? AND last_resort = 0 \
-                 ORDER BY id LIMIT 1) \
+                 AND not_after > ? ORDER BY id LIMIT 1) \
              RETURNING client_id, package",
         )
         .bind(fid)
+        .bind(bound(now))
         .fetch_optional(&mut *tx)
         .await?;
         let taken = match taken {
@@ -229,9 +236,10 @@ impl AsStore for SqliteStore {
             None => {
                 sqlx::query_as(
                     "SELECT client_id, package FROM as_connection_packages \
-                     WHERE fid = ? AND last_resort = 1 ORDER BY id LIMIT 1",
+                     WHERE fid = ? AND last_resort = 1 AND not_after > ? ORDER BY id LIMIT 1",
                 )
                 .bind(fid)
+                .bind(bound(now))
                 .fetch_optional(&mut *tx)
                 .await?
             }
