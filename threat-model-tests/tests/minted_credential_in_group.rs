@@ -1,0 +1,241 @@
+//! Malicious AS, the credential it mints put to use: bob's home server (its operator, with
+//! the CA key read from the server's own database) mints a second certificate for bob,
+//! registers it as a client of bob in the AS's tables, and runs a device with it. A third
+//! user, carol, connects to that impostor "bob" and puts it into a group with alice, who has
+//! the real bob as a contact. Alice's client must not show the impostor as bob: the member is
+//! not one of bob's clients pinned in alice's connection group with him, so its messages are
+//! not verified (the reason names the fingerprint) and `group members` shows it unpinned.
+//!
+//! Also the out-of-band check of pinned clients: `fingerprint` / `verify`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use rand_core::OsRng;
+
+use phoenix_threat_model_tests::{Backend, Homeserver, User, connect, listener};
+use phoenix_types::certs::{self, ParsedCert};
+use phoenix_types::crypto;
+use phoenix_types::ids::{ClientId, Fid};
+
+/// What the malicious operator does with its database: read the CA key, mint a certificate
+/// for `fid` client `client_id` with a fresh key it holds, and register it in the AS's
+/// tables. Returns (key, certificate DER).
+async fn mint_through_database(
+    server: &Homeserver,
+    fid: &str,
+    client_id: &str,
+) -> (ed25519_dalek::SigningKey, Vec<u8>) {
+    let (ca_key, ca_der) = server.ca_from_database().await;
+    let ca_key = ed25519_dalek::SigningKey::from_bytes(&ca_key);
+    let ca = ParsedCert::parse(&ca_der).unwrap();
+    let key = crypto::generate_signing_key(&mut OsRng);
+    let csr = certs::verify_csr(
+        &certs::create_csr(
+            &Fid::parse(fid).unwrap(),
+            &ClientId::parse(client_id).unwrap(),
+            &key,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let now = phoenix_server::server::now();
+    let minted = certs::issue_client_certificate(
+        &csr,
+        &ca_key,
+        &ca,
+        &certs::random_serial(&mut OsRng),
+        now - 60,
+        now + 24 * 3600,
+    )
+    .unwrap();
+    server.register_client_in_database(fid, &minted).await;
+    (key, minted)
+}
+
+/// The operator's device for the minted identity: the QS records (pseudonymous, they name no
+/// FID) come from an ordinary registration under a throwaway name; then the minted identity
+/// takes its place in the device's state and the device publishes key packages bound to it.
+async fn impostor_device(
+    server: &Homeserver,
+    resolve: &[String],
+    fid: &str,
+    key: &ed25519_dalek::SigningKey,
+    minted: &[u8],
+) -> User {
+    let throwaway = User::register("throwaway@a.test", &server.url, resolve).await;
+    let client_id = ParsedCert::parse(minted)
+        .unwrap()
+        .actor
+        .unwrap()
+        .client_id
+        .to_string();
+    {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}", throwaway.home().join("client.db").display());
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query(
+            "UPDATE identity SET fid = ?, client_id = ?, certificate = ?, signing_key = ? WHERE id = 1",
+        )
+        .bind(fid)
+        .bind(&client_id)
+        .bind(minted)
+        .bind(key.to_bytes().as_slice())
+        .execute(&mut db)
+        .await
+        .unwrap();
+        db.close().await.unwrap();
+    }
+    let User { home, .. } = throwaway;
+    let mut client = phoenix_client::Client::open(home.path()).await.unwrap();
+    client.refresh_key_packages().await.unwrap();
+    User {
+        client,
+        fid: fid.to_owned(),
+        home,
+    }
+}
+
+// Requirement: ID-PIN-1, ADV-AS-1
+async fn a_minted_credential_is_not_trusted_in_a_group(backend: Backend) {
+    let l = listener().await;
+    let resolve = vec![format!("a.test={}", l.1)];
+    let Some(a) = Homeserver::start("a.test", backend, l, &resolve).await else {
+        return;
+    };
+    let mut alice = User::register("alice@a.test", &a.url, &resolve).await;
+    let mut bob = User::register("bob@a.test", &a.url, &resolve).await;
+    let mut carol = User::register("carol@a.test", &a.url, &resolve).await;
+    connect(&mut alice, &mut bob).await;
+    connect(&mut carol, &mut alice).await;
+
+    // The operator mints "bob" from its database and runs a device with it.
+    let (key, minted) = mint_through_database(&a, "bob@a.test", "minted").await;
+    let minted_fingerprint = hex::encode(crypto::sha256(&minted));
+    let mut impostor = impostor_device(&a, &resolve, "bob@a.test", &key, &minted).await;
+
+    // Carol (who has never met bob) connects with the impostor.
+    impostor.client.connect("carol@a.test").await.unwrap();
+    connect_accept(&mut carol, "bob@a.test").await;
+    impostor
+        .sync_until(|e| e["kind"] == "connected" && e["contact"] == "carol@a.test")
+        .await;
+
+    // Carol's group: alice, then the impostor.
+    carol.client.create_group("trap").await.unwrap();
+    carol.client.invite("trap", "alice@a.test").await.unwrap();
+    alice.sync_until(|e| e["kind"] == "joined").await;
+    carol.client.invite("trap", "bob@a.test").await.unwrap();
+    let events = alice.sync_until(|e| e["kind"] == "members_added").await;
+    let added = events
+        .iter()
+        .find(|e| e["kind"] == "members_added")
+        .unwrap();
+    let warnings = added["warnings"].as_array().cloned().unwrap_or_default();
+    assert!(
+        warnings.iter().any(|w| w["fid"] == "bob@a.test"
+            && w["pin"] == "unpinned"
+            && w["problem"]
+                .as_str()
+                .is_some_and(|p| p.contains("not a pinned client of bob@a.test")
+                    && p.contains(&minted_fingerprint))),
+        "the impostor's arrival was not flagged: {added}"
+    );
+
+    // The impostor speaks as bob.
+    impostor.sync_until(|e| e["kind"] == "joined").await;
+    impostor
+        .client
+        .send("trap", "hi alice, it's bob")
+        .await
+        .unwrap();
+    let events = alice.sync_until(|e| e["kind"] == "message").await;
+    let message = events.iter().find(|e| e["kind"] == "message").unwrap();
+    assert_eq!(message["text"], "hi alice, it's bob");
+    assert_eq!(
+        message["verified"], false,
+        "alice's client shows the minted credential's message as verified: {message}"
+    );
+    let problem = message["problem"].as_str().unwrap_or_default();
+    assert!(
+        problem.contains("not a pinned client of bob@a.test")
+            && problem.contains(&minted_fingerprint),
+        "{message}"
+    );
+    assert_ne!(message["sender"], "bob@a.test", "{message}");
+
+    // `group members`: the impostor is bob's FID on an unpinned client; carol, a contact,
+    // is on her pinned client.
+    let members: Vec<serde_json::Value> = alice
+        .client
+        .members("trap")
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| serde_json::to_value(m).unwrap())
+        .collect();
+    let bob_member = members
+        .iter()
+        .find(|m| m["fingerprint"] == minted_fingerprint.as_str())
+        .unwrap_or_else(|| panic!("{members:?}"));
+    assert_eq!(bob_member["pin"], "unpinned", "{bob_member}");
+    assert_eq!(bob_member["verified"], false, "{bob_member}");
+    let carol_member = members
+        .iter()
+        .find(|m| m["fid"] == "carol@a.test")
+        .unwrap_or_else(|| panic!("{members:?}"));
+    assert_eq!(carol_member["pin"], "pinned", "{carol_member}");
+
+    // The CLI says it plainly.
+    let output = std::process::Command::new(phoenix_e2e::binary("phoenix"))
+        .arg("--home")
+        .arg(alice.home())
+        .args(["group", "members", "trap"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.contains("bob@a.test UNPINNED, NOT VERIFIED") && text.contains(&minted_fingerprint),
+        "{text}"
+    );
+    drop(bob);
+}
+
+/// Carol waits for the request from `fid` and accepts it.
+async fn connect_accept(user: &mut User, fid: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while user
+        .client
+        .requests()
+        .await
+        .unwrap()
+        .iter()
+        .all(|r| r.fid != fid)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no request from {fid}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    user.client.accept(fid).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minted_credential_is_not_trusted_in_a_group_sqlite() {
+    a_minted_credential_is_not_trusted_in_a_group(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minted_credential_is_not_trusted_in_a_group_postgres() {
+    a_minted_credential_is_not_trusted_in_a_group(Backend::Postgres).await;
+}
