@@ -239,3 +239,195 @@ async fn a_minted_credential_is_not_trusted_in_a_group_sqlite() {
 async fn a_minted_credential_is_not_trusted_in_a_group_postgres() {
     a_minted_credential_is_not_trusted_in_a_group(Backend::Postgres).await;
 }
+
+// Requirement: ID-OOB-1
+/// Both sides compute the same code over bob's pinned client; a wrong code is refused and
+/// marks nothing; the right one marks bob verified; when bob's clients change afterwards (a
+/// renewal announced in the connection group), alice's sync says so and `contacts` shows
+/// the contact as changed.
+async fn fingerprints_match_and_a_change_after_verify_is_reported(backend: Backend) {
+    let l = listener().await;
+    let resolve = vec![format!("a.test={}", l.1)];
+    let Some(a) = Homeserver::start("a.test", backend, l, &resolve).await else {
+        return;
+    };
+    let mut alice = User::register("alice@a.test", &a.url, &resolve).await;
+    let mut bob = User::register("bob@a.test", &a.url, &resolve).await;
+    connect(&mut alice, &mut bob).await;
+
+    let seen_by_alice = alice.client.fingerprint(Some("bob@a.test")).await.unwrap();
+    let bobs_own = bob.client.fingerprint(None).await.unwrap();
+    assert_eq!(seen_by_alice.code, bobs_own.code);
+    assert_eq!(seen_by_alice.code.split(' ').count(), 12);
+    assert_eq!(
+        bob.client
+            .fingerprint(Some("alice@a.test"))
+            .await
+            .unwrap()
+            .code,
+        alice.client.fingerprint(None).await.unwrap().code
+    );
+    assert_eq!(seen_by_alice.verification, "unverified");
+
+    // A wrong code: refused, nothing marked.
+    let mut wrong: Vec<char> = bobs_own.code.chars().collect();
+    wrong[0] = if wrong[0] == '0' { '1' } else { '0' };
+    let wrong: String = wrong.into_iter().collect();
+    let refused = alice
+        .client
+        .verify_contact("bob@a.test", &wrong)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, phoenix_client::ClientError::Verification(_))
+            && refused.to_string().contains("does not match"),
+        "{refused}"
+    );
+    assert_eq!(
+        alice.client.contacts().await.unwrap()[0].verification,
+        "unverified"
+    );
+
+    // The right code, typed without spaces.
+    let verified = alice
+        .client
+        .verify_contact("bob@a.test", &bobs_own.code.replace(' ', ""))
+        .await
+        .unwrap();
+    assert_eq!(verified.verification, "verified");
+    assert_eq!(
+        alice.client.contacts().await.unwrap()[0].verification,
+        "verified"
+    );
+
+    // Bob's client changes (a renewal, announced in the connection group).
+    bob.client.renew().await.unwrap();
+    let events = alice
+        .sync_until(|e| e["kind"] == "contact_certificate_renewed")
+        .await;
+    let renewed = events
+        .iter()
+        .find(|e| e["kind"] == "contact_certificate_renewed")
+        .unwrap();
+    assert_eq!(renewed["verified_contact_changed"], true, "{renewed}");
+    assert_eq!(renewed["verification"], "changed", "{renewed}");
+    assert_eq!(
+        alice.client.contacts().await.unwrap()[0].verification,
+        "changed"
+    );
+    // The human output says it loudly.
+    let output = std::process::Command::new(phoenix_e2e::binary("phoenix"))
+        .arg("--home")
+        .arg(alice.home())
+        .arg("contacts")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("CHANGED"), "{text}");
+    // The new code matches bob's again, and can be verified anew.
+    let bobs_new = bob.client.fingerprint(None).await.unwrap();
+    assert_ne!(bobs_new.code, bobs_own.code);
+    let again = alice
+        .client
+        .verify_contact("bob@a.test", &bobs_new.code)
+        .await
+        .unwrap();
+    assert_eq!(again.verification, "verified");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fingerprints_match_and_a_change_after_verify_is_reported_sqlite() {
+    fingerprints_match_and_a_change_after_verify_is_reported(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fingerprints_match_and_a_change_after_verify_is_reported_postgres() {
+    fingerprints_match_and_a_change_after_verify_is_reported(Backend::Postgres).await;
+}
+
+// Requirement: ID-PIN-2
+/// Trust on first use for a member who is not a contact: alice meets dave (not her contact)
+/// in carol's group; dave is removed, and the operator's minted "dave", connected with erin
+/// (who is in the group too), is added back by erin. Alice's client reports dave's changed
+/// certificate instead of accepting it silently.
+async fn a_non_contacts_changed_certificate_is_reported(backend: Backend) {
+    let l = listener().await;
+    let resolve = vec![format!("a.test={}", l.1)];
+    let Some(a) = Homeserver::start("a.test", backend, l, &resolve).await else {
+        return;
+    };
+    let mut alice = User::register("alice@a.test", &a.url, &resolve).await;
+    let mut carol = User::register("carol@a.test", &a.url, &resolve).await;
+    let mut dave = User::register("dave@a.test", &a.url, &resolve).await;
+    let mut erin = User::register("erin@a.test", &a.url, &resolve).await;
+    connect(&mut carol, &mut alice).await;
+    connect(&mut carol, &mut dave).await;
+    connect(&mut carol, &mut erin).await;
+    carol.client.create_group("club").await.unwrap();
+    for fid in ["alice@a.test", "dave@a.test", "erin@a.test"] {
+        carol.client.invite("club", fid).await.unwrap();
+    }
+    alice.sync_until(|e| e["kind"] == "joined").await;
+    erin.sync_until(|e| e["kind"] == "joined").await;
+    // Alice has seen dave's real certificate: unknown (first use), no warning.
+    let members: Vec<serde_json::Value> = alice
+        .client
+        .members("club")
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| serde_json::to_value(m).unwrap())
+        .collect();
+    let real_dave = members.iter().find(|m| m["fid"] == "dave@a.test").unwrap();
+    assert_eq!(real_dave["pin"], "unknown", "{members:?}");
+
+    let (key, minted) = mint_through_database(&a, "dave@a.test", "minted").await;
+    let minted_fingerprint = hex::encode(crypto::sha256(&minted));
+    let mut impostor = impostor_device(&a, &resolve, "dave@a.test", &key, &minted).await;
+    impostor.client.connect("erin@a.test").await.unwrap();
+    connect_accept(&mut erin, "dave@a.test").await;
+    impostor
+        .sync_until(|e| e["kind"] == "connected" && e["contact"] == "erin@a.test")
+        .await;
+    // Dave leaves the group (carol removes him); erin adds "dave" back: the impostor.
+    carol.client.remove("club", "dave@a.test").await.unwrap();
+    erin.client.sync().await.unwrap();
+    erin.client.invite("club", "dave@a.test").await.unwrap();
+    let events = alice.sync_until(|e| e["kind"] == "members_added").await;
+    let added = events
+        .iter()
+        .find(|e| e["kind"] == "members_added")
+        .unwrap();
+    let warnings = added["warnings"].as_array().cloned().unwrap_or_default();
+    assert!(
+        warnings.iter().any(|w| w["fid"] == "dave@a.test"
+            && w["pin"] == "changed"
+            && w["problem"]
+                .as_str()
+                .is_some_and(|p| p.contains(&minted_fingerprint))),
+        "dave's new certificate was accepted silently: {added}"
+    );
+    let members: Vec<serde_json::Value> = alice
+        .client
+        .members("club")
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| serde_json::to_value(m).unwrap())
+        .collect();
+    let minted_dave = members
+        .iter()
+        .find(|m| m["fingerprint"] == minted_fingerprint.as_str())
+        .unwrap();
+    assert_eq!(minted_dave["pin"], "changed", "{members:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_contacts_changed_certificate_is_reported_sqlite() {
+    a_non_contacts_changed_certificate_is_reported(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_contacts_changed_certificate_is_reported_postgres() {
+    a_non_contacts_changed_certificate_is_reported(Backend::Postgres).await;
+}
