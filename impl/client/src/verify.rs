@@ -168,7 +168,10 @@ mod tests {
             code,
             fingerprint_code("bob@a.test", &[b.clone(), a.clone()])
         );
-        assert_ne!(code, fingerprint_code("bob@a.test", &[a.clone()]));
+        assert_ne!(
+            code,
+            fingerprint_code("bob@a.test", std::slice::from_ref(&a))
+        );
         assert_ne!(code, fingerprint_code("eve@a.test", &[a, b]));
         assert_eq!(normalize_code(&code).len(), 60);
     }
