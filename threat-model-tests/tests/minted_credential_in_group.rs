@@ -207,6 +207,41 @@ async fn a_minted_credential_is_not_trusted_in_a_group(backend: Backend) {
         text.contains("bob@a.test UNPINNED, NOT VERIFIED") && text.contains(&minted_fingerprint),
         "{text}"
     );
+    // `history` re-checks the stored message: still not verified, with the reason.
+    let output = std::process::Command::new(phoenix_e2e::binary("phoenix"))
+        .arg("--home")
+        .arg(alice.home())
+        .args(["history", "trap"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("UNVERIFIED (")
+            && text.contains("not a pinned client of bob@a.test")
+            && text.contains("hi alice, it's bob"),
+        "{text}"
+    );
+    // And the human output of `sync` says it plainly for a new message.
+    impostor.client.send("trap", "it's me, bob").await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen = String::new();
+    while !seen.contains("it's me, bob") {
+        assert!(std::time::Instant::now() < deadline, "{seen}");
+        let output = std::process::Command::new(phoenix_e2e::binary("phoenix"))
+            .arg("--home")
+            .arg(alice.home())
+            .arg("sync")
+            .output()
+            .unwrap();
+        seen.push_str(&String::from_utf8_lossy(&output.stdout));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen.contains("[trap] UNVERIFIED SENDER (")
+            && seen.contains("not a pinned client of bob@a.test")
+            && seen.contains(&minted_fingerprint),
+        "{seen}"
+    );
     drop(bob);
 }
 
