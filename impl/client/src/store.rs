@@ -87,6 +87,10 @@ pub struct ConnectionRequest {
     pub received_at: u64,
 }
 
+/// How many certificates other than the first one are remembered per non-contact FID
+/// (trust on first use, [`Store::see_certificate`]).
+pub const SEEN_CERTIFICATES_KEPT: i64 = 16;
+
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
@@ -485,6 +489,19 @@ impl Store {
         .bind(fid)
         .bind(certificate)
         .bind(i(now)?)
+        .execute(&mut *tx)
+        .await?;
+        // Bounded: the first certificate and the latest SEEN_CERTIFICATES_KEPT others per
+        // FID (one forgotten is reported as a change again when it reappears).
+        sqlx::query(
+            "DELETE FROM seen_certificates WHERE fid = ? \
+             AND seq <> (SELECT MIN(seq) FROM seen_certificates WHERE fid = ?) \
+             AND seq NOT IN (SELECT seq FROM seen_certificates WHERE fid = ? ORDER BY seq DESC LIMIT ?)",
+        )
+        .bind(fid)
+        .bind(fid)
+        .bind(fid)
+        .bind(SEEN_CERTIFICATES_KEPT)
         .execute(&mut *tx)
         .await?;
         let first: Vec<u8> = sqlx::query_scalar(
