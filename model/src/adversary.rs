@@ -8,7 +8,9 @@
 //! - Honest-but-curious operator (Requirement: ADV-OP-1, ADV-OP-2): [`observe`] lists the
 //!   identifiers a request shows the handler that serves it.
 //! - Malicious AS (Requirement: ADV-AS-1): [`AdvOp::MintCredential`] issues a second
-//!   certificate for an existing user with a key the adversary holds.
+//!   certificate for an existing user with a key the adversary holds, and
+//!   [`AdvOp::UseMinted`] puts it to use: a client on it, connected with a third user who
+//!   can then invite it into groups with the impersonated user's contacts.
 //! - Forged senders and replays: [`AdvOp::ForgeDequeue`], [`AdvOp::ReplayDs`].
 //! - The network: [`crate::network`] (and its federated packets, [`crate::federation`]).
 //! - A malicious remote server (Requirement: ADV-REMOTE-1): [`AdvOp::RemoteSend`], a
@@ -73,6 +75,17 @@ pub enum AdvOp {
     ForgeDequeue { victim: QsCid, domain: DomainId },
     /// Dequeue someone else's direct queue, signed with the adversary's key.
     ForgeDirectDequeue { victim: Fid },
+    /// The malicious AS uses the credential it minted for `fid`: it runs a client with it
+    /// (`impostor`, with QS records of its own and key packages bound to the minted
+    /// certificate) and connects it with `contact`, an honest client that does not have
+    /// `fid` as a contact yet. From then on the impostor acts through the ordinary client
+    /// operations: `contact` may invite "fid" into a group with others, and the impostor
+    /// sends there (Requirement: ADV-AS-1, ID-PIN-1).
+    UseMinted {
+        fid: Fid,
+        impostor: crate::client::ClientRef,
+        contact: crate::client::ClientRef,
+    },
     /// Resend the last accepted DS request as it was (Requirement: ADV-REPLAY-1).
     ReplayDs,
     /// The malicious remote server sends a federated enqueue (Requirement: ADV-REMOTE-1).
@@ -142,6 +155,11 @@ pub fn run(state: &mut State, op: &AdvOp) -> Outcome {
                 max: 10,
             }),
         ),
+        AdvOp::UseMinted {
+            fid,
+            impostor,
+            contact,
+        } => crate::client::run_impostor(state, *fid, *impostor, *contact),
         AdvOp::ReplayDs => {
             let Some((to, call)) = state.network.last_ds.clone() else {
                 return Err(ErrorCode::NotFound);

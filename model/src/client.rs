@@ -120,12 +120,69 @@ pub struct HonestClient {
     pub received: Vec<(Seq, QueueItem)>,
     /// Application messages it accepted (MLS refuses a second decryption of a message).
     pub accepted: BTreeSet<MsgId>,
-    /// Contacts whose served certificates are not the pinned ones.
+    /// Contacts whose served certificates are not the pinned ones, or who appeared in a
+    /// group or sent a message on an unpinned certificate.
     pub alerts: BTreeSet<Fid>,
     /// Counter for fresh keys and message ids.
     pub counter: u32,
     /// Requests sent whose answer was lost, oldest first (Requirement: CL-AMBIG-1).
     pub pending: Vec<crate::recovery::Pending>,
+    /// A deliberately broken client that skips the pin check of group members and
+    /// messages (only for the test that shows `no_minted_credential_trusted` can fail).
+    pub skip_pin_check: bool,
+}
+
+/// What a client shows for a member whose chain verified (Requirement: ID-PIN-1, ID-PIN-2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// A contact's FID on a pinned certificate.
+    Pinned,
+    /// A contact's FID on another certificate: shown as not verified, and alerted.
+    Unpinned,
+    /// Not a contact (trust on first use in the client library).
+    Unknown,
+}
+
+impl HonestClient {
+    // Requirement: ID-PIN-1
+    /// The standing of a member with certificate `serial` for `fid`.
+    pub fn standing(&self, fid: Fid, serial: u32) -> Standing {
+        match self.contacts.get(&fid) {
+            Some(c) if c.pinned.contains(&serial) || self.skip_pin_check => Standing::Pinned,
+            Some(_) => Standing::Unpinned,
+            None => Standing::Unknown,
+        }
+    }
+
+    /// Check the members a welcome or a commit brings against our contacts' pins: a
+    /// contact's FID on an unpinned certificate is alerted, a pinned one recorded as shown
+    /// pinned (ghost, for the invariant).
+    fn check_members<'a>(
+        &mut self,
+        me: ClientRef,
+        credential_key: KeyId,
+        members: impl Iterator<Item = &'a MemberInfo>,
+        shown: &mut BTreeSet<(ClientRef, Fid, u32)>,
+    ) {
+        for m in members {
+            let Some(b) = m.credential.open(credential_key) else {
+                continue;
+            };
+            let (fid, serial) = (b.certificate.payload.fid, b.certificate.payload.serial);
+            if fid == self.fid {
+                continue;
+            }
+            match self.standing(fid, serial) {
+                Standing::Pinned => {
+                    shown.insert((me, fid, serial));
+                }
+                Standing::Unpinned => {
+                    self.alerts.insert(fid);
+                }
+                Standing::Unknown => {}
+            }
+        }
+    }
 }
 
 /// What an honest client does.
@@ -218,6 +275,7 @@ pub fn register(state: &mut State, client: ClientRef, fid: Fid) -> Outcome {
         alerts: BTreeSet::new(),
         counter: 10,
         pending: Vec::new(),
+        skip_pin_check: false,
     };
     publish_key_packages(state, &mut me)?;
     state.clients.insert(client, me);
@@ -317,6 +375,77 @@ pub fn introduce(state: &mut State, a: ClientRef, b: ClientRef) {
     if let Some(x) = state.clients.get_mut(&b) {
         x.contacts.insert(ca.fid, contact_of(&ca));
     }
+}
+
+// Requirement: ADV-AS-1, ID-PIN-1
+/// The malicious AS's client on the certificate it minted for `fid` (client
+/// [`crate::adversary::ADVERSARY_CLIENT`], key [`crate::adversary::ADVERSARY_KEY`]): QS
+/// records of its own, key packages bound to the minted certificate, and a connection with
+/// `contact` (who pins the minted certificate for `fid`: it has never met `fid`). Refused if
+/// nothing was minted for `fid`, if `impostor` is taken, or if `contact` already has `fid`
+/// as a contact (the client library refuses to connect twice).
+pub fn run_impostor(
+    state: &mut State,
+    fid: Fid,
+    impostor: ClientRef,
+    contact: ClientRef,
+) -> Outcome {
+    use crate::adversary::{ADVERSARY_CLIENT, ADVERSARY_KEY};
+    let Some(serial) = state
+        .server(fid.domain)
+        .and_then(|s| s.as_.client(&fid, ADVERSARY_CLIENT))
+        .map(|c| c.certificate.payload.serial)
+    else {
+        return Err(ErrorCode::NotFound);
+    };
+    if state.clients.contains_key(&impostor)
+        || state
+            .clients
+            .get(&contact)
+            .is_none_or(|c| c.contacts.contains_key(&fid))
+    {
+        return Err(ErrorCode::Forbidden);
+    }
+    let qs_user_key = client_key(impostor, 1);
+    let qs_key = client_key(impostor, 2);
+    let friendship_key = client_key(impostor, 3);
+    let token = Token(impostor.0);
+    let (qs_user, qs_id) = match call_server(
+        state,
+        fid.domain,
+        &Call::Qs(QsCall::CreateUser {
+            user_key: qs_user_key,
+            token,
+            client_key: qs_key,
+        }),
+    )? {
+        Reply::QsUserCreated { user, client } => (user, client),
+        _ => return Err(ErrorCode::Internal),
+    };
+    let mut me = HonestClient {
+        fid,
+        name: ADVERSARY_CLIENT,
+        as_key: ADVERSARY_KEY,
+        serial,
+        qs_user,
+        qs_id,
+        qs_key,
+        token,
+        friendship_key,
+        next_seq: 0,
+        groups: BTreeMap::new(),
+        contacts: BTreeMap::new(),
+        received: Vec::new(),
+        accepted: BTreeSet::new(),
+        alerts: BTreeSet::new(),
+        counter: 10,
+        pending: Vec::new(),
+        skip_pin_check: false,
+    };
+    publish_key_packages(state, &mut me)?;
+    state.clients.insert(impostor, me);
+    introduce(state, impostor, contact);
+    Ok(Reply::Empty)
 }
 
 /// `client` creates a group on its home DS with a fresh leaf, EAR key and credential key.
@@ -738,6 +867,13 @@ fn process(state: &mut State, client: ClientRef, _seq: Seq, item: &QueueItem) {
                 view_members.insert(m.leaf, m.clone());
             }
             let Some(leaf_key) = own_key else { return };
+            // Requirement: ID-PIN-1 (every member of the group joined)
+            me.check_members(
+                client,
+                secrets.credential_key,
+                members.iter(),
+                &mut state.ghost.shown_pinned,
+            );
             me.groups.insert(
                 *group,
                 ClientGroup {
@@ -755,9 +891,11 @@ fn process(state: &mut State, client: ClientRef, _seq: Seq, item: &QueueItem) {
         QueueItem::Commit {
             group, epoch, kind, ..
         } => {
+            let mut joined = Vec::new();
             let Some(view) = me.groups.get_mut(group) else {
                 return;
             };
+            let credential_key = view.credential_key;
             if !view.active || view.epoch != *epoch {
                 // A commit for another epoch does not apply (openmls refuses it).
                 return;
@@ -768,9 +906,11 @@ fn process(state: &mut State, client: ClientRef, _seq: Seq, item: &QueueItem) {
                     for i in infos.iter() {
                         view.members.insert(i.leaf, i.clone());
                     }
+                    joined.extend(infos.iter().cloned());
                 }
                 CommitKind::ExternalJoin(i) => {
                     view.members.insert(i.leaf, i.clone());
+                    joined.push(i.clone());
                 }
                 CommitKind::Remove(leaves) => {
                     for l in leaves.iter() {
@@ -782,6 +922,13 @@ fn process(state: &mut State, client: ClientRef, _seq: Seq, item: &QueueItem) {
                 }
             }
             view.epoch = view.epoch.saturating_add(1);
+            // Requirement: ID-PIN-1 (members added by a commit or an external join)
+            me.check_members(
+                client,
+                credential_key,
+                joined.iter(),
+                &mut state.ghost.shown_pinned,
+            );
         }
         QueueItem::Application {
             group,
@@ -822,6 +969,13 @@ fn process(state: &mut State, client: ClientRef, _seq: Seq, item: &QueueItem) {
                 && cert.payload.not_before <= now
                 && now <= cert.payload.not_after;
             if !chain_ok {
+                return;
+            }
+            // Requirement: ID-PIN-1 (a contact's FID only from a pinned certificate: an
+            // unpinned one is shown as not verified, and alerted)
+            if me.standing(cert.payload.fid, cert.payload.serial) == Standing::Unpinned {
+                me.alerts.insert(cert.payload.fid);
+                state.clients.insert(client, me);
                 return;
             }
             me.accepted.insert(*msg);

@@ -401,20 +401,37 @@ pub fn inv_accepted_chain_ends_at_home_ca(state: &State) -> bool {
     true
 }
 
-/// A credential minted by a malicious AS is never pinned and never authenticates an
-/// accepted message (Requirement: ADV-AS-1).
+/// A credential minted by a malicious AS is never trusted for the user it impersonates by
+/// an honest client that knows that user: no message it accepted and no group member it
+/// showed as pinned comes from a minted certificate of a FID it has as a contact on a
+/// genuine (not minted) certificate, and such a contact's pins never take in a minted one
+/// (Requirement: ADV-AS-1, ID-PIN-1). A client that never met the user and connected with
+/// the impostor itself pins what it was shown: only an out-of-band comparison (ID-OOB-1)
+/// tells the two apart, which is outside the model.
 pub fn inv_no_minted_credential_trusted(state: &State) -> bool {
+    let minted = |serial: &u32| state.ghost.minted.contains(serial);
+    let knows_genuinely = |client: &crate::client::ClientRef, fid: &crate::ids::Fid| {
+        state
+            .clients
+            .get(client)
+            .and_then(|c| c.contacts.get(fid))
+            .is_some_and(|c| c.pinned.iter().any(|s| !minted(s)))
+    };
     for a in state.ghost.accepted.iter() {
-        if state.ghost.minted.contains(&a.serial) {
+        if minted(&a.serial) && knows_genuinely(&a.receiver, &a.sender) {
+            return false;
+        }
+    }
+    for (client, fid, serial) in state.ghost.shown_pinned.iter() {
+        if minted(serial) && knows_genuinely(client, fid) {
             return false;
         }
     }
     for client in state.clients.values() {
         for contact in client.contacts.values() {
-            for serial in contact.pinned.iter() {
-                if state.ghost.minted.contains(serial) {
-                    return false;
-                }
+            let genuine = contact.pinned.iter().any(|s| !minted(s));
+            if genuine && contact.pinned.iter().any(minted) {
+                return false;
             }
         }
     }

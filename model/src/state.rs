@@ -121,6 +121,9 @@ pub struct Ghost {
     pub observations: BTreeSet<Observation>,
     /// Serials of certificates a malicious AS minted.
     pub minted: BTreeSet<u32>,
+    /// Group members an honest client showed as a contact's pinned client: (client, FID,
+    /// certificate serial) (Requirement: ID-PIN-1).
+    pub shown_pinned: BTreeSet<(crate::client::ClientRef, Fid, u32)>,
     /// Keys the adversary knows.
     pub adversary_keys: BTreeSet<KeyId>,
     /// Leaf keys that come from last-resort key packages (reusable, hence linkable).

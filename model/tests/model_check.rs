@@ -3,7 +3,11 @@
 //! each other), two groups (alice+bob, alice+carol), and a lossy, duplicating, reordering
 //! network between the clients and their queue. Clients send, commit updates, add and
 //! remove members, dequeue through the network; the adversary replays DS requests, forges
-//! dequeues, and a malicious AS mints a second credential for bob. Every invariant of
+//! dequeues, and a malicious AS mints a second credential for bob. A second configuration
+//! has the malicious AS use it: its client connects with carol (who never met bob), carol
+//! invites it into her group with alice (bob's contact), and it sends there; the same
+//! configuration against a client that skips the pin check must violate
+//! `no_minted_credential_trusted`. Every invariant of
 //! `phoenix_model::invariants` is checked in every reachable state; budgets bound the
 //! configuration so the search terminates.
 //!
@@ -12,7 +16,8 @@
 //!
 //! Requirement: MODEL-1, QS-Q-1, QS-Q-2, QS-DEQ-1, ADV-NET-1, QS-AUTH-1, AS-AUTH-1,
 //! DS-EPOCH-1, DS-EPOCH-2, AS-CP-3, QS-KP-3, DS-FAN-1, DS-FAN-2, DS-ADD-1, DS-PRIV-1,
-//! ADV-SNAP-2, ADV-OP-1, ADV-OP-2, ID-CHAIN-1, ID-CHAIN-2, ID-CONN-1, ADV-AS-1, ADV-REPLAY-1
+//! ADV-SNAP-2, ADV-OP-1, ADV-OP-2, ID-CHAIN-1, ID-CHAIN-2, ID-CONN-1, ADV-AS-1, ADV-REPLAY-1,
+//! ID-PIN-1
 
 #![allow(
     clippy::unwrap_used,
@@ -23,13 +28,14 @@
 
 mod common;
 
-use stateright::{Model, Property};
+use stateright::{Checker, Model, Property};
 
 use phoenix_model::adversary::AdvOp;
 use phoenix_model::client::{ClientOp, ClientRef};
 use phoenix_model::ids::{DomainId, GroupId};
 use phoenix_model::invariants;
 use phoenix_model::network::{NetOp, Packet};
+use phoenix_model::queue::QueueItem;
 use phoenix_model::state::{Config, Op, State, step};
 use phoenix_model::world::{self, ALICE, BOB, CAROL};
 
@@ -401,4 +407,224 @@ fn adversaries_mint_replay_and_forge() {
             "the QS queue table links a pseudonym to a group",
         ],
     );
+}
+
+// ----- The malicious AS's minted credential, put to use -------------------------------
+
+/// The malicious AS's client on the credential it minted for bob.
+const IMPOSTOR: ClientRef = ClientRef(3);
+
+/// How much of each kind of action one path of the impostor configuration may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ImpostorBudget {
+    sends: u8,
+    mints: u8,
+    uses: u8,
+    adds: u8,
+}
+
+const IMPOSTOR_NOTHING: ImpostorBudget = ImpostorBudget {
+    sends: 0,
+    mints: 0,
+    uses: 0,
+    adds: 0,
+};
+
+/// alice has bob as a contact (pinned in their connection); carol knows alice but not bob,
+/// and has a group with alice. The adversary mints a credential for bob, runs a client on
+/// it and connects it with carol; carol invites "bob" (the impostor) into her group with
+/// alice; the impostor, carol and alice send, sync and receive.
+struct Impostor {
+    limits: ImpostorBudget,
+    init: State,
+    group: GroupId,
+}
+
+impl Impostor {
+    /// `broken`: alice's client skips the pin check (the variant that must be caught).
+    fn new(limits: ImpostorBudget, broken: bool) -> Self {
+        let config = Config {
+            max_dequeue: 500,
+            cert_lifetime: 100,
+            ..Config::default()
+        };
+        let mut state = world::three_users(config, &[(ALICE, BOB), (ALICE, CAROL)]);
+        if let Some(alice) = state.clients.get_mut(&ALICE) {
+            alice.skip_pin_check = broken;
+        }
+        let group = phoenix_model::client::create_group(&mut state, CAROL).unwrap();
+        for op in [
+            ClientOp::Add {
+                client: CAROL,
+                group,
+                invitee: world::fid(ALICE.0),
+            },
+            ClientOp::Sync { client: ALICE },
+        ] {
+            let (next, outcome) = step(&state, &Op::Client(op));
+            assert!(outcome.is_ok(), "{outcome:?}");
+            state = next;
+        }
+        Self {
+            limits,
+            init: state,
+            group,
+        }
+    }
+}
+
+impl Model for Impostor {
+    type State = common::World<ImpostorBudget>;
+    type Action = Op;
+
+    fn init_states(&self) -> Vec<Self::State> {
+        vec![common::World {
+            state: self.init.clone(),
+            used: IMPOSTOR_NOTHING,
+        }]
+    }
+
+    fn actions(&self, w: &Self::State, actions: &mut Vec<Op>) {
+        let (l, u, s) = (&self.limits, &w.used, &w.state);
+        let bob = world::fid(BOB.0);
+        if u.mints < l.mints {
+            actions.push(Op::Adversary(AdvOp::MintCredential { fid: bob }));
+        }
+        if u.uses < l.uses && !s.ghost.minted.is_empty() && !s.clients.contains_key(&IMPOSTOR) {
+            actions.push(Op::Adversary(AdvOp::UseMinted {
+                fid: bob,
+                impostor: IMPOSTOR,
+                contact: CAROL,
+            }));
+        }
+        let carol_knows_bob = s
+            .clients
+            .get(&CAROL)
+            .is_some_and(|c| c.contacts.contains_key(&bob));
+        if u.adds < l.adds && carol_knows_bob {
+            actions.push(Op::Client(ClientOp::Add {
+                client: CAROL,
+                group: self.group,
+                invitee: bob,
+            }));
+        }
+        for c in [ALICE, CAROL, IMPOSTOR] {
+            let Some(client) = s.clients.get(&c) else {
+                continue;
+            };
+            if !client_has_nothing_queued(s, c) {
+                actions.push(Op::Client(ClientOp::Sync { client: c }));
+            }
+            if u.sends < l.sends && client.groups.get(&self.group).is_some_and(|v| v.active) {
+                actions.push(Op::Client(ClientOp::Send {
+                    client: c,
+                    group: self.group,
+                }));
+            }
+        }
+    }
+
+    fn next_state(&self, w: &Self::State, op: Op) -> Option<Self::State> {
+        let (state, _) = step(&w.state, &op);
+        let mut used = w.used;
+        match &op {
+            Op::Client(ClientOp::Send { .. }) => used.sends += 1,
+            Op::Client(ClientOp::Add { .. }) => used.adds += 1,
+            Op::Adversary(AdvOp::MintCredential { .. }) => used.mints += 1,
+            Op::Adversary(AdvOp::UseMinted { .. }) => used.uses += 1,
+            _ => {}
+        }
+        Some(common::World { state, used })
+    }
+
+    fn properties(&self) -> Vec<Property<Self>> {
+        vec![
+            Property::always("no_minted_credential_trusted", |_, w: &Self::State| {
+                invariants::inv_no_minted_credential_trusted(&w.state)
+            }),
+            Property::always("every other invariant", |_, w: &Self::State| {
+                invariants::all(&w.state)
+                    .iter()
+                    .all(|(name, ok)| *ok || *name == "no_minted_credential_trusted")
+            }),
+            Property::sometimes(
+                "the impostor joined alice's group",
+                |m: &Self, w: &Self::State| {
+                    w.state
+                        .clients
+                        .get(&IMPOSTOR)
+                        .is_some_and(|c| c.groups.contains_key(&m.group))
+                },
+            ),
+            Property::sometimes(
+                "alice flags the impostor's message",
+                |_, w: &Self::State| {
+                    let bob = world::fid(BOB.0);
+                    w.state.clients.get(&ALICE).is_some_and(|alice| {
+                        alice.alerts.contains(&bob)
+                            && alice.received.iter().any(|(_, item)| {
+                                matches!(item, QueueItem::Application { msg, .. }
+                                    if w.state.ghost.sent.get(msg).is_some_and(|s| s.sender == bob))
+                            })
+                    })
+                },
+            ),
+            Property::sometimes(
+                "carol accepts the impostor's message",
+                |_, w: &Self::State| {
+                    w.state
+                        .ghost
+                        .accepted
+                        .iter()
+                        .any(|a| a.receiver == CAROL && a.sender == world::fid(BOB.0))
+                },
+            ),
+        ]
+    }
+}
+
+const IMPOSTOR_LIMITS: ImpostorBudget = ImpostorBudget {
+    sends: 2,
+    mints: 1,
+    uses: 1,
+    adds: 1,
+};
+
+// Requirement: ADV-AS-1, ID-PIN-1
+/// The malicious AS mints a credential for bob and uses it: its client connects with carol,
+/// who invites it into her group with alice, and it sends there. alice, who pinned bob's
+/// genuine client, never accepts its messages nor shows it as bob's pinned client; carol,
+/// who never met bob, does (nothing in the protocol can tell her).
+#[test]
+fn a_minted_credential_used_in_a_group_is_not_trusted() {
+    let limits = IMPOSTOR_LIMITS;
+    let check = Check {
+        title: "model check",
+        name: "impostor",
+        overrides: OVERRIDES,
+        min_unique: 100,
+        reachable: &[
+            "the impostor joined alice's group",
+            "alice flags the impostor's message",
+            "carol accepts the impostor's message",
+        ],
+    };
+    common::check(Impostor::new(limits, false), &limits, &check);
+}
+
+// Requirement: ADV-AS-1, ID-PIN-1
+/// The same moves against a deliberately broken alice that skips the pin check: the checker
+/// finds the violation of `no_minted_credential_trusted` (the invariant can fail).
+#[test]
+fn the_pin_check_is_what_keeps_a_minted_credential_out() {
+    let checker = Impostor::new(IMPOSTOR_LIMITS, true)
+        .checker()
+        .threads(1)
+        .spawn_bfs()
+        .join();
+    assert!(
+        checker.discovery("no_minted_credential_trusted").is_some(),
+        "a client without the pin check trusted no minted credential: the invariant cannot fail"
+    );
+    assert!(checker.discovery("every other invariant").is_none());
 }

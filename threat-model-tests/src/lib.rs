@@ -222,6 +222,102 @@ impl Homeserver {
     }
 }
 
+/// The malicious operator's access to its own server's database: what it reads and writes
+/// there with plain SQL, not through the server's code.
+impl Homeserver {
+    /// The current CA's signing key (32 bytes) and certificate DER, read from the `as_ca`
+    /// row of the server's database.
+    pub async fn ca_from_database(&self) -> ([u8; 32], Vec<u8>) {
+        let query = |table: &str| {
+            format!("SELECT signing_key, certificate FROM {table} ORDER BY id DESC LIMIT 1")
+        };
+        let (key, certificate): (Vec<u8>, Vec<u8>) = match &self.location {
+            Location::Sqlite(path) => {
+                let mut conn =
+                    sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                        .await
+                        .unwrap();
+                let row = sqlx::query(sqlx::AssertSqlSafe(query("as_ca")))
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+                (row.get(0), row.get(1))
+            }
+            Location::Postgres { url, schema } => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                let row = sqlx::query(sqlx::AssertSqlSafe(query(&format!("{schema}.as_ca"))))
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+                (row.get(0), row.get(1))
+            }
+        };
+        (key.try_into().unwrap(), certificate)
+    }
+
+    /// Register `certificate` as a client of `fid` (an existing user) in the AS's tables,
+    /// as the server would at registration: the AS then lists and vouches for it.
+    pub async fn register_client_in_database(&self, fid: &str, certificate: &[u8]) {
+        let cert = phoenix_types::certs::ParsedCert::parse(certificate).unwrap();
+        let client_id = cert.actor.as_ref().unwrap().client_id.to_string();
+        let serial = cert.serial_hex();
+        let (nb, na) = (
+            i64::try_from(cert.not_before).unwrap(),
+            i64::try_from(cert.not_after).unwrap(),
+        );
+        let prefix = match &self.location {
+            Location::Sqlite(_) => String::new(),
+            Location::Postgres { schema, .. } => format!("{schema}."),
+        };
+        let clients = format!(
+            "INSERT INTO {prefix}as_clients (fid, client_id, certificate, public_key, serial, not_before, not_after) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        );
+        let history = format!(
+            "INSERT INTO {prefix}as_certificates (serial, fid, client_id, certificate, not_before, not_after) \
+             VALUES ($1, $2, $3, $4, $5, $6)"
+        );
+        macro_rules! run {
+            ($conn:expr) => {
+                sqlx::query(sqlx::AssertSqlSafe(clients.clone()))
+                    .bind(fid)
+                    .bind(&client_id)
+                    .bind(certificate)
+                    .bind(cert.public_key.to_vec())
+                    .bind(&serial)
+                    .bind(nb)
+                    .bind(na)
+                    .execute($conn)
+                    .await
+                    .unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(history.clone()))
+                    .bind(&serial)
+                    .bind(fid)
+                    .bind(&client_id)
+                    .bind(certificate)
+                    .bind(nb)
+                    .bind(na)
+                    .execute($conn)
+                    .await
+                    .unwrap();
+            };
+        }
+        match &self.location {
+            Location::Sqlite(path) => {
+                let mut conn =
+                    sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                        .await
+                        .unwrap();
+                run!(&mut conn);
+            }
+            Location::Postgres { url, .. } => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                run!(&mut conn);
+            }
+        }
+    }
+}
+
 fn sqlite_cell(row: &sqlx::sqlite::SqliteRow, i: usize) -> Vec<u8> {
     if let Ok(Some(v)) = row.try_get::<Option<Vec<u8>>, _>(i) {
         return v;

@@ -201,6 +201,10 @@ pub struct MemberView {
     pub problem: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// Whether the member is a pinned client of a contact (absent when the chain did not
+    /// verify).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin: Option<PinStatus>,
 }
 
 /// A contact as shown to the user.
@@ -210,6 +214,46 @@ pub struct ContactView {
     pub status: String,
     /// SHA-256 fingerprints of the contact's pinned client certificates.
     pub clients: Vec<String>,
+    /// `unverified`, `verified` (out of band, `phoenix verify`) or `changed` (verified, but
+    /// the contact's pinned clients changed since).
+    pub verification: &'static str,
+}
+
+/// How a group member whose chain verified stands against what this client trusts for its
+/// FID (Requirement: ID-PIN-1, ID-PIN-2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PinStatus {
+    /// This client itself.
+    Own,
+    /// A client of a contact, with a certificate pinned in the connection group.
+    Pinned,
+    /// The FID of a contact (or our own), but not one of its pinned clients: for example a
+    /// credential minted by the contact's server. Shown as not verified.
+    Unpinned,
+    /// Not a contact; the first certificate seen for this FID (trust on first use).
+    Unknown,
+    /// Not a contact, and not the first certificate seen for this FID: a change to check.
+    Changed,
+}
+
+/// A member's [`PinStatus`], with what to tell the user when it is not plainly trusted.
+#[derive(Debug, Clone)]
+pub struct Standing {
+    pub status: PinStatus,
+    pub problem: Option<String>,
+}
+
+/// What `fingerprint` reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FingerprintView {
+    pub fid: String,
+    /// The comparable code (docs/identity.md, "Out-of-band verification").
+    pub code: String,
+    /// SHA-256 fingerprints of the certificates the code covers.
+    pub clients: Vec<String>,
+    /// For a contact: `unverified`, `verified` or `changed`; for yourself: `own`.
+    pub verification: &'static str,
 }
 
 /// A Phoenix client with its state directory.
@@ -796,6 +840,186 @@ impl Client {
         Ok(VerifiedMember::new(&cert, &subject))
     }
 
+    // ----- pins, trust on first use, out-of-band verification ---------------------------
+
+    // Requirement: ID-PIN-1, ID-PIN-2
+    /// How `member` (its chain verified) stands against what we trust for its FID: our own
+    /// client; a contact's client whose certificate was pinned in our connection group with
+    /// them (or announced there as a renewal), or a contact's FID on any other certificate
+    /// (unpinned: what a minted credential looks like); for other FIDs, the first
+    /// certificate seen (remembered now if it is the first) or a change from it.
+    pub async fn standing(
+        &self,
+        id: &Identity,
+        member: &VerifiedMember,
+    ) -> Result<Standing, ClientError> {
+        let fid = member.fid.as_str();
+        if fid == id.fid {
+            if member.certificate == id.certificate {
+                return Ok(Standing {
+                    status: PinStatus::Own,
+                    problem: None,
+                });
+            }
+            return Ok(Standing {
+                status: PinStatus::Unpinned,
+                problem: Some(format!(
+                    "not this client's certificate although it claims your own FID {fid} (fingerprint {})",
+                    member.fingerprint
+                )),
+            });
+        }
+        if self.store.contact(fid).await?.is_some() {
+            if self
+                .store
+                .was_pinned(fid, &member.client_id, &member.certificate)
+                .await?
+            {
+                return Ok(Standing {
+                    status: PinStatus::Pinned,
+                    problem: None,
+                });
+            }
+            return Ok(Standing {
+                status: PinStatus::Unpinned,
+                problem: Some(format!(
+                    "not a pinned client of {fid} (fingerprint {}, client {})",
+                    member.fingerprint, member.client_id
+                )),
+            });
+        }
+        let first = self
+            .store
+            .see_certificate(fid, &member.certificate, now())
+            .await?;
+        if first == member.certificate {
+            Ok(Standing {
+                status: PinStatus::Unknown,
+                problem: None,
+            })
+        } else {
+            Ok(Standing {
+                status: PinStatus::Changed,
+                problem: Some(format!(
+                    "{fid} is not a contact and now uses another certificate than when first seen \
+                     (fingerprint {}, first seen {}): check it with them",
+                    member.fingerprint,
+                    hex::encode(crypto::sha256(&first))
+                )),
+            })
+        }
+    }
+
+    /// A member's verification result with its [`Standing`] applied: an unpinned member
+    /// of a contact's FID fails, with the reason.
+    async fn verify_pinned(
+        &self,
+        id: &Identity,
+        verified: Result<VerifiedMember, ClientError>,
+    ) -> Result<(VerifiedMember, Standing), ClientError> {
+        let member = verified?;
+        let standing = self.standing(id, &member).await?;
+        if standing.status == PinStatus::Unpinned {
+            return Err(verification(standing.problem.unwrap_or_default()));
+        }
+        Ok((member, standing))
+    }
+
+    /// The certificates the fingerprint code of `fid` covers: our own for our FID, the
+    /// contact's currently pinned ones otherwise.
+    async fn fingerprint_certificates(
+        &self,
+        id: &Identity,
+        fid: &str,
+    ) -> Result<Vec<Vec<u8>>, ClientError> {
+        if fid == id.fid {
+            return Ok(vec![id.certificate.clone()]);
+        }
+        if self.store.contact(fid).await?.is_none() {
+            return Err(usage(format!(
+                "{fid} is not a contact: fingerprints compare a contact's pinned clients"
+            )));
+        }
+        let pinned: Vec<Vec<u8>> = self
+            .store
+            .contact_clients(fid)
+            .await?
+            .into_values()
+            .collect();
+        if pinned.is_empty() {
+            return Err(usage(format!("no client of {fid} is pinned yet")));
+        }
+        Ok(pinned)
+    }
+
+    /// `unverified`, `verified` or `changed` for contact `fid`.
+    async fn verification_of(&self, id: &Identity, fid: &str) -> Result<&'static str, ClientError> {
+        let Some(code) = self.store.verified_code(fid).await? else {
+            return Ok("unverified");
+        };
+        let certificates = self.fingerprint_certificates(id, fid).await?;
+        Ok(if verify::fingerprint_code(fid, &certificates) == code {
+            "verified"
+        } else {
+            "changed"
+        })
+    }
+
+    // Requirement: ID-OOB-1
+    /// The fingerprint code of contact `fid`'s pinned clients, or of this client (`None`).
+    pub async fn fingerprint(&self, fid: Option<&str>) -> Result<FingerprintView, ClientError> {
+        let id = self.identity().await?;
+        let fid = match fid {
+            Some(f) => Fid::parse(f).map_err(|e| usage(e.to_string()))?.to_string(),
+            None => id.fid.clone(),
+        };
+        let certificates = self.fingerprint_certificates(&id, &fid).await?;
+        let mut clients: Vec<String> = certificates
+            .iter()
+            .map(|der| hex::encode(crypto::sha256(der)))
+            .collect();
+        clients.sort();
+        let verification = if fid == id.fid {
+            "own"
+        } else {
+            self.verification_of(&id, &fid).await?
+        };
+        Ok(FingerprintView {
+            code: verify::fingerprint_code(&fid, &certificates),
+            fid,
+            clients,
+            verification,
+        })
+    }
+
+    // Requirement: ID-OOB-1
+    /// Mark contact `fid` verified if `code` (as read out by them, separators ignored) is
+    /// the fingerprint code of their pinned clients; refuse otherwise.
+    pub async fn verify_contact(
+        &self,
+        fid: &str,
+        code: &str,
+    ) -> Result<FingerprintView, ClientError> {
+        let id = self.identity().await?;
+        let fid = Fid::parse(fid)
+            .map_err(|e| usage(e.to_string()))?
+            .to_string();
+        if fid == id.fid {
+            return Err(usage("you cannot verify yourself"));
+        }
+        let certificates = self.fingerprint_certificates(&id, &fid).await?;
+        let expected = verify::fingerprint_code(&fid, &certificates);
+        if verify::normalize_code(code) != verify::normalize_code(&expected) {
+            return Err(verification(format!(
+                "the code does not match the fingerprint of {fid}'s pinned clients: {fid} was \
+                 NOT marked verified (compare `phoenix fingerprint {fid}` with what `phoenix \
+                 fingerprint` shows on their device)"
+            )));
+        }
+        self.store.set_verified(&fid, &expected, now()).await?;
+        self.fingerprint(Some(&fid)).await
+    }
+
     // ----- registration -------------------------------------------------------------
 
     /// Register `fid` with its first client at the server `server_url`.
@@ -976,6 +1200,14 @@ impl Client {
         let plain = codec::encode(info).map_err(ClientError::Server)?;
         crypto::seal_aead(cek, &verify::credential_aad(group_id), &plain, &mut OsRng)
             .map_err(|e| ClientError::Mls(e.to_string()))
+    }
+
+    /// Publish a fresh set of key packages at our QS, replacing those there; each binds a
+    /// new leaf key to this client's current certificate.
+    pub async fn refresh_key_packages(&mut self) -> Result<(), ClientError> {
+        let id = self.identity().await?;
+        let result = self.publish_key_packages(&id).await;
+        self.finish(result).await
     }
 
     async fn publish_key_packages(&self, id: &Identity) -> Result<(), ClientError> {
@@ -1669,8 +1901,10 @@ impl Client {
     }
 
     pub async fn contacts(&self) -> Result<Vec<ContactView>, ClientError> {
+        let id = self.identity().await?;
         let mut out = Vec::new();
         for contact in self.store.contacts().await? {
+            let verification = self.verification_of(&id, &contact.fid).await?;
             let mut clients: Vec<String> = self
                 .store
                 .contact_clients(&contact.fid)
@@ -1683,6 +1917,7 @@ impl Client {
                 fid: contact.fid,
                 status: contact.status,
                 clients,
+                verification,
             });
         }
         Ok(out)
@@ -2154,7 +2389,11 @@ impl Client {
         self.publish_connection_packages(&id).await?;
         self.publish_key_packages(&id).await?;
         let mut groups = 0;
-        for record in self.store.groups().await? {
+        // Connection groups first: a contact pins the renewed certificate from there, so it
+        // is pinned before the same renewal arrives in the other groups (ID-PIN-1).
+        let mut records = self.store.groups().await?;
+        records.sort_by_key(|r| r.kind != "connection");
+        for record in records {
             if !record.active {
                 continue;
             }
@@ -2198,6 +2437,7 @@ impl Client {
     /// The messages received in group `name`, each re-verified as of when it arrived (so
     /// messages from before a certificate or CA rotation still verify after it).
     pub async fn history(&self, name: &str) -> Result<Vec<serde_json::Value>, ClientError> {
+        let id = self.identity().await?;
         let record = self.user_group(name).await?;
         let mut out = Vec::new();
         for m in self.store.messages(&record.group_id).await? {
@@ -2212,10 +2452,13 @@ impl Client {
                 }
                 Err(e) => Err(e),
             };
+            // Requirement: ID-PIN-1
+            let verified = self.verify_pinned(&id, verified).await;
             out.push(match verified {
-                Ok(member) => {
+                Ok((member, standing)) => {
                     json!({"received_at": m.received_at, "sender": member.fid, "verified": true,
-                    "certificate": member.fingerprint, "text": m.text})
+                    "certificate": member.fingerprint, "pin": standing.status,
+                    "warning": standing.problem, "text": m.text})
                 }
                 Err(e) => json!({"received_at": m.received_at, "sender": null, "verified": false,
                     "problem": e.to_string(), "text": m.text}),
@@ -2251,27 +2494,35 @@ impl Client {
         Ok(out)
     }
 
-    /// The members of group `name`, each with its verified FID (or why it did not verify).
+    // Requirement: ID-PIN-1, ID-PIN-2
+    /// The members of group `name`, each with its verified FID (or why it did not verify)
+    /// and whether it is a pinned client of a contact.
     pub async fn members(&self, name: &str) -> Result<Vec<MemberView>, ClientError> {
+        let id = self.identity().await?;
         let record = self.user_group(name).await?;
         let group = self.load_group(&record.group_id)?;
         let mut out = Vec::new();
         for member in group.members() {
             let leaf = member.index.u32();
             out.push(match self.verify_member(&record, &group, leaf).await {
-                Ok(v) => MemberView {
-                    leaf_index: leaf,
-                    fid: Some(v.fid),
-                    verified: true,
-                    problem: None,
-                    fingerprint: Some(v.fingerprint),
-                },
+                Ok(v) => {
+                    let standing = self.standing(&id, &v).await?;
+                    MemberView {
+                        leaf_index: leaf,
+                        fid: Some(v.fid),
+                        verified: standing.status != PinStatus::Unpinned,
+                        problem: standing.problem,
+                        fingerprint: Some(v.fingerprint),
+                        pin: Some(standing.status),
+                    }
+                }
                 Err(e) => MemberView {
                     leaf_index: leaf,
                     fid: None,
                     verified: false,
                     problem: Some(e.to_string()),
                     fingerprint: None,
+                    pin: None,
                 },
             });
         }
@@ -2534,9 +2785,14 @@ impl Client {
                                 text: text.clone(),
                             })
                             .await?;
-                        Ok(Some(match verified {
-                            Ok(member) => {
-                                json!({"kind": "message", "group": display, "sender": member.fid, "verified": true, "text": text})
+                        // Requirement: ID-PIN-1, ID-PIN-2 (a contact's FID only from a client
+                        // pinned in the connection group; other FIDs against the first
+                        // certificate seen)
+                        let pinned = self.verify_pinned(id, verified).await;
+                        Ok(Some(match pinned {
+                            Ok((member, standing)) => {
+                                json!({"kind": "message", "group": display, "sender": member.fid, "verified": true,
+                                    "pin": standing.status, "warning": standing.problem, "text": text})
                             }
                             Err(e) => {
                                 json!({"kind": "message", "group": display, "sender": null, "verified": false,
@@ -2624,6 +2880,7 @@ impl Client {
                 }
                 let mut joined = Vec::new();
                 let mut events = Vec::new();
+                let mut warnings = Vec::new();
                 for credential in &message.new_credentials {
                     let member = self
                         .verify_member(&record, &group, credential.leaf_index)
@@ -2648,6 +2905,7 @@ impl Client {
                             )));
                         }
                         if pinned.get(&member.client_id) != Some(&member.certificate) {
+                            let was = self.verification_of(id, &contact).await?;
                             self.store
                                 .pin_contact_client(
                                     &contact,
@@ -2655,9 +2913,14 @@ impl Client {
                                     &member.certificate,
                                 )
                                 .await?;
+                            // Requirement: ID-OOB-1 (a verified contact's clients changed:
+                            // said loudly, and `contacts` shows `changed`)
+                            let verification = self.verification_of(id, &contact).await?;
                             events.push(
                                 json!({"kind": "contact_certificate_renewed", "contact": contact,
-                                "client_id": member.client_id, "fingerprint": member.fingerprint}),
+                                "client_id": member.client_id, "fingerprint": member.fingerprint,
+                                "verification": verification,
+                                "verified_contact_changed": was == "verified" && verification == "changed"}),
                             );
                         }
                         continue;
@@ -2668,6 +2931,15 @@ impl Client {
                         ))
                     {
                         // A member replaced its own credential (a renewed certificate).
+                        // Requirement: ID-PIN-1 (a contact's FID on an unpinned certificate
+                        // is reported, whichever way it enters the group)
+                        if record.kind != "connection" {
+                            let standing = self.standing(id, &member).await?;
+                            if let Some(problem) = standing.problem {
+                                warnings.push(json!({"fid": member.fid, "pin": standing.status,
+                                    "fingerprint": member.fingerprint, "problem": problem}));
+                            }
+                        }
                         continue;
                     }
                     if record.kind == "connection" {
@@ -2684,16 +2956,30 @@ impl Client {
                             )));
                         }
                     }
+                    if record.kind != "connection" {
+                        // Requirement: ID-PIN-1, ID-PIN-2
+                        let standing = self.standing(id, &member).await?;
+                        if let Some(problem) = standing.problem {
+                            warnings.push(json!({"fid": member.fid, "pin": standing.status,
+                                "fingerprint": member.fingerprint, "problem": problem}));
+                        }
+                    }
                     joined.push(member.fid);
                 }
-                let _ = id;
                 if let Some(event) = events.pop() {
                     return Ok(Some(event));
                 }
-                Ok(if joined.is_empty() || record.kind == "connection" {
+                Ok(if record.kind == "connection" {
                     None
+                } else if !joined.is_empty() {
+                    Some(
+                        json!({"kind": "members_added", "group": display, "members": joined,
+                        "warnings": warnings}),
+                    )
+                } else if !warnings.is_empty() {
+                    Some(json!({"kind": "member_warning", "group": display, "warnings": warnings}))
                 } else {
-                    Some(json!({"kind": "members_added", "group": display, "members": joined}))
+                    None
                 })
             }
             _ => Ok(None),
@@ -2786,12 +3072,19 @@ impl Client {
                 .await?;
         }
         let mut inviter_present = false;
+        let mut warnings = Vec::new();
         for member in group.members() {
             if let Ok(v) = self
                 .verify_member(&record, &group, member.index.u32())
                 .await
             {
                 inviter_present |= v.fid == inviter_fid && v.certificate == cert.der;
+                // Requirement: ID-PIN-1, ID-PIN-2
+                let standing = self.standing(id, &v).await?;
+                if let Some(problem) = standing.problem {
+                    warnings.push(json!({"fid": v.fid, "pin": standing.status,
+                        "fingerprint": v.fingerprint, "problem": problem}));
+                }
             }
         }
         if !inviter_present {
@@ -2800,7 +3093,9 @@ impl Client {
             ));
         }
         self.store.put_group(&record).await?;
-        Ok(json!({"kind": "joined", "group": name, "invited_by": inviter_fid}))
+        Ok(
+            json!({"kind": "joined", "group": name, "invited_by": inviter_fid, "warnings": warnings}),
+        )
     }
 
     /// Pending connection requests as stored (without fetching new ones).

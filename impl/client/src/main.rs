@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
+use phoenix_client::client::PinStatus;
 use phoenix_client::{Client, ClientError};
 
 #[derive(Debug, Parser)]
@@ -79,6 +80,12 @@ enum Command {
     /// Show the certificates another user's home server vouches for (verified), asked of
     /// this client's own server first, then of the user's home server.
     Certificates { fid: String },
+    /// Print the code to compare out of band: of a contact's pinned clients (FID), or of
+    /// this client (no FID). Both sides see the same code if nobody is in between.
+    Fingerprint { fid: Option<String> },
+    /// Mark a contact verified: CODE is what `phoenix fingerprint` shows on their device
+    /// (spaces optional); a wrong code is refused.
+    Verify { fid: String, code: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,7 +227,21 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
             } else {
                 contacts
                     .iter()
-                    .map(|c| format!("{} ({}) clients: {}", c.fid, c.status, c.clients.join(", ")))
+                    .map(|c| {
+                        let verification = match c.verification {
+                            "changed" => {
+                                " [VERIFIED, BUT THEIR CLIENTS CHANGED SINCE: compare fingerprints again]"
+                            }
+                            "verified" => " [verified]",
+                            _ => "",
+                        };
+                        format!(
+                            "{} ({}){verification} clients: {}",
+                            c.fid,
+                            c.status,
+                            c.clients.join(", ")
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join("\n")
             };
@@ -284,8 +305,26 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
                 let members = client.members(&name).await?;
                 let text = members
                     .iter()
-                    .map(|m| match (&m.fid, m.verified) {
-                        (Some(fid), true) => format!("{fid} (verified)"),
+                    .map(|m| match (&m.fid, m.verified, m.pin) {
+                        (Some(fid), true, Some(pin)) => {
+                            let pin = match pin {
+                                PinStatus::Own => "you",
+                                PinStatus::Pinned => "pinned",
+                                PinStatus::Unknown => "unknown: not a contact",
+                                PinStatus::Changed => "CHANGED",
+                                PinStatus::Unpinned => "UNPINNED",
+                            };
+                            match &m.problem {
+                                Some(problem) => {
+                                    format!("{fid} (verified, {pin}) WARNING: {problem}")
+                                }
+                                None => format!("{fid} (verified, {pin})"),
+                            }
+                        }
+                        (Some(fid), false, Some(PinStatus::Unpinned)) => format!(
+                            "{fid} UNPINNED, NOT VERIFIED: {}",
+                            m.problem.clone().unwrap_or_default()
+                        ),
                         _ => format!(
                             "leaf {} UNVERIFIED: {}",
                             m.leaf_index,
@@ -354,6 +393,22 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
                 .join("\n");
             (serde_json::to_value(&answer).unwrap_or(Value::Null), text)
         }
+        Command::Fingerprint { fid } => {
+            let view = client.fingerprint(fid.as_deref()).await?;
+            let text = format!(
+                "{} ({}): {}\nclients: {}",
+                view.fid,
+                view.verification,
+                view.code,
+                view.clients.join(", ")
+            );
+            (serde_json::to_value(&view).unwrap_or(Value::Null), text)
+        }
+        Command::Verify { fid, code } => {
+            let view = client.verify_contact(&fid, &code).await?;
+            let text = format!("{} verified: the code matches ({})", view.fid, view.code);
+            (serde_json::to_value(&view).unwrap_or(Value::Null), text)
+        }
         Command::Sync => {
             let events = client.sync().await?;
             let text = if events.is_empty() {
@@ -366,13 +421,37 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
     })
 }
 
+/// The human lines for an event's `warnings` (members not pinned, or changed).
+fn warnings(event: &Value) -> String {
+    event
+        .get("warnings")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .map(|w| {
+                    format!(
+                        "\nWARNING: {}",
+                        w.get("problem").and_then(Value::as_str).unwrap_or("?")
+                    )
+                })
+                .collect::<String>()
+        })
+        .unwrap_or_default()
+}
+
 fn describe(event: &Value) -> String {
     let field = |k: &str| event.get(k).cloned().unwrap_or(Value::Null);
     let s = |k: &str| field(k).as_str().unwrap_or("?").to_owned();
     match field("kind").as_str().unwrap_or("") {
-        "message" if field("verified") == Value::Bool(true) => {
-            format!("[{}] {}: {}", s("group"), s("sender"), s("text"))
-        }
+        "message" if field("verified") == Value::Bool(true) => match field("warning").as_str() {
+            Some(warning) => format!(
+                "[{}] {} (WARNING: {warning}): {}",
+                s("group"),
+                s("sender"),
+                s("text")
+            ),
+            None => format!("[{}] {}: {}", s("group"), s("sender"), s("text")),
+        },
         "message" => format!(
             "[{}] UNVERIFIED SENDER ({}): {}",
             s("group"),
@@ -380,24 +459,38 @@ fn describe(event: &Value) -> String {
             s("text")
         ),
         "connected" => format!("connected with {}", s("contact")),
-        "connection_request" if field("warning").is_string() => format!(
-            "{} wants to connect. WARNING: {}",
-            s("fid"),
-            s("warning")
-        ),
+        "connection_request" if field("warning").is_string() => {
+            format!("{} wants to connect. WARNING: {}", s("fid"), s("warning"))
+        }
         "connection_request" => format!(
             "{} wants to connect: `phoenix accept {}` to accept",
             s("fid"),
             s("fid")
         ),
         "joined" => format!(
-            "joined group {} (invited by {})",
+            "joined group {} (invited by {}){}",
             s("group"),
-            s("invited_by")
+            s("invited_by"),
+            warnings(event)
         ),
-        "members_added" => format!("[{}] new members: {}", s("group"), field("members")),
+        "members_added" => format!(
+            "[{}] new members: {}{}",
+            s("group"),
+            field("members"),
+            warnings(event)
+        ),
+        "member_warning" => format!("[{}] a member changed:{}", s("group"), warnings(event)),
         "removed" => format!("you were removed from {}", s("group")),
         "certificate_renewed" => format!("renewed your certificate ({})", s("fingerprint")),
+        "contact_certificate_renewed" if field("verified_contact_changed") == Value::Bool(true) => {
+            format!(
+                "WARNING: {} renewed their certificate ({}): you had verified them, and their \
+                 fingerprint code changed; compare `phoenix fingerprint {}` with them again",
+                s("contact"),
+                s("fingerprint"),
+                s("contact")
+            )
+        }
         "contact_certificate_renewed" => format!(
             "{} renewed their certificate ({})",
             s("contact"),

@@ -114,6 +114,10 @@ pub struct NewOutgoing<'a> {
     pub created_at: u64,
 }
 
+/// How many certificates other than the first one are remembered per non-contact FID
+/// (trust on first use, [`Store::see_certificate`]).
+pub const SEEN_CERTIFICATES_KEPT: i64 = 16;
+
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
@@ -509,12 +513,106 @@ impl Store {
         client_id: &str,
         certificate: &[u8],
     ) -> Result<(), ClientError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT OR REPLACE INTO contact_clients (fid, client_id, certificate) VALUES (?, ?, ?)",
         )
         .bind(fid)
         .bind(client_id)
         .bind(certificate)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO pinned_certificates (fid, client_id, certificate) VALUES (?, ?, ?)",
+        )
+        .bind(fid)
+        .bind(client_id)
+        .bind(certificate)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // ----- pins, trust on first use, out-of-band verification (migration 0006) -----------
+
+    /// Whether `certificate` was ever pinned for `fid`'s client `client_id`.
+    pub async fn was_pinned(
+        &self,
+        fid: &str,
+        client_id: &str,
+        certificate: &[u8],
+    ) -> Result<bool, ClientError> {
+        Ok(sqlx::query_scalar::<_, i64>(
+            "SELECT 1 FROM pinned_certificates WHERE fid = ? AND client_id = ? AND certificate = ?",
+        )
+        .bind(fid)
+        .bind(client_id)
+        .bind(certificate)
+        .fetch_optional(&self.pool)
+        .await?
+        .is_some())
+    }
+
+    /// Remember `certificate` as seen for `fid` (a group member who is not a contact) and
+    /// return the first certificate ever seen for `fid` (`certificate` itself the first
+    /// time).
+    pub async fn see_certificate(
+        &self,
+        fid: &str,
+        certificate: &[u8],
+        now: u64,
+    ) -> Result<Vec<u8>, ClientError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT OR IGNORE INTO seen_certificates (fid, certificate, first_seen_at) VALUES (?, ?, ?)",
+        )
+        .bind(fid)
+        .bind(certificate)
+        .bind(i(now)?)
+        .execute(&mut *tx)
+        .await?;
+        // Bounded: the first certificate and the latest SEEN_CERTIFICATES_KEPT others per
+        // FID (one forgotten is reported as a change again when it reappears).
+        sqlx::query(
+            "DELETE FROM seen_certificates WHERE fid = ? \
+             AND seq <> (SELECT MIN(seq) FROM seen_certificates WHERE fid = ?) \
+             AND seq NOT IN (SELECT seq FROM seen_certificates WHERE fid = ? ORDER BY seq DESC LIMIT ?)",
+        )
+        .bind(fid)
+        .bind(fid)
+        .bind(fid)
+        .bind(SEEN_CERTIFICATES_KEPT)
+        .execute(&mut *tx)
+        .await?;
+        let first: Vec<u8> = sqlx::query_scalar(
+            "SELECT certificate FROM seen_certificates WHERE fid = ? ORDER BY seq LIMIT 1",
+        )
+        .bind(fid)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(first)
+    }
+
+    /// The code `fid` was verified with out of band, if it was.
+    pub async fn verified_code(&self, fid: &str) -> Result<Option<String>, ClientError> {
+        Ok(
+            sqlx::query_scalar("SELECT code FROM verified_contacts WHERE fid = ?")
+                .bind(fid)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn set_verified(&self, fid: &str, code: &str, now: u64) -> Result<(), ClientError> {
+        sqlx::query(
+            "INSERT INTO verified_contacts (fid, code, verified_at) VALUES (?, ?, ?) \
+             ON CONFLICT (fid) DO UPDATE SET code = excluded.code, verified_at = excluded.verified_at",
+        )
+        .bind(fid)
+        .bind(code)
+        .bind(i(now)?)
         .execute(&self.pool)
         .await?;
         Ok(())

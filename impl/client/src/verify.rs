@@ -114,3 +114,65 @@ pub fn decrypt_credential(
     codec::decode(&plain, 8192)
         .map_err(|e| verification(format!("malformed credential info: {}", e.detail)))
 }
+
+/// Domain-separation label of [`fingerprint_code`].
+pub const FINGERPRINT_LABEL: &[u8] = b"phoenix-v1 client fingerprint";
+
+// Requirement: ID-OOB-1
+/// The code two users compare out of band for `fid`'s client certificates: SHA-256 over
+/// `FINGERPRINT_LABEL || 0x00 || fid || 0x00`, then each distinct certificate DER in
+/// ascending byte order as a 4-byte big-endian length and the DER; the first 24 bytes of
+/// the hash as 12 big-endian 16-bit numbers, each written as 5 decimal digits (00000 to
+/// 65535), separated by spaces.
+pub fn fingerprint_code(fid: &str, certificates: &[Vec<u8>]) -> String {
+    let mut sorted: Vec<&Vec<u8>> = certificates.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    let mut input = FINGERPRINT_LABEL.to_vec();
+    input.push(0);
+    input.extend_from_slice(fid.as_bytes());
+    input.push(0);
+    for der in sorted {
+        let len = u32::try_from(der.len()).unwrap_or(u32::MAX);
+        input.extend_from_slice(&len.to_be_bytes());
+        input.extend_from_slice(der);
+    }
+    let hash = crypto::sha256(&input);
+    hash.chunks_exact(2)
+        .take(12)
+        .map(|pair| match pair {
+            [hi, lo] => format!("{:05}", u16::from_be_bytes([*hi, *lo])),
+            _ => String::new(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The digits of a code as typed (spaces, dashes and other separators ignored).
+pub fn normalize_code(code: &str) -> String {
+    code.chars().filter(char::is_ascii_digit).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_code_is_12_groups_of_5_digits_independent_of_order() {
+        let a = vec![1u8, 2, 3];
+        let b = vec![4u8, 5];
+        let code = fingerprint_code("bob@a.test", &[a.clone(), b.clone()]);
+        assert_eq!(code.split(' ').count(), 12);
+        assert!(code.split(' ').all(|g| g.len() == 5));
+        assert_eq!(
+            code,
+            fingerprint_code("bob@a.test", &[b.clone(), a.clone()])
+        );
+        assert_ne!(
+            code,
+            fingerprint_code("bob@a.test", std::slice::from_ref(&a))
+        );
+        assert_ne!(code, fingerprint_code("eve@a.test", &[a, b]));
+        assert_eq!(normalize_code(&code).len(), 60);
+    }
+}

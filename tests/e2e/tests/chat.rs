@@ -137,6 +137,65 @@ fn chat(server: &TestServer) {
         }
     }
 
+    // Requirement: ID-PIN-1, ID-OOB-1
+    // Each sees the other as a contact's pinned client, itself as its own client.
+    for (cli, own, other) in [
+        (&alice, "alice@a.test", "bob@a.test"),
+        (&bob, "bob@a.test", "alice@a.test"),
+    ] {
+        let members = cli.run(&["group", "members", "team"]);
+        for member in members["members"].as_array().unwrap() {
+            let expected = if member["fid"] == own {
+                "own"
+            } else {
+                "pinned"
+            };
+            assert_eq!(member["pin"], expected, "{members}");
+        }
+        let text = human(cli, &["group", "members", "team"]);
+        assert!(
+            text.contains(&format!("{other} (verified, pinned)")),
+            "{text}"
+        );
+    }
+    // Out-of-band verification: alice's code for bob is the one bob's client shows.
+    let theirs = alice.run(&["fingerprint", "bob@a.test"]);
+    let own = bob.run(&["fingerprint"]);
+    assert_eq!(theirs["code"], own["code"], "{theirs} {own}");
+    assert_eq!(own["verification"], "own", "{own}");
+    let code = own["code"].as_str().unwrap().to_owned();
+    let groups: Vec<&str> = code.split(' ').collect();
+    assert_eq!(groups.len(), 12, "{code}");
+    assert!(
+        groups
+            .iter()
+            .all(|g| g.len() == 5 && g.chars().all(|c| c.is_ascii_digit())),
+        "{code}"
+    );
+    assert!(human(&bob, &["fingerprint"]).contains(&code));
+    // A wrong code is refused with an error and a failing exit code; nothing is marked.
+    let wrong = format!(
+        "{}{}",
+        if code.starts_with('0') { '1' } else { '0' },
+        &code[1..]
+    );
+    let refused = alice.fail(&["verify", "bob@a.test", &wrong]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert_one_line_error(&refused.stderr, &["does not match"]);
+    let contacts = alice.run(&["contacts"]);
+    assert_eq!(
+        contacts["contacts"][0]["verification"], "unverified",
+        "{contacts}"
+    );
+    let verified = alice.run(&["verify", "bob@a.test", &code]);
+    assert_eq!(verified["verification"], "verified", "{verified}");
+    let contacts = alice.run(&["contacts"]);
+    assert_eq!(
+        contacts["contacts"][0]["verification"], "verified",
+        "{contacts}"
+    );
+    assert!(human(&alice, &["contacts"]).contains("[verified]"));
+
     // Inviting a member again is refused before anything is sent, and changes nothing.
     let again = alice.fail(&["group", "invite", "team", "bob@a.test"]);
     assert_one_line_error(&again.stderr, &["already a member"]);
@@ -153,6 +212,24 @@ fn chat(server: &TestServer) {
         !missing.stderr.trim().is_empty(),
         "no error message for an unknown group"
     );
+}
+
+/// The human (non-JSON) output of a command that must succeed.
+fn human(cli: &Cli, args: &[&str]) -> String {
+    let output = std::process::Command::new(phoenix_e2e::binary("phoenix"))
+        .arg("--home")
+        .arg(cli.home())
+        .args(args)
+        .env_remove("PHOENIX_HOME")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "`phoenix {}`: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 fn assert_connected(cli: &Cli, contact: &str) {
