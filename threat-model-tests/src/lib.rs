@@ -385,6 +385,28 @@ impl std::fmt::Debug for User {
 }
 
 impl User {
+    /// Run the `phoenix` CLI on this user's state directory (`phoenix --home HOME ARGS`).
+    /// The library's client is closed meanwhile and opened again afterwards: one process
+    /// at a time works on a state directory (CL-LOCK-1).
+    pub async fn cli(&mut self, args: &[&str]) -> std::process::Output {
+        let elsewhere = tempfile::tempdir().unwrap();
+        let placeholder = Client::open(elsewhere.path()).await.unwrap();
+        drop(std::mem::replace(&mut self.client, placeholder));
+        let home = self.home.path().to_owned();
+        let args = args_owned(args);
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(phoenix_e2e::binary("phoenix"))
+                .arg("--home")
+                .arg(home)
+                .args(args)
+                .output()
+                .unwrap()
+        });
+        let output = output.await.unwrap();
+        self.client = Client::open(self.home.path()).await.unwrap();
+        output
+    }
+
     /// Register `fid` at `server_url`, knowing where the other homeservers are.
     pub async fn register(fid: &str, server_url: &str, resolve: &[String]) -> Self {
         let home = tempfile::tempdir().unwrap();
@@ -513,4 +535,8 @@ impl Write for Logs {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+fn args_owned(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
 }

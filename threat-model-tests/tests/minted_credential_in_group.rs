@@ -90,7 +90,13 @@ async fn impostor_device(
         .unwrap();
         db.close().await.unwrap();
     }
-    let User { home, .. } = throwaway;
+    // The throwaway client closes the state before the impostor's opens it (one writer).
+    let User {
+        home,
+        client: throwaway_client,
+        ..
+    } = throwaway;
+    drop(throwaway_client);
     let mut client = phoenix_client::Client::open(home.path()).await.unwrap();
     client.refresh_key_packages().await.unwrap();
     User {
@@ -191,12 +197,7 @@ async fn a_minted_credential_is_not_trusted_in_a_group(backend: Backend) {
     assert_eq!(carol_member["pin"], "pinned", "{carol_member}");
 
     // The CLI says it plainly.
-    let output = std::process::Command::new(phoenix_e2e::binary("phoenix"))
-        .arg("--home")
-        .arg(alice.home())
-        .args(["group", "members", "trap"])
-        .output()
-        .unwrap();
+    let output = alice.cli(&["group", "members", "trap"]).await;
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -208,12 +209,7 @@ async fn a_minted_credential_is_not_trusted_in_a_group(backend: Backend) {
         "{text}"
     );
     // `history` re-checks the stored message: still not verified, with the reason.
-    let output = std::process::Command::new(phoenix_e2e::binary("phoenix"))
-        .arg("--home")
-        .arg(alice.home())
-        .args(["history", "trap"])
-        .output()
-        .unwrap();
+    let output = alice.cli(&["history", "trap"]).await;
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(
         text.contains("UNVERIFIED (")
@@ -227,12 +223,7 @@ async fn a_minted_credential_is_not_trusted_in_a_group(backend: Backend) {
     let mut seen = String::new();
     while !seen.contains("it's me, bob") {
         assert!(std::time::Instant::now() < deadline, "{seen}");
-        let output = std::process::Command::new(phoenix_e2e::binary("phoenix"))
-            .arg("--home")
-            .arg(alice.home())
-            .arg("sync")
-            .output()
-            .unwrap();
+        let output = alice.cli(&["sync"]).await;
         seen.push_str(&String::from_utf8_lossy(&output.stdout));
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
@@ -351,12 +342,7 @@ async fn fingerprints_match_and_a_change_after_verify_is_reported(backend: Backe
         "changed"
     );
     // The human output says it loudly.
-    let output = std::process::Command::new(phoenix_e2e::binary("phoenix"))
-        .arg("--home")
-        .arg(alice.home())
-        .arg("contacts")
-        .output()
-        .unwrap();
+    let output = alice.cli(&["contacts"]).await;
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("CHANGED"), "{text}");
     // The new code matches bob's again, and can be verified anew.
