@@ -115,7 +115,13 @@ pub async fn create_group(
     let ciphertext = group_state::seal(&ear_key, &group_id, &state)?;
     match server
         .store
-        .create_group(&group_id, &ciphertext, now)
+        // Requirement: ADV-REPLAY-3
+        .create_group(
+            &group_id,
+            &ciphertext,
+            now,
+            &crate::replay::record(request, now)?,
+        )
         .await
         .map_err(server.internal())?
     {

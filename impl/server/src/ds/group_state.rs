@@ -24,7 +24,7 @@ use phoenix_types::ids::QualifiedGroupId;
 use phoenix_types::messages::ds::{LeafCredential, MemberInfo};
 
 use crate::server::Server;
-use crate::store::{DsStore, OutboxEntry};
+use crate::store::{DsStore, OutboxEntry, ReplayRecord};
 
 /// Version of the [`GroupState`] format; bound into the AEAD associated data.
 pub const GROUP_STATE_FORMAT: u16 = 1;
@@ -214,18 +214,27 @@ impl LoadedGroup {
 
     // Requirement: DS-EPOCH-1, DS-FAN-1
     /// Re-encrypt and store the state if nobody else changed the group since it was
-    /// loaded, together with the fan-out in the outbox. A lost race is `WRONG_EPOCH`.
+    /// loaded, together with the fan-out in the outbox and the request's replay record
+    /// (ADV-REPLAY-3: `REPLAYED` if it was recorded). A lost race is `WRONG_EPOCH`.
     pub async fn save(
         mut self,
         server: &Server,
         now: u64,
         outbox: &[OutboxEntry],
+        replay: &ReplayRecord,
     ) -> Result<(), WireError> {
         self.state.mls = entries_of(&self.storage)?;
         let ciphertext = seal(&self.ear_key, &self.group_id_bytes, &self.state)?;
         let stored = server
             .store
-            .update_group(&self.group_id_bytes, self.version, &ciphertext, now, outbox)
+            .update_group(
+                &self.group_id_bytes,
+                self.version,
+                &ciphertext,
+                now,
+                outbox,
+                replay,
+            )
             .await
             .map_err(server.internal())?;
         if !stored {
