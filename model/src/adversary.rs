@@ -9,7 +9,9 @@
 //!   identifiers a request shows the handler that serves it.
 //! - Malicious AS (Requirement: ADV-AS-1): [`AdvOp::MintCredential`] issues a second
 //!   certificate for an existing user with a key the adversary holds.
-//! - Forged senders and replays: [`AdvOp::ForgeDequeue`], [`AdvOp::ReplayDs`].
+//! - Forged senders and replays: [`AdvOp::ForgeDequeue`], [`AdvOp::ReplayDs`],
+//!   [`AdvOp::ReplayAs`], [`AdvOp::ReplayQs`] (every kind of signed state-changing request;
+//!   Requirement: ADV-REPLAY-1, ADV-REPLAY-2, ADV-REPLAY-3).
 //! - The network: [`crate::network`] (and its federated packets, [`crate::federation`]).
 //! - A malicious remote server (Requirement: ADV-REMOTE-1): [`AdvOp::RemoteSend`], a
 //!   domain of its own ([`REMOTE_DOMAIN`]) whose discovery document publishes its own QS
@@ -75,6 +77,12 @@ pub enum AdvOp {
     ForgeDirectDequeue { victim: Fid },
     /// Resend the last accepted DS request as it was (Requirement: ADV-REPLAY-1).
     ReplayDs,
+    /// Resend the last accepted signed state-changing AS request (a publication of
+    /// connection packages) as it was (Requirement: ADV-REPLAY-3).
+    ReplayAs,
+    /// Resend the last accepted signed state-changing QS request (a publication of key
+    /// packages) as it was (Requirement: ADV-REPLAY-3).
+    ReplayQs,
     /// The malicious remote server sends a federated enqueue (Requirement: ADV-REMOTE-1).
     RemoteSend(RemoteSend),
 }
@@ -147,6 +155,18 @@ pub fn run(state: &mut State, op: &AdvOp) -> Outcome {
                 return Err(ErrorCode::NotFound);
             };
             call_server(state, to, &Call::Ds(call))
+        }
+        AdvOp::ReplayAs => {
+            let Some((to, call)) = state.network.last_as.clone() else {
+                return Err(ErrorCode::NotFound);
+            };
+            call_server(state, to, &Call::As(call))
+        }
+        AdvOp::ReplayQs => {
+            let Some((to, call)) = state.network.last_qs.clone() else {
+                return Err(ErrorCode::NotFound);
+            };
+            call_server(state, to, &Call::Qs(call))
         }
         AdvOp::RemoteSend(send) => remote_send(state, send),
     }
