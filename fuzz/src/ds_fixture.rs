@@ -584,7 +584,14 @@ impl DsFixture {
                     .expect("storage")
                     .expect("the fixture group exists");
                 let reset = store
-                    .update_group(&group.group_id, stored.version, &group.initial, now(), &[], &reset_record())
+                    .update_group(
+                        &group.group_id,
+                        stored.version,
+                        &group.initial,
+                        now(),
+                        &[],
+                        &reset_record(),
+                    )
                     .await
                     .expect("storage");
                 assert!(reset, "the fixture group changed concurrently");
