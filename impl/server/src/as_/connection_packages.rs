@@ -62,7 +62,7 @@ pub async fn publish(server: &Server, request: &Request, now: u64) -> Result<Vec
             &client.fid,
             &client.client_id,
             &stored,
-            // Requirement: ADV-REPLAY-3
+            // Requirement: ADV-REPLAY-3, ADV-REPLAY-4 (no handed-out package comes back)
             &crate::replay::record(request, now)?,
         )
         .await

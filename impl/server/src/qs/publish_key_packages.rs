@@ -65,7 +65,7 @@ pub async fn publish_key_packages(
     }
     server
         .store
-        // Requirement: ADV-REPLAY-3
+        // Requirement: ADV-REPLAY-3, ADV-REPLAY-4 (no handed-out package comes back)
         .replace_key_packages(
             &client.client_id,
             &stored,
