@@ -19,6 +19,7 @@ use tls_codec::{Serialize as _, VLBytes};
 use phoenix_client::ClientError;
 use phoenix_client::api::{Api, Signer};
 use phoenix_client::mls::{self, CIPHERSUITE, Provider};
+use phoenix_model::adversary::AdvOp;
 use phoenix_model::call::{
     AsCall, AsSigner, Call, ConnectionPackageArg, KeyPackageArg, Outcome, PackageDefect, QsCall,
     QsSigner, Reply,
@@ -38,6 +39,7 @@ use phoenix_types::messages::{DequeueRequest, DequeueResponse, Empty};
 use crate::HarnessError;
 use crate::names::Names;
 use crate::observed::{self, Observed};
+use crate::proxy::{self, RecordingProxy};
 use crate::target::Target;
 
 /// The model's state plus a counter for fresh names.
@@ -515,6 +517,11 @@ pub fn requirements(call: &Call, outcome: &Outcome) -> Vec<&'static str> {
 /// The server under test for one case of this suite.
 pub struct AsQsSut {
     api: Api,
+    /// The network adversary between the suite's clients and the server: what a replay
+    /// resends (Requirement: ADV-REPLAY-3).
+    proxy: RecordingProxy,
+    /// The server itself, for the adversary's replays.
+    server: String,
     pub names: Names,
     queue_config_key: Vec<u8>,
     provider: Provider,
@@ -554,18 +561,32 @@ fn answer<T>(result: Result<T, ClientError>) -> Result<Result<T, String>, Harnes
 
 impl AsQsSut {
     pub async fn new(target: &Target) -> Result<Self, HarnessError> {
-        let api = Api::new(&target.url).map_err(|e| HarnessError::Setup(e.to_string()))?;
+        let proxy = RecordingProxy::start(&target.url).await?;
+        let api = Api::new(&proxy.url).map_err(|e| HarnessError::Setup(e.to_string()))?;
         let key: qs::QueueConfigKeyResponse = api
             .call("qs", qs::QUEUE_CONFIG_KEY, &Empty {}, Signer::Anonymous)
             .await
             .map_err(|e| HarnessError::Setup(format!("queue config key: {e}")))?;
         Ok(Self {
             api,
+            proxy,
+            server: target.url.clone(),
             names: Names::new(&target.domain),
             queue_config_key: key.public_key.as_slice().to_vec(),
             provider: Provider::from_values(Default::default()),
             key_packages: BTreeMap::new(),
         })
+    }
+
+    /// The network adversary sends the last accepted request to `path` again, byte for
+    /// byte (the model's `AdvOp::ReplayAs` and `AdvOp::ReplayQs`).
+    pub async fn replay(&self, path: &str) -> Result<Observed, HarnessError> {
+        match self.proxy.last_accepted(|p| p == path) {
+            Some(x) => proxy::post_raw(&self.server, &x.path, x.body).await,
+            None => Err(HarnessError::Setup(format!(
+                "no accepted {path} went through the proxy"
+            ))),
+        }
     }
 
     /// Perform `call` on the server; `expected` is the model's outcome (to learn which model
@@ -1196,6 +1217,40 @@ impl crate::runner::Suite for AsQs {
             }) => Some((*fid, *client)),
             _ => None,
         };
+        // An accepted publication, replayed byte for byte by the network adversary: the
+        // model and the server both refuse it (REPLAYED) and nothing changes
+        // (Requirement: ADV-REPLAY-3, ADV-REPLAY-4).
+        let replay = match call {
+            Call::As(AsCall::PublishConnectionPackages { .. }) => Some((
+                AdvOp::ReplayAs,
+                "/phoenix/v1/as/publish_connection_packages",
+            )),
+            Call::Qs(QsCall::PublishKeyPackages { .. }) => {
+                Some((AdvOp::ReplayQs, "/phoenix/v1/qs/publish_key_packages"))
+            }
+            _ => None,
+        };
+        let mut requirements = requirements;
+        if let (Some((op, path)), Ok(_)) = (replay, &outcome) {
+            let (_, replayed) = step(&after.model, &Op::Adversary(op));
+            let expected = observed::expected(&replayed);
+            let actual = sut
+                .replay(path)
+                .await
+                .map_err(|error| crate::runner::StepFailure {
+                    requirements: vec!["ADV-REPLAY-3"],
+                    error,
+                })?;
+            if actual != expected {
+                return Err(crate::runner::StepFailure {
+                    requirements: vec!["ADV-REPLAY-3"],
+                    error: HarnessError::Mismatch(format!(
+                        "the replayed {path}: the server answered {actual:?}, the model {expected:?}"
+                    )),
+                });
+            }
+            requirements.push("ADV-REPLAY-3");
+        }
         if let (Some(touched), Ok(_)) = (touched, &outcome) {
             sut.check_queues(&after.model, Some(touched))
                 .await

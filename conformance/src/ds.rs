@@ -861,7 +861,7 @@ fn requirements(t: &DsStep, outcome: &Outcome) -> Vec<&'static str> {
         DsStep::GroupInfo { .. } => vec!["DS-INFO-1"],
         DsStep::PeekQueue { .. } => vec!["QS-DEQ-1", "QS-DEQ-2", "QS-DEQ-3", "QS-Q-1"],
         DsStep::Replay if outcome == &Err(phoenix_types::error::ErrorCode::Replayed) => {
-            vec!["ADV-REPLAY-1", "ADV-REPLAY-2"]
+            vec!["ADV-REPLAY-1", "ADV-REPLAY-2", "ADV-REPLAY-3"]
         }
         DsStep::Replay => vec!["ADV-REPLAY-1"],
     }

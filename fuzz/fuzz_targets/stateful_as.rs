@@ -109,6 +109,9 @@ struct Run<'a> {
     h: &'a Harness,
     ns: String,
     users: BTreeMap<u8, User>,
+    /// Publications so far: part of each package key, so that no two publications of a
+    /// run are the same bytes (an identical one is a replay, refused with `REPLAYED`).
+    publications: u64,
 }
 
 impl Run<'_> {
@@ -206,6 +209,7 @@ impl Run<'_> {
             encryption_key[8..16].copy_from_slice(&now.to_be_bytes());
             encryption_key[16] = user;
             encryption_key[17] = self.ns.len() as u8;
+            encryption_key[18..26].copy_from_slice(&self.publications.to_be_bytes());
             let payload = ConnectionPackagePayload {
                 fid: fid.clone(),
                 client_id: if for_another_client && n == 0 {
@@ -229,6 +233,7 @@ impl Run<'_> {
             });
             keys.push((encryption_key.to_vec(), usize::from(last_resort) % 8 == n));
         }
+        self.publications += 1;
         let timestamp = now.saturating_add_signed(i64::from(skew) * 4);
         let result = self.h.send(
             "as",
@@ -458,6 +463,7 @@ fuzz_target!(|ops: Vec<Op>| {
             ns: h.namespace(),
             h,
             users: BTreeMap::new(),
+            publications: 0,
         };
         for op in ops.iter().take(16) {
             match op {

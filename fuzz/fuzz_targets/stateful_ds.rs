@@ -111,8 +111,15 @@ impl Run<'_> {
             None => Signer::Anonymous,
         };
         let body = phoenix_fuzz::harness::envelope("ds", s.operation, &payload, &signer, mutation);
+        // The exact bytes of a commit accepted before (the same step within the same second,
+        // or a join, which has no timestamp, in a later run): REPLAYED, checked by the
+        // harness, and nothing changes (Requirement: ADV-REPLAY-3).
+        let request_replay = self.h.is_replay("ds", s.operation, &body);
         let result = self.h.call("ds", s.operation, &body);
         let code = result.as_ref().err().map(|e| e.code);
+        if request_replay {
+            return code;
+        }
         // An application message the DS accepted before (intact or damaged, by its bytes)
         // is refused from now on.
         let message = match request {
@@ -225,7 +232,8 @@ impl Run<'_> {
             match (reserve, foreign) {
                 (true, false) => {
                     result.expect("creating a group under a reserved id");
-                    // It exists now, and its id cannot be used twice.
+                    // It exists now; the same request again is a replay (REPLAYED,
+                    // ADV-REPLAY-3, checked by the harness too).
                     let again = self.h.send(
                         "ds",
                         ds::CREATE_GROUP,
@@ -236,7 +244,7 @@ impl Run<'_> {
                         },
                         &Mutation::None,
                     );
-                    assert_eq!(again.map_err(|e| e.code), Err(ErrorCode::GroupExists));
+                    assert_eq!(again.map_err(|e| e.code), Err(ErrorCode::Replayed));
                 }
                 (_, true) => {
                     assert_eq!(result.map_err(|e| e.code), Err(ErrorCode::WrongGroupDomain))

@@ -25,7 +25,7 @@ use openmls_traits::OpenMlsProvider;
 use tls_codec::{Deserialize, VLBytes};
 
 use phoenix_server::server::{Server, now};
-use phoenix_server::store::DsStore;
+use phoenix_server::store::{DsStore, ReplayRecord};
 use phoenix_types::codec;
 use phoenix_types::ids::{Domain, QualifiedGroupId};
 use phoenix_types::messages::ds::{
@@ -158,6 +158,17 @@ pub fn sealed(server: &Server, client: [u8; 16]) -> SealedQueueConfig {
 }
 
 /// A group id of the server's domain with the given random part.
+/// A replay record for a write the fixture makes itself (not a request): random, so that
+/// no two collide.
+fn reset_record() -> ReplayRecord {
+    let mut digest = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut digest);
+    ReplayRecord {
+        digest,
+        received_at: now(),
+    }
+}
+
 pub fn group_id(random: u8) -> Vec<u8> {
     QualifiedGroupId::new([random; 16], Domain::parse(DOMAIN).expect("a valid domain")).to_bytes()
 }
@@ -573,7 +584,14 @@ impl DsFixture {
                     .expect("storage")
                     .expect("the fixture group exists");
                 let reset = store
-                    .update_group(&group.group_id, stored.version, &group.initial, now(), &[])
+                    .update_group(
+                        &group.group_id,
+                        stored.version,
+                        &group.initial,
+                        now(),
+                        &[],
+                        &reset_record(),
+                    )
                     .await
                     .expect("storage");
                 assert!(reset, "the fixture group changed concurrently");

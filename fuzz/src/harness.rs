@@ -19,7 +19,7 @@ use phoenix_server::{as_, ds, qs};
 use phoenix_types::PROTOCOL_VERSION;
 use phoenix_types::certs::{self, ParsedCert};
 use phoenix_types::crypto;
-use phoenix_types::error::WireError;
+use phoenix_types::error::{ErrorCode, WireError};
 use phoenix_types::ids::Domain;
 use phoenix_types::messages::{
     AsClientAuth, Auth, DsLeafAuth, QsAuth, RequestEnvelope, operation_label,
@@ -216,6 +216,10 @@ pub struct Harness {
     /// The application messages (MLS bytes) the DS target got this server to accept: the
     /// DS refuses the same message again (`REPLAYED`), in this run or a later one.
     pub ds_sent: std::cell::RefCell<std::collections::BTreeSet<Vec<u8>>>,
+    /// SHA-256 of every request body of a replay-protected operation this server accepted
+    /// (ADV-REPLAY-3): the same bytes again are refused with `REPLAYED`, in this run or a
+    /// later one ([`Harness::call`] checks it).
+    pub accepted: std::cell::RefCell<std::collections::BTreeSet<[u8; 32]>>,
 }
 
 static HARNESS: Mutex<Option<Harness>> = Mutex::new(None);
@@ -245,6 +249,7 @@ impl Harness {
             generation,
             ds: None,
             ds_sent: Default::default(),
+            accepted: Default::default(),
         }
     }
 
@@ -289,6 +294,9 @@ impl Harness {
         body: &[u8],
     ) -> Result<Vec<u8>, WireError> {
         let server = &self.server;
+        let digest =
+            phoenix_server::replay::protected(service, operation).map(|_| crypto::sha256(body));
+        let replay = self.is_replay(service, operation, body);
         let result = match Request::decode(service, operation, body, server.limits.max_body) {
             Ok(request) => self.runtime.block_on(async {
                 let now = now();
@@ -303,7 +311,24 @@ impl Harness {
         if let Err(e) = &result {
             blames_caller(&format!("{service}/{operation}"), e);
         }
+        // Requirement: ADV-REPLAY-3
+        if replay {
+            assert_eq!(
+                result.as_ref().err().map(|e| e.code),
+                Some(ErrorCode::Replayed),
+                "{service}/{operation}: the exact bytes of an accepted request were not refused as a replay"
+            );
+        } else if let (Ok(_), Some(digest)) = (&result, digest) {
+            self.accepted.borrow_mut().insert(digest);
+        }
         result
+    }
+
+    /// Whether `body` is an exact copy of a replay-protected request this server accepted
+    /// before: [`Harness::call`] then expects `REPLAYED` (Requirement: ADV-REPLAY-3).
+    pub fn is_replay(&self, service: &str, operation: &str, body: &[u8]) -> bool {
+        phoenix_server::replay::protected(service, operation).is_some()
+            && self.accepted.borrow().contains(&crypto::sha256(body))
     }
 
     /// Encode `payload`, sign, damage and send it.

@@ -11,7 +11,9 @@
 //!   certificate for an existing user with a key the adversary holds, and
 //!   [`AdvOp::UseMinted`] puts it to use: a client on it, connected with a third user who
 //!   can then invite it into groups with the impersonated user's contacts.
-//! - Forged senders and replays: [`AdvOp::ForgeDequeue`], [`AdvOp::ReplayDs`].
+//! - Forged senders and replays: [`AdvOp::ForgeDequeue`], [`AdvOp::ReplayDs`],
+//!   [`AdvOp::ReplayAs`], [`AdvOp::ReplayQs`] (every kind of signed state-changing request;
+//!   Requirement: ADV-REPLAY-1, ADV-REPLAY-2, ADV-REPLAY-3).
 //! - The network: [`crate::network`] (and its federated packets, [`crate::federation`]).
 //! - A malicious remote server (Requirement: ADV-REMOTE-1): [`AdvOp::RemoteSend`], a
 //!   domain of its own ([`REMOTE_DOMAIN`]) whose discovery document publishes its own QS
@@ -88,6 +90,12 @@ pub enum AdvOp {
     },
     /// Resend the last accepted DS request as it was (Requirement: ADV-REPLAY-1).
     ReplayDs,
+    /// Resend the last accepted signed state-changing AS request (a publication of
+    /// connection packages) as it was (Requirement: ADV-REPLAY-3).
+    ReplayAs,
+    /// Resend the last accepted signed state-changing QS request (a publication of key
+    /// packages) as it was (Requirement: ADV-REPLAY-3).
+    ReplayQs,
     /// The malicious remote server sends a federated enqueue (Requirement: ADV-REMOTE-1).
     RemoteSend(RemoteSend),
 }
@@ -165,6 +173,18 @@ pub fn run(state: &mut State, op: &AdvOp) -> Outcome {
                 return Err(ErrorCode::NotFound);
             };
             call_server(state, to, &Call::Ds(call))
+        }
+        AdvOp::ReplayAs => {
+            let Some((to, call)) = state.network.last_as.clone() else {
+                return Err(ErrorCode::NotFound);
+            };
+            call_server(state, to, &Call::As(call))
+        }
+        AdvOp::ReplayQs => {
+            let Some((to, call)) = state.network.last_qs.clone() else {
+                return Err(ErrorCode::NotFound);
+            };
+            call_server(state, to, &Call::Qs(call))
         }
         AdvOp::RemoteSend(send) => remote_send(state, send),
     }
@@ -352,6 +372,22 @@ pub fn snapshot(server: &Homeserver) -> Vec<Row> {
             table: "qs_federation_seen",
             idents: vec![Ident::Opaque],
         });
+    }
+    // Replay records of signed requests: a digest each, nothing else (Requirement:
+    // ADV-REPLAY-3).
+    let seen = [
+        (Service::As, "as_seen_requests", server.as_.seen.len()),
+        (Service::Qs, "qs_seen_requests", server.qs.seen.len()),
+        (Service::Ds, "ds_seen_requests", server.ds.seen.len()),
+    ];
+    for (service, table, count) in seen {
+        for _ in 0..count {
+            rows.push(Row {
+                service,
+                table,
+                idents: vec![Ident::Opaque],
+            });
+        }
     }
     rows
 }

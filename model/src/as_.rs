@@ -6,7 +6,7 @@
 //! Each operation checks, in the server's order, what the server checks, and fails with
 //! the same code. Not here: QS pseudonyms or groups (the AS never sees them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use phoenix_types::error::ErrorCode;
 
@@ -62,6 +62,9 @@ pub struct AsState {
     pub certificates: Vec<Certificate>,
     pub packages: Vec<StoredConnectionPackage>,
     pub next_serial: u32,
+    /// Replay records: the signed state-changing requests accepted, as they were (the
+    /// server keeps a digest of each) (Requirement: ADV-REPLAY-3).
+    pub seen: BTreeSet<AsCall>,
 }
 
 impl AsState {
@@ -73,6 +76,7 @@ impl AsState {
             certificates: Vec::new(),
             packages: Vec::new(),
             next_serial: 1,
+            seen: BTreeSet::new(),
         }
     }
 
@@ -83,6 +87,31 @@ impl AsState {
 
 /// Run one AS call.
 pub fn handle(
+    state: &mut AsState,
+    ghost: &mut Ghost,
+    config: &Config,
+    now: Time,
+    call: &AsCall,
+) -> Outcome {
+    // Requirement: ADV-REPLAY-3
+    let protected = replay_protected(call);
+    if protected && state.seen.contains(call) {
+        return Err(ErrorCode::Replayed);
+    }
+    let outcome = handle_call(state, ghost, config, now, call);
+    if protected && outcome.is_ok() {
+        state.seen.insert(call.clone());
+    }
+    outcome
+}
+
+/// Whether the server keeps replay records of `call` (the signed state-changing AS
+/// requests; the model has no certificate renewal) (Requirement: ADV-REPLAY-3).
+pub fn replay_protected(call: &AsCall) -> bool {
+    matches!(call, AsCall::PublishConnectionPackages { .. })
+}
+
+fn handle_call(
     state: &mut AsState,
     ghost: &mut Ghost,
     config: &Config,

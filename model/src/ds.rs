@@ -58,6 +58,10 @@ pub struct DsState {
     /// Replay records: the application messages accepted (the server keeps a digest of
     /// each, with no group or member next to it) (Requirement: ADV-REPLAY-2).
     pub sent: BTreeSet<MsgId>,
+    /// Replay records of the other signed state-changing requests (group creation and
+    /// commits), as they were (the server keeps a digest of each) (Requirement:
+    /// ADV-REPLAY-3).
+    pub seen: BTreeSet<DsCall>,
 }
 
 impl DsState {
@@ -68,6 +72,7 @@ impl DsState {
             groups: BTreeMap::new(),
             next_group: 0,
             sent: BTreeSet::new(),
+            seen: BTreeSet::new(),
         }
     }
 }
@@ -85,10 +90,35 @@ pub type Effects = Vec<FanOut>;
 /// Run one DS call. `fresh_msg` names the commit the call carries (the model's fresh
 /// message id for it).
 pub fn handle(state: &mut DsState, call: &DsCall, fresh_msg: MsgId) -> (Outcome, Effects) {
+    // Requirement: ADV-REPLAY-3 (before the group is looked at: a replayed commit is
+    // REPLAYED, not WRONG_EPOCH)
+    let protected = replay_protected(call);
+    if protected && state.seen.contains(call) {
+        return (Err(ErrorCode::Replayed), Vec::new());
+    }
     match handle_inner(state, call, fresh_msg) {
-        Ok((reply, effects)) => (Ok(reply), effects),
+        Ok((reply, effects)) => {
+            if protected {
+                state.seen.insert(call.clone());
+            }
+            (Ok(reply), effects)
+        }
         Err(code) => (Err(code), Vec::new()),
     }
+}
+
+/// Whether the server keeps replay records of `call` by the request (group creation and
+/// commits; an application message has its own record, by the message, in
+/// [`DsState::sent`]) (Requirement: ADV-REPLAY-3).
+pub fn replay_protected(call: &DsCall) -> bool {
+    matches!(
+        call,
+        DsCall::CreateGroup { .. }
+            | DsCall::JoinConnectionGroup { .. }
+            | DsCall::AddUsers { .. }
+            | DsCall::RemoveUsers { .. }
+            | DsCall::Update { .. }
+    )
 }
 
 fn handle_inner(

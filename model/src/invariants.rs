@@ -227,8 +227,8 @@ pub fn inv_one_commit_per_epoch(state: &State) -> bool {
     state.ghost.commits.values().all(|n| *n == 1)
 }
 
-/// A one-time connection or key package is served at most once (Requirement: AS-CP-3,
-/// QS-KP-3).
+/// A one-time connection or key package is served at most once, whatever the adversary
+/// replayed (Requirement: AS-CP-3, QS-KP-3, ADV-REPLAY-4).
 pub fn inv_one_time_packages_served_once(state: &State) -> bool {
     let once = |(last_resort, n): &(bool, u32)| *last_resort || *n <= 1;
     state.ghost.served_connection_packages.values().all(once)

@@ -2,14 +2,16 @@
 //! requests and responses travel as packets that the network may deliver in any order,
 //! drop, or duplicate. Group operations are atomic request-response pairs here (a lost
 //! answer to a commit is a stale view, which the epoch check covers); a replayed DS
-//! request is the adversary's [`crate::adversary::AdvOp::ReplayDs`].
+//! request is the adversary's [`crate::adversary::AdvOp::ReplayDs`], a replayed signed AS
+//! or QS request its [`crate::adversary::AdvOp::ReplayAs`] and
+//! [`crate::adversary::AdvOp::ReplayQs`].
 //!
 //! Federated traffic between homeservers travels as [`FedPacket`]s on the same network,
 //! with the same faults; its operations are [`crate::federation::FedOp`].
 
 use phoenix_types::error::ErrorCode;
 
-use crate::call::{Call, DsCall, Outcome, QsCall, QsSigner, Reply};
+use crate::call::{AsCall, Call, DsCall, Outcome, QsCall, QsSigner, Reply};
 use crate::client::{self, ClientRef};
 use crate::ids::{DomainId, Seq};
 use crate::queue::QueueItem;
@@ -54,6 +56,10 @@ pub struct Network {
     pub federation: Vec<FedPacket>,
     /// The last accepted DS request seen on the wire (what a replay resends).
     pub last_ds: Option<(DomainId, DsCall)>,
+    /// The last accepted signed state-changing AS and QS requests seen on the wire (what a
+    /// replay of each resends) (Requirement: ADV-REPLAY-3).
+    pub last_as: Option<(DomainId, AsCall)>,
+    pub last_qs: Option<(DomainId, QsCall)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

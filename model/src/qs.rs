@@ -5,7 +5,7 @@
 //! signed by record keys that are not the client's AS key. Not here: which groups a
 //! client is in (the QS only opens sealed queue configs, one at a time, when enqueuing).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use phoenix_types::error::ErrorCode;
 
@@ -50,6 +50,9 @@ pub struct QsState {
     pub clients: BTreeMap<QsCid, QsClient>,
     pub next_user: u32,
     pub next_client: u32,
+    /// Replay records: the signed state-changing requests accepted, as they were (the
+    /// server keeps a digest of each) (Requirement: ADV-REPLAY-3).
+    pub seen: BTreeSet<QsCall>,
 }
 
 impl QsState {
@@ -63,6 +66,7 @@ impl QsState {
             // ghost records naming a QS id are unambiguous in a federated world.
             next_user: 1000u32.saturating_mul(u32::from(domain.0)),
             next_client: 1000u32.saturating_mul(u32::from(domain.0)),
+            seen: BTreeSet::new(),
         }
     }
 
@@ -74,6 +78,26 @@ impl QsState {
 
 /// Run one QS call.
 pub fn handle(state: &mut QsState, ghost: &mut Ghost, config: &Config, call: &QsCall) -> Outcome {
+    // Requirement: ADV-REPLAY-3
+    let protected = replay_protected(call);
+    if protected && state.seen.contains(call) {
+        return Err(ErrorCode::Replayed);
+    }
+    let outcome = handle_call(state, ghost, config, call);
+    if protected && outcome.is_ok() {
+        state.seen.insert(call.clone());
+    }
+    outcome
+}
+
+/// Whether the server keeps replay records of `call` (the signed state-changing QS
+/// request; a replayed dequeue deletes nothing the original did not) (Requirement:
+/// ADV-REPLAY-3).
+pub fn replay_protected(call: &QsCall) -> bool {
+    matches!(call, QsCall::PublishKeyPackages { .. })
+}
+
+fn handle_call(state: &mut QsState, ghost: &mut Ghost, config: &Config, call: &QsCall) -> Outcome {
     match call {
         QsCall::CreateUser {
             user_key,

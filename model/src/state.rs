@@ -251,8 +251,20 @@ pub fn call_server(state: &mut State, to: DomainId, call: &Call) -> Outcome {
         return Err(phoenix_types::error::ErrorCode::Unavailable);
     };
     match call {
-        Call::As(c) => as_::handle(&mut server.as_, &mut state.ghost, &config, now, c),
-        Call::Qs(c) => qs::handle(&mut server.qs, &mut state.ghost, &config, c),
+        Call::As(c) => {
+            let outcome = as_::handle(&mut server.as_, &mut state.ghost, &config, now, c);
+            if outcome.is_ok() && as_::replay_protected(c) {
+                state.network.last_as = Some((to, c.clone()));
+            }
+            outcome
+        }
+        Call::Qs(c) => {
+            let outcome = qs::handle(&mut server.qs, &mut state.ghost, &config, c);
+            if outcome.is_ok() && qs::replay_protected(c) {
+                state.network.last_qs = Some((to, c.clone()));
+            }
+            outcome
+        }
         Call::Ds(c) => {
             let before = epoch_of(&server.ds, c);
             let (outcome, effects) = ds::handle(&mut server.ds, c, commit_id(c));

@@ -2,12 +2,13 @@
 //! small configuration: one homeserver, three clients (alice, bob, carol, all contacts of
 //! each other), two groups (alice+bob, alice+carol), and a lossy, duplicating, reordering
 //! network between the clients and their queue. Clients send, commit updates, add and
-//! remove members, dequeue through the network; the adversary replays DS requests, forges
-//! dequeues, and a malicious AS mints a second credential for bob. A second configuration
-//! has the malicious AS use it: its client connects with carol (who never met bob), carol
-//! invites it into her group with alice (bob's contact), and it sends there; the same
-//! configuration against a client that skips the pin check must violate
-//! `no_minted_credential_trusted`. Every invariant of
+//! remove members, dequeue through the network; the adversary replays DS requests and
+//! publications of key packages (ADV-REPLAY-3: a replay restores no handed-out package,
+//! `one_time_packages_served_once`), forges dequeues, and a malicious AS mints a second
+//! credential for bob. A second configuration has the malicious AS use it: its client
+//! connects with carol (who never met bob), carol invites it into her group with alice
+//! (bob's contact), and it sends there; the same configuration against a client that
+//! skips the pin check must violate `no_minted_credential_trusted`. Every invariant of
 //! `phoenix_model::invariants` is checked in every reachable state; budgets bound the
 //! configuration so the search terminates.
 //!
@@ -17,7 +18,7 @@
 //! Requirement: MODEL-1, QS-Q-1, QS-Q-2, QS-DEQ-1, ADV-NET-1, QS-AUTH-1, AS-AUTH-1,
 //! DS-EPOCH-1, DS-EPOCH-2, AS-CP-3, QS-KP-3, DS-FAN-1, DS-FAN-2, DS-ADD-1, DS-PRIV-1,
 //! ADV-SNAP-2, ADV-OP-1, ADV-OP-2, ID-CHAIN-1, ID-CHAIN-2, ID-CONN-1, ADV-AS-1, ADV-REPLAY-1,
-//! ID-PIN-1
+//! ID-PIN-1, ADV-REPLAY-3, ADV-REPLAY-4
 
 #![allow(
     clippy::unwrap_used,
@@ -54,6 +55,8 @@ struct Budget {
     drops: u8,
     duplicates: u8,
     replays: u8,
+    /// Of the replays, those of publications (AS or QS); counted, never limited.
+    publication_replays: u8,
     mints: u8,
     checks: u8,
     ticks: u8,
@@ -185,6 +188,14 @@ impl Model for Phoenix {
         if u.replays < l.replays && s.network.last_ds.is_some() {
             actions.push(Op::Adversary(AdvOp::ReplayDs));
         }
+        // Replays of the signed AS and QS requests (publications of packages; clients
+        // publish key packages when they join a group) (Requirement: ADV-REPLAY-3).
+        if u.replays < l.replays && s.network.last_qs.is_some() {
+            actions.push(Op::Adversary(AdvOp::ReplayQs));
+        }
+        if u.replays < l.replays && s.network.last_as.is_some() {
+            actions.push(Op::Adversary(AdvOp::ReplayAs));
+        }
         if u.mints < l.mints {
             actions.push(Op::Adversary(AdvOp::MintCredential {
                 fid: world::fid(BOB.0),
@@ -230,6 +241,10 @@ impl Model for Phoenix {
             Op::Net(NetOp::Drop { .. }) => used.drops += 1,
             Op::Net(NetOp::Duplicate { .. }) => used.duplicates += 1,
             Op::Adversary(AdvOp::ReplayDs) => used.replays += 1,
+            Op::Adversary(AdvOp::ReplayAs | AdvOp::ReplayQs) => {
+                used.replays += 1;
+                used.publication_replays += 1;
+            }
             Op::Adversary(AdvOp::MintCredential { .. }) => used.mints += 1,
             Op::Tick => used.ticks += 1,
             _ => {}
@@ -281,8 +296,19 @@ impl Model for Phoenix {
                 invariants::inv_no_message_fanned_out_twice(&w.state)
             }),
             Property::sometimes("a DS request is replayed", |_, w: &World| {
-                w.used.replays > 0
+                w.used.replays > w.used.publication_replays
             }),
+            Property::sometimes(
+                "a publication is replayed after a package was handed out",
+                |_, w: &World| {
+                    w.used.publication_replays > 0
+                        && w.state
+                            .ghost
+                            .served_key_packages
+                            .values()
+                            .any(|(last_resort, _)| !last_resort)
+                },
+            ),
             Property::sometimes(
                 "the malicious AS's credential is noticed",
                 |_, w: &World| invariants::some_alert_raised(&w.state),
@@ -309,6 +335,7 @@ const NOTHING: Budget = Budget {
     drops: 0,
     duplicates: 0,
     replays: 0,
+    publication_replays: 0,
     mints: 0,
     checks: 0,
     ticks: 0,
@@ -627,4 +654,22 @@ fn the_pin_check_is_what_keeps_a_minted_credential_out() {
         "a client without the pin check trusted no minted credential: the invariant cannot fail"
     );
     assert!(checker.discovery("every other invariant").is_none());
+}
+
+/// Replays of publications: key packages are handed out (invitations, also at stale
+/// epochs, whose commits then fail) before and after the adversary replays the last
+/// publication of key packages; no one-time package is handed out twice (Requirement:
+/// ADV-REPLAY-3, ADV-REPLAY-4, QS-KP-3).
+#[test]
+fn replayed_publications_restore_no_package() {
+    check(
+        "publication replays",
+        Budget {
+            commits: 2,
+            adds: 2,
+            replays: 1,
+            ..NOTHING
+        },
+        &["a publication is replayed after a package was handed out"],
+    );
 }

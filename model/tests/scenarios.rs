@@ -181,3 +181,127 @@ fn a_minted_credential_is_noticed() {
     assert_eq!(state.ghost.accepted.len(), 1);
     assert_invariants(&state);
 }
+
+/// The network adversary replays every kind of signed state-changing request: a replayed
+/// publication of key packages or connection packages is refused (`REPLAYED`) and does not
+/// restore the one-time package handed out in between (it is never handed out again), and
+/// a replayed commit is `REPLAYED`, not `WRONG_EPOCH` (Requirement: ADV-REPLAY-3,
+/// ADV-REPLAY-4, ADV-REPLAY-1).
+#[test]
+fn replayed_publications_do_not_restore_served_packages() {
+    use phoenix_model::adversary::AdvOp;
+    use phoenix_model::call::{AsCall, AsSigner, ConnectionPackageArg, PackageDefect, Reply};
+    use phoenix_model::ids::{FidArg, PkgId};
+
+    let (state, g1, _) = world::checker_world(Config::default());
+    let home = DomainId(0);
+
+    // Key packages: the last publication the network saw, one package handed out, the
+    // publication replayed.
+    let (_, QsCall::PublishKeyPackages { signer, .. }) = state.network.last_qs.clone().unwrap()
+    else {
+        panic!("the last QS request recorded is a publication");
+    };
+    let publisher = state
+        .clients
+        .values()
+        .find(
+            |c| matches!(signer, phoenix_model::call::QsSigner::Client { id, .. } if id == c.qs_id),
+        )
+        .unwrap()
+        .clone();
+    let fetch = Op::Call {
+        to: home,
+        call: Call::Qs(QsCall::FetchKeyPackages {
+            token: publisher.token,
+        }),
+    };
+    let (state, first) = run(state, fetch.clone());
+    let Ok(Reply::KeyPackages { packages: first }) = first else {
+        panic!("{first:?}");
+    };
+    let (state, replayed) = run(state, Op::Adversary(AdvOp::ReplayQs));
+    assert_eq!(replayed, Err(ErrorCode::Replayed));
+    let (state, second) = run(state, fetch);
+    let Ok(Reply::KeyPackages { packages: second }) = second else {
+        panic!("{second:?}");
+    };
+    assert_ne!(first, second, "the one-time package was handed out again");
+    assert_invariants(&state);
+
+    // Connection packages: the same with the AS, after alice publishes a set.
+    let alice = state.clients.get(&ALICE).unwrap().clone();
+    let (state, published) = run(
+        state,
+        Op::Call {
+            to: home,
+            call: Call::As(AsCall::PublishConnectionPackages {
+                signer: AsSigner::Client {
+                    fid: FidArg::Valid(alice.fid),
+                    client: alice.name,
+                    key: alice.as_key,
+                },
+                fresh: true,
+                packages: vec![
+                    ConnectionPackageArg {
+                        id: PkgId(7_001),
+                        last_resort: false,
+                        defect: PackageDefect::None,
+                    },
+                    ConnectionPackageArg {
+                        id: PkgId(7_002),
+                        last_resort: true,
+                        defect: PackageDefect::None,
+                    },
+                ],
+            }),
+        },
+    );
+    assert_eq!(published, Ok(Reply::Empty));
+    let fid = alice.fid;
+    let fetch = Op::Call {
+        to: home,
+        call: Call::As(AsCall::FetchConnectionPackage {
+            fid: FidArg::Valid(fid),
+        }),
+    };
+    let (state, first) = run(state, fetch.clone());
+    assert!(
+        matches!(
+            first,
+            Ok(Reply::ConnectionPackage {
+                last_resort: false,
+                ..
+            })
+        ),
+        "{first:?}"
+    );
+    let (state, replayed) = run(state, Op::Adversary(AdvOp::ReplayAs));
+    assert_eq!(replayed, Err(ErrorCode::Replayed));
+    let (state, second) = run(state, fetch);
+    assert_ne!(first, second, "the one-time package was handed out again");
+    assert!(
+        matches!(
+            second,
+            Ok(Reply::ConnectionPackage {
+                last_resort: true,
+                ..
+            })
+        ),
+        "{second:?}"
+    );
+    assert_invariants(&state);
+
+    // A commit, replayed after it was accepted: REPLAYED.
+    let (state, update) = run(
+        state,
+        Op::Client(ClientOp::Update {
+            client: ALICE,
+            group: g1,
+        }),
+    );
+    assert!(update.is_ok(), "{update:?}");
+    let (state, replayed) = run(state, Op::Adversary(AdvOp::ReplayDs));
+    assert_eq!(replayed, Err(ErrorCode::Replayed));
+    assert_invariants(&state);
+}

@@ -309,6 +309,16 @@ async fn metrics(server: &Server) -> String {
             &m.group_reservations_purged,
         ),
         (
+            "phoenix_requests_seen_pruned_total",
+            "Replay records of signed AS, QS and DS requests pruned after the freshness window.",
+            &m.requests_seen_pruned,
+        ),
+        (
+            "phoenix_request_replays_refused_total",
+            "Replayed signed requests refused (REPLAYED), other than application messages.",
+            &m.request_replays_refused,
+        ),
+        (
             "phoenix_idcert_cache_hits_total",
             "Foreign actors' certificates served from the cache.",
             &m.idcert_cache_hits,

@@ -1,10 +1,11 @@
 //! Periodic purges of ephemeral rows, once a minute while the server runs: cache entries of
 //! foreign actors' certificates whose window ended ([`crate::federation::certificates`];
 //! reads evict them too, this bounds what an idle cache keeps), and replay records of
-//! federated messages and of the DS's application messages too old for a replay to pass
-//! the freshness check, connection packages whose validity ended (never served once
-//! expired; this deletes them) and group id reservations that expired unused (never
-//! usable once expired; this deletes them).
+//! federated messages, of the DS's application messages and of signed requests
+//! ([`crate::replay`]) too old for a replay to pass the freshness check, connection
+//! packages whose validity ended (never served once expired; this deletes them) and
+//! group id reservations that expired unused (never usable once expired; this deletes
+//! them).
 //!
 //! What this module is not: the outbox worker ([`crate::outbox`]) or the CA jobs
 //! ([`crate::server::Server::run_ca_jobs`]).
@@ -21,8 +22,8 @@ use crate::store::EphemeralStore;
 /// How often the purges run.
 pub const PURGE_PERIOD: Duration = Duration::from_secs(60);
 
-/// How long a replay record (of a federated message, or of an application message the DS
-/// accepted) is kept (seconds). A request is accepted only if its timestamp is within
+/// How long a replay record (of a federated message, of an application message the DS
+/// accepted, or of a signed request, [`crate::replay`]) is kept (seconds). A request is accepted only if its timestamp is within
 /// [`MAX_CLOCK_SKEW`] of the receiver's clock, so a replay arriving more than
 /// `2 × MAX_CLOCK_SKEW` after the original was received is refused as `STALE_REQUEST`
 /// whatever the replay records say; the rest is margin for clock steps on the receiver.
@@ -64,6 +65,12 @@ pub async fn purge_once(server: &Server, now: u64) {
         server.store.purge_group_reservations(now).await,
         &server.metrics.group_reservations_purged,
         "expired group id reservations",
+    );
+    // Requirement: ADV-REPLAY-3
+    count_pruned(
+        server.store.prune_seen_requests(before).await,
+        &server.metrics.requests_seen_pruned,
+        "replay records of signed requests",
     );
 }
 

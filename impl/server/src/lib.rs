@@ -40,5 +40,6 @@ pub mod outbox;
 pub mod polyproto;
 pub mod qs;
 pub mod ratelimit;
+pub mod replay;
 pub mod server;
 pub mod store;

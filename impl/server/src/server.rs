@@ -117,6 +117,10 @@ pub struct Metrics {
     pub connection_packages_purged: AtomicU64,
     /// Group id reservations deleted by the periodic purge because they expired unused.
     pub group_reservations_purged: AtomicU64,
+    /// Replay records of signed requests (AS, QS, DS) pruned.
+    pub requests_seen_pruned: AtomicU64,
+    /// Replayed signed requests refused (`REPLAYED`), other than application messages.
+    pub request_replays_refused: AtomicU64,
 }
 
 impl std::fmt::Debug for Server {
@@ -254,9 +258,15 @@ impl Server {
         }
     }
 
-    /// Map a storage failure to a 500 without leaking its details, logging them here.
+    /// Map a storage failure to a 500 without leaking its details, logging them here. The
+    /// one outcome that is not a failure, a write whose replay record existed
+    /// ([`StoreError::Replayed`]), becomes `REPLAYED` (see [`crate::replay`]).
     pub fn internal(&self) -> impl Fn(StoreError) -> WireError + '_ {
         |e| {
+            if let StoreError::Replayed = e {
+                // Requirement: ADV-REPLAY-3
+                return crate::replay::replayed(self);
+            }
             tracing::error!(error = %e, "storage failure");
             WireError::new(ErrorCode::Internal, "internal storage error")
         }

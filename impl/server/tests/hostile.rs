@@ -1283,7 +1283,8 @@ async fn a_rolled_back_group_state_is_refused_and_changes_nothing(backend: Backe
                 current.version,
                 &old.ciphertext,
                 now(),
-                &[]
+                &[],
+                &fresh_replay_record(),
             )
             .await
             .unwrap()
@@ -1373,11 +1374,22 @@ async fn group_id_reservations_that_expire_unused_are_purged(backend: Backend) {
             server
                 .server
                 .store
-                .create_group(group_id, b"state", now())
+                .create_group(group_id, b"state", now(), &fresh_replay_record())
                 .await
                 .unwrap(),
             CreateGroup::NotReserved
         );
     }
     server.stop().await;
+}
+
+/// A replay record no request used (a random digest), for writes made directly to the store.
+fn fresh_replay_record() -> phoenix_server::store::ReplayRecord {
+    use rand_core::RngCore;
+    let mut digest = [0u8; 32];
+    rand_core::OsRng.fill_bytes(&mut digest);
+    phoenix_server::store::ReplayRecord {
+        digest,
+        received_at: now(),
+    }
 }

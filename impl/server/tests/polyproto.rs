@@ -35,7 +35,7 @@ use phoenix_server::server::{Limits, Server, now};
 use phoenix_server::store::sessions::SessionStore;
 use phoenix_server::store::{
     AsClientRecord, AsStore, CaRecord, CachedIdCerts, CreateUser, EnqueueEntry, EphemeralStore,
-    FederatedEnqueue, QsStore, Store,
+    FederatedEnqueue, QsStore, ReplayRecord, Store,
 };
 use phoenix_types::certs::{self, ParsedCert};
 use phoenix_types::crypto;
@@ -131,10 +131,24 @@ async fn user(server: &Server, fid: &str, client_id: &str) -> (SigningKey, Parse
     (key, ParsedCert::parse(&record.certificate).unwrap())
 }
 
+/// The replay record of a renewal (one per certificate serial).
+fn renewal(record: &AsClientRecord) -> ReplayRecord {
+    ReplayRecord {
+        digest: crypto::sha256(record.serial.as_bytes()),
+        received_at: now(),
+    }
+}
+
 /// Renew a client's certificate (new key) with the current CA.
 async fn renew(server: &Server, fid: &str, client_id: &str) -> (SigningKey, ParsedCert) {
     let (key, record) = issue(server, fid, client_id);
-    assert!(server.store.renew_client(&record).await.unwrap());
+    assert!(
+        server
+            .store
+            .renew_client(&record, &renewal(&record))
+            .await
+            .unwrap()
+    );
     (key, ParsedCert::parse(&record.certificate).unwrap())
 }
 

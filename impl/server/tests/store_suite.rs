@@ -36,7 +36,8 @@ use phoenix_server::store::postgres::PgStore;
 use phoenix_server::store::{
     AsClientRecord, AsStore, CaRecord, CachedIdCerts, CreateGroup, CreateQsUser, CreateUser,
     DsStore, EnqueueEntry, EphemeralStore, OutboxEntry, QsClientRecord, QsStore, QsUserRecord,
-    Store, StoreError, StoredConnectionPackage, StoredGroup, StoredKeyPackage,
+    ReplayRecord, ReplayService, Store, StoreError, StoredConnectionPackage, StoredGroup,
+    StoredKeyPackage,
 };
 use phoenix_types::ids::QsId;
 use phoenix_types::messages::QueueMessage;
@@ -92,6 +93,10 @@ suite! {
     ds_update_group_race,
     outbox_append_due_postpone_delete,
     idcert_cache_cap_holds_under_concurrency,
+    replayed_writes_change_nothing,
+    failed_writes_record_no_replay,
+    replayed_write_race,
+    replay_records_are_pruned,
 }
 
 // Authentication Service --------------------------------------------------------------
@@ -285,6 +290,7 @@ async fn connection_packages_are_taken_once(db: &TestDb) {
                 connection_package(b"p1", false),
                 connection_package(b"p2", false),
             ],
+            &fresh(),
         )
         .await
         .unwrap();
@@ -298,6 +304,7 @@ async fn connection_packages_are_taken_once(db: &TestDb) {
                 connection_package(b"lr", true),
                 connection_package(b"q2", false),
             ],
+            &fresh(),
         )
         .await
         .unwrap();
@@ -309,7 +316,7 @@ async fn connection_packages_are_taken_once(db: &TestDb) {
     assert_eq!(take().await, Some(("c1".to_owned(), b"lr".to_vec())));
 
     store
-        .replace_connection_packages(fid, "c1", &[connection_package(b"r1", false)])
+        .replace_connection_packages(fid, "c1", &[connection_package(b"r1", false)], &fresh())
         .await
         .unwrap();
     assert_eq!(take().await, Some(("c1".to_owned(), b"r1".to_vec())));
@@ -344,6 +351,7 @@ async fn expired_connection_packages_are_never_served_and_are_purged(db: &TestDb
                 // A validity past what the database holds is clamped, not refused.
                 expiring_connection_package(b"far", false, u64::MAX),
             ],
+            &fresh(),
         )
         .await
         .unwrap();
@@ -371,6 +379,7 @@ async fn expired_connection_packages_are_never_served_and_are_purged(db: &TestDb
                 expiring_connection_package(b"lr", true, 2_000),
                 expiring_connection_package(b"new", false, 9_000),
             ],
+            &fresh(),
         )
         .await
         .unwrap();
@@ -393,7 +402,7 @@ async fn connection_packages_race(db: &TestDb) {
         .collect();
     packages.push(connection_package(b"lr", true));
     store
-        .replace_connection_packages(fid, "c1", &packages)
+        .replace_connection_packages(fid, "c1", &packages, &fresh())
         .await
         .unwrap();
 
@@ -612,7 +621,11 @@ async fn key_packages_are_replaced_and_taken_one_per_client(db: &TestDb) {
         .await
         .unwrap();
     store
-        .replace_key_packages(&stranger_client.client_id, &[key_package(b"s1", false)])
+        .replace_key_packages(
+            &stranger_client.client_id,
+            &[key_package(b"s1", false)],
+            &fresh(),
+        )
         .await
         .unwrap();
 
@@ -625,6 +638,7 @@ async fn key_packages_are_replaced_and_taken_one_per_client(db: &TestDb) {
         .replace_key_packages(
             &c1.client_id,
             &[key_package(b"a1", false), key_package(b"a2", false)],
+            &fresh(),
         )
         .await
         .unwrap();
@@ -632,6 +646,7 @@ async fn key_packages_are_replaced_and_taken_one_per_client(db: &TestDb) {
         .replace_key_packages(
             &c1.client_id,
             &[key_package(b"b1", false), key_package(b"blr", true)],
+            &fresh(),
         )
         .await
         .unwrap();
@@ -643,6 +658,7 @@ async fn key_packages_are_replaced_and_taken_one_per_client(db: &TestDb) {
                 key_package(b"x1", false),
                 key_package(b"x2", false),
             ],
+            &fresh(),
         )
         .await
         .unwrap();
@@ -666,7 +682,7 @@ async fn key_packages_are_replaced_and_taken_one_per_client(db: &TestDb) {
     );
 
     store
-        .replace_key_packages(&c1.client_id, &[])
+        .replace_key_packages(&c1.client_id, &[], &fresh())
         .await
         .unwrap();
     assert_eq!(take().await, vec![(c2, b"xlr".to_vec())]);
@@ -690,11 +706,11 @@ async fn key_packages_race(db: &TestDb) {
         packages
     };
     store
-        .replace_key_packages(&c1.client_id, &packages("a", 30))
+        .replace_key_packages(&c1.client_id, &packages("a", 30), &fresh())
         .await
         .unwrap();
     store
-        .replace_key_packages(&c2, &packages("b", 10))
+        .replace_key_packages(&c2, &packages("b", 10), &fresh())
         .await
         .unwrap();
 
@@ -970,7 +986,7 @@ async fn ds_reserve_and_create(db: &TestDb) {
     let store = &db.store;
     let (g1, g2) = (group_id(1), group_id(2));
     assert_eq!(
-        store.create_group(&g1, b"ct", NOW).await.unwrap(),
+        store.create_group(&g1, b"ct", NOW, &fresh()).await.unwrap(),
         CreateGroup::NotReserved
     );
 
@@ -981,18 +997,27 @@ async fn ds_reserve_and_create(db: &TestDb) {
     );
     // Expired at `now` (expires_at <= now): not a reservation any more.
     assert_eq!(
-        store.create_group(&g1, b"ct", NOW + 60).await.unwrap(),
+        store
+            .create_group(&g1, b"ct", NOW + 60, &fresh())
+            .await
+            .unwrap(),
         CreateGroup::NotReserved
     );
     assert_eq!(
-        store.create_group(&g1, b"ct", NOW + 61).await.unwrap(),
+        store
+            .create_group(&g1, b"ct", NOW + 61, &fresh())
+            .await
+            .unwrap(),
         CreateGroup::NotReserved
     );
     assert_eq!(store.group(&g1).await.unwrap(), None);
 
     assert!(store.reserve_group_id(&g2, NOW + 60).await.unwrap());
     assert_eq!(
-        store.create_group(&g2, b"state", NOW + 59).await.unwrap(),
+        store
+            .create_group(&g2, b"state", NOW + 59, &fresh())
+            .await
+            .unwrap(),
         CreateGroup::Created
     );
     assert_eq!(
@@ -1003,7 +1028,10 @@ async fn ds_reserve_and_create(db: &TestDb) {
         })
     );
     assert_eq!(
-        store.create_group(&g2, b"other", NOW).await.unwrap(),
+        store
+            .create_group(&g2, b"other", NOW, &fresh())
+            .await
+            .unwrap(),
         CreateGroup::Exists
     );
     assert!(
@@ -1032,7 +1060,10 @@ async fn ds_expired_reservations_are_purged(db: &TestDb) {
     assert!(store.reserve_group_id(&g2, NOW + 120).await.unwrap());
     assert!(store.reserve_group_id(&g3, NOW + 120).await.unwrap());
     assert_eq!(
-        store.create_group(&g3, b"state", NOW).await.unwrap(),
+        store
+            .create_group(&g3, b"state", NOW, &fresh())
+            .await
+            .unwrap(),
         CreateGroup::Created
     );
     assert_eq!(store.purge_group_reservations(NOW + 59).await.unwrap(), 0);
@@ -1040,11 +1071,17 @@ async fn ds_expired_reservations_are_purged(db: &TestDb) {
     assert_eq!(store.purge_group_reservations(NOW + 60).await.unwrap(), 0);
     // g2 is still reserved (a clock that went back may still use it); g1 is gone.
     assert_eq!(
-        store.create_group(&g1, b"state", NOW).await.unwrap(),
+        store
+            .create_group(&g1, b"state", NOW, &fresh())
+            .await
+            .unwrap(),
         CreateGroup::NotReserved
     );
     assert_eq!(
-        store.create_group(&g2, b"state", NOW + 61).await.unwrap(),
+        store
+            .create_group(&g2, b"state", NOW + 61, &fresh())
+            .await
+            .unwrap(),
         CreateGroup::Created
     );
     assert_eq!(store.purge_group_reservations(u64::MAX).await.unwrap(), 0);
@@ -1059,7 +1096,7 @@ async fn ds_update_group_is_compare_and_swap(db: &TestDb) {
     let g = group_id(1);
     assert!(
         !store
-            .update_group(&g, 0, b"v1", NOW, &[outbox_entry(1)])
+            .update_group(&g, 0, b"v1", NOW, &[outbox_entry(1)], &fresh())
             .await
             .unwrap(),
         "no such group"
@@ -1067,10 +1104,17 @@ async fn ds_update_group_is_compare_and_swap(db: &TestDb) {
     assert!(store.due_outbox(u64::MAX, 100).await.unwrap().is_empty());
 
     store.reserve_group_id(&g, NOW + 60).await.unwrap();
-    store.create_group(&g, b"v0", NOW).await.unwrap();
+    store.create_group(&g, b"v0", NOW, &fresh()).await.unwrap();
     assert!(
         store
-            .update_group(&g, 0, b"v1", NOW, &[outbox_entry(1), outbox_entry(2)])
+            .update_group(
+                &g,
+                0,
+                b"v1",
+                NOW,
+                &[outbox_entry(1), outbox_entry(2)],
+                &fresh()
+            )
             .await
             .unwrap()
     );
@@ -1085,7 +1129,7 @@ async fn ds_update_group_is_compare_and_swap(db: &TestDb) {
     // A stale version changes nothing, outbox included.
     assert!(
         !store
-            .update_group(&g, 0, b"stale", NOW, &[outbox_entry(3)])
+            .update_group(&g, 0, b"stale", NOW, &[outbox_entry(3)], &fresh())
             .await
             .unwrap()
     );
@@ -1096,7 +1140,12 @@ async fn ds_update_group_is_compare_and_swap(db: &TestDb) {
             version: 1
         })
     );
-    assert!(store.update_group(&g, 1, b"v2", NOW, &[]).await.unwrap());
+    assert!(
+        store
+            .update_group(&g, 1, b"v2", NOW, &[], &fresh())
+            .await
+            .unwrap()
+    );
     assert_eq!(store.group(&g).await.unwrap().unwrap().version, 2);
 
     let due: Vec<_> = store
@@ -1114,14 +1163,14 @@ async fn ds_update_group_race(db: &TestDb) {
     for round in 0..5u8 {
         let g = group_id(round);
         store.reserve_group_id(&g, NOW + 60).await.unwrap();
-        store.create_group(&g, b"v0", NOW).await.unwrap();
+        store.create_group(&g, b"v0", NOW, &fresh()).await.unwrap();
         let tasks: Vec<_> = (0..2u8)
             .map(|i| {
                 let store = store.clone();
                 let g = g.clone();
                 tokio::spawn(async move {
                     let won = store
-                        .update_group(&g, 0, &[i], NOW, &[outbox_entry(10 * round + i)])
+                        .update_group(&g, 0, &[i], NOW, &[outbox_entry(10 * round + i)], &fresh())
                         .await
                         .unwrap();
                     (i, won)
@@ -1551,6 +1600,23 @@ fn group_id(n: u8) -> Vec<u8> {
     id
 }
 
+/// A replay record no other write used (a random digest), received at [`NOW`].
+fn fresh() -> ReplayRecord {
+    let mut digest = [0u8; 32];
+    OsRng.fill_bytes(&mut digest);
+    ReplayRecord {
+        digest,
+        received_at: NOW,
+    }
+}
+
+fn assert_replayed<T: std::fmt::Debug>(result: Result<T, StoreError>) {
+    assert!(
+        matches!(result, Err(StoreError::Replayed)),
+        "expected Replayed, got {result:?}"
+    );
+}
+
 fn outbox_entry(n: u8) -> OutboxEntry {
     OutboxEntry {
         destination: format!("qs{n}.example.org"),
@@ -1558,4 +1624,312 @@ fn outbox_entry(n: u8) -> OutboxEntry {
         payload: vec![n; 200],
         dedup: [n; 16],
     }
+}
+
+// Replay records of signed requests ---------------------------------------------------
+
+// Requirement: ADV-REPLAY-3
+/// Every write that takes a replay record records it with its effect; the same record
+/// again fails with `Replayed` and changes nothing (in particular, packages handed out in
+/// between are not restored). Each service has its own records.
+async fn replayed_writes_change_nothing(db: &TestDb) {
+    let store = &db.store;
+    // AS: connection packages.
+    let fid = "alice@example.org";
+    AsStore::create_user(store, &as_client(fid, "c1", "01"), 1_000)
+        .await
+        .unwrap();
+    let publish = fresh();
+    let packages = [
+        connection_package(b"p1", false),
+        connection_package(b"lr", true),
+    ];
+    store
+        .replace_connection_packages(fid, "c1", &packages, &publish)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .request_seen(ReplayService::As, &publish.digest)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .request_seen(ReplayService::Qs, &publish.digest)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .request_seen(ReplayService::Ds, &publish.digest)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.take_connection_package(fid, NOW).await.unwrap(),
+        Some(("c1".to_owned(), b"p1".to_vec()))
+    );
+    assert_replayed(
+        store
+            .replace_connection_packages(fid, "c1", &packages, &publish)
+            .await,
+    );
+    // p1 stays taken: only the last-resort package is left.
+    assert_eq!(
+        store.take_connection_package(fid, NOW).await.unwrap(),
+        Some(("c1".to_owned(), b"lr".to_vec()))
+    );
+
+    // AS: renewal.
+    let renewal = fresh();
+    let renewed = as_client(fid, "c1", "02");
+    assert!(store.renew_client(&renewed, &renewal).await.unwrap());
+    assert_replayed(
+        store
+            .renew_client(&as_client(fid, "c1", "03"), &renewal)
+            .await,
+    );
+    assert_eq!(
+        AsStore::client(store, fid, "c1")
+            .await
+            .unwrap()
+            .unwrap()
+            .serial,
+        "02"
+    );
+    assert_eq!(store.user_certificates(fid).await.unwrap().len(), 2);
+
+    // QS: key packages.
+    let (user, client) = qs_user(1, 1);
+    QsStore::create_user(store, &user, &client).await.unwrap();
+    let publish = fresh();
+    let packages = [key_package(b"k1", false), key_package(b"klr", true)];
+    store
+        .replace_key_packages(&client.client_id, &packages, &publish)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.take_key_packages(&user.user_id).await.unwrap(),
+        vec![(client.client_id, b"k1".to_vec())]
+    );
+    assert_replayed(
+        store
+            .replace_key_packages(&client.client_id, &packages, &publish)
+            .await,
+    );
+    assert_eq!(
+        store.take_key_packages(&user.user_id).await.unwrap(),
+        vec![(client.client_id, b"klr".to_vec())]
+    );
+
+    // DS: creation and commits.
+    let g = group_id(1);
+    assert!(store.reserve_group_id(&g, NOW + 60).await.unwrap());
+    let create = fresh();
+    assert_eq!(
+        store.create_group(&g, b"v0", NOW, &create).await.unwrap(),
+        CreateGroup::Created
+    );
+    let commit = fresh();
+    assert!(
+        store
+            .update_group(&g, 0, b"v1", NOW, &[outbox_entry(1)], &commit)
+            .await
+            .unwrap()
+    );
+    assert_replayed(
+        store
+            .update_group(&g, 1, b"v2", NOW, &[outbox_entry(2)], &commit)
+            .await,
+    );
+    // A replayed creation is refused by its record, before the group's existence.
+    assert!(!store.reserve_group_id(&g, NOW + 60).await.unwrap());
+    assert_replayed(store.create_group(&g, b"again", NOW, &create).await);
+    assert_eq!(
+        store.group(&g).await.unwrap(),
+        Some(StoredGroup {
+            ciphertext: b"v1".to_vec(),
+            version: 1
+        })
+    );
+    let due = store.due_outbox(u64::MAX, 100).await.unwrap();
+    assert_eq!(due.len(), 1, "the replayed commit appended to the outbox");
+    assert!(
+        store
+            .request_seen(ReplayService::Ds, &commit.digest)
+            .await
+            .unwrap()
+    );
+}
+
+// Requirement: ADV-REPLAY-3
+/// A write that fails records nothing, so the same request is processed when retried.
+async fn failed_writes_record_no_replay(db: &TestDb) {
+    let store = &db.store;
+    let g = group_id(2);
+    let create = fresh();
+    assert_eq!(
+        store.create_group(&g, b"v0", NOW, &create).await.unwrap(),
+        CreateGroup::NotReserved
+    );
+    assert!(
+        !store
+            .request_seen(ReplayService::Ds, &create.digest)
+            .await
+            .unwrap()
+    );
+    assert!(store.reserve_group_id(&g, NOW + 60).await.unwrap());
+    assert_eq!(
+        store.create_group(&g, b"v0", NOW, &create).await.unwrap(),
+        CreateGroup::Created
+    );
+
+    let commit = fresh();
+    assert!(
+        !store
+            .update_group(&g, 5, b"lost", NOW, &[outbox_entry(1)], &commit)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .request_seen(ReplayService::Ds, &commit.digest)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .update_group(&g, 0, b"v1", NOW, &[outbox_entry(1)], &commit)
+            .await
+            .unwrap()
+    );
+
+    let renewal = fresh();
+    assert!(
+        !store
+            .renew_client(&as_client("nobody@example.org", "c1", "09"), &renewal)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .request_seen(ReplayService::As, &renewal.digest)
+            .await
+            .unwrap()
+    );
+}
+
+// Requirement: ADV-REPLAY-3
+/// Copies of one request racing: exactly one takes effect, every other gets `Replayed`.
+async fn replayed_write_race(db: &TestDb) {
+    let store = &db.store;
+    let (user, client) = qs_user(3, 3);
+    QsStore::create_user(store, &user, &client).await.unwrap();
+    let g = group_id(3);
+    assert!(store.reserve_group_id(&g, NOW + 60).await.unwrap());
+    store.create_group(&g, b"v0", NOW, &fresh()).await.unwrap();
+    for round in 0..5u8 {
+        let publish = fresh();
+        let commit = fresh();
+        let version = u64::from(round);
+        let tasks: Vec<_> = (0..6u8)
+            .map(|i| {
+                let store = store.clone();
+                let g = g.clone();
+                let client_id = client.client_id;
+                tokio::spawn(async move {
+                    if i % 2 == 0 {
+                        store
+                            .replace_key_packages(
+                                &client_id,
+                                &[key_package(&[round, i], true)],
+                                &publish,
+                            )
+                            .await
+                            .map(|()| true)
+                    } else {
+                        store
+                            .update_group(&g, version, &[round, i], NOW, &[], &commit)
+                            .await
+                    }
+                })
+            })
+            .collect();
+        let mut accepted = [0, 0];
+        for (i, task) in tasks.into_iter().enumerate() {
+            match task.await.unwrap() {
+                Ok(true) => accepted[i % 2] += 1,
+                Ok(false) => panic!("a commit lost its compare-and-swap to a copy of itself"),
+                Err(StoreError::Replayed) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(accepted, [1, 1], "round {round}");
+        assert_eq!(store.group(&g).await.unwrap().unwrap().version, version + 1);
+        assert_eq!(
+            store
+                .key_package_status(&client.client_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .one_time,
+            0
+        );
+    }
+}
+
+// Requirement: ADV-REPLAY-3
+/// Records received before the cut are deleted, in every service; later ones stay.
+async fn replay_records_are_pruned(db: &TestDb) {
+    let store = &db.store;
+    let fid = "alice@example.org";
+    AsStore::create_user(store, &as_client(fid, "c1", "01"), 1_000)
+        .await
+        .unwrap();
+    let (user, client) = qs_user(1, 1);
+    QsStore::create_user(store, &user, &client).await.unwrap();
+    let old_as = ReplayRecord {
+        received_at: NOW - 10,
+        ..fresh()
+    };
+    let old_qs = ReplayRecord {
+        received_at: NOW - 1,
+        ..fresh()
+    };
+    let kept = ReplayRecord {
+        received_at: NOW,
+        ..fresh()
+    };
+    let packages = [connection_package(b"lr", true)];
+    for record in [&old_as, &kept] {
+        store
+            .replace_connection_packages(fid, "c1", &packages, record)
+            .await
+            .unwrap();
+    }
+    store
+        .replace_key_packages(&client.client_id, &[key_package(b"klr", true)], &old_qs)
+        .await
+        .unwrap();
+    assert_eq!(store.prune_seen_requests(NOW).await.unwrap(), 2);
+    assert!(
+        !store
+            .request_seen(ReplayService::As, &old_as.digest)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .request_seen(ReplayService::Qs, &old_qs.digest)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .request_seen(ReplayService::As, &kept.digest)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.prune_seen_requests(NOW).await.unwrap(), 0);
 }

@@ -36,7 +36,7 @@ use tempfile::TempDir;
 use phoenix_server::federation::FederationSettings;
 use phoenix_server::polyproto::{self as p2, decimal};
 use phoenix_server::server::{Limits, Server, now};
-use phoenix_server::store::{AsClientRecord, AsStore, CaRecord, CreateUser, Store};
+use phoenix_server::store::{AsClientRecord, AsStore, CaRecord, CreateUser, ReplayRecord, Store};
 use phoenix_types::certs::{self, ParsedCert};
 use phoenix_types::crypto;
 use phoenix_types::ids::{ClientId, Domain, Fid};
@@ -243,7 +243,19 @@ async fn issue(server: &Server, fid: &str, client_id: &str, renew: bool) -> Ed25
         not_after: parsed.not_after,
     };
     if renew {
-        assert!(server.store.renew_client(&record).await.unwrap());
+        assert!(
+            server
+                .store
+                .renew_client(
+                    &record,
+                    &ReplayRecord {
+                        digest: phoenix_types::crypto::sha256(record.serial.as_bytes()),
+                        received_at: now(),
+                    },
+                )
+                .await
+                .unwrap()
+        );
     } else {
         assert_eq!(
             server.store.create_user(&record, now()).await.unwrap(),

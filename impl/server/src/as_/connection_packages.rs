@@ -61,7 +61,13 @@ pub async fn publish(server: &Server, request: &Request, now: u64) -> Result<Vec
     }
     server
         .store
-        .replace_connection_packages(&client.fid, &client.client_id, &stored)
+        .replace_connection_packages(
+            &client.fid,
+            &client.client_id,
+            &stored,
+            // Requirement: ADV-REPLAY-3, ADV-REPLAY-4 (no handed-out package comes back)
+            &crate::replay::record(request, now)?,
+        )
         .await
         .map_err(server.internal())?;
     codec::encode(&Empty {})

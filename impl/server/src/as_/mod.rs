@@ -38,6 +38,8 @@ pub fn operation(name: &str) -> Option<&'static str> {
 /// Run one AS operation.
 pub async fn handle(server: &Server, request: &Request, now: u64) -> Result<Vec<u8>, WireError> {
     check_not_invalidated(server, request, now).await?;
+    // Requirement: ADV-REPLAY-3
+    crate::replay::refuse_seen(server, request).await?;
     match request.operation {
         as_::REGISTER => register::register(server, request, now).await,
         as_::PUBLISH_CONNECTION_PACKAGES => {

@@ -100,7 +100,8 @@ pub async fn renew_certificate(
     ]);
     if !server
         .store
-        .renew_client(&record)
+        // Requirement: ADV-REPLAY-3
+        .renew_client(&record, &crate::replay::record(request, now)?)
         .await
         .map_err(server.internal())?
     {

@@ -140,6 +140,9 @@ pub async fn add_users(server: &Server, request: &Request, now: u64) -> Result<V
         });
         outbox.push(fan_out_entry(&info, &bundle)?);
     }
-    group.save(server, now, &outbox).await?;
+    // Requirement: ADV-REPLAY-3
+    group
+        .save(server, now, &outbox, &crate::replay::record(request, now)?)
+        .await?;
     codec::encode(&Empty {})
 }

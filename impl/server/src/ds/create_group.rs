@@ -122,7 +122,13 @@ pub async fn create_group(
     )?;
     match server
         .store
-        .create_group(&group_id, &ciphertext, now)
+        // Requirement: ADV-REPLAY-3
+        .create_group(
+            &group_id,
+            &ciphertext,
+            now,
+            &crate::replay::record(request, now)?,
+        )
         .await
         .map_err(server.internal())?
     {

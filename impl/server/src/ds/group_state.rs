@@ -31,7 +31,7 @@ use phoenix_types::ids::QualifiedGroupId;
 use phoenix_types::messages::ds::{LeafCredential, MemberInfo};
 
 use crate::server::Server;
-use crate::store::{DsStore, OutboxEntry};
+use crate::store::{DsStore, OutboxEntry, ReplayRecord};
 
 /// Version of the sealed [`GroupState`] format; bound into the AEAD associated data.
 /// Format 2 (version and epoch bound, key check) replaced format 1 (group id only); rows
@@ -290,12 +290,14 @@ impl LoadedGroup {
 
     // Requirement: DS-EPOCH-1, DS-FAN-1
     /// Re-encrypt and store the state if nobody else changed the group since it was
-    /// loaded, together with the fan-out in the outbox. A lost race is `WRONG_EPOCH`.
+    /// loaded, together with the fan-out in the outbox and the request's replay record
+    /// (ADV-REPLAY-3: `REPLAYED` if it was recorded). A lost race is `WRONG_EPOCH`.
     pub async fn save(
         mut self,
         server: &Server,
         now: u64,
         outbox: &[OutboxEntry],
+        replay: &ReplayRecord,
     ) -> Result<(), WireError> {
         self.state.mls = entries_of(&self.storage)?;
         // Requirement: DS-EAR-3 (sealed as the version the compare-and-swap writes)
@@ -312,7 +314,14 @@ impl LoadedGroup {
         )?;
         let stored = server
             .store
-            .update_group(&self.group_id_bytes, self.version, &ciphertext, now, outbox)
+            .update_group(
+                &self.group_id_bytes,
+                self.version,
+                &ciphertext,
+                now,
+                outbox,
+                replay,
+            )
             .await
             .map_err(server.internal())?;
         if !stored {

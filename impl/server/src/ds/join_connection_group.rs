@@ -89,6 +89,9 @@ pub async fn join_connection_group(
         }],
     });
     let outbox = fan_out_to_members(&recipients, None, &payload)?;
-    group.save(server, now, &outbox).await?;
+    // Requirement: ADV-REPLAY-3
+    group
+        .save(server, now, &outbox, &crate::replay::record(request, now)?)
+        .await?;
     codec::encode(&Empty {})
 }

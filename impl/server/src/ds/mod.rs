@@ -49,6 +49,9 @@ pub fn operation(name: &str) -> Option<&'static str> {
 }
 
 pub async fn handle(server: &Server, request: &Request, now: u64) -> Result<Vec<u8>, WireError> {
+    // Requirement: ADV-REPLAY-3 (before the group is loaded: a replayed commit is REPLAYED,
+    // not WRONG_EPOCH)
+    crate::replay::refuse_seen(server, request).await?;
     match request.operation {
         ds::REQUEST_GROUP_ID => request_group_id::request_group_id(server, request, now).await,
         ds::CREATE_GROUP => create_group::create_group(server, request, now).await,

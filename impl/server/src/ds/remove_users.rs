@@ -78,6 +78,9 @@ pub async fn remove_users(
         new_credentials: Vec::new(),
     });
     let outbox = fan_out_to_members(&recipients, Some(sender), &payload)?;
-    group.save(server, now, &outbox).await?;
+    // Requirement: ADV-REPLAY-3
+    group
+        .save(server, now, &outbox, &crate::replay::record(request, now)?)
+        .await?;
     codec::encode(&Empty {})
 }

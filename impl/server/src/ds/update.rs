@@ -82,6 +82,9 @@ pub async fn update(server: &Server, request: &Request, now: u64) -> Result<Vec<
         new_credentials,
     });
     let outbox = fan_out_to_members(&recipients, Some(sender), &payload)?;
-    group.save(server, now, &outbox).await?;
+    // Requirement: ADV-REPLAY-3
+    group
+        .save(server, now, &outbox, &crate::replay::record(request, now)?)
+        .await?;
     codec::encode(&Empty {})
 }

@@ -38,6 +38,8 @@ pub fn operation(name: &str) -> Option<&'static str> {
 }
 
 pub async fn handle(server: &Server, request: &Request, now: u64) -> Result<Vec<u8>, WireError> {
+    // Requirement: ADV-REPLAY-3
+    crate::replay::refuse_seen(server, request).await?;
     match request.operation {
         qs::QUEUE_CONFIG_KEY => {
             request.require_anonymous()?;

@@ -65,7 +65,12 @@ pub async fn publish_key_packages(
     }
     server
         .store
-        .replace_key_packages(&client.client_id, &stored)
+        // Requirement: ADV-REPLAY-3, ADV-REPLAY-4 (no handed-out package comes back)
+        .replace_key_packages(
+            &client.client_id,
+            &stored,
+            &crate::replay::record(request, now)?,
+        )
         .await
         .map_err(server.internal())?;
     codec::encode(&Empty {})

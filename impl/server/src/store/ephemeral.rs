@@ -1,8 +1,10 @@
 //! [`EphemeralStore`] for both backends, written once: the cache of other servers' actors'
 //! certificates (`p2_idcert_cache`, migration `0005_idcert_cache`), the pruning of
-//! replay records (`qs_federation_seen`, `ds_seen_messages`) and the purges of expired
-//! connection packages (`as_connection_packages.not_after`) and of group id reservations
-//! that expired unused (`ds_reservations`; migration `0010_expiry_purges`).
+//! replay records (`qs_federation_seen`, `ds_seen_messages`, and the signed requests'
+//! `as_seen_requests`, `qs_seen_requests`, `ds_seen_requests`: read and pruned here, written
+//! by the backends inside the transaction of each request's effect) and the purges of
+//! expired connection packages (`as_connection_packages.not_after`) and of group id
+//! reservations that expired unused (`ds_reservations`; migration `0010_expiry_purges`).
 //!
 //! The statements use `$n` placeholders, which SQLite accepts too; the one difference
 //! between the backends is how a read-modify-write transaction excludes other writers
@@ -10,7 +12,9 @@
 //! Postgres locks the cache table against other writers).
 
 use super::rows::Columns;
-use super::{CachedIdCerts, EphemeralStore, Store, StoreResult, bound, from_db, to_db};
+use super::{
+    CachedIdCerts, EphemeralStore, ReplayService, Store, StoreResult, bound, from_db, to_db,
+};
 
 /// Calls the function of whichever backend is configured.
 macro_rules! delegate {
@@ -59,6 +63,14 @@ impl EphemeralStore for Store {
     async fn purge_group_reservations(&self, now: u64) -> StoreResult<u64> {
         delegate!(self, purge_group_reservations(now))
     }
+
+    async fn request_seen(&self, service: ReplayService, digest: &[u8; 32]) -> StoreResult<bool> {
+        delegate!(self, request_seen(service, digest))
+    }
+
+    async fn prune_seen_requests(&self, before: u64) -> StoreResult<u64> {
+        delegate!(self, prune_seen_requests(before))
+    }
 }
 
 fn cached(row: &impl Columns) -> StoreResult<CachedIdCerts> {
@@ -89,6 +101,14 @@ mod sql {
     pub const PURGE_CONNECTION_PACKAGES: &str =
         "DELETE FROM as_connection_packages WHERE not_after <= $1";
     pub const PURGE_GROUP_RESERVATIONS: &str = "DELETE FROM ds_reservations WHERE expires_at <= $1";
+    pub const AS_REQUEST_SEEN: &str = "SELECT count(*) FROM as_seen_requests WHERE digest = $1";
+    pub const QS_REQUEST_SEEN: &str = "SELECT count(*) FROM qs_seen_requests WHERE digest = $1";
+    pub const DS_REQUEST_SEEN: &str = "SELECT count(*) FROM ds_seen_requests WHERE digest = $1";
+    pub const PRUNE_SEEN_REQUESTS: [&str; 3] = [
+        "DELETE FROM as_seen_requests WHERE received_at < $1",
+        "DELETE FROM qs_seen_requests WHERE received_at < $1",
+        "DELETE FROM ds_seen_requests WHERE received_at < $1",
+    ];
 }
 
 /// Both backends' functions, from one body.
@@ -218,6 +238,37 @@ macro_rules! backend {
                     .execute(pool)
                     .await?
                     .rows_affected())
+            }
+
+            pub(super) async fn request_seen(
+                pool: &$pool,
+                service: ReplayService,
+                digest: &[u8; 32],
+            ) -> StoreResult<bool> {
+                let statement = match service {
+                    ReplayService::As => sql::AS_REQUEST_SEEN,
+                    ReplayService::Qs => sql::QS_REQUEST_SEEN,
+                    ReplayService::Ds => sql::DS_REQUEST_SEEN,
+                };
+                let seen: i64 = sqlx::query_scalar(statement)
+                    .bind(digest.as_slice())
+                    .fetch_one(pool)
+                    .await?;
+                Ok(seen > 0)
+            }
+
+            pub(super) async fn prune_seen_requests(pool: &$pool, before: u64) -> StoreResult<u64> {
+                let mut pruned = 0u64;
+                for statement in sql::PRUNE_SEEN_REQUESTS {
+                    pruned = pruned.saturating_add(
+                        sqlx::query(statement)
+                            .bind(bound(before))
+                            .execute(pool)
+                            .await?
+                            .rows_affected(),
+                    );
+                }
+                Ok(pruned)
             }
         }
     };

@@ -25,7 +25,9 @@ use thiserror::Error;
 use phoenix_types::ids::QsId;
 use phoenix_types::messages::QueueMessage;
 
-/// A storage failure. Always our fault (5xx): bad input is rejected before storage.
+/// A storage failure. Always our fault (5xx): bad input is rejected before storage. The
+/// one exception is [`StoreError::Replayed`], the outcome of a write whose replay record
+/// existed: it is the caller's request, seen before, and maps to `REPLAYED` (409).
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
@@ -36,6 +38,32 @@ pub enum StoreError {
     Corrupt(&'static str),
     #[error("unsupported database url (expected sqlite:... or postgres://...)")]
     UnsupportedUrl,
+    // Requirement: ADV-REPLAY-3
+    /// The write's [`ReplayRecord`] was recorded before: the request took effect once
+    /// already, and this transaction changed nothing.
+    #[error("the request was accepted before (replay record exists)")]
+    Replayed,
+}
+
+// Requirement: ADV-REPLAY-3
+/// The replay record of a signed state-changing request: a digest of exactly what was
+/// signed (see `crate::replay`) and when it was received. The store writes it in the same
+/// transaction as the request's effect, into the table of the service the method belongs
+/// to (`as_seen_requests`, `qs_seen_requests`, `ds_seen_requests`); if it is there already,
+/// the method changes nothing and fails with [`StoreError::Replayed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayRecord {
+    pub digest: [u8; 32],
+    pub received_at: u64,
+}
+
+/// The service whose replay records are meant (each service keeps its own table:
+/// `as_seen_requests`, `qs_seen_requests`, `ds_seen_requests`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayService {
+    As,
+    Qs,
+    Ds,
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -118,12 +146,14 @@ pub trait AsStore {
         &self,
         fid: &str,
     ) -> impl Future<Output = StoreResult<Vec<(String, Vec<u8>, u64, u64)>>> + Send;
-    /// Replace all connection packages of a client, atomically.
+    /// Replace all connection packages of a client, atomically, recording `replay` in the
+    /// same transaction ([`StoreError::Replayed`], and no change, if it was recorded).
     fn replace_connection_packages(
         &self,
         fid: &str,
         client_id: &str,
         packages: &[StoredConnectionPackage],
+        replay: &ReplayRecord,
     ) -> impl Future<Output = StoreResult<()>> + Send;
     // Requirement: AS-CP-3, AS-CP-4, AS-CP-7
     /// Take one connection package of one of the user's clients that is still valid at
@@ -159,10 +189,12 @@ pub trait AsStore {
     /// Add a CA after the existing ones (key rotation); it becomes the current one.
     fn insert_ca(&self, ca: &CaRecord) -> impl Future<Output = StoreResult<()>> + Send;
     /// Replace a client's current certificate (renewal), keeping every earlier one in the
-    /// certificate history. False if the client is unknown.
+    /// certificate history. False if the client is unknown. Records `replay` in the same
+    /// transaction ([`StoreError::Replayed`], and no change, if it was recorded).
     fn renew_client(
         &self,
         client: &AsClientRecord,
+        replay: &ReplayRecord,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
 }
 
@@ -246,11 +278,13 @@ pub trait QsStore {
         &self,
         client_id: &QsId,
     ) -> impl Future<Output = StoreResult<Option<QsClientRecord>>> + Send;
-    /// Replace all key packages of a client, atomically.
+    /// Replace all key packages of a client, atomically, recording `replay` in the same
+    /// transaction ([`StoreError::Replayed`], and no change, if it was recorded).
     fn replace_key_packages(
         &self,
         client_id: &QsId,
         packages: &[StoredKeyPackage],
+        replay: &ReplayRecord,
     ) -> impl Future<Output = StoreResult<()>> + Send;
     // Requirement: QS-KP-3, QS-KP-4
     /// For each client of the user that has a package: take one, preferring a
@@ -360,6 +394,17 @@ pub trait EphemeralStore {
     /// Delete every group id reservation that expired unused at `now` (`expires_at <=
     /// now`; a used one was deleted when its group was created); returns how many.
     fn purge_group_reservations(&self, now: u64) -> impl Future<Output = StoreResult<u64>> + Send;
+    // Requirement: ADV-REPLAY-3
+    /// Whether `service` recorded a request with this digest (that request took effect).
+    fn request_seen(
+        &self,
+        service: ReplayService,
+        digest: &[u8; 32],
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    // Requirement: ADV-REPLAY-3
+    /// Delete the replay records of signed requests (of every service) received before
+    /// `before`; returns how many.
+    fn prune_seen_requests(&self, before: u64) -> impl Future<Output = StoreResult<u64>> + Send;
 }
 
 /// A group as stored: only the id, the ciphertext, a version for compare-and-swap and the
@@ -417,12 +462,15 @@ pub trait DsStore {
         group_id: &[u8],
         expires_at: u64,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
-    /// Turn a live reservation (not expired at `now`) into a group, atomically.
+    /// Turn a live reservation (not expired at `now`) into a group, atomically, recording
+    /// `replay` in the same transaction ([`StoreError::Replayed`], and no change, if it was
+    /// recorded).
     fn create_group(
         &self,
         group_id: &[u8],
         ciphertext: &[u8],
         now: u64,
+        replay: &ReplayRecord,
     ) -> impl Future<Output = StoreResult<CreateGroup>> + Send;
     fn group(
         &self,
@@ -430,8 +478,9 @@ pub trait DsStore {
     ) -> impl Future<Output = StoreResult<Option<StoredGroup>>> + Send;
     // Requirement: DS-EPOCH-1
     /// Compare-and-swap: if the group's version is `expected_version`, store the new
-    /// ciphertext with version + 1 and append the outbox entries, in one transaction.
-    /// Returns false (and changes nothing) if the version moved on.
+    /// ciphertext with version + 1 and append the outbox entries, in one transaction,
+    /// together with `replay`. Returns false (and changes nothing) if the version moved on;
+    /// [`StoreError::Replayed`] (and no change) if `replay` was recorded before.
     fn update_group(
         &self,
         group_id: &[u8],
@@ -439,6 +488,7 @@ pub trait DsStore {
         ciphertext: &[u8],
         now: u64,
         outbox: &[OutboxEntry],
+        replay: &ReplayRecord,
     ) -> impl Future<Output = StoreResult<bool>> + Send;
     // Requirement: ADV-REPLAY-2
     /// Record an accepted application message by its `digest` (received at `received_at`)
@@ -546,10 +596,11 @@ impl AsStore for Store {
         fid: &str,
         client_id: &str,
         packages: &[StoredConnectionPackage],
+        replay: &ReplayRecord,
     ) -> StoreResult<()> {
         delegate!(
             self,
-            AsStore::replace_connection_packages(fid, client_id, packages)
+            AsStore::replace_connection_packages(fid, client_id, packages, replay)
         )
     }
 
@@ -588,8 +639,12 @@ impl AsStore for Store {
         delegate!(self, AsStore::insert_ca(ca))
     }
 
-    async fn renew_client(&self, client: &AsClientRecord) -> StoreResult<bool> {
-        delegate!(self, AsStore::renew_client(client))
+    async fn renew_client(
+        &self,
+        client: &AsClientRecord,
+        replay: &ReplayRecord,
+    ) -> StoreResult<bool> {
+        delegate!(self, AsStore::renew_client(client, replay))
     }
 }
 
@@ -629,8 +684,12 @@ impl QsStore for Store {
         &self,
         client_id: &QsId,
         packages: &[StoredKeyPackage],
+        replay: &ReplayRecord,
     ) -> StoreResult<()> {
-        delegate!(self, QsStore::replace_key_packages(client_id, packages))
+        delegate!(
+            self,
+            QsStore::replace_key_packages(client_id, packages, replay)
+        )
     }
 
     async fn take_key_packages(&self, user_id: &QsId) -> StoreResult<Vec<(QsId, Vec<u8>)>> {
@@ -691,8 +750,12 @@ impl DsStore for Store {
         group_id: &[u8],
         ciphertext: &[u8],
         now: u64,
+        replay: &ReplayRecord,
     ) -> StoreResult<CreateGroup> {
-        delegate!(self, DsStore::create_group(group_id, ciphertext, now))
+        delegate!(
+            self,
+            DsStore::create_group(group_id, ciphertext, now, replay)
+        )
     }
 
     async fn group(&self, group_id: &[u8]) -> StoreResult<Option<StoredGroup>> {
@@ -706,10 +769,11 @@ impl DsStore for Store {
         ciphertext: &[u8],
         now: u64,
         outbox: &[OutboxEntry],
+        replay: &ReplayRecord,
     ) -> StoreResult<bool> {
         delegate!(
             self,
-            DsStore::update_group(group_id, expected_version, ciphertext, now, outbox)
+            DsStore::update_group(group_id, expected_version, ciphertext, now, outbox, replay)
         )
     }
 

@@ -35,8 +35,9 @@ use phoenix_types::messages::QueueMessage;
 use super::{
     AsClientRecord, AsStore, CaRecord, CreateGroup, CreateQsUser, CreateUser, DsStore,
     EnqueueEntry, FederatedEnqueue, KeyPackageStatus, OutboxEntry, OutboxSummary, QsClientRecord,
-    QsStore, QsUserRecord, StoreError, StoreResult, StoredConnectionPackage, StoredGroup,
-    StoredKeyPackage, after_page, bound, fixed, from_db, month, rows, to_db,
+    QsStore, QsUserRecord, ReplayRecord, ReplayService, StoreError, StoreResult,
+    StoredConnectionPackage, StoredGroup, StoredKeyPackage, after_page, bound, fixed, from_db,
+    month, rows, to_db,
 };
 
 /// Pool size for [`PgStore::connect_with_schema`]: it serves tests, many of which run
@@ -274,8 +275,10 @@ impl AsStore for PgStore {
         fid: &str,
         client_id: &str,
         packages: &[StoredConnectionPackage],
+        replay: &ReplayRecord,
     ) -> StoreResult<()> {
         let mut tx = self.begin().await?;
+        record_request(&mut tx, ReplayService::As, replay).await?;
         sqlx::query("DELETE FROM as_connection_packages WHERE fid = $1 AND client_id = $2")
             .bind(fid)
             .bind(client_id)
@@ -427,9 +430,14 @@ impl AsStore for PgStore {
         Ok(())
     }
 
-    async fn renew_client(&self, client: &AsClientRecord) -> StoreResult<bool> {
+    async fn renew_client(
+        &self,
+        client: &AsClientRecord,
+        replay: &ReplayRecord,
+    ) -> StoreResult<bool> {
         let (not_before, not_after) = (to_db(client.not_before)?, to_db(client.not_after)?);
         let mut tx = self.begin().await?;
+        record_request(&mut tx, ReplayService::As, replay).await?;
         let updated = sqlx::query(
             "UPDATE as_clients SET certificate = $1, public_key = $2, serial = $3, not_before = $4, \
              not_after = $5 WHERE fid = $6 AND client_id = $7",
@@ -553,8 +561,10 @@ impl QsStore for PgStore {
         &self,
         client_id: &QsId,
         packages: &[StoredKeyPackage],
+        replay: &ReplayRecord,
     ) -> StoreResult<()> {
         let mut tx = self.begin().await?;
+        record_request(&mut tx, ReplayService::Qs, replay).await?;
         sqlx::query("DELETE FROM qs_key_packages WHERE client_id = $1")
             .bind(client_id.as_slice())
             .execute(&mut *tx)
@@ -828,9 +838,11 @@ impl DsStore for PgStore {
         group_id: &[u8],
         ciphertext: &[u8],
         now: u64,
+        replay: &ReplayRecord,
     ) -> StoreResult<CreateGroup> {
         let last_active_month = month(now);
         let mut tx = self.begin().await?;
+        record_request(&mut tx, ReplayService::Ds, replay).await?;
         let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM ds_groups WHERE group_id = $1")
             .bind(group_id)
             .fetch_optional(&mut *tx)
@@ -887,8 +899,10 @@ impl DsStore for PgStore {
         ciphertext: &[u8],
         now: u64,
         outbox: &[OutboxEntry],
+        replay: &ReplayRecord,
     ) -> StoreResult<bool> {
         let mut tx = self.begin().await?;
+        record_request(&mut tx, ReplayService::Ds, replay).await?;
         // Of two racing updates, the second waits for the first's row lock and then
         // re-checks the version, which has moved on.
         let updated = sqlx::query(
@@ -1049,4 +1063,36 @@ fn is_plain_identifier(name: &str) -> bool {
     name.len() <= 63
         && (first.is_ascii_lowercase() || first == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+// Requirement: ADV-REPLAY-3
+/// Write a request's replay record into `service`'s table inside `tx`, before the effect.
+/// If it was recorded before, [`StoreError::Replayed`]: the caller returns it and its
+/// transaction is dropped, i.e. rolled back, so nothing of the replay takes effect.
+async fn record_request(
+    tx: &mut Transaction<'static, Postgres>,
+    service: ReplayService,
+    replay: &ReplayRecord,
+) -> StoreResult<()> {
+    let statement = match service {
+        ReplayService::As => {
+            "INSERT INTO as_seen_requests (digest, received_at) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING"
+        }
+        ReplayService::Qs => {
+            "INSERT INTO qs_seen_requests (digest, received_at) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING"
+        }
+        ReplayService::Ds => {
+            "INSERT INTO ds_seen_requests (digest, received_at) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING"
+        }
+    };
+    let recorded = sqlx::query(statement)
+        .bind(replay.digest.as_slice())
+        .bind(to_db(replay.received_at)?)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    if recorded == 0 {
+        return Err(StoreError::Replayed);
+    }
+    Ok(())
 }

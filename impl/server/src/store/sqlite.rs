@@ -24,8 +24,9 @@ use phoenix_types::messages::QueueMessage;
 use super::{
     AsClientRecord, AsStore, CaRecord, CreateGroup, CreateQsUser, CreateUser, DsStore,
     EnqueueEntry, FederatedEnqueue, KeyPackageStatus, OutboxEntry, OutboxSummary, QsClientRecord,
-    QsStore, QsUserRecord, StoreResult, StoredConnectionPackage, StoredGroup, StoredKeyPackage,
-    after_page, bound, fixed, from_db, month, rows, to_db,
+    QsStore, QsUserRecord, ReplayRecord, ReplayService, StoreError, StoreResult,
+    StoredConnectionPackage, StoredGroup, StoredKeyPackage, after_page, bound, fixed, from_db,
+    month, rows, to_db,
 };
 
 /// How long a writer waits for the write lock before giving up with `SQLITE_BUSY`.
@@ -191,8 +192,10 @@ impl AsStore for SqliteStore {
         fid: &str,
         client_id: &str,
         packages: &[StoredConnectionPackage],
+        replay: &ReplayRecord,
     ) -> StoreResult<()> {
         let mut tx = self.write().await?;
+        record_request(&mut tx, ReplayService::As, replay).await?;
         sqlx::query("DELETE FROM as_connection_packages WHERE fid = ? AND client_id = ?")
             .bind(fid)
             .bind(client_id)
@@ -349,9 +352,14 @@ impl AsStore for SqliteStore {
         Ok(())
     }
 
-    async fn renew_client(&self, client: &AsClientRecord) -> StoreResult<bool> {
+    async fn renew_client(
+        &self,
+        client: &AsClientRecord,
+        replay: &ReplayRecord,
+    ) -> StoreResult<bool> {
         let (not_before, not_after) = (to_db(client.not_before)?, to_db(client.not_after)?);
         let mut tx = self.write().await?;
+        record_request(&mut tx, ReplayService::As, replay).await?;
         let updated = sqlx::query(
             "UPDATE as_clients SET certificate = ?, public_key = ?, serial = ?, not_before = ?, \
              not_after = ? WHERE fid = ? AND client_id = ?",
@@ -475,8 +483,10 @@ impl QsStore for SqliteStore {
         &self,
         client_id: &QsId,
         packages: &[StoredKeyPackage],
+        replay: &ReplayRecord,
     ) -> StoreResult<()> {
         let mut tx = self.write().await?;
+        record_request(&mut tx, ReplayService::Qs, replay).await?;
         sqlx::query("DELETE FROM qs_key_packages WHERE client_id = ?")
             .bind(client_id.as_slice())
             .execute(&mut *tx)
@@ -741,9 +751,11 @@ impl DsStore for SqliteStore {
         group_id: &[u8],
         ciphertext: &[u8],
         now: u64,
+        replay: &ReplayRecord,
     ) -> StoreResult<CreateGroup> {
         let last_active_month = month(now);
         let mut tx = self.write().await?;
+        record_request(&mut tx, ReplayService::Ds, replay).await?;
         let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM ds_groups WHERE group_id = ?")
             .bind(group_id)
             .fetch_optional(&mut *tx)
@@ -790,8 +802,10 @@ impl DsStore for SqliteStore {
         ciphertext: &[u8],
         now: u64,
         outbox: &[OutboxEntry],
+        replay: &ReplayRecord,
     ) -> StoreResult<bool> {
         let mut tx = self.write().await?;
+        record_request(&mut tx, ReplayService::Ds, replay).await?;
         let updated = sqlx::query(
             "UPDATE ds_groups SET ciphertext = ?, version = version + 1, last_active_month = ? \
              WHERE group_id = ? AND version = ?",
@@ -920,6 +934,38 @@ async fn insert_outbox(
         .bind(entry.dedup.as_slice())
         .execute(&mut **tx)
         .await?;
+    }
+    Ok(())
+}
+
+// Requirement: ADV-REPLAY-3
+/// Write a request's replay record into `service`'s table inside `tx`, before the effect.
+/// If it was recorded before, [`StoreError::Replayed`]: the caller returns it and its
+/// transaction is dropped, i.e. rolled back, so nothing of the replay takes effect.
+async fn record_request(
+    tx: &mut Transaction<'static, Sqlite>,
+    service: ReplayService,
+    replay: &ReplayRecord,
+) -> StoreResult<()> {
+    let statement = match service {
+        ReplayService::As => {
+            "INSERT INTO as_seen_requests (digest, received_at) VALUES (?, ?) ON CONFLICT (digest) DO NOTHING"
+        }
+        ReplayService::Qs => {
+            "INSERT INTO qs_seen_requests (digest, received_at) VALUES (?, ?) ON CONFLICT (digest) DO NOTHING"
+        }
+        ReplayService::Ds => {
+            "INSERT INTO ds_seen_requests (digest, received_at) VALUES (?, ?) ON CONFLICT (digest) DO NOTHING"
+        }
+    };
+    let recorded = sqlx::query(statement)
+        .bind(replay.digest.as_slice())
+        .bind(to_db(replay.received_at)?)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    if recorded == 0 {
+        return Err(StoreError::Replayed);
     }
     Ok(())
 }
