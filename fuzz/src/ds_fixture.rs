@@ -575,7 +575,8 @@ impl DsFixture {
                 let reset = store
                     .update_group(&group.group_id, stored.version, &group.initial, now(), &[])
                     .await
-                    .expect("storage");
+                    .expect("storage")
+                    .is_some();
                 assert!(reset, "the fixture group changed concurrently");
             });
         }

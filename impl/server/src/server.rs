@@ -113,6 +113,9 @@ pub struct Metrics {
     pub ds_seen_pruned: AtomicU64,
     /// Replayed application messages refused.
     pub ds_replays_refused: AtomicU64,
+    /// Outbox delivery rounds (a request's own entries, or a worker round) that failed
+    /// with a storage error (Requirement: DS-OUTBOX-2).
+    pub outbox_errors: AtomicU64,
 }
 
 impl std::fmt::Debug for Server {
