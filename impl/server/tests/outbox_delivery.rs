@@ -125,10 +125,7 @@ async fn group(url: &str, g: usize) -> Vec<(Client, TempDir)> {
     }
     for (client, _) in rest.iter_mut() {
         let events = client.sync().await.unwrap();
-        assert!(
-            events.iter().any(|e| e["kind"] == "joined"),
-            "{events:?}"
-        );
+        assert!(events.iter().any(|e| e["kind"] == "joined"), "{events:?}");
     }
     members
 }
@@ -144,16 +141,16 @@ fn tally(events: &[serde_json::Value], texts: &mut Vec<String>, errors: &mut Vec
     }
 }
 
+/// What one member's run left: its client, the texts it received on the way, error
+/// events, the texts the server acknowledged, and how many commits it made.
+type Run = (Client, Vec<String>, Vec<String>, Vec<String>, usize);
+
 /// One member's run: send `MESSAGES` messages (member 0 of each group also commits twice
-/// on the way), retrying a refused request after catching up; returns what it received
-/// on the way, and the texts the server acknowledged.
-async fn sender(
-    mut client: Client,
-    g: usize,
-    m: usize,
-) -> (Client, Vec<String>, Vec<String>, Vec<String>) {
+/// on the way), retrying a refused request after catching up.
+async fn sender(mut client: Client, g: usize, m: usize) -> Run {
     let name = format!("team{g}");
     let (mut texts, mut errors, mut acknowledged) = (Vec::new(), Vec::new(), Vec::new());
+    let mut commits = 0;
     for i in 0..MESSAGES {
         if m == 0 && i % 4 == 2 {
             let mut tries = 0;
@@ -163,6 +160,7 @@ async fn sender(
                 let events = client.sync().await.unwrap();
                 tally(&events, &mut texts, &mut errors);
             }
+            commits += 1;
         }
         let text = format!("g{g} m{m} #{i}");
         let mut tries = 0;
@@ -174,7 +172,7 @@ async fn sender(
         }
         acknowledged.push(text);
     }
-    (client, texts, errors, acknowledged)
+    (client, texts, errors, acknowledged, commits)
 }
 
 async fn metric(url: &str, name: &str) -> Option<u64> {
@@ -220,6 +218,9 @@ async fn concurrent_senders_deliver_own_entries_without_deadlock(backend: Backen
     }
     // Let setup's own deliveries finish before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let delivered_before = metric(&url, "phoenix_local_fanout_delivered_total")
+        .await
+        .unwrap();
     let before = match &own_db {
         Some(db) => Some(db.stats().await),
         None => None,
@@ -232,6 +233,7 @@ async fn concurrent_senders_deliver_own_entries_without_deadlock(backend: Backen
     let mut errors = Vec::new();
     let mut acknowledged: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     let mut clients = Vec::new();
+    let mut commits = 0;
     let local = tokio::task::LocalSet::new();
     local
         .run_until(async {
@@ -243,7 +245,8 @@ async fn concurrent_senders_deliver_own_entries_without_deadlock(backend: Backen
                 }
             }
             while let Some(joined) = tasks.join_next().await {
-                let ((g, m), (client, texts, errs, acks)) = joined.unwrap();
+                let ((g, m), (client, texts, errs, acks, made)) = joined.unwrap();
+                commits += made;
                 received.entry((g, m)).or_default().extend(texts);
                 errors.extend(errs);
                 acknowledged.entry(g).or_default().extend(acks);
@@ -268,6 +271,10 @@ async fn concurrent_senders_deliver_own_entries_without_deadlock(backend: Backen
     }
 
     let errors_metric = metric(&url, "phoenix_outbox_errors_total").await;
+    let delivered = metric(&url, "phoenix_local_fanout_delivered_total")
+        .await
+        .unwrap()
+        - delivered_before;
     let after = match &own_db {
         Some(db) => {
             // Backends report their counters when idle for a moment.
@@ -288,6 +295,13 @@ async fn concurrent_senders_deliver_own_entries_without_deadlock(backend: Backen
             r1 - r0
         );
         assert_eq!(d1 - d0, 0, "deadlocks in the test's database");
+        // Nothing in this workload rolls back unless deliverers collide (a deadlock, or
+        // a unique violation on a queue's dedup key).
+        assert_eq!(
+            r1 - r0,
+            0,
+            "rolled-back transactions in the test's database"
+        );
     }
     assert!(errors.is_empty(), "error events: {errors:?}");
     let mut lost = 0;
@@ -318,6 +332,15 @@ async fn concurrent_senders_deliver_own_entries_without_deadlock(backend: Backen
         acknowledged.values().map(Vec::len).sum::<usize>()
     );
     assert_eq!((lost, duplicated), (0, 0));
+    // Each accepted message and commit is fanned out to the other members, and each of
+    // those entries is handled once: a deliverer that handled another's entry as well
+    // counts it twice (delivered, then a duplicate).
+    let written = (acknowledged.values().map(Vec::len).sum::<usize>() + commits) * (MEMBERS - 1);
+    eprintln!("{written} fan-out entries written, {delivered} deliveries counted");
+    assert_eq!(
+        delivered, written as u64,
+        "fan-out entries handled more than once"
+    );
     assert_eq!(
         errors_metric,
         Some(0),

@@ -965,7 +965,8 @@ async fn ds_update_group_is_compare_and_swap(db: &TestDb) {
         !store
             .update_group(&g, 0, b"v1", NOW, &[outbox_entry(1)])
             .await
-            .unwrap().is_some(),
+            .unwrap()
+            .is_some(),
         "no such group"
     );
     assert!(store.due_outbox(u64::MAX, 100).await.unwrap().is_empty());
@@ -976,7 +977,8 @@ async fn ds_update_group_is_compare_and_swap(db: &TestDb) {
         store
             .update_group(&g, 0, b"v1", NOW, &[outbox_entry(1), outbox_entry(2)])
             .await
-            .unwrap().is_some()
+            .unwrap()
+            .is_some()
     );
     assert_eq!(
         store.group(&g).await.unwrap(),
@@ -991,7 +993,8 @@ async fn ds_update_group_is_compare_and_swap(db: &TestDb) {
         !store
             .update_group(&g, 0, b"stale", NOW, &[outbox_entry(3)])
             .await
-            .unwrap().is_some()
+            .unwrap()
+            .is_some()
     );
     assert_eq!(
         store.group(&g).await.unwrap(),
@@ -1000,7 +1003,13 @@ async fn ds_update_group_is_compare_and_swap(db: &TestDb) {
             version: 1
         })
     );
-    assert!(store.update_group(&g, 1, b"v2", NOW, &[]).await.unwrap().is_some());
+    assert!(
+        store
+            .update_group(&g, 1, b"v2", NOW, &[])
+            .await
+            .unwrap()
+            .is_some()
+    );
     assert_eq!(store.group(&g).await.unwrap().unwrap().version, 2);
 
     let due: Vec<_> = store
@@ -1027,7 +1036,8 @@ async fn ds_update_group_race(db: &TestDb) {
                     let won = store
                         .update_group(&g, 0, &[i], NOW, &[outbox_entry(10 * round + i)])
                         .await
-                        .unwrap().is_some();
+                        .unwrap()
+                        .is_some();
                     (i, won)
                 })
             })
@@ -1067,7 +1077,8 @@ async fn outbox_append_due_postpone_delete(db: &TestDb) {
         store
             .append_message_outbox(&[0; 32], NOW, &[])
             .await
-            .unwrap().is_some()
+            .unwrap()
+            .is_some()
     );
     store.delete_outbox(&[]).await.unwrap();
     assert!(store.due_outbox(NOW, 10).await.unwrap().is_empty());
@@ -1080,7 +1091,8 @@ async fn outbox_append_due_postpone_delete(db: &TestDb) {
                 &[outbox_entry(1), outbox_entry(2), outbox_entry(3)]
             )
             .await
-            .unwrap().is_some()
+            .unwrap()
+            .is_some()
     );
     let due = store.due_outbox(NOW, 10).await.unwrap();
     assert_eq!(
@@ -1125,13 +1137,15 @@ async fn outbox_append_due_postpone_delete(db: &TestDb) {
         !store
             .append_message_outbox(&[1; 32], NOW + 1, &[outbox_entry(5)])
             .await
-            .unwrap().is_some()
+            .unwrap()
+            .is_some()
     );
     assert!(
         store
             .append_message_outbox(&[2; 32], NOW + 1, &[outbox_entry(4)])
             .await
-            .unwrap().is_some()
+            .unwrap()
+            .is_some()
     );
     let due = store.due_outbox(u64::MAX, 10).await.unwrap();
     assert_eq!(
@@ -1153,13 +1167,15 @@ async fn outbox_append_due_postpone_delete(db: &TestDb) {
         store
             .append_message_outbox(&[0; 32], NOW, &[])
             .await
-            .unwrap().is_some()
+            .unwrap()
+            .is_some()
     );
     assert!(
         !store
             .append_message_outbox(&[2; 32], NOW, &[])
             .await
-            .unwrap().is_some()
+            .unwrap()
+            .is_some()
     );
     assert_eq!(store.prune_ds_seen(u64::MAX).await.unwrap(), 2);
 }

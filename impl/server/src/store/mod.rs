@@ -777,10 +777,7 @@ impl DsStore for Store {
         now: u64,
         lease_until: u64,
     ) -> StoreResult<Vec<(i64, OutboxEntry)>> {
-        delegate!(
-            self,
-            DsStore::claim_outbox(ids, local, now, lease_until)
-        )
+        delegate!(self, DsStore::claim_outbox(ids, local, now, lease_until))
     }
 
     async fn claim_due_outbox(

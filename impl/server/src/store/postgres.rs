@@ -1147,7 +1147,10 @@ const OUTBOX_CLAIM_LOCK: i64 = 0x7068_6f65_6e69_7801;
 
 /// Claimed entries, oldest first (`RETURNING` does not promise an order).
 fn claimed(rows: &[sqlx::postgres::PgRow]) -> StoreResult<Vec<(i64, OutboxEntry)>> {
-    let mut entries = rows.iter().map(rows::outbox).collect::<StoreResult<Vec<_>>>()?;
+    let mut entries = rows
+        .iter()
+        .map(rows::outbox)
+        .collect::<StoreResult<Vec<_>>>()?;
     entries.sort_by_key(|(id, _)| *id);
     Ok(entries)
 }

@@ -1029,7 +1029,10 @@ fn id_list(ids: &[i64]) -> String {
 
 /// Claimed entries, oldest first (`RETURNING` does not promise an order).
 fn claimed(rows: &[sqlx::sqlite::SqliteRow]) -> StoreResult<Vec<(i64, OutboxEntry)>> {
-    let mut entries = rows.iter().map(rows::outbox).collect::<StoreResult<Vec<_>>>()?;
+    let mut entries = rows
+        .iter()
+        .map(rows::outbox)
+        .collect::<StoreResult<Vec<_>>>()?;
     entries.sort_by_key(|(id, _)| *id);
     Ok(entries)
 }
