@@ -963,11 +963,11 @@ async fn ds_update_group_is_compare_and_swap(db: &TestDb) {
     let store = &db.store;
     let g = group_id(1);
     assert!(
-        !store
+        store
             .update_group(&g, 0, b"v1", NOW, &[outbox_entry(1)])
             .await
             .unwrap()
-            .is_some(),
+            .is_none(),
         "no such group"
     );
     assert!(store.due_outbox(u64::MAX, 100).await.unwrap().is_empty());
@@ -991,11 +991,11 @@ async fn ds_update_group_is_compare_and_swap(db: &TestDb) {
 
     // A stale version changes nothing, outbox included.
     assert!(
-        !store
+        store
             .update_group(&g, 0, b"stale", NOW, &[outbox_entry(3)])
             .await
             .unwrap()
-            .is_some()
+            .is_none()
     );
     assert_eq!(
         store.group(&g).await.unwrap(),
@@ -1135,11 +1135,11 @@ async fn outbox_append_due_postpone_delete(db: &TestDb) {
     // Requirement: ADV-REPLAY-2
     // A message recorded before (a replay) appends nothing, even with other entries.
     assert!(
-        !store
+        store
             .append_message_outbox(&[1; 32], NOW + 1, &[outbox_entry(5)])
             .await
             .unwrap()
-            .is_some()
+            .is_none()
     );
     assert!(
         store
@@ -1172,11 +1172,11 @@ async fn outbox_append_due_postpone_delete(db: &TestDb) {
             .is_some()
     );
     assert!(
-        !store
+        store
             .append_message_outbox(&[2; 32], NOW, &[])
             .await
             .unwrap()
-            .is_some()
+            .is_none()
     );
     assert_eq!(store.prune_ds_seen(u64::MAX).await.unwrap(), 2);
 }
