@@ -400,6 +400,16 @@ impl TestServer {
         self.terminate()
     }
 
+    /// Kill the server (SIGKILL: no shutdown, as in a crash) and start it again on the same
+    /// database, address and flags.
+    pub fn crash_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn();
+    }
+
     /// Start a paused server again.
     pub fn start_again(&mut self) {
         if self.child.is_none() {
