@@ -593,7 +593,8 @@ impl DsFixture {
                         &reset_record(),
                     )
                     .await
-                    .expect("storage");
+                    .expect("storage")
+                    .is_some();
                 assert!(reset, "the fixture group changed concurrently");
             });
         }

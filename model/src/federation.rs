@@ -47,7 +47,7 @@ use crate::call::{Outcome, Reply};
 use crate::ids::{DomainId, Epoch, GroupId, KeyId, QsCid, Sealed, Signed, Time};
 use crate::network::FedPacket;
 use crate::queue::QueueItem;
-use crate::state::State;
+use crate::state::{Homeserver, State};
 
 /// A federated message id: unique per sender, the same on every retry of one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -187,6 +187,9 @@ pub struct FedGhost {
     pub refused: BTreeMap<(DomainId, FedMsgId), ErrorCode>,
     /// Every refusal a receiving QS answered (at, code): which checks were reached.
     pub refusals: BTreeSet<(DomainId, ErrorCode)>,
+    /// The ids of the messages from `sender` that `destination` accepted, in the order
+    /// it accepted them, by (sender, destination) (Requirement: FED-ORDER-1).
+    pub accepted_order: BTreeMap<(DomainId, DomainId), Vec<FedMsgId>>,
 }
 
 /// The QS queue-config key of `domain` (homeservers' keys are named after their domain:
@@ -321,6 +324,13 @@ fn attempt(state: &mut State, from: DomainId, id: FedMsgId) -> Outcome {
     let Some(entry) = server.fed.outbox.get(&id).cloned() else {
         return Err(ErrorCode::NotFound);
     };
+    // Requirement: FED-ORDER-1
+    // In order per destination: only the oldest pending entry for a destination is sent
+    // (the server's worker sends a destination's entries oldest first and stops at the
+    // first failure, which postpones them all).
+    if !is_next_for_destination(server, id, entry.destination) {
+        return Err(ErrorCode::NotFound);
+    }
     // Our own policy first: an entry for a refused peer is dropped for good.
     if !server.fed.policy.allows(entry.destination) {
         server.fed.outbox.remove(&id);
@@ -351,6 +361,17 @@ fn attempt(state: &mut State, from: DomainId, id: FedMsgId) -> Outcome {
         },
     });
     Ok(Reply::Empty)
+}
+
+/// Whether `id` is the oldest entry of `server`'s outbox for `destination` (ids grow as
+/// entries are created), the only one its worker may send (Requirement: FED-ORDER-1).
+pub fn is_next_for_destination(server: &Homeserver, id: FedMsgId, destination: DomainId) -> bool {
+    server
+        .fed
+        .outbox
+        .iter()
+        .find(|(_, e)| e.destination == destination)
+        .is_some_and(|(oldest, _)| *oldest == id)
 }
 
 /// The sender's outbox worker reads the answer to an attempt: delivered (or `REPLAYED`:
@@ -462,6 +483,13 @@ fn receive_inner(
     let key_of = (tbs.sender, tbs.id);
     let n = state.ghost.fed.enqueued.get(&key_of).copied().unwrap_or(0);
     state.ghost.fed.enqueued.insert(key_of, n.saturating_add(1));
+    state
+        .ghost
+        .fed
+        .accepted_order
+        .entry((tbs.sender, tbs.destination))
+        .or_default()
+        .push(tbs.id);
     state.ghost.fed.accepted.insert(FedAccepted {
         at,
         sender: tbs.sender,

@@ -86,6 +86,19 @@ pub fn inv_federated_exactly_once(state: &State) -> bool {
     state.ghost.fed.enqueued.values().all(|n| *n <= 1)
 }
 
+/// In order per destination: the messages of one sender that one destination accepted were
+/// accepted in the order the sender's DS fanned them out (outbox ids grow), whatever the
+/// network dropped, duplicated or delayed and however often a server restarted; so a peer
+/// back from an outage gets the older messages first (Requirement: FED-ORDER-1).
+pub fn inv_federation_delivers_in_order_per_destination(state: &State) -> bool {
+    state
+        .ghost
+        .fed
+        .accepted_order
+        .values()
+        .all(|ids| ids.windows(2).all(|w| matches!(w, [a, b] if a < b)))
+}
+
 /// No loss: every outbox entry ever created is still in its sender's (durable) outbox, was
 /// enqueued at its destination, or was refused for good by a policy (the sender's or the
 /// receiver's) or because its queue is gone; never lost to a dropped packet, a restart or

@@ -173,7 +173,11 @@ impl Model for Federation {
         let in_flight = s.network.federation.len();
         for (domain, server) in s.servers.iter() {
             for (id, entry) in server.fed.outbox.iter() {
-                if in_flight < l.in_flight && entry.attempts < l.attempts {
+                // Requirement: FED-ORDER-1 (only a destination's oldest entry is sent)
+                if in_flight < l.in_flight
+                    && entry.attempts < l.attempts
+                    && federation::is_next_for_destination(server, *id, entry.destination)
+                {
                     actions.push(Op::Fed(FedOp::Attempt {
                         from: *domain,
                         id: *id,
@@ -254,6 +258,8 @@ impl Model for Federation {
             inv_federated_no_loss,
             inv_no_open_relay,
             inv_no_forged_enqueue_accepted,
+            // Requirement: FED-ORDER-1
+            inv_federation_delivers_in_order_per_destination,
         ];
         // Reachability: the search does get to the interesting states.
         properties.extend([

@@ -319,6 +319,11 @@ async fn metrics(server: &Server) -> String {
             &m.request_replays_refused,
         ),
         (
+            "phoenix_outbox_errors_total",
+            "Outbox delivery rounds that failed with a storage error (retried by the worker).",
+            &m.outbox_errors,
+        ),
+        (
             "phoenix_idcert_cache_hits_total",
             "Foreign actors' certificates served from the cache.",
             &m.idcert_cache_hits,

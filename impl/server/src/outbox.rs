@@ -5,42 +5,73 @@
 //! entries are deleted, transient failures are retried with exponential backoff capped at
 //! the configured maximum, and permanent refusals are dropped and logged. The outbox is in
 //! the database, so nothing is lost when a peer is down or this process restarts.
+//!
+//! Who delivers what (Requirement: DS-OUTBOX-2): a DS request delivers exactly the local
+//! entries it wrote, by their ids, right after its commit; everything else belongs to the
+//! worker. Every deliverer first claims its entries in the store (a lease,
+//! `claimed_until`, that runs out if the deliverer dies), so two deliverers (two tasks, or
+//! two processes sharing one database) never take the same entry.
+//!
+//! Order (Requirement: FED-ORDER-1): an entry is not claimed while an older entry of the
+//! same destination queue (local) or destination domain (remote) is pending and not due
+//! or claimed by someone else; the entries of one domain are sent oldest first, and a
+//! transient failure postpones the whole domain (backoff per destination), so when a peer
+//! comes back its entries flow oldest first.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::federation::PEER_TIMEOUT;
 use crate::federation::send::{SendOutcome, send};
 use crate::qs::enqueue::{EnqueueOutcome, enqueue_local};
 use crate::server::{Server, now};
-use crate::store::{DsStore, StoreError};
+use crate::store::{DsStore, OutboxEntry, StoreError};
 
 /// Entries handled per round.
 const BATCH: u32 = 256;
 
-/// Which entries a delivery round handles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// Only entries for this server's QS (fast; used right after a request's commit).
-    Local,
-    /// Everything that is due.
-    All,
+/// How long a claim lasts. A deliverer stops sending once less than two peer timeouts of
+/// it are left and gives the rest back, so a claim never runs out under a live deliverer.
+pub const LEASE: Duration = Duration::from_secs(60);
+
+/// The worker's round: claim what is due (in order, see the module docs) and deliver it.
+/// Returns how many entries were claimed.
+pub async fn deliver_due(server: &Server) -> Result<usize, StoreError> {
+    let now = now();
+    let claimed = server
+        .store
+        .claim_due_outbox(
+            server.domain.as_str(),
+            now,
+            now.saturating_add(LEASE.as_secs()),
+            BATCH,
+        )
+        .await?;
+    let n = claimed.len();
+    deliver_claimed(server, claimed, now).await?;
+    Ok(n)
 }
 
-/// Deliver what is due now. Returns how many entries were handled.
-pub async fn deliver_due(server: &Server, scope: Scope) -> Result<usize, StoreError> {
-    let now = now();
-    let due = server.store.due_outbox(now, BATCH).await?;
-    if due.is_empty() {
-        return Ok(0);
+/// Deliver claimed entries (oldest first): local ones in one batch, then each remote
+/// destination's in order, stopping at a destination's first transient failure.
+async fn deliver_claimed(
+    server: &Server,
+    claimed: Vec<(i64, OutboxEntry)>,
+    now: u64,
+) -> Result<(), StoreError> {
+    if claimed.is_empty() {
+        return Ok(());
     }
-    let (local, remote): (Vec<_>, Vec<_>) = due
+    let started = Instant::now();
+    let (local, remote): (Vec<_>, Vec<_>) = claimed
         .into_iter()
         .partition(|(_, entry)| entry.destination == server.domain.as_str());
-    let mut done = Vec::with_capacity(local.len());
     if !local.is_empty() {
         let entries: Vec<_> = local.iter().map(|(_, e)| e.clone()).collect();
         let outcomes = enqueue_local(server, &entries).await?;
+        let mut done = Vec::with_capacity(local.len());
         for ((id, _), outcome) in local.iter().zip(outcomes) {
             match &outcome {
                 EnqueueOutcome::Undeliverable(reason) => {
@@ -55,11 +86,30 @@ pub async fn deliver_due(server: &Server, scope: Scope) -> Result<usize, StoreEr
             }
             done.push(*id);
         }
+        server.store.delete_outbox(&done).await?;
     }
-    let mut handled = done.len();
-    if scope == Scope::All {
-        for (id, entry) in &remote {
-            handled += 1;
+    let mut by_destination: BTreeMap<String, Vec<(i64, OutboxEntry)>> = BTreeMap::new();
+    for (id, entry) in remote {
+        by_destination
+            .entry(entry.destination.clone())
+            .or_default()
+            .push((id, entry));
+    }
+    // Keep a margin of two peer timeouts before the claims run out.
+    let budget = LEASE.saturating_sub(PEER_TIMEOUT * 2);
+    for (destination, entries) in by_destination {
+        let mut done = Vec::new();
+        let mut untouched = Vec::new();
+        let mut postponed = false;
+        for (id, entry) in &entries {
+            if postponed {
+                // The destination's entries were postponed together, claims released.
+                break;
+            }
+            if started.elapsed() >= budget {
+                untouched.push(*id);
+                continue;
+            }
             match send(server, entry).await {
                 SendOutcome::Delivered => {
                     server
@@ -73,7 +123,7 @@ pub async fn deliver_due(server: &Server, scope: Scope) -> Result<usize, StoreEr
                         .metrics
                         .federation_dropped
                         .fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(outbox_id = id, destination = %entry.destination, %error,
+                    tracing::error!(outbox_id = id, %destination, %error,
                         "the destination refused a federated message for good; dropping it");
                     done.push(*id);
                 }
@@ -82,17 +132,28 @@ pub async fn deliver_due(server: &Server, scope: Scope) -> Result<usize, StoreEr
                         .metrics
                         .federation_retried
                         .fetch_add(1, Ordering::Relaxed);
+                    // Delete what went through first, so that the postponement below
+                    // only holds back what is still pending.
+                    server.store.delete_outbox(&done).await?;
+                    done.clear();
                     let attempts = server.store.outbox_attempts(*id).await?;
                     let delay = backoff(attempts, server.federation.max_backoff);
-                    tracing::warn!(outbox_id = id, destination = %entry.destination, attempts = attempts + 1,
-                        retry_in_secs = delay, %reason, "federated delivery failed; will retry");
-                    server.store.postpone_outbox(*id, now + delay).await?;
+                    tracing::warn!(outbox_id = id, %destination, attempts = attempts + 1,
+                        retry_in_secs = delay, %reason,
+                        "federated delivery failed; will retry the destination's messages in order");
+                    // Requirement: FED-ORDER-1
+                    server
+                        .store
+                        .postpone_destination(&destination, *id, now.saturating_add(delay))
+                        .await?;
+                    postponed = true;
                 }
             }
         }
+        server.store.delete_outbox(&done).await?;
+        server.store.release_outbox(&untouched).await?;
     }
-    server.store.delete_outbox(&done).await?;
-    Ok(handled)
+    Ok(())
 }
 
 /// Exponential backoff: 1, 2, 4, ... seconds, capped at `max`.
@@ -102,12 +163,31 @@ pub fn backoff(attempts: u32, max: u64) -> u64 {
         .min(max.max(1))
 }
 
-/// Deliver right after a state change committed, so that a sender's request returns once
-/// local recipients have the message in their queues. Remote deliveries are left to the
-/// worker (a slow peer must not slow the request); failures never fail the request (the
-/// state change has committed) and are retried by the worker.
-pub async fn deliver_now(server: &Server) {
-    if let Err(e) = deliver_due(server, Scope::Local).await {
+// Requirement: DS-OUTBOX-2
+/// Deliver right after a state change committed the outbox entries `ids`, so that a
+/// sender's request returns once local recipients have the message in their queues. Only
+/// these entries, and only those addressed to this server's QS that are not waiting
+/// behind older entries of their queue, are delivered here; the rest (remote entries,
+/// and local ones that must wait their turn) are left to the worker, which is woken (a
+/// slow peer must not slow the request). Failures never fail the request (the state
+/// change has committed) and are retried by the worker once the claim runs out.
+pub async fn deliver_now(server: &Server, ids: &[i64]) {
+    let now = now();
+    let delivered = async {
+        let claimed = server
+            .store
+            .claim_outbox(
+                ids,
+                server.domain.as_str(),
+                now,
+                now.saturating_add(LEASE.as_secs()),
+            )
+            .await?;
+        deliver_claimed(server, claimed, now).await
+    }
+    .await;
+    if let Err(e) = delivered {
+        server.metrics.outbox_errors.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(error = %e, "immediate fan-out failed; the outbox worker will retry");
     }
     server.outbox_wakeup.notify_one();
@@ -117,10 +197,13 @@ pub async fn deliver_now(server: &Server) {
 /// least once a second.
 pub async fn run(server: Arc<Server>) {
     loop {
-        match deliver_due(&server, Scope::All).await {
+        match deliver_due(&server).await {
             Ok(n) if n >= BATCH as usize => continue,
             Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "outbox delivery failed; retrying"),
+            Err(e) => {
+                server.metrics.outbox_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "outbox delivery failed; retrying");
+            }
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), server.outbox_wakeup.notified()).await;
     }

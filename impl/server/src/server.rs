@@ -121,6 +121,9 @@ pub struct Metrics {
     pub requests_seen_pruned: AtomicU64,
     /// Replayed signed requests refused (`REPLAYED`), other than application messages.
     pub request_replays_refused: AtomicU64,
+    /// Outbox delivery rounds (a request's own entries, or a worker round) that failed
+    /// with a storage error (Requirement: DS-OUTBOX-2).
+    pub outbox_errors: AtomicU64,
 }
 
 impl std::fmt::Debug for Server {

@@ -1288,6 +1288,7 @@ async fn a_rolled_back_group_state_is_refused_and_changes_nothing(backend: Backe
             )
             .await
             .unwrap()
+            .is_some()
     );
     let rolled_back = store.group(&group.group_id).await.unwrap().unwrap();
     assert_eq!(rolled_back.ciphertext, old.ciphertext);

@@ -92,6 +92,7 @@ suite! {
     ds_update_group_is_compare_and_swap,
     ds_update_group_race,
     outbox_append_due_postpone_delete,
+    outbox_claims_are_exclusive_and_in_order_per_destination,
     idcert_cache_cap_holds_under_concurrency,
     replayed_writes_change_nothing,
     failed_writes_record_no_replay,
@@ -1095,10 +1096,11 @@ async fn ds_update_group_is_compare_and_swap(db: &TestDb) {
     let store = &db.store;
     let g = group_id(1);
     assert!(
-        !store
-            .update_group(&g, 0, b"v1", NOW, &[outbox_entry(1)], &fresh())
+        store
+            .update_group(&g, 0, b"v1", NOW, &[outbox_entry(1, &fresh())])
             .await
-            .unwrap(),
+            .unwrap()
+            .is_none(),
         "no such group"
     );
     assert!(store.due_outbox(u64::MAX, 100).await.unwrap().is_empty());
@@ -1117,6 +1119,7 @@ async fn ds_update_group_is_compare_and_swap(db: &TestDb) {
             )
             .await
             .unwrap()
+            .is_some()
     );
     assert_eq!(
         store.group(&g).await.unwrap(),
@@ -1128,10 +1131,11 @@ async fn ds_update_group_is_compare_and_swap(db: &TestDb) {
 
     // A stale version changes nothing, outbox included.
     assert!(
-        !store
-            .update_group(&g, 0, b"stale", NOW, &[outbox_entry(3)], &fresh())
+        store
+            .update_group(&g, 0, b"stale", NOW, &[outbox_entry(3, &fresh())])
             .await
             .unwrap()
+            .is_none()
     );
     assert_eq!(
         store.group(&g).await.unwrap(),
@@ -1145,6 +1149,7 @@ async fn ds_update_group_is_compare_and_swap(db: &TestDb) {
             .update_group(&g, 1, b"v2", NOW, &[], &fresh())
             .await
             .unwrap()
+            .is_some()
     );
     assert_eq!(store.group(&g).await.unwrap().unwrap().version, 2);
 
@@ -1172,7 +1177,8 @@ async fn ds_update_group_race(db: &TestDb) {
                     let won = store
                         .update_group(&g, 0, &[i], NOW, &[outbox_entry(10 * round + i)], &fresh())
                         .await
-                        .unwrap();
+                        .unwrap()
+                        .is_some();
                     (i, won)
                 })
             })
@@ -1213,6 +1219,7 @@ async fn outbox_append_due_postpone_delete(db: &TestDb) {
             .append_message_outbox(&[0; 32], NOW, &[])
             .await
             .unwrap()
+            .is_some()
     );
     store.delete_outbox(&[]).await.unwrap();
     assert!(store.due_outbox(NOW, 10).await.unwrap().is_empty());
@@ -1226,6 +1233,7 @@ async fn outbox_append_due_postpone_delete(db: &TestDb) {
             )
             .await
             .unwrap()
+            .is_some()
     );
     let due = store.due_outbox(NOW, 10).await.unwrap();
     assert_eq!(
@@ -1267,16 +1275,18 @@ async fn outbox_append_due_postpone_delete(db: &TestDb) {
     // Requirement: ADV-REPLAY-2
     // A message recorded before (a replay) appends nothing, even with other entries.
     assert!(
-        !store
+        store
             .append_message_outbox(&[1; 32], NOW + 1, &[outbox_entry(5)])
             .await
             .unwrap()
+            .is_none()
     );
     assert!(
         store
             .append_message_outbox(&[2; 32], NOW + 1, &[outbox_entry(4)])
             .await
             .unwrap()
+            .is_some()
     );
     let due = store.due_outbox(u64::MAX, 10).await.unwrap();
     assert_eq!(
@@ -1299,12 +1309,14 @@ async fn outbox_append_due_postpone_delete(db: &TestDb) {
             .append_message_outbox(&[0; 32], NOW, &[])
             .await
             .unwrap()
+            .is_some()
     );
     assert!(
-        !store
+        store
             .append_message_outbox(&[2; 32], NOW, &[])
             .await
             .unwrap()
+            .is_none()
     );
     assert_eq!(store.prune_ds_seen(u64::MAX).await.unwrap(), 2);
 }
@@ -1615,6 +1627,120 @@ fn assert_replayed<T: std::fmt::Debug>(result: Result<T, StoreError>) {
         matches!(result, Err(StoreError::Replayed)),
         "expected Replayed, got {result:?}"
     );
+}
+
+// Requirement: DS-OUTBOX-2, FED-ORDER-1
+async fn outbox_claims_are_exclusive_and_in_order_per_destination(db: &TestDb) {
+    let store = &db.store;
+    let to = |destination: &str, queue: u8, n: u8| OutboxEntry {
+        destination: destination.into(),
+        ..outbox_entry(n).with_queue(queue)
+    };
+    // Remote b.test: 1, 2 (queues 1, 2); local a.test: 3, 4 (queue 1), 5 (queue 2).
+    let first = store
+        .append_message_outbox(
+            &[1; 32],
+            NOW,
+            &[to("b.test", 1, 1), to("b.test", 2, 2), to("a.test", 1, 3)],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let second = store
+        .append_message_outbox(&[2; 32], NOW, &[to("a.test", 1, 4), to("a.test", 2, 5)])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.len(), 3);
+    assert!(first.iter().chain(&second).is_sorted());
+
+    // A request claims only its own local entries, and not one waiting behind an older
+    // entry of its queue that is not its own: 4 waits for 3, 5 goes.
+    let claimed = store
+        .claim_outbox(&second, "a.test", NOW, NOW + 60)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        vec![second[1]]
+    );
+    // Nobody takes a claimed entry again.
+    assert!(
+        store
+            .claim_outbox(&second[1..], "a.test", NOW, NOW + 60)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The worker takes the rest, oldest first (4 now behind 3, which it takes too).
+    let worker = store
+        .claim_due_outbox("a.test", NOW, NOW + 60, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        worker.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        vec![first[0], first[1], first[2], second[0]]
+    );
+    assert!(
+        store
+            .claim_due_outbox("a.test", NOW, NOW + 60, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A claim runs out: the entries can be taken again (a deliverer died).
+    assert_eq!(
+        store
+            .claim_due_outbox("a.test", NOW + 60, NOW + 120, 100)
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+    store.release_outbox(&first).await.unwrap();
+    store.release_outbox(&second).await.unwrap();
+
+    // b.test fails: its entries are postponed together, and a newer b.test entry (even
+    // for another queue) waits behind them instead of overtaking.
+    store
+        .postpone_destination("b.test", first[0], NOW + 30)
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_attempts(first[0]).await.unwrap(), 1);
+    assert_eq!(store.outbox_attempts(first[1]).await.unwrap(), 0);
+    let third = store
+        .append_message_outbox(&[3; 32], NOW, &[to("b.test", 3, 6)])
+        .await
+        .unwrap()
+        .unwrap();
+    let ids = |claimed: Vec<(i64, OutboxEntry)>| {
+        claimed.into_iter().map(|(id, _)| id).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(store
+            .claim_due_outbox("a.test", NOW, NOW + 60, 100)
+            .await
+            .unwrap()),
+        vec![first[2], second[0], second[1]]
+    );
+    assert_eq!(
+        ids(store
+            .claim_due_outbox("a.test", NOW + 30, NOW + 90, 100)
+            .await
+            .unwrap()),
+        vec![first[0], first[1], third[0]]
+    );
+}
+
+trait WithQueue {
+    fn with_queue(self, queue: u8) -> Self;
+}
+
+impl WithQueue for OutboxEntry {
+    fn with_queue(mut self, queue: u8) -> Self {
+        self.queue_config = vec![queue; 40];
+        self
+    }
 }
 
 fn outbox_entry(n: u8) -> OutboxEntry {

@@ -411,6 +411,13 @@ impl TestServer {
         }
     }
 
+    /// Kill the server (SIGKILL: no shutdown, as in a crash) and start it again on the same
+    /// database, address and flags.
+    pub fn crash_restart(&mut self) {
+        self.crash();
+        self.spawn();
+    }
+
     /// Start a paused server again.
     pub fn start_again(&mut self) {
         if self.child.is_none() {

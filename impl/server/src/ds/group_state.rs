@@ -324,13 +324,13 @@ impl LoadedGroup {
             )
             .await
             .map_err(server.internal())?;
-        if !stored {
+        let Some(outbox_ids) = stored else {
             return Err(WireError::new(
                 ErrorCode::WrongEpoch,
                 "the group moved to a newer epoch concurrently; fetch the latest messages and retry",
             ));
-        }
-        crate::outbox::deliver_now(server).await;
+        };
+        crate::outbox::deliver_now(server, &outbox_ids).await;
         Ok(())
     }
 

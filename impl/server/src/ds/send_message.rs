@@ -54,7 +54,7 @@ pub async fn send_message(
         .append_message_outbox(&message_digest(req.message.as_slice()), now, &outbox)
         .await
         .map_err(server.internal())?;
-    if !recorded {
+    let Some(outbox_ids) = recorded else {
         server
             .metrics
             .ds_replays_refused
@@ -63,8 +63,8 @@ pub async fn send_message(
             ErrorCode::Replayed,
             "this application message was sent before",
         ));
-    }
-    crate::outbox::deliver_now(server).await;
+    };
+    crate::outbox::deliver_now(server, &outbox_ids).await;
     codec::encode(&Empty {})
 }
 

@@ -477,9 +477,11 @@ pub trait DsStore {
         group_id: &[u8],
     ) -> impl Future<Output = StoreResult<Option<StoredGroup>>> + Send;
     // Requirement: DS-EPOCH-1
+    // Requirement: DS-OUTBOX-2
     /// Compare-and-swap: if the group's version is `expected_version`, store the new
     /// ciphertext with version + 1 and append the outbox entries, in one transaction,
-    /// together with `replay`. Returns false (and changes nothing) if the version moved on;
+    /// together with `replay`. Returns the ids of the appended entries, in the order
+    /// given, or `None` (and changes nothing) if the version moved on;
     /// [`StoreError::Replayed`] (and no change) if `replay` was recorded before.
     fn update_group(
         &self,
@@ -489,17 +491,18 @@ pub trait DsStore {
         now: u64,
         outbox: &[OutboxEntry],
         replay: &ReplayRecord,
-    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    ) -> impl Future<Output = StoreResult<Option<Vec<i64>>>> + Send;
     // Requirement: ADV-REPLAY-2
     /// Record an accepted application message by its `digest` (received at `received_at`)
-    /// and append its outbox entries, in one transaction. Returns false, and changes
+    /// and append its outbox entries, in one transaction. Returns the ids of the appended
+    /// entries, in the order given (Requirement: DS-OUTBOX-2), or `None`, changing
     /// nothing, if a message with that digest was recorded before (a replay).
     fn append_message_outbox(
         &self,
         digest: &[u8; 32],
         received_at: u64,
         outbox: &[OutboxEntry],
-    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    ) -> impl Future<Output = StoreResult<Option<Vec<i64>>>> + Send;
     /// Up to `limit` outbox entries that are due at `now`, oldest first, with their ids.
     fn due_outbox(
         &self,
@@ -520,6 +523,45 @@ pub trait DsStore {
         &self,
         now: u64,
     ) -> impl Future<Output = StoreResult<Vec<OutboxSummary>>> + Send;
+    // Requirement: DS-OUTBOX-2, FED-ORDER-1
+    /// Claim, until `lease_until`, those of the entries `ids` that are addressed to
+    /// `local` (this server's QS), due at `now`, not claimed by anyone else, and not
+    /// waiting behind an older pending entry for the same queue that is not among `ids`
+    /// or cannot be claimed. Returns the claimed entries oldest first. Two callers never claim
+    /// the same entry.
+    fn claim_outbox(
+        &self,
+        ids: &[i64],
+        local: &str,
+        now: u64,
+        lease_until: u64,
+    ) -> impl Future<Output = StoreResult<Vec<(i64, OutboxEntry)>>> + Send;
+    // Requirement: DS-OUTBOX-2, FED-ORDER-1
+    /// Claim, until `lease_until`, up to `limit` entries that are due at `now` and not
+    /// claimed, oldest first, skipping every entry that has an older entry of the same
+    /// delivery order which is not due or is claimed by someone else. The delivery order
+    /// of an entry for `local` (this server's QS) is its destination queue (the same
+    /// queue config); of an entry for another homeserver, its destination domain. So a
+    /// deliverer that takes the entries in the returned order delivers in order.
+    fn claim_due_outbox(
+        &self,
+        local: &str,
+        now: u64,
+        lease_until: u64,
+        limit: u32,
+    ) -> impl Future<Output = StoreResult<Vec<(i64, OutboxEntry)>>> + Send;
+    /// Give up claims without delivering (the entries become available again).
+    fn release_outbox(&self, ids: &[i64]) -> impl Future<Output = StoreResult<()>> + Send;
+    // Requirement: FED-ORDER-1
+    /// A delivery to `destination` failed transiently: count a failed attempt on entry
+    /// `failed` and postpone every entry for `destination` to `next_attempt_at`,
+    /// releasing their claims (backoff is per destination).
+    fn postpone_destination(
+        &self,
+        destination: &str,
+        failed: i64,
+        next_attempt_at: u64,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
 }
 
 mod rows;
@@ -770,7 +812,7 @@ impl DsStore for Store {
         now: u64,
         outbox: &[OutboxEntry],
         replay: &ReplayRecord,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<Option<Vec<i64>>> {
         delegate!(
             self,
             DsStore::update_group(group_id, expected_version, ciphertext, now, outbox, replay)
@@ -782,7 +824,7 @@ impl DsStore for Store {
         digest: &[u8; 32],
         received_at: u64,
         outbox: &[OutboxEntry],
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<Option<Vec<i64>>> {
         delegate!(
             self,
             DsStore::append_message_outbox(digest, received_at, outbox)
@@ -807,6 +849,45 @@ impl DsStore for Store {
 
     async fn outbox_summary(&self, now: u64) -> StoreResult<Vec<OutboxSummary>> {
         delegate!(self, DsStore::outbox_summary(now))
+    }
+
+    async fn claim_outbox(
+        &self,
+        ids: &[i64],
+        local: &str,
+        now: u64,
+        lease_until: u64,
+    ) -> StoreResult<Vec<(i64, OutboxEntry)>> {
+        delegate!(self, DsStore::claim_outbox(ids, local, now, lease_until))
+    }
+
+    async fn claim_due_outbox(
+        &self,
+        local: &str,
+        now: u64,
+        lease_until: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<(i64, OutboxEntry)>> {
+        delegate!(
+            self,
+            DsStore::claim_due_outbox(local, now, lease_until, limit)
+        )
+    }
+
+    async fn release_outbox(&self, ids: &[i64]) -> StoreResult<()> {
+        delegate!(self, DsStore::release_outbox(ids))
+    }
+
+    async fn postpone_destination(
+        &self,
+        destination: &str,
+        failed: i64,
+        next_attempt_at: u64,
+    ) -> StoreResult<()> {
+        delegate!(
+            self,
+            DsStore::postpone_destination(destination, failed, next_attempt_at)
+        )
     }
 }
 

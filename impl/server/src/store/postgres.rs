@@ -900,7 +900,7 @@ impl DsStore for PgStore {
         now: u64,
         outbox: &[OutboxEntry],
         replay: &ReplayRecord,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<Option<Vec<i64>>> {
         let mut tx = self.begin().await?;
         record_request(&mut tx, ReplayService::Ds, replay).await?;
         // Of two racing updates, the second waits for the first's row lock and then
@@ -918,11 +918,11 @@ impl DsStore for PgStore {
         .rows_affected();
         if updated == 0 {
             tx.rollback().await?;
-            return Ok(false);
+            return Ok(None);
         }
-        insert_outbox(&mut tx, outbox).await?;
+        let ids = insert_outbox(&mut tx, outbox).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(ids))
     }
 
     async fn append_message_outbox(
@@ -930,7 +930,7 @@ impl DsStore for PgStore {
         digest: &[u8; 32],
         received_at: u64,
         outbox: &[OutboxEntry],
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<Option<Vec<i64>>> {
         let mut tx = self.begin().await?;
         let recorded = sqlx::query(
             "INSERT INTO ds_seen_messages (digest, received_at) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING",
@@ -941,11 +941,11 @@ impl DsStore for PgStore {
         .await?
         .rows_affected();
         if recorded == 0 {
-            return Ok(false);
+            return Ok(None);
         }
-        insert_outbox(&mut tx, outbox).await?;
+        let ids = insert_outbox(&mut tx, outbox).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(ids))
     }
 
     async fn due_outbox(&self, now: u64, limit: u32) -> StoreResult<Vec<(i64, OutboxEntry)>> {
@@ -1013,16 +1013,121 @@ impl DsStore for PgStore {
             })
             .collect()
     }
+
+    // Requirement: DS-OUTBOX-2, FED-ORDER-1
+    async fn claim_outbox(
+        &self,
+        ids: &[i64],
+        local: &str,
+        now: u64,
+        lease_until: u64,
+    ) -> StoreResult<Vec<(i64, OutboxEntry)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(OUTBOX_CLAIM_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        // Rows another transaction holds (being delivered or postponed) are skipped,
+        // never waited for.
+        let rows = sqlx::query(
+            "UPDATE ds_outbox SET claimed_until = $1 WHERE id IN ( \
+               SELECT d.id FROM ds_outbox d \
+               WHERE d.id = ANY($2::bigint[]) AND d.destination = $3 \
+                 AND d.next_attempt_at <= $4 AND d.claimed_until <= $4 \
+                 AND NOT EXISTS (SELECT 1 FROM ds_outbox o \
+                   WHERE o.destination = d.destination AND o.queue_config = d.queue_config \
+                     AND o.id < d.id \
+                     AND (o.id <> ALL($2::bigint[]) OR o.next_attempt_at > $4 OR o.claimed_until > $4)) \
+               ORDER BY d.id FOR UPDATE OF d SKIP LOCKED) \
+             RETURNING id, destination, queue_config, payload, dedup",
+        )
+        .bind(bound(lease_until))
+        .bind(ids)
+        .bind(local)
+        .bind(bound(now))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        claimed(&rows)
+    }
+
+    // Requirement: DS-OUTBOX-2, FED-ORDER-1
+    async fn claim_due_outbox(
+        &self,
+        local: &str,
+        now: u64,
+        lease_until: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<(i64, OutboxEntry)>> {
+        let mut tx = self.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(OUTBOX_CLAIM_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query(
+            "UPDATE ds_outbox SET claimed_until = $1 WHERE id IN ( \
+               SELECT d.id FROM ds_outbox d \
+               WHERE d.next_attempt_at <= $2 AND d.claimed_until <= $2 \
+                 AND NOT EXISTS (SELECT 1 FROM ds_outbox o \
+                   WHERE o.destination = d.destination AND o.id < d.id \
+                     AND (d.destination <> $3 OR o.queue_config = d.queue_config) \
+                     AND (o.next_attempt_at > $2 OR o.claimed_until > $2)) \
+               ORDER BY d.id LIMIT $4 FOR UPDATE OF d SKIP LOCKED) \
+             RETURNING id, destination, queue_config, payload, dedup",
+        )
+        .bind(bound(lease_until))
+        .bind(bound(now))
+        .bind(local)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        claimed(&rows)
+    }
+
+    async fn release_outbox(&self, ids: &[i64]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query("UPDATE ds_outbox SET claimed_until = 0 WHERE id = ANY($1::bigint[])")
+            .bind(ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // Requirement: FED-ORDER-1
+    async fn postpone_destination(
+        &self,
+        destination: &str,
+        failed: i64,
+        next_attempt_at: u64,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE ds_outbox SET next_attempt_at = $1, claimed_until = 0, \
+             attempts = attempts + CASE WHEN id = $2 THEN 1 ELSE 0 END WHERE destination = $3",
+        )
+        .bind(to_db(next_attempt_at)?)
+        .bind(failed)
+        .bind(destination)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
 }
 
 /// Append outbox entries in one statement, keeping their order (ids increase in the
-/// order given, and `due_outbox` returns them by id).
+/// order given, and `due_outbox` returns them by id). Returns their ids in that order
+/// (Requirement: DS-OUTBOX-2).
 async fn insert_outbox(
     tx: &mut Transaction<'static, Postgres>,
     outbox: &[OutboxEntry],
-) -> StoreResult<()> {
+) -> StoreResult<Vec<i64>> {
     if outbox.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let destinations: Vec<&str> = outbox
         .iter()
@@ -1037,20 +1142,41 @@ async fn insert_outbox(
         .map(|entry| entry.payload.as_slice())
         .collect();
     let dedups: Vec<&[u8]> = outbox.iter().map(|entry| entry.dedup.as_slice()).collect();
-    sqlx::query(
+    let ids: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO ds_outbox (destination, queue_config, payload, dedup) \
          SELECT destination, queue_config, payload, dedup \
          FROM UNNEST($1::text[], $2::bytea[], $3::bytea[], $4::bytea[]) \
              WITH ORDINALITY AS o(destination, queue_config, payload, dedup, n) \
-         ORDER BY n",
+         ORDER BY n \
+         RETURNING id",
     )
     .bind(&destinations)
     .bind(&queue_configs)
     .bind(&payloads)
     .bind(&dedups)
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(())
+    // RETURNING promises no order; the ids were drawn in insertion order.
+    let mut ids: Vec<i64> = ids;
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// The transaction-level advisory lock every outbox claim takes first, so that claims
+/// (from any process sharing the database) see each other's results: without it, two
+/// claims running at once could both find an older entry unclaimed and one of them take
+/// a newer entry of the same destination (Requirement: FED-ORDER-1). A claim is one short
+/// statement; nothing waits on this lock while holding outbox rows.
+const OUTBOX_CLAIM_LOCK: i64 = 0x7068_6f65_6e69_7801;
+
+/// Claimed entries, oldest first (`RETURNING` does not promise an order).
+fn claimed(rows: &[sqlx::postgres::PgRow]) -> StoreResult<Vec<(i64, OutboxEntry)>> {
+    let mut entries = rows
+        .iter()
+        .map(rows::outbox)
+        .collect::<StoreResult<Vec<_>>>()?;
+    entries.sort_by_key(|(id, _)| *id);
+    Ok(entries)
 }
 
 /// A name that is safe to splice into SQL unquoted: `[a-z_][a-z0-9_]*`, at most 63 bytes

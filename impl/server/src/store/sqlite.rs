@@ -803,7 +803,7 @@ impl DsStore for SqliteStore {
         now: u64,
         outbox: &[OutboxEntry],
         replay: &ReplayRecord,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<Option<Vec<i64>>> {
         let mut tx = self.write().await?;
         record_request(&mut tx, ReplayService::Ds, replay).await?;
         let updated = sqlx::query(
@@ -819,11 +819,11 @@ impl DsStore for SqliteStore {
         .rows_affected();
         if updated == 0 {
             tx.rollback().await?;
-            return Ok(false);
+            return Ok(None);
         }
-        insert_outbox(&mut tx, outbox).await?;
+        let ids = insert_outbox(&mut tx, outbox).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(ids))
     }
 
     async fn append_message_outbox(
@@ -831,7 +831,7 @@ impl DsStore for SqliteStore {
         digest: &[u8; 32],
         received_at: u64,
         outbox: &[OutboxEntry],
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<Option<Vec<i64>>> {
         let mut tx = self.write().await?;
         let recorded = sqlx::query(
             "INSERT INTO ds_seen_messages (digest, received_at) VALUES (?, ?) ON CONFLICT (digest) DO NOTHING",
@@ -842,11 +842,11 @@ impl DsStore for SqliteStore {
         .await?
         .rows_affected();
         if recorded == 0 {
-            return Ok(false);
+            return Ok(None);
         }
-        insert_outbox(&mut tx, outbox).await?;
+        let ids = insert_outbox(&mut tx, outbox).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(ids))
     }
 
     async fn due_outbox(&self, now: u64, limit: u32) -> StoreResult<Vec<(i64, OutboxEntry)>> {
@@ -918,14 +918,117 @@ impl DsStore for SqliteStore {
             })
             .collect()
     }
+
+    // Requirement: DS-OUTBOX-2, FED-ORDER-1
+    async fn claim_outbox(
+        &self,
+        ids: &[i64],
+        local: &str,
+        now: u64,
+        lease_until: u64,
+    ) -> StoreResult<Vec<(i64, OutboxEntry)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // SQLite has one writer: the claim is atomic against every other deliverer.
+        let mut tx = self.write().await?;
+        let rows = sqlx::query(
+            "UPDATE ds_outbox SET claimed_until = ?1 WHERE id IN ( \
+               SELECT d.id FROM ds_outbox d \
+               WHERE d.id IN (SELECT value FROM json_each(?2)) AND d.destination = ?3 \
+                 AND d.next_attempt_at <= ?4 AND d.claimed_until <= ?4 \
+                 AND NOT EXISTS (SELECT 1 FROM ds_outbox o \
+                   WHERE o.destination = d.destination AND o.queue_config = d.queue_config \
+                     AND o.id < d.id \
+                     AND (o.id NOT IN (SELECT value FROM json_each(?2)) \
+                          OR o.next_attempt_at > ?4 OR o.claimed_until > ?4))) \
+             RETURNING id, destination, queue_config, payload, dedup",
+        )
+        .bind(bound(lease_until))
+        .bind(id_list(ids))
+        .bind(local)
+        .bind(bound(now))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        claimed(&rows)
+    }
+
+    // Requirement: DS-OUTBOX-2, FED-ORDER-1
+    async fn claim_due_outbox(
+        &self,
+        local: &str,
+        now: u64,
+        lease_until: u64,
+        limit: u32,
+    ) -> StoreResult<Vec<(i64, OutboxEntry)>> {
+        let mut tx = self.write().await?;
+        let rows = sqlx::query(
+            "UPDATE ds_outbox SET claimed_until = ?1 WHERE id IN ( \
+               SELECT d.id FROM ds_outbox d \
+               WHERE d.next_attempt_at <= ?2 AND d.claimed_until <= ?2 \
+                 AND NOT EXISTS (SELECT 1 FROM ds_outbox o \
+                   WHERE o.destination = d.destination AND o.id < d.id \
+                     AND (d.destination <> ?3 OR o.queue_config = d.queue_config) \
+                     AND (o.next_attempt_at > ?2 OR o.claimed_until > ?2)) \
+               ORDER BY d.id LIMIT ?4) \
+             RETURNING id, destination, queue_config, payload, dedup",
+        )
+        .bind(bound(lease_until))
+        .bind(bound(now))
+        .bind(local)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        claimed(&rows)
+    }
+
+    async fn release_outbox(&self, ids: &[i64]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "UPDATE ds_outbox SET claimed_until = 0 WHERE id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(id_list(ids))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // Requirement: FED-ORDER-1
+    async fn postpone_destination(
+        &self,
+        destination: &str,
+        failed: i64,
+        next_attempt_at: u64,
+    ) -> StoreResult<()> {
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "UPDATE ds_outbox SET next_attempt_at = ?, claimed_until = 0, \
+             attempts = attempts + CASE WHEN id = ? THEN 1 ELSE 0 END WHERE destination = ?",
+        )
+        .bind(to_db(next_attempt_at)?)
+        .bind(failed)
+        .bind(destination)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
+/// Append outbox entries in the order given; returns their ids (Requirement: DS-OUTBOX-2).
 async fn insert_outbox(
     tx: &mut Transaction<'static, Sqlite>,
     outbox: &[OutboxEntry],
-) -> StoreResult<()> {
+) -> StoreResult<Vec<i64>> {
+    let mut ids = Vec::with_capacity(outbox.len());
     for entry in outbox {
-        sqlx::query(
+        let id = sqlx::query(
             "INSERT INTO ds_outbox (destination, queue_config, payload, dedup) VALUES (?, ?, ?, ?)",
         )
         .bind(&entry.destination)
@@ -933,9 +1036,27 @@ async fn insert_outbox(
         .bind(entry.payload.as_slice())
         .bind(entry.dedup.as_slice())
         .execute(&mut **tx)
-        .await?;
+        .await?
+        .last_insert_rowid();
+        ids.push(id);
     }
-    Ok(())
+    Ok(ids)
+}
+
+/// Ids as a JSON array, for `IN (SELECT value FROM json_each(?))`.
+fn id_list(ids: &[i64]) -> String {
+    let list: Vec<String> = ids.iter().map(i64::to_string).collect();
+    format!("[{}]", list.join(","))
+}
+
+/// Claimed entries, oldest first (`RETURNING` does not promise an order).
+fn claimed(rows: &[sqlx::sqlite::SqliteRow]) -> StoreResult<Vec<(i64, OutboxEntry)>> {
+    let mut entries = rows
+        .iter()
+        .map(rows::outbox)
+        .collect::<StoreResult<Vec<_>>>()?;
+    entries.sort_by_key(|(id, _)| *id);
+    Ok(entries)
 }
 
 // Requirement: ADV-REPLAY-3
