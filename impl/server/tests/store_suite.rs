@@ -1097,7 +1097,7 @@ async fn ds_update_group_is_compare_and_swap(db: &TestDb) {
     let g = group_id(1);
     assert!(
         store
-            .update_group(&g, 0, b"v1", NOW, &[outbox_entry(1, &fresh())])
+            .update_group(&g, 0, b"v1", NOW, &[outbox_entry(1)], &fresh())
             .await
             .unwrap()
             .is_none(),
@@ -1132,7 +1132,7 @@ async fn ds_update_group_is_compare_and_swap(db: &TestDb) {
     // A stale version changes nothing, outbox included.
     assert!(
         store
-            .update_group(&g, 0, b"stale", NOW, &[outbox_entry(3, &fresh())])
+            .update_group(&g, 0, b"stale", NOW, &[outbox_entry(3)], &fresh())
             .await
             .unwrap()
             .is_none()
@@ -1863,6 +1863,7 @@ async fn replayed_writes_change_nothing(db: &TestDb) {
             .update_group(&g, 0, b"v1", NOW, &[outbox_entry(1)], &commit)
             .await
             .unwrap()
+            .is_some()
     );
     assert_replayed(
         store
@@ -1917,6 +1918,7 @@ async fn failed_writes_record_no_replay(db: &TestDb) {
             .update_group(&g, 5, b"lost", NOW, &[outbox_entry(1)], &commit)
             .await
             .unwrap()
+            .is_some()
     );
     assert!(
         !store
@@ -1929,6 +1931,7 @@ async fn failed_writes_record_no_replay(db: &TestDb) {
             .update_group(&g, 0, b"v1", NOW, &[outbox_entry(1)], &commit)
             .await
             .unwrap()
+            .is_some()
     );
 
     let renewal = fresh();
@@ -1978,6 +1981,7 @@ async fn replayed_write_race(db: &TestDb) {
                         store
                             .update_group(&g, version, &[round, i], NOW, &[], &commit)
                             .await
+                            .map(|ids| ids.is_some())
                     }
                 })
             })
