@@ -126,7 +126,12 @@ async fn issue(
     let ca = server.ca();
     let serial = certs::random_serial(&mut OsRng);
     let not_before = now.saturating_sub(60);
-    let not_after = now + server.limits.client_cert_lifetime;
+    // Requirement: AS-CERT-LIFE-1
+    let lifetime = server
+        .limits
+        .client_cert_lifetime
+        .min(crate::server::MAX_CLIENT_CERT_LIFETIME);
+    let not_after = now.saturating_add(lifetime);
     let der = certs::issue_client_certificate(
         csr,
         &ca.signing_key,
