@@ -23,6 +23,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -112,19 +113,39 @@ fn running_server_signs_with_old_ca_after_rotate_ca_key() {
 }
 
 /// Run `phoenix-server` with `args` until it exits (it must: these configurations are
-/// refused before it listens), returning (success, stderr).
+/// refused before it listens), returning (success, stderr). A server still running after
+/// 30 s is killed and reported as a failure to refuse.
 fn run_to_exit(args: &[&str]) -> (bool, String) {
-    let output = Command::new(binary("phoenix-server"))
+    let dir = tempfile::tempdir().unwrap();
+    let stderr_path = dir.path().join("stderr");
+    let mut child = Command::new(binary("phoenix-server"))
         .args(args)
         .env_remove("PHOENIX_CLIENT_CERT_LIFETIME_DAYS")
         .env_remove("PHOENIX_DATABASE_URL")
         .env_remove("PHOENIX_CONFIG")
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
         .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "phoenix-server {args:?} did not refuse to start (still running after 30 s): {}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
+        status.success(),
+        std::fs::read_to_string(&stderr_path).unwrap_or_default(),
     )
 }
 
