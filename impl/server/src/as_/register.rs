@@ -72,7 +72,10 @@ pub async fn register(server: &Server, request: &Request, now: u64) -> Result<Ve
 
 /// `renew_certificate`: a registered client, authenticated by its current certificate,
 /// gets a new one for the same FID and client id (usually for a new key). The previous
-/// certificate stays in the history.
+/// certificate stays in the history. A certificate invalidated through polyproto
+/// authenticates no renewal (its key counts as compromised): `as_client` refuses it with
+/// `UNAUTHENTICATED`, by design (docs/identity.md).
+// Requirement: AS-AUTH-3
 pub async fn renew_certificate(
     server: &Server,
     request: &Request,
