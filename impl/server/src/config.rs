@@ -146,7 +146,8 @@ pub enum Command {
     Run,
     /// Create a new CA key and certificate and make it current, then exit. Earlier CA
     /// certificates stay in the history, so certificates they issued keep verifying; a
-    /// running server sharing the database picks the new CA up within a minute.
+    /// running server sharing the database issues, serves and signs with the new CA from its
+    /// next such request on (its discovery document within `--ca-check-interval-secs`).
     RotateCaKey,
 }
 
