@@ -11,12 +11,13 @@
 //! | `--log-format` | `PHOENIX_LOG_FORMAT` | `log_format` | `text` |
 //! | `--max-body-bytes` | `PHOENIX_MAX_BODY_BYTES` | `max_body_bytes` | 1048576 |
 //! | `--max-dequeue` | `PHOENIX_MAX_DEQUEUE` | `max_dequeue` | 500 |
-//! | `--client-cert-lifetime-days` | `PHOENIX_CLIENT_CERT_LIFETIME_DAYS` | `client_cert_lifetime_days` | 30 |
+//! | `--client-cert-lifetime-days` | `PHOENIX_CLIENT_CERT_LIFETIME_DAYS` | `client_cert_lifetime_days` | 30 (at most 60) |
 //! | `--resolve DOMAIN=URL` (repeatable) | `PHOENIX_RESOLVE` (comma-separated) | `resolve = [...]` | https://DOMAIN |
 //! | `--federation-mode` | `PHOENIX_FEDERATION_MODE` | `federation_mode` | `open` |
 //! | `--federation-allow DOMAIN` (repeatable) | `PHOENIX_FEDERATION_ALLOW` | `federation_allow = [...]` | none |
 //! | `--federation-block DOMAIN` (repeatable) | `PHOENIX_FEDERATION_BLOCK` | `federation_block = [...]` | none |
 //! | `--ca-rotation-days` | `PHOENIX_CA_ROTATION_DAYS` | `ca_rotation_days` | off |
+//! | `--ca-check-interval-secs` | `PHOENIX_CA_CHECK_INTERVAL_SECS` | `ca_check_interval_secs` | 60 (1 to 3600) |
 //! | `--outbox-max-backoff-secs` | `PHOENIX_OUTBOX_MAX_BACKOFF_SECS` | `outbox_max_backoff_secs` | 60 |
 //! | `--public-url` | `PHOENIX_PUBLIC_URL` | `public_url` | `https://DOMAIN` |
 //! | `--idcert-cache-ttl-secs` | `PHOENIX_IDCERT_CACHE_TTL_SECS` | `idcert_cache_ttl_secs` | 3600 (3600 to 43200) |
@@ -105,6 +106,10 @@ pub struct Args {
     /// default; `phoenix-server rotate-ca-key` rotates by hand).
     #[arg(long, env = "PHOENIX_CA_ROTATION_DAYS")]
     pub ca_rotation_days: Option<u64>,
+    /// How often the server checks for a CA rotated by another process sharing the
+    /// database and whether the scheduled rotation is due (seconds, 1 to 3600; default 60).
+    #[arg(long, env = "PHOENIX_CA_CHECK_INTERVAL_SECS")]
+    pub ca_check_interval_secs: Option<u64>,
     /// Cap of the outbox's exponential retry backoff for unreachable peers (seconds).
     #[arg(long, env = "PHOENIX_OUTBOX_MAX_BACKOFF_SECS")]
     pub outbox_max_backoff_secs: Option<u64>,
@@ -141,7 +146,8 @@ pub enum Command {
     Run,
     /// Create a new CA key and certificate and make it current, then exit. Earlier CA
     /// certificates stay in the history, so certificates they issued keep verifying; a
-    /// running server sharing the database picks the new CA up within a minute.
+    /// running server sharing the database issues, serves and signs with the new CA from its
+    /// next such request on (its discovery document within `--ca-check-interval-secs`).
     RotateCaKey,
 }
 
@@ -163,6 +169,7 @@ pub struct FileConfig {
     pub federation_block: Option<Vec<String>>,
     pub outbox_max_backoff_secs: Option<u64>,
     pub ca_rotation_days: Option<u64>,
+    pub ca_check_interval_secs: Option<u64>,
     pub public_url: Option<String>,
     pub idcert_cache_ttl_secs: Option<u64>,
     pub max_key_packages: Option<usize>,
@@ -224,6 +231,12 @@ pub enum ConfigError {
     CacheTtl(u64),
     #[error("{0}")]
     RateLimits(String),
+    #[error(
+        "client_cert_lifetime_days is {0}, but client certificates live at most 60 days (polyproto); set 60 or less"
+    )]
+    CertLifetime(u64),
+    #[error("ca_check_interval_secs must be between 1 and 3600, got {0}")]
+    CaCheckInterval(u64),
 }
 
 impl Settings {
@@ -274,6 +287,10 @@ impl Settings {
             .client_cert_lifetime_days
             .or(file.client_cert_lifetime_days)
         {
+            // Requirement: AS-CERT-LIFE-1
+            if days.saturating_mul(24 * 3600) > crate::server::MAX_CLIENT_CERT_LIFETIME {
+                return Err(ConfigError::CertLifetime(days));
+            }
             limits.client_cert_lifetime =
                 nonzero(days, "client_cert_lifetime_days")?.saturating_mul(24 * 3600);
         }
@@ -289,6 +306,13 @@ impl Settings {
         }
         if let Some(days) = args.ca_rotation_days.or(file.ca_rotation_days) {
             limits.ca_rotation = Some(nonzero(days, "ca_rotation_days")?.saturating_mul(24 * 3600));
+        }
+        // Requirement: AS-CA-ROT-2
+        if let Some(secs) = args.ca_check_interval_secs.or(file.ca_check_interval_secs) {
+            if !(1..=3600).contains(&secs) {
+                return Err(ConfigError::CaCheckInterval(secs));
+            }
+            limits.ca_check_interval = secs;
         }
         if let Some(v) = args.max_key_packages.or(file.max_key_packages) {
             limits.max_key_packages = nonzero(v, "max_key_packages")?;
@@ -487,6 +511,44 @@ mod tests {
                 "{url} {ttl:?}"
             );
         }
+    }
+
+    // Requirement: AS-CERT-LIFE-1
+    #[test]
+    fn client_cert_lifetime_above_60_days_is_refused() {
+        let with = |days: u64| {
+            Settings::resolve(Args {
+                domain: Some("a.test".into()),
+                client_cert_lifetime_days: Some(days),
+                ..Args::default()
+            })
+        };
+        assert_eq!(
+            with(60).unwrap().limits.client_cert_lifetime,
+            crate::server::MAX_CLIENT_CERT_LIFETIME
+        );
+        let refused = with(61).unwrap_err();
+        assert!(matches!(refused, ConfigError::CertLifetime(61)));
+        assert!(refused.to_string().contains("at most 60 days"), "{refused}");
+        assert!(matches!(with(u64::MAX), Err(ConfigError::CertLifetime(_))));
+    }
+
+    // Requirement: AS-CA-ROT-2
+    #[test]
+    fn ca_check_interval_is_bounded() {
+        let with = |secs: u64| {
+            Settings::resolve(Args {
+                domain: Some("a.test".into()),
+                ca_check_interval_secs: Some(secs),
+                ..Args::default()
+            })
+        };
+        assert_eq!(with(1).unwrap().limits.ca_check_interval, 1);
+        assert!(matches!(with(0), Err(ConfigError::CaCheckInterval(0))));
+        assert!(matches!(
+            with(3601),
+            Err(ConfigError::CaCheckInterval(3601))
+        ));
     }
 
     #[test]

@@ -156,6 +156,8 @@ pub async fn serve(
 ) {
     let worker = tokio::spawn(crate::outbox::run(server.clone()));
     let purges = tokio::spawn(crate::jobs::run_purges(server.clone()));
+    // Requirement: AS-CA-ROT-2
+    let ca_jobs = tokio::spawn(server.clone().run_ca_jobs());
     warp::serve(routes(server))
         .incoming(listener)
         .graceful(shutdown)
@@ -163,6 +165,7 @@ pub async fn serve(
         .await;
     worker.abort();
     purges.abort();
+    ca_jobs.abort();
 }
 
 async fn dispatch(

@@ -12,6 +12,8 @@
 //! - [`federation`]: peers (discovery, policy, key cache) and QS-to-QS forwarding.
 //! - [`polyproto`]: the polyproto core routes (`/.well-known/polyproto-core`,
 //!   `/.p2/core/v1/`): certificate history as cacheable ID-Certs, foreign sessions.
+//! - [`files`]: modes of the data directory and the SQLite database files (private keys at
+//!   rest).
 //! - [`jobs`]: periodic purges of ephemeral rows (the cache of foreign certificates,
 //!   replay records of federated messages).
 //! - [`outbox`]: delivery of fan-out messages after the state change that produced them
@@ -34,6 +36,7 @@ pub mod auth;
 pub mod config;
 pub mod ds;
 pub mod federation;
+pub mod files;
 pub mod http;
 pub mod jobs;
 pub mod outbox;

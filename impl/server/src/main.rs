@@ -52,13 +52,10 @@ fn init_tracing(format: LogFormat) {
 
 async fn run(settings: Settings) -> Result<(), String> {
     if settings.uses_data_dir() {
-        std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
-            format!(
-                "cannot create data directory {}: {e}",
-                settings.data_dir.display()
-            )
-        })?;
+        // Requirement: OPS-FILES-1
+        phoenix_server::files::create_private_dir(&settings.data_dir)?;
     }
+    phoenix_server::files::prepare_sqlite(&settings.database_url)?;
     let store = Store::connect(&settings.database_url).await.map_err(|e| {
         format!(
             "cannot open database {}: {e}",

@@ -33,6 +33,9 @@ pub struct Limits {
     /// Rotate the CA key when the current CA is this old (seconds); `None`: never
     /// automatically.
     pub ca_rotation: Option<u64>,
+    /// How often the CA jobs run (seconds): pick up a CA rotated by another process, and
+    /// the scheduled rotation ([`Server::run_ca_jobs`]).
+    pub ca_check_interval: u64,
     /// Most key packages one `qs/publish_key_packages` may carry.
     pub max_key_packages: usize,
     /// Most connection packages one `as/publish_connection_packages` may carry.
@@ -53,6 +56,7 @@ impl Default for Limits {
             client_cert_lifetime: 30 * 24 * 3600,
             group_id_reservation: 24 * 3600,
             ca_rotation: None,
+            ca_check_interval: 60,
             max_key_packages: phoenix_types::messages::qs::MAX_KEY_PACKAGES,
             max_connection_packages: phoenix_types::messages::as_::MAX_CONNECTION_PACKAGES,
             max_group_size: phoenix_types::messages::ds::MAX_GROUP_SIZE,
@@ -61,6 +65,11 @@ impl Default for Limits {
         }
     }
 }
+
+/// The longest lifetime of a client certificate (polyproto: at most 60 days), whatever the
+/// configuration says (`client_cert_lifetime_days` above it is refused at start-up).
+// Requirement: AS-CERT-LIFE-1
+pub const MAX_CLIENT_CERT_LIFETIME: u64 = 60 * 24 * 3600;
 
 /// Lifetime of a freshly created CA certificate: two years (polyproto: rotate every 1-3
 /// years).
@@ -230,33 +239,67 @@ impl Server {
     }
 
     /// Pick up a CA rotated by another process sharing the database
-    /// (`phoenix-server rotate-ca-key`).
+    /// (`phoenix-server rotate-ca-key`): one read of the current CA row; the certificate is
+    /// parsed and checked only when it changed.
+    // Requirement: AS-CA-ROT-1
     pub async fn reload_ca(&self) -> Result<(), StartError> {
-        let current = load_ca(&self.domain, &self.store).await?;
-        if current.certificate.der != self.ca().certificate.der {
-            tracing::info!(fingerprint = %hex::encode(current.certificate.fingerprint()), "using a new CA certificate");
-            match self.ca.write() {
-                Ok(mut ca) => *ca = Arc::new(current),
-                Err(poisoned) => *poisoned.into_inner() = Arc::new(current),
-            }
+        let stored = self
+            .store
+            .ca()
+            .await?
+            .ok_or(StartError::Ca("missing".into()))?;
+        if stored.certificate == self.ca().certificate.der {
+            return Ok(());
+        }
+        let current = check_ca(&self.domain, stored)?;
+        tracing::info!(fingerprint = %hex::encode(current.certificate.fingerprint()), "using a new CA certificate");
+        match self.ca.write() {
+            Ok(mut ca) => *ca = Arc::new(current),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(current),
         }
         Ok(())
     }
 
-    /// Background identity jobs, once a minute: pick up a CA rotated by another process,
-    /// and rotate the CA when it reached the configured age.
+    /// The current CA as stored, for a request that advertises the CA or signs with its
+    /// key: a rotation by another process sharing the database takes effect at the next
+    /// such request, so what this server signs and what it serves as current never differ.
+    /// A failed read is a 500 (logged), never a signature with a key that may be retired.
+    // Requirement: AS-CA-ROT-1
+    pub async fn current_ca(&self) -> Result<Arc<CaKeys>, WireError> {
+        self.reload_ca().await.map_err(|e| {
+            tracing::error!(error = %e, "cannot read the current CA");
+            WireError::new(ErrorCode::Internal, "cannot read the current CA")
+        })?;
+        Ok(self.ca())
+    }
+
+    /// Background identity jobs, every `limits.ca_check_interval` (first at start-up):
+    /// pick up a CA rotated by another process, and rotate the CA when it reached the
+    /// configured age (`limits.ca_rotation`). Runs until the task is aborted.
+    // Requirement: AS-CA-ROT-2
     pub async fn run_ca_jobs(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(
+            self.limits.ca_check_interval.max(1),
+        ));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-            if let Err(e) = self.reload_ca().await {
-                tracing::error!(error = %e, "cannot reload the CA");
-                continue;
-            }
-            if let Some(max_age) = self.limits.ca_rotation
-                && now().saturating_sub(self.ca().certificate.not_before) >= max_age
-                && let Err(e) = self.rotate_ca().await
-            {
-                tracing::error!(error = %e, "scheduled CA rotation failed");
+            tick.tick().await;
+            self.ca_jobs_once(now()).await;
+        }
+    }
+
+    /// One round of the identity jobs as of `now`.
+    pub async fn ca_jobs_once(&self, now: u64) {
+        if let Err(e) = self.reload_ca().await {
+            tracing::error!(error = %e, "cannot reload the CA");
+            return;
+        }
+        if let Some(max_age) = self.limits.ca_rotation
+            && now.saturating_sub(self.ca().certificate.not_before) >= max_age
+        {
+            match self.rotate_ca().await {
+                Ok(_) => tracing::info!("scheduled CA rotation done"),
+                Err(e) => tracing::error!(error = %e, "scheduled CA rotation failed"),
             }
         }
     }
@@ -309,6 +352,11 @@ async fn load_or_create_ca(domain: &Domain, store: &Store) -> Result<CaKeys, Sta
 /// The current CA from the store, checked.
 async fn load_ca(domain: &Domain, store: &Store) -> Result<CaKeys, StartError> {
     let record = store.ca().await?.ok_or(StartError::Ca("missing".into()))?;
+    check_ca(domain, record)
+}
+
+/// A stored CA record, parsed and checked: for `domain`, self-signed, key matching.
+fn check_ca(domain: &Domain, record: CaRecord) -> Result<CaKeys, StartError> {
     let certificate =
         ParsedCert::parse(&record.certificate).map_err(|e| StartError::Ca(e.to_string()))?;
     if certificate.issuer_domain != *domain {

@@ -477,6 +477,11 @@ impl TestServer {
         self.wait_healthy();
     }
 
+    /// The server's data directory (`--data-dir`; holds the embedded SQLite database).
+    pub fn data_dir(&self) -> PathBuf {
+        self._dir.path().join("data")
+    }
+
     /// The base URL, e.g. `http://127.0.0.1:41234`.
     pub fn url(&self) -> &str {
         &self.url

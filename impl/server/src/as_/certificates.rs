@@ -63,8 +63,10 @@ pub async fn client_certificates(server: &Server, request: &Request) -> Result<V
 pub async fn server_certificate(server: &Server, request: &Request) -> Result<Vec<u8>, WireError> {
     request.require_anonymous()?;
     let _: Empty = request.payload()?;
+    // Requirement: AS-CA-ROT-1
+    let ca = server.current_ca().await?;
     codec::encode(&ServerCertificateResponse {
-        ca_certificate: VLBytes::new(server.ca().certificate.der.clone()),
+        ca_certificate: VLBytes::new(ca.certificate.der.clone()),
         history: server
             .store
             .ca_history()

@@ -72,7 +72,10 @@ pub async fn register(server: &Server, request: &Request, now: u64) -> Result<Ve
 
 /// `renew_certificate`: a registered client, authenticated by its current certificate,
 /// gets a new one for the same FID and client id (usually for a new key). The previous
-/// certificate stays in the history.
+/// certificate stays in the history. A certificate invalidated through polyproto
+/// authenticates no renewal (its key counts as compromised): `as_client` refuses it with
+/// `UNAUTHENTICATED`, by design (docs/identity.md).
+// Requirement: AS-AUTH-3
 pub async fn renew_certificate(
     server: &Server,
     request: &Request,
@@ -127,7 +130,12 @@ async fn issue(
     let ca = server.ca();
     let serial = certs::random_serial(&mut OsRng);
     let not_before = now.saturating_sub(60);
-    let not_after = now + server.limits.client_cert_lifetime;
+    // Requirement: AS-CERT-LIFE-1
+    let lifetime = server
+        .limits
+        .client_cert_lifetime
+        .min(crate::server::MAX_CLIENT_CERT_LIFETIME);
+    let not_after = now.saturating_add(lifetime);
     let der = certs::issue_client_certificate(
         csr,
         &ca.signing_key,

@@ -103,8 +103,10 @@ pub async fn domain_certificates(
     domain: &Domain,
 ) -> Result<ServerCertificateResponse, WireError> {
     if domain == &server.domain {
+        // Requirement: AS-CA-ROT-1
+        let ca = server.current_ca().await?;
         return Ok(ServerCertificateResponse {
-            ca_certificate: VLBytes::new(server.ca().certificate.der.clone()),
+            ca_certificate: VLBytes::new(ca.certificate.der.clone()),
             history: server
                 .store
                 .ca_history()

@@ -108,6 +108,8 @@ pub async fn server_certificate(
     now: u64,
 ) -> Result<Response, WireError> {
     let at = optional_u64(query, "timestamp")?.unwrap_or(now);
+    // Requirement: AS-CA-ROT-1
+    let signer = server.current_ca().await?;
     let history = server.store.ca_history().await.map_err(server.internal())?;
     // The history is oldest first and each CA became current when it was added, so the
     // last one valid at `at` is the one that was current then. (A new CA is back-dated by
@@ -126,7 +128,9 @@ pub async fn server_certificate(
         tracing::error!(error = %e, "a stored CA certificate does not parse");
         WireError::new(ErrorCode::Internal, "a stored CA certificate is corrupt")
     })?;
-    Ok(jcs_response(&cacheable(server, &parsed, None, now)?))
+    Ok(jcs_response(&cacheable(
+        server, &signer, &parsed, None, now,
+    )?))
 }
 
 /// Who asks for another domain's user, for the rate limit of such lookups.
@@ -230,6 +234,8 @@ pub async fn actor_certificates(
         .map_err(server.internal())?
         .into_iter()
         .collect();
+    // Requirement: AS-CA-ROT-1
+    let signer = server.current_ca().await?;
     let mut answer = Vec::new();
     for (client_id, der, cert_not_before, cert_not_after) in &issued {
         if not_before.is_some_and(|t| *cert_not_after < t)
@@ -250,17 +256,18 @@ pub async fn actor_certificates(
             Observed::certificate(der),
             Observed::CertificateSerial(decimal(&parsed.serial)),
         ]);
-        answer.push(cacheable(server, &parsed, invalidated_at, now)?);
+        answer.push(cacheable(server, &signer, &parsed, invalidated_at, now)?);
     }
     let skip = answer.len().saturating_sub(MAX_ACTOR_CERTIFICATES);
     let answer: Vec<JcsObject> = answer.into_iter().skip(skip).collect();
     Ok(jcs_response(&answer))
 }
 
-/// The cacheable form of `cert`, its window starting at `now`, signed with the current CA
-/// key.
+/// The cacheable form of `cert`, its window starting at `now`, signed with `ca`'s key (the
+/// current CA, read with [`Server::current_ca`] by the request).
 pub fn cacheable(
     server: &Server,
+    ca: &crate::server::CaKeys,
     cert: &ParsedCert,
     invalidated_at: Option<u64>,
     now: u64,
@@ -270,7 +277,7 @@ pub fn cacheable(
     let not_valid_after = now.saturating_add(ttl).min(cert.not_after).max(now);
     let serial = decimal(&cert.serial);
     let signed = cache_signature_input(&serial, not_valid_before, not_valid_after, invalidated_at);
-    let signature = ed25519_dalek::Signer::sign(&server.ca().signing_key, signed.as_bytes());
+    let signature = ed25519_dalek::Signer::sign(&ca.signing_key, signed.as_bytes());
     let pem = certs::to_pem(&cert.der).map_err(|e| {
         tracing::error!(error = %e, "cannot PEM-encode a certificate");
         WireError::new(ErrorCode::Internal, "cannot encode a certificate")
