@@ -316,15 +316,35 @@ impl AsyncWrite for ActivityIo {
     }
 }
 
-/// Completes once nothing moved on the connection for `idle`.
-async fn idle(start: Instant, last: &AtomicU64, idle: Duration) {
+/// `ActivityIo::last` before the first byte moved.
+const NOTHING_YET: u64 = u64::MAX;
+
+/// Completes once nothing moved on the connection for `idle`, or, when nothing at all
+/// arrived, after `first_byte` (hyper's header timer starts only once the HTTP version is
+/// known, i.e. after the first bytes). Returns whether anything had moved.
+async fn idle(start: Instant, last: &AtomicU64, first_byte: Duration, idle: Duration) -> bool {
     loop {
-        let deadline = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+        let moved = last.load(Ordering::Relaxed);
+        let deadline = if moved == NOTHING_YET {
+            start + first_byte.min(idle)
+        } else {
+            start + Duration::from_millis(moved) + idle
+        };
         if Instant::now() >= deadline {
-            return;
+            return moved != NOTHING_YET;
         }
         tokio::time::sleep_until(deadline.into()).await;
     }
+}
+
+/// How a connection ended.
+enum Ended {
+    /// hyper finished it (the client closed, or an error).
+    Served(Result<(), Box<dyn std::error::Error + Send + Sync>>),
+    /// Nothing moved for the idle timeout.
+    Idle,
+    /// Nothing arrived at all within the header read timeout.
+    Silent,
 }
 
 /// Serve `service` on `listener` until `shutdown` completes, under the caps and timeouts
@@ -395,7 +415,7 @@ pub async fn serve<S>(
             metrics.open.fetch_add(1, Ordering::Relaxed);
             let _ = stream.set_nodelay(true);
             let start = Instant::now();
-            let last = Arc::new(AtomicU64::new(0));
+            let last = Arc::new(AtomicU64::new(NOTHING_YET));
             let io = TokioIo::new(ActivityIo {
                 inner: stream,
                 start,
@@ -415,16 +435,19 @@ pub async fn serve<S>(
                 .header_read_timeout(limits.header_read_timeout);
             builder.http2().timer(TokioTimer::new());
             let connection = watcher.watch(builder.serve_connection_with_upgrades(io, service));
-            // Requirement: EDGE-1 (idle timeout: nothing moved either way)
+            // Requirement: EDGE-1 (idle timeout: nothing moved either way; a connection that
+            // sends nothing at all is closed after the header read timeout)
             let outcome = tokio::select! {
-                served = connection => Some(served),
-                () = idle(start, &last, limits.idle_timeout) => None,
+                served = connection => Ended::Served(served),
+                moved = idle(start, &last, limits.header_read_timeout, limits.idle_timeout) => {
+                    if moved { Ended::Idle } else { Ended::Silent }
+                }
             };
             metrics.open.fetch_sub(1, Ordering::Relaxed);
             // Requirement: EDGE-4 (connection-level noise at debug, summarized once a minute)
             match outcome {
-                Some(Ok(())) => {}
-                Some(Err(e)) => {
+                Ended::Served(Ok(())) => {}
+                Ended::Served(Err(e)) => {
                     let kind = match e.downcast_ref::<hyper::Error>() {
                         Some(h) if h.is_timeout() => {
                             metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -441,9 +464,13 @@ pub async fn serve<S>(
                     };
                     tracing::debug!(target: "phoenix_server::edge", %peer, error = %e, "{kind}");
                 }
-                None => {
+                Ended::Idle => {
                     metrics.idle_timeouts.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(target: "phoenix_server::edge", %peer, "idle timeout");
+                }
+                Ended::Silent => {
+                    metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(target: "phoenix_server::edge", %peer, "header read timeout (nothing sent)");
                 }
             }
         });
