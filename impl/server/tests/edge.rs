@@ -257,15 +257,21 @@ async fn stalled_bodies_idle_sockets_and_slow_heads_neither_exhaust_the_server_n
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let peak_fds = fds(pid);
-    let peak_rss = rss_kib(pid);
+    let peak_rss = rss_kib(pid).max(rss_after_bodies);
     let stalled_elapsed = stall_started.elapsed();
 
     // The timeouts release every connection the server accepted.
-    let release = Duration::from_secs(IDLE_TIMEOUT + 2);
+    // One deadline for all of them, so that a server that keeps them fails in seconds.
+    let release_deadline = tokio::time::Instant::now() + Duration::from_secs(IDLE_TIMEOUT + 2);
+    let until = |deadline: tokio::time::Instant| {
+        deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_millis(50))
+    };
     let mut answered_408 = 0;
     let mut released_bodies = 0;
     for (stream, _) in &mut stalled_streams {
-        let (closed, seen) = closed_within(stream, release).await;
+        let (closed, seen) = closed_within(stream, until(release_deadline)).await;
         if closed {
             released_bodies += 1;
         }
@@ -277,16 +283,16 @@ async fn stalled_bodies_idle_sockets_and_slow_heads_neither_exhaust_the_server_n
     let mut released_idle = 0;
     let idle_deadline = idle_started + Duration::from_secs(HEADER_TIMEOUT + 3);
     for stream in &mut idle {
-        let wait = idle_deadline
-            .saturating_duration_since(tokio::time::Instant::now())
-            .max(Duration::from_millis(50));
-        if closed_within(stream, wait).await.0 {
+        if closed_within(stream, until(idle_deadline)).await.0 {
             released_idle += 1;
         }
     }
     let mut slow_cut = 0;
     for task in slow {
-        if let Some(after) = task.await.unwrap() {
+        if let Ok(Some(after)) = tokio::time::timeout(until(release_deadline), task)
+            .await
+            .map(Result::unwrap)
+        {
             assert!(after < Duration::from_secs(HEADER_TIMEOUT + 3), "{after:?}");
             slow_cut += 1;
         }
