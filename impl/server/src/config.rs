@@ -510,6 +510,57 @@ mod tests {
         assert!(matches!(typo, Err(ConfigError::ParseFile { .. })));
     }
 
+    // Requirement: EDGE-2 (the caps and timeouts come from flag, environment or file)
+    #[test]
+    fn edge_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "domain = \"a.test\"\nmax_connections = 100\nmax_connections_per_ip = 10\nidle_timeout_secs = 5\n",
+        )
+        .unwrap();
+        let settings = Settings::resolve(Args {
+            config: Some(file.clone()),
+            max_connections_per_ip: Some(20),
+            header_read_timeout_secs: Some(3),
+            ..Args::default()
+        })
+        .unwrap();
+        let edge = &settings.limits.edge;
+        assert_eq!(
+            (edge.max_connections, edge.max_connections_per_ip),
+            (100, 20)
+        );
+        assert_eq!(edge.header_read_timeout, std::time::Duration::from_secs(3));
+        assert_eq!(edge.idle_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(
+            edge.body_read_timeout,
+            crate::edge::EdgeLimits::default().body_read_timeout
+        );
+        let over = Settings::resolve(Args {
+            config: Some(file.clone()),
+            max_connections_per_ip: Some(101),
+            ..Args::default()
+        });
+        assert!(matches!(
+            over,
+            Err(ConfigError::ConnectionCaps {
+                per_ip: 101,
+                total: 100
+            })
+        ));
+        let zero = Settings::resolve(Args {
+            config: Some(file),
+            body_read_timeout_secs: Some(0),
+            ..Args::default()
+        });
+        assert!(matches!(
+            zero,
+            Err(ConfigError::Zero("body_read_timeout_secs"))
+        ));
+    }
+
     #[test]
     fn polyproto_settings() {
         let settings = Settings::resolve(Args {

@@ -17,6 +17,7 @@
 //! - **Noise** (resets, malformed HTTP, timeouts, refused connections) is logged at debug,
 //!   with one summary line a minute at info when there was any.
 //!
+//! Requirement: EDGE-5
 //! `/health` keeps answering while one address (or a few) floods the server: an address
 //! holds at most `max_connections_per_ip` of the `max_connections` slots, so the rest stays
 //! free for everyone else (a monitor included), and stalled connections give their slot
