@@ -25,6 +25,11 @@
 //! | `--max-connection-packages` | `PHOENIX_MAX_CONNECTION_PACKAGES` | `max_connection_packages` | 100 |
 //! | `--max-group-size` | `PHOENIX_MAX_GROUP_SIZE` | `max_group_size` | 1024 |
 //! | `--max-csr-bytes` | `PHOENIX_MAX_CSR_BYTES` | `max_csr_bytes` | 4096 |
+//! | `--max-connections` | `PHOENIX_MAX_CONNECTIONS` | `max_connections` | 512 |
+//! | `--max-connections-per-ip` | `PHOENIX_MAX_CONNECTIONS_PER_IP` | `max_connections_per_ip` | 32 |
+//! | `--header-read-timeout-secs` | `PHOENIX_HEADER_READ_TIMEOUT_SECS` | `header_read_timeout_secs` | 10 |
+//! | `--body-read-timeout-secs` | `PHOENIX_BODY_READ_TIMEOUT_SECS` | `body_read_timeout_secs` | 30 |
+//! | `--idle-timeout-secs` | `PHOENIX_IDLE_TIMEOUT_SECS` | `idle_timeout_secs` | 60 |
 //! | `--rate-limits`, `--rate-*`, `--trusted-proxy`, `--client-ip-header` | `PHOENIX_RATE_*`, ... | `[rate_limits]` table | see docs/limits.md |
 
 use std::net::SocketAddr;
@@ -133,6 +138,22 @@ pub struct Args {
     /// Largest CSR accepted at registration (bytes, at most 4096).
     #[arg(long, env = "PHOENIX_MAX_CSR_BYTES")]
     pub max_csr_bytes: Option<usize>,
+    /// Most open connections in total (more are closed at accept).
+    #[arg(long, env = "PHOENIX_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most open connections from one address (IPv6: one /64; trusted proxies count only
+    /// against the total).
+    #[arg(long, env = "PHOENIX_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Time for a request head to arrive, also between keep-alive requests (seconds).
+    #[arg(long, env = "PHOENIX_HEADER_READ_TIMEOUT_SECS")]
+    pub header_read_timeout_secs: Option<u64>,
+    /// Time for a request body to arrive (seconds; 408 REQUEST_TIMEOUT beyond).
+    #[arg(long, env = "PHOENIX_BODY_READ_TIMEOUT_SECS")]
+    pub body_read_timeout_secs: Option<u64>,
+    /// Close a connection on which nothing moved for this long (seconds).
+    #[arg(long, env = "PHOENIX_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
     #[command(flatten)]
     pub rate_limits: crate::ratelimit::RateLimitArgs,
     #[command(subcommand)]
@@ -176,6 +197,11 @@ pub struct FileConfig {
     pub max_connection_packages: Option<usize>,
     pub max_group_size: Option<usize>,
     pub max_csr_bytes: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub header_read_timeout_secs: Option<u64>,
+    pub body_read_timeout_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
     pub rate_limits: Option<crate::ratelimit::RateLimitFile>,
 }
 
@@ -237,6 +263,8 @@ pub enum ConfigError {
     CertLifetime(u64),
     #[error("ca_check_interval_secs must be between 1 and 3600, got {0}")]
     CaCheckInterval(u64),
+    #[error("max_connections_per_ip ({per_ip}) must not exceed max_connections ({total})")]
+    ConnectionCaps { per_ip: usize, total: usize },
 }
 
 impl Settings {
@@ -245,6 +273,7 @@ impl Settings {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
         };
+        let edge = edge_limits(&args, &file)?;
         let mut federation = federation_settings(
             &args.resolve,
             &args.federation_mode,
@@ -335,6 +364,7 @@ impl Settings {
             file.rate_limits.as_ref(),
         )
         .map_err(ConfigError::RateLimits)?;
+        limits.edge = edge;
         Ok(Self {
             domain,
             listen,
@@ -392,6 +422,37 @@ fn federation_settings(
         settings.max_backoff = nonzero(secs, "outbox_max_backoff_secs")?;
     }
     Ok(settings)
+}
+
+/// The connection caps and timeouts (see [`crate::edge`]).
+fn edge_limits(args: &Args, file: &FileConfig) -> Result<crate::edge::EdgeLimits, ConfigError> {
+    use std::time::Duration;
+    let mut edge = crate::edge::EdgeLimits::default();
+    if let Some(v) = args.max_connections.or(file.max_connections) {
+        edge.max_connections = nonzero(v, "max_connections")?;
+    }
+    if let Some(v) = args.max_connections_per_ip.or(file.max_connections_per_ip) {
+        edge.max_connections_per_ip = nonzero(v, "max_connections_per_ip")?;
+    }
+    if edge.max_connections_per_ip > edge.max_connections {
+        return Err(ConfigError::ConnectionCaps {
+            per_ip: edge.max_connections_per_ip,
+            total: edge.max_connections,
+        });
+    }
+    if let Some(v) = args
+        .header_read_timeout_secs
+        .or(file.header_read_timeout_secs)
+    {
+        edge.header_read_timeout = Duration::from_secs(nonzero(v, "header_read_timeout_secs")?);
+    }
+    if let Some(v) = args.body_read_timeout_secs.or(file.body_read_timeout_secs) {
+        edge.body_read_timeout = Duration::from_secs(nonzero(v, "body_read_timeout_secs")?);
+    }
+    if let Some(v) = args.idle_timeout_secs.or(file.idle_timeout_secs) {
+        edge.idle_timeout = Duration::from_secs(nonzero(v, "idle_timeout_secs")?);
+    }
+    Ok(edge)
 }
 
 fn nonzero<T: PartialEq + Default>(value: T, what: &'static str) -> Result<T, ConfigError> {
@@ -471,6 +532,57 @@ mod tests {
             ..Args::default()
         });
         assert!(matches!(typo, Err(ConfigError::ParseFile { .. })));
+    }
+
+    // Requirement: EDGE-2 (the caps and timeouts come from flag, environment or file)
+    #[test]
+    fn edge_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "domain = \"a.test\"\nmax_connections = 100\nmax_connections_per_ip = 10\nidle_timeout_secs = 5\n",
+        )
+        .unwrap();
+        let settings = Settings::resolve(Args {
+            config: Some(file.clone()),
+            max_connections_per_ip: Some(20),
+            header_read_timeout_secs: Some(3),
+            ..Args::default()
+        })
+        .unwrap();
+        let edge = &settings.limits.edge;
+        assert_eq!(
+            (edge.max_connections, edge.max_connections_per_ip),
+            (100, 20)
+        );
+        assert_eq!(edge.header_read_timeout, std::time::Duration::from_secs(3));
+        assert_eq!(edge.idle_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(
+            edge.body_read_timeout,
+            crate::edge::EdgeLimits::default().body_read_timeout
+        );
+        let over = Settings::resolve(Args {
+            config: Some(file.clone()),
+            max_connections_per_ip: Some(101),
+            ..Args::default()
+        });
+        assert!(matches!(
+            over,
+            Err(ConfigError::ConnectionCaps {
+                per_ip: 101,
+                total: 100
+            })
+        ));
+        let zero = Settings::resolve(Args {
+            config: Some(file),
+            body_read_timeout_secs: Some(0),
+            ..Args::default()
+        });
+        assert!(matches!(
+            zero,
+            Err(ConfigError::Zero("body_read_timeout_secs"))
+        ));
     }
 
     #[test]

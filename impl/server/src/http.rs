@@ -38,7 +38,6 @@ use crate::{as_, ds, qs};
 pub fn routes(
     server: Arc<Server>,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone + Send + Sync + 'static {
-    let max_body = u64::try_from(server.limits.max_body).unwrap_or(u64::MAX);
     let with_server = {
         let server = server.clone();
         warp::any().map(move || server.clone())
@@ -71,10 +70,12 @@ pub fn routes(
     let with_limiter = warp::any().map(move || limiter.clone());
     let operations = warp::path!("phoenix" / "v1" / String / String)
         .and(warp::post())
-        .and(warp::body::content_length_limit(max_body))
-        .and(warp::addr::remote())
+        .and(crate::edge::remote())
         .and(warp::header::headers_cloned())
-        .and(warp::body::bytes())
+        .and(crate::edge::body(
+            server.limits.max_body,
+            server.limits.edge.body_read_timeout,
+        ))
         .and(with_server)
         .and(with_limiter)
         .then(
@@ -158,11 +159,13 @@ pub async fn serve(
     let purges = tokio::spawn(crate::jobs::run_purges(server.clone()));
     // Requirement: AS-CA-ROT-2
     let ca_jobs = tokio::spawn(server.clone().run_ca_jobs());
-    warp::serve(routes(server))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    crate::edge::serve(
+        server.clone(),
+        listener,
+        warp::service(routes(server)),
+        shutdown,
+    )
+    .await;
     worker.abort();
     purges.abort();
     ca_jobs.abort();
@@ -215,7 +218,9 @@ pub(crate) fn problem(err: &WireError) -> Response {
 }
 
 async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
-    let err = if rejection.is_not_found() {
+    let err = if let Some(refused) = rejection.find::<crate::edge::BodyRefused>() {
+        refused.0.clone()
+    } else if rejection.is_not_found() {
         WireError::new(ErrorCode::NotFound, "no such route")
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         WireError::new(ErrorCode::TooLarge, "request body exceeds the size limit")
@@ -342,6 +347,45 @@ async fn metrics(server: &Server) -> String {
             &m.idcert_cache_purged,
         ),
     ];
+    let edge = &m.edge;
+    let refused = [
+        ("max_connections", &edge.refused_total_cap),
+        ("max_connections_per_ip", &edge.refused_per_ip_cap),
+    ];
+    let _ = writeln!(
+        out,
+        "# HELP phoenix_connections_refused_total Connections closed at accept, by the cap they hit.\n# TYPE phoenix_connections_refused_total counter"
+    );
+    for (cap, value) in refused {
+        let _ = writeln!(
+            out,
+            "phoenix_connections_refused_total{{cap=\"{cap}\"}} {}",
+            value.load(Ordering::Relaxed)
+        );
+    }
+    let closed = [
+        ("header_read_timeout", &edge.header_timeouts),
+        ("idle_timeout", &edge.idle_timeouts),
+        ("malformed", &edge.malformed),
+        ("error", &edge.errors),
+    ];
+    let _ = writeln!(
+        out,
+        "# HELP phoenix_connections_closed_total Connections the edge closed, by reason.\n# TYPE phoenix_connections_closed_total counter"
+    );
+    for (reason, value) in closed {
+        let _ = writeln!(
+            out,
+            "phoenix_connections_closed_total{{reason=\"{reason}\"}} {}",
+            value.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP phoenix_connections_open Open HTTP connections.\n# TYPE phoenix_connections_open gauge\nphoenix_connections_open {}\n# HELP phoenix_accept_errors_total Failed accepts (e.g. out of file descriptors).\n# TYPE phoenix_accept_errors_total counter\nphoenix_accept_errors_total {}",
+        edge.open.load(Ordering::Relaxed),
+        edge.accept_errors.load(Ordering::Relaxed)
+    );
     for (name, help, value) in counters {
         let _ = writeln!(
             out,

@@ -20,6 +20,7 @@
 //!   committed, retried with backoff until delivered.
 //! - [`store`]: storage traits and the SQLite and Postgres backends.
 //! - [`http`]: the warp routes: the one place where errors become HTTP responses.
+//! - [`edge`]: the accept loop: connection caps and timeouts, bodies read under their limit.
 //! - [`observe`]: the test-only observation tap (cargo feature `observe`, never in release
 //!   builds): which identifiers each request handler saw.
 //!
@@ -35,6 +36,7 @@ pub mod as_;
 pub mod auth;
 pub mod config;
 pub mod ds;
+pub mod edge;
 pub mod federation;
 pub mod files;
 pub mod http;

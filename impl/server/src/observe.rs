@@ -103,7 +103,7 @@ macro_rules! observe_detached {
 pub fn source() -> impl warp::Filter<Extract = (Source,), Error = std::convert::Infallible> + Clone
 {
     use warp::Filter;
-    warp::addr::remote().map(|peer: Option<std::net::SocketAddr>| peer.map(|p| p.ip()))
+    crate::edge::remote().map(|peer: Option<std::net::SocketAddr>| peer.map(|p| p.ip()))
 }
 #[cfg(not(feature = "observe"))]
 pub fn source() -> impl warp::Filter<Extract = (Source,), Error = std::convert::Infallible> + Clone

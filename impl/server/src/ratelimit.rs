@@ -193,7 +193,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 /// The address a per-IP bucket is kept for: the IP itself, or its /64 for IPv6.
-fn bucket_ip(ip: IpAddr) -> IpAddr {
+pub(crate) fn bucket_ip(ip: IpAddr) -> IpAddr {
     match canonical(ip) {
         IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
         v4 => v4,

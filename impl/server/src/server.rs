@@ -46,6 +46,8 @@ pub struct Limits {
     pub max_csr_bytes: usize,
     /// Rate limits of the anonymous operations and the key-package claim quota.
     pub rate_limits: crate::ratelimit::RateLimitConfig,
+    /// Connection caps and timeouts of the HTTP edge.
+    pub edge: crate::edge::EdgeLimits,
 }
 
 impl Default for Limits {
@@ -62,6 +64,7 @@ impl Default for Limits {
             max_group_size: phoenix_types::messages::ds::MAX_GROUP_SIZE,
             max_csr_bytes: phoenix_types::certs::MAX_CERT_LEN,
             rate_limits: crate::ratelimit::RateLimitConfig::default(),
+            edge: crate::edge::EdgeLimits::default(),
         }
     }
 }
@@ -133,6 +136,8 @@ pub struct Metrics {
     /// Outbox delivery rounds (a request's own entries, or a worker round) that failed
     /// with a storage error (Requirement: DS-OUTBOX-2).
     pub outbox_errors: AtomicU64,
+    /// Connections refused, timed out or failed at the HTTP edge.
+    pub edge: crate::edge::EdgeMetrics,
 }
 
 impl std::fmt::Debug for Server {

@@ -100,10 +100,13 @@ impl TestServer {
     }
 }
 
-/// Limits without rate limits (for tests that send many requests from one address).
+/// Limits without rate limits and with room for a thousand connections from one address
+/// (for tests that send many requests from one address at once).
 fn unlimited() -> Limits {
     let mut limits = Limits::default();
     limits.rate_limits.enabled = false;
+    limits.edge.max_connections = 2048;
+    limits.edge.max_connections_per_ip = 2048;
     limits
 }
 

@@ -79,6 +79,7 @@ codes! {
     NotFound = (404, "NOT_FOUND"),
     MethodNotAllowed = (405, "METHOD_NOT_ALLOWED"),
     UnsupportedMediaType = (415, "UNSUPPORTED_MEDIA_TYPE"),
+    RequestTimeout = (408, "REQUEST_TIMEOUT"),
     Internal = (500, "INTERNAL"),
     Unavailable = (503, "UNAVAILABLE"),
 }

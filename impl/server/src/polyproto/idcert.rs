@@ -56,7 +56,7 @@ pub const MAX_ACTOR_CERTIFICATES: usize = 1024;
 pub fn routes(server: Arc<Server>, limiter: Arc<RateLimiter>) -> BoxedFilter<(Response,)> {
     // The client's address as the rate limiter sees it, for the per-address limit on
     // lookups of other domains' users (each may make this server ask a peer).
-    let client = warp::addr::remote()
+    let client = crate::edge::remote()
         .and(warp::header::headers_cloned())
         .map(move |peer: Option<SocketAddr>, headers: HeaderMap| {
             (limiter.clone(), limiter.client_ip(peer, &headers))

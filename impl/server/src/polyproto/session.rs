@@ -77,7 +77,7 @@ const RECENT_TRIALS: u32 = 32;
 /// Longest session (seconds); never past the certificate's `notAfter`.
 pub const SESSION_LIFETIME: u64 = 7 * 24 * 3600;
 /// Largest request body of these routes (bytes).
-const MAX_BODY: u64 = 64 * 1024;
+const MAX_BODY: usize = 64 * 1024;
 /// Tolerated clock difference for an announced `invalidatedAt` (seconds).
 const CLOCK_SKEW: u64 = 60;
 
@@ -182,9 +182,10 @@ pub async fn session(server: &Server, token: &str) -> Option<Session> {
 }
 
 pub fn routes(server: Arc<Server>, limiter: Arc<RateLimiter>) -> BoxedFilter<(Response,)> {
+    let body_timeout = server.limits.edge.body_read_timeout;
     // The client's address as the rate limiter sees it (a trusted reverse proxy's header
     // is believed), for the per-address bound on pending trials.
-    let client = warp::addr::remote()
+    let client = crate::edge::remote()
         .and(warp::header::headers_cloned())
         .map(move |peer: Option<SocketAddr>, headers: HeaderMap| limiter.client_ip(peer, &headers));
     let trial = warp::path!(".p2" / "core" / "v1" / "session" / "auth")
@@ -198,8 +199,7 @@ pub fn routes(server: Arc<Server>, limiter: Arc<RateLimiter>) -> BoxedFilter<(Re
     let answer = warp::path!(".p2" / "core" / "v1" / "session" / "auth")
         .and(warp::post())
         .and(client)
-        .and(warp::body::content_length_limit(MAX_BODY))
-        .and(warp::body::bytes())
+        .and(crate::edge::body(MAX_BODY, body_timeout))
         .and(with_server(server.clone()))
         .then(
             |client: Option<IpAddr>, body: Bytes, server: Arc<Server>| async move {
@@ -229,8 +229,7 @@ pub fn routes(server: Arc<Server>, limiter: Arc<RateLimiter>) -> BoxedFilter<(Re
     let update = warp::path!(".p2" / "core" / "v1" / "session" / "idcert" / "extern")
         .and(warp::put())
         .and(warp::header::optional::<String>("authorization"))
-        .and(warp::body::content_length_limit(MAX_BODY))
-        .and(warp::body::bytes())
+        .and(crate::edge::body(MAX_BODY, body_timeout))
         .and(with_server(server))
         .and(crate::observe::source())
         .then(
