@@ -277,3 +277,90 @@ fn passive_client_follows_commits() {
     // 13 cases for each of suites 1 to 3, two epochs each.
     run_file("passive-client-handling-commit.json", 39);
 }
+
+// ----- Phoenix's MLS profile: out-of-order tolerance ------------------------------------
+
+mod reordering {
+    use std::collections::HashMap;
+
+    use openmls::group::LeafNodeLifetimePolicy;
+    use openmls::prelude::{KeyPackage, MlsGroup, ProcessedMessageContent};
+    use tls_codec::Serialize;
+
+    use phoenix_client::mls::{
+        CIPHERSUITE, Provider, capabilities, create_config, join_config, join_from_welcome,
+        new_leaf, protocol_message,
+    };
+    use phoenix_types::mls_profile::OUT_OF_ORDER_TOLERANCE;
+
+    // Requirement: CL-ORDER-1
+    /// A receiver decrypts a sender's messages that arrive out of order within
+    /// [`OUT_OF_ORDER_TOLERANCE`] generations of the newest one it has seen (openmls's
+    /// default, 5, dropped everything older), and refuses, with an error it can report,
+    /// those further back.
+    #[test]
+    fn receiver_tolerates_the_configured_reordering() {
+        let alice = Provider::from_values(HashMap::new());
+        let bob = Provider::from_values(HashMap::new());
+        let (alice_signer, alice_credential) = new_leaf(&alice).unwrap();
+        let (bob_signer, bob_credential) = new_leaf(&bob).unwrap();
+        let bob_package = KeyPackage::builder()
+            .leaf_node_capabilities(capabilities())
+            .build(CIPHERSUITE, &bob, &bob_signer, bob_credential)
+            .unwrap();
+        let mut group =
+            MlsGroup::new(&alice, &alice_signer, &create_config(), alice_credential).unwrap();
+        let (_, welcome, _) = group
+            .add_members(&alice, &alice_signer, &[bob_package.key_package().clone()])
+            .unwrap();
+        group.merge_pending_commit(&alice).unwrap();
+        let tree = group
+            .export_ratchet_tree()
+            .tls_serialize_detached()
+            .unwrap();
+        let mut bob_group = join_from_welcome(
+            &bob,
+            &join_config(),
+            &welcome.tls_serialize_detached().unwrap(),
+            Some(&tree),
+            LeafNodeLifetimePolicy::Verify,
+        )
+        .unwrap();
+
+        let window = OUT_OF_ORDER_TOLERANCE as usize;
+        let messages: Vec<Vec<u8>> = (0..window + 3)
+            .map(|i| {
+                group
+                    .create_message(&alice, &alice_signer, format!("m{i}").as_bytes())
+                    .unwrap()
+                    .tls_serialize_detached()
+                    .unwrap()
+            })
+            .collect();
+        let mut open = |bytes: &[u8]| -> Result<Vec<u8>, String> {
+            let processed = bob_group
+                .process_message(&bob, protocol_message(bytes).unwrap())
+                .map_err(|e| e.to_string())?;
+            match processed.into_content() {
+                ProcessedMessageContent::ApplicationMessage(m) => Ok(m.into_bytes()),
+                other => Err(format!("not an application message: {other:?}")),
+            }
+        };
+        let newest = messages.len() - 1;
+        assert_eq!(
+            open(&messages[newest]).unwrap(),
+            format!("m{newest}").into_bytes()
+        );
+        // Every generation within the window behind the newest (the newest and the
+        // `window - 1` before it) still opens, in any order.
+        for i in (newest + 1 - window..newest).rev() {
+            assert_eq!(
+                open(&messages[i]).unwrap(),
+                format!("m{i}").into_bytes(),
+                "m{i}"
+            );
+        }
+        // Further back is refused (and the caller reports it), not silently skipped.
+        assert!(open(&messages[0]).is_err());
+    }
+}

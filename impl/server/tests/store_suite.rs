@@ -1914,11 +1914,11 @@ async fn failed_writes_record_no_replay(db: &TestDb) {
 
     let commit = fresh();
     assert!(
-        !store
+        store
             .update_group(&g, 5, b"lost", NOW, &[outbox_entry(1)], &commit)
             .await
             .unwrap()
-            .is_some()
+            .is_none()
     );
     assert!(
         !store
