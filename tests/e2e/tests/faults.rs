@@ -120,7 +120,7 @@ fn concurrent_cli_processes_on_one_home(server: &TestServer) {
 fn a_second_process_waits_then_names_the_holder() {
     let cli = Cli::new("held");
     // Create the state directory (and its lock file) with a first, finished command.
-    cli.output(&["contacts"]);
+    cli.output(&["group", "list"]);
     let lock_path = cli.home().join("state.lock");
     let holder = std::fs::OpenOptions::new()
         .read(true)
@@ -131,7 +131,7 @@ fn a_second_process_waits_then_names_the_holder() {
     std::fs::write(&lock_path, "pid 4242 (phoenix sync)").unwrap();
 
     let started = std::time::Instant::now();
-    let out = cli.output_with_env(&["contacts"], &[("PHOENIX_LOCK_WAIT_SECS", "1")]);
+    let out = cli.output_with_env(&["group", "list"], &[("PHOENIX_LOCK_WAIT_SECS", "1")]);
     assert!(!out.status.success(), "{}", out.stdout);
     assert!(started.elapsed() >= Duration::from_secs(1));
     assert!(
@@ -142,7 +142,7 @@ fn a_second_process_waits_then_names_the_holder() {
 
     // Released: the next command runs.
     drop(holder);
-    let out = cli.output(&["contacts"]);
+    let out = cli.output(&["group", "list"]);
     assert!(out.status.success(), "{}", out.stderr);
 }
 
