@@ -27,6 +27,11 @@
 //!   revoked one (with `invalidatedAt`, or invalidated at home) is recorded and ends its
 //!   sessions, a new one becomes the session's certificate.
 //!
+//! Every use of a bearer token ([`authenticate`], [`rate_limit_key`]) past the session's
+//! `verified_until` first checks its certificate again with the home server
+//! (`reverify`): no longer vouched for ends the session (`UNAUTHENTICATED`), an
+//! unreachable home server is `UNAVAILABLE` (the session kept).
+//!
 //! Error codes: a malformed body `MALFORMED`, a bad FID `INVALID_FID`; no such trial
 //! `UNAUTHENTICATED`; a trial answered before `REPLAYED`; an expired one (or one ended by a
 //! wrong answer) `STALE_REQUEST`; a signature that does not verify `BAD_SIGNATURE`; an FID
@@ -107,9 +112,10 @@ impl Session {
 
 // Requirement: RL-SESSION-1, RL-SESSION-2
 /// The rate-limit key of the live session of an `Authorization: Bearer <token>` header, or
-/// `UNAUTHENTICATED` (as [`authenticate`]). Only whether the session is live is read, never
-/// its FID: a QS or DS request that carries a session is handled without the actor's
-/// identity ever being loaded.
+/// `UNAUTHENTICATED` (as [`authenticate`]). Past the session's `verified_until` its
+/// certificate is checked again with its home server first (`reverify`); otherwise the
+/// FID is handed to nothing: a QS or DS request that carries a session is handled without
+/// the actor's identity.
 pub async fn rate_limit_key(
     server: &Server,
     authorization: Option<&str>,
@@ -161,9 +167,10 @@ fn limiter_key(token_hash: &[u8; 32]) -> SessionKey {
     SessionKey(crypto::sha256(&input))
 }
 
-/// The session of a bearer token (without the `Bearer ` prefix), if it is valid now. For
-/// rate limiting and anything else that acts on behalf of a foreign actor. A storage
-/// failure is logged and counts as no session.
+/// The session of a bearer token (without the `Bearer ` prefix), if it is stored and not
+/// expired, as stored: it does not re-check a certificate past `verified_until` (requests
+/// go through [`authenticate`] or [`rate_limit_key`], which do). A storage failure is
+/// logged and counts as no session.
 pub async fn session(server: &Server, token: &str) -> Option<Session> {
     let hash = token_hash(token)?;
     let record = match server.store.session(&hash, now()).await {
