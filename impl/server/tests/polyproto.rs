@@ -305,6 +305,8 @@ on_both_backends!(
     invalidated_certificates_do_not_authenticate_as_requests,
     cache_and_replay_records_are_bounded,
     forged_home_server_answers_are_not_cached,
+    a_foreign_session_outliving_its_home_revocation_is_refused,
+    a_foreign_session_is_verified_again_across_its_window,
 );
 
 async fn well_known_names_the_public_url(backend: Backend) {
@@ -1366,4 +1368,83 @@ async fn forged_home_server_answers_are_not_cached(backend: Backend) {
     let cert = verify_cacheable(&objects[0], &d.server.ca().certificate.public_key);
     assert_eq!(cert.actor.unwrap().fid.to_string(), "carol@d.test");
     assert_eq!(b.server.store.idcert_cache_len().await.unwrap(), 1);
+}
+
+/// Sleep until `now()` is past `at`.
+async fn sleep_past(at: u64) {
+    while now() <= at {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+// Requirement: P2-SESSION-4
+async fn a_foreign_session_outliving_its_home_revocation_is_refused(backend: Backend) {
+    // a.test (home, SQLite) answers with a 4-second cache window; the session is held by
+    // b.test on `backend`.
+    let Some((a, b)) = pair(backend, 4, Limits::default()).await else {
+        return;
+    };
+    let (key, cert) = user(&a.server, "alice@a.test", "laptop").await;
+    let token = open_session(&b, "alice@a.test", &key, &cert).await;
+    let bearer = format!("Bearer {token}");
+    let verified_until = polyproto::session(&b.server, &token)
+        .await
+        .unwrap()
+        .verified_until;
+    assert!(verified_until <= now() + 4);
+
+    // Alice's home server invalidates the certificate (she ends a session there).
+    let home = open_session(&a, "alice@a.test", &key, &cert).await;
+    assert_eq!(end_session(&a, &home).await.status, 204);
+
+    // Within the window b.test relies on a.test's answer: the session still works.
+    if now() <= verified_until {
+        let response = fetch_key_packages(&b, Some(&bearer)).await;
+        assert_ne!(response.status().as_u16(), 401);
+        assert_ne!(response.status().as_u16(), 503);
+    }
+
+    // Past it, b.test asks a.test again: the session is refused and ended.
+    sleep_past(verified_until).await;
+    let (status, code) = problem_code(fetch_key_packages(&b, Some(&bearer)).await).await;
+    assert_eq!((status, code.as_str()), (401, "UNAUTHENTICATED"));
+    assert!(polyproto::session(&b.server, &token).await.is_none());
+    assert_eq!(end_session(&b, &token).await.status, 401);
+    // The certificate cannot open another session on b.test either.
+    let response = answer_trial(&b, "alice@a.test", &key, &cert).await;
+    response.assert_problem(403, "FORBIDDEN");
+}
+
+// Requirement: P2-SESSION-4
+async fn a_foreign_session_is_verified_again_across_its_window(backend: Backend) {
+    let Some((a, b)) = pair(backend, 2, Limits::default()).await else {
+        return;
+    };
+    let (key, cert) = user(&a.server, "alice@a.test", "laptop").await;
+    let token = open_session(&b, "alice@a.test", &key, &cert).await;
+    let bearer = format!("Bearer {token}");
+    let first = polyproto::session(&b.server, &token)
+        .await
+        .unwrap()
+        .verified_until;
+
+    // Past the window, a still-valid certificate is vouched for again: the request goes
+    // through and verified_until moves forward (stored).
+    sleep_past(first).await;
+    let response = fetch_key_packages(&b, Some(&bearer)).await;
+    assert_ne!(response.status().as_u16(), 401);
+    assert_ne!(response.status().as_u16(), 503);
+    let second = polyproto::session(&b.server, &token)
+        .await
+        .unwrap()
+        .verified_until;
+    assert!(second > first, "{second} > {first}");
+
+    // The home server unreachable: past the window the session is not trusted
+    // (UNAVAILABLE) but kept.
+    drop(a);
+    sleep_past(second).await;
+    let (status, code) = problem_code(fetch_key_packages(&b, Some(&bearer)).await).await;
+    assert_eq!((status, code.as_str()), (503, "UNAVAILABLE"));
+    assert!(polyproto::session(&b.server, &token).await.is_some());
 }

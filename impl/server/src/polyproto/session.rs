@@ -27,6 +27,11 @@
 //!   revoked one (with `invalidatedAt`, or invalidated at home) is recorded and ends its
 //!   sessions, a new one becomes the session's certificate.
 //!
+//! Every use of a bearer token ([`authenticate`], [`rate_limit_key`]) past the session's
+//! `verified_until` first checks its certificate again with the home server
+//! (`reverify`): no longer vouched for ends the session (`UNAUTHENTICATED`), an
+//! unreachable home server is `UNAVAILABLE` (the session kept).
+//!
 //! Error codes: a malformed body `MALFORMED`, a bad FID `INVALID_FID`; no such trial
 //! `UNAUTHENTICATED`; a trial answered before `REPLAYED`; an expired one (or one ended by a
 //! wrong answer) `STALE_REQUEST`; a signature that does not verify `BAD_SIGNATURE`; an FID
@@ -36,6 +41,7 @@
 //! server `UNKNOWN_PEER`. A wrong answer ends the trials it could have answered, so each
 //! trial costs at most one lookup at a home server.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -106,9 +112,10 @@ impl Session {
 
 // Requirement: RL-SESSION-1, RL-SESSION-2
 /// The rate-limit key of the live session of an `Authorization: Bearer <token>` header, or
-/// `UNAUTHENTICATED` (as [`authenticate`]). Only whether the session is live is read, never
-/// its FID: a QS or DS request that carries a session is handled without the actor's
-/// identity ever being loaded.
+/// `UNAUTHENTICATED` (as [`authenticate`]). Past the session's `verified_until` its
+/// certificate is checked again with its home server first (`reverify`); otherwise the
+/// FID is handed to nothing: a QS or DS request that carries a session is handled without
+/// the actor's identity.
 pub async fn rate_limit_key(
     server: &Server,
     authorization: Option<&str>,
@@ -120,12 +127,14 @@ pub async fn rate_limit_key(
         )
     };
     let hash = token_hash(bearer(authorization)?).ok_or_else(unknown)?;
-    if server
+    let record = server
         .store
-        .session_is_live(&hash, now())
+        .session(&hash, now())
         .await
-        .map_err(server.internal())?
-    {
+        .map_err(server.internal())?;
+    if let Some(record) = record {
+        // Requirement: P2-SESSION-4
+        reverify(server, &record, now()).await?;
         // The token is the session's: the operator can look its FID up (ADV-OP-1).
         // Requirement: ADV-OP-1
         observe!([Observed::SessionToken(hash)]);
@@ -158,9 +167,10 @@ fn limiter_key(token_hash: &[u8; 32]) -> SessionKey {
     SessionKey(crypto::sha256(&input))
 }
 
-/// The session of a bearer token (without the `Bearer ` prefix), if it is valid now. For
-/// rate limiting and anything else that acts on behalf of a foreign actor. A storage
-/// failure is logged and counts as no session.
+/// The session of a bearer token (without the `Bearer ` prefix), if it is stored and not
+/// expired, as stored: it does not re-check a certificate past `verified_until` (requests
+/// go through [`authenticate`] or [`rate_limit_key`], which do). A storage failure is
+/// logged and counts as no session.
 pub async fn session(server: &Server, token: &str) -> Option<Session> {
     let hash = token_hash(token)?;
     let record = match server.store.session(&hash, now()).await {
@@ -701,9 +711,26 @@ pub async fn authenticate(
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(unauthenticated("expected Authorization: Bearer <token>"));
     }
-    let session = session(server, token.trim())
-        .await
+    let hash = token_hash(token.trim())
         .ok_or_else(|| unauthenticated("unknown or expired session token"))?;
+    let record = server
+        .store
+        .session(&hash, now())
+        .await
+        .map_err(server.internal())?
+        .ok_or_else(|| unauthenticated("unknown or expired session token"))?;
+    // Requirement: P2-SESSION-4
+    let record = reverify(server, &record, now()).await?;
+    let fid =
+        Fid::parse(&record.fid).map_err(|_| unauthenticated("unknown or expired session token"))?;
+    let session = Session {
+        fid,
+        client_id: record.client_id,
+        serial: record.serial,
+        expires_at: record.expires_at,
+        verified_until: record.verified_until,
+        token_hash: record.token_hash,
+    };
     // Requirement: ADV-OP-1
     observe!([
         Observed::Fid(session.fid.to_string()),
@@ -712,6 +739,127 @@ pub async fn authenticate(
         Observed::SessionToken(session.token_hash),
     ]);
     Ok(session)
+}
+
+/// Sessions being re-checked with their home server now (by token hash): at most one
+/// re-check per session at a time.
+static RECHECKING: std::sync::LazyLock<std::sync::Mutex<HashSet<[u8; 32]>>> =
+    std::sync::LazyLock::new(|| std::sync::Mutex::new(HashSet::new()));
+
+/// Removes its session from [`RECHECKING`] when the re-check ends (or is dropped).
+struct Rechecking([u8; 32]);
+
+impl Drop for Rechecking {
+    fn drop(&mut self) {
+        RECHECKING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.0);
+    }
+}
+
+// Requirement: P2-SESSION-4
+/// A session about to be used, its certificate still vouched for by its home server:
+/// while `verified_until` has not passed, as it is; after that, the certificate is looked
+/// up again at the home server ([`home::actor_certificate`], the lookup the session was
+/// opened with, bounded by the federation HTTP client's timeouts). Still valid and not
+/// invalidated: `verified_until` moves to the new answer's window (stored). Invalidated,
+/// expired, unknown to the home server, no longer chaining to its CA or refused by policy:
+/// the certificate is recorded as invalidated here, which ends its sessions, and the
+/// request is `UNAUTHENTICATED`. Home server unreachable or answering something that does
+/// not verify: `UNAVAILABLE`, the session is kept but not trusted until a re-check
+/// succeeds. A second request of the same session while one re-check runs is
+/// `UNAVAILABLE` too (retry), never a second lookup.
+async fn reverify(
+    server: &Server,
+    record: &SessionRecord,
+    now: u64,
+) -> Result<SessionRecord, WireError> {
+    if now <= record.verified_until {
+        return Ok(record.clone());
+    }
+    let unavailable = |detail: String| WireError::new(ErrorCode::Unavailable, detail);
+    let fid = Fid::parse(&record.fid)
+        .map_err(|_| WireError::new(ErrorCode::Internal, "a stored session has a malformed FID"))?;
+    let _guard = {
+        let mut running = RECHECKING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !running.insert(record.token_hash) {
+            return Err(unavailable(
+                "the session's certificate is being checked again with its home server; retry"
+                    .to_owned(),
+            ));
+        }
+        Rechecking(record.token_hash)
+    };
+    let refused = match home::actor_certificate(server, &fid, &record.serial, now).await {
+        Ok(certificate) => match check_usable(&certificate, now) {
+            Ok(()) if certificate.verified_until > now => {
+                let updated = server
+                    .store
+                    .update_session_certificate(
+                        &record.token_hash,
+                        &certificate_record(&fid, &certificate),
+                        certificate.verified_until,
+                    )
+                    .await
+                    .map_err(server.internal())?;
+                if !updated {
+                    return Err(WireError::new(
+                        ErrorCode::Unauthenticated,
+                        "the session ended, or its certificate was invalidated, meanwhile",
+                    ));
+                }
+                return Ok(SessionRecord {
+                    verified_until: certificate.verified_until,
+                    ..record.clone()
+                });
+            }
+            Ok(()) => {
+                return Err(unavailable(format!(
+                    "{}'s answer about the session's certificate is already out of its window",
+                    fid.domain()
+                )));
+            }
+            Err(e) => e,
+        },
+        Err(e) if matches!(e.code, ErrorCode::UnknownPeer) => {
+            return Err(unavailable(format!(
+                "cannot check the session's certificate again with its home server: {}",
+                e.detail
+            )));
+        }
+        Err(e) if matches!(e.code, ErrorCode::Internal) => return Err(e),
+        Err(e) => e,
+    };
+    // No longer vouched for: end the session (and any other of this certificate).
+    if let Some(stored) = server
+        .store
+        .certificate(&record.fid, &record.serial)
+        .await
+        .map_err(server.internal())?
+    {
+        server
+            .store
+            .invalidate_certificate(&CertificateRecord {
+                invalidated_at: Some(stored.invalidated_at.map_or(now, |at| at.min(now))),
+                ..stored
+            })
+            .await
+            .map_err(server.internal())?;
+    }
+    tracing::info!(
+        serial = record.serial,
+        "ended a polyproto session: its home server no longer vouches for its certificate"
+    );
+    Err(WireError::new(
+        ErrorCode::Unauthenticated,
+        format!(
+            "session ended: its home server no longer vouches for certificate {} ({})",
+            record.serial, refused.detail
+        ),
+    ))
 }
 
 fn certificate_record(fid: &Fid, certificate: &ActorCertificate) -> CertificateRecord {
