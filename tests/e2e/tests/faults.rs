@@ -45,6 +45,33 @@ fn texts(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// Count what arrived against what was acknowledged, print the counts under `label`, and
+/// assert that nothing acknowledged was lost, nothing arrived twice and no event reported
+/// an error.
+fn assert_nothing_lost(label: &str, acknowledged: &[String], events: &[Value]) {
+    let received = texts(events);
+    let lost: Vec<_> = acknowledged
+        .iter()
+        .filter(|t| !received.contains(t))
+        .collect();
+    let duplicated = received.len()
+        - received
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+    let errors: Vec<_> = events.iter().filter(|e| e["kind"] == "error").collect();
+    eprintln!(
+        "{label}: acknowledged {}, delivered {}, lost {}, duplicated {duplicated}, errors {}",
+        acknowledged.len(),
+        received.len(),
+        lost.len(),
+        errors.len()
+    );
+    assert!(lost.is_empty(), "lost {lost:?}; events {events:?}");
+    assert_eq!(duplicated, 0, "{received:?}");
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
 // ----- one writer per client state ----------------------------------------------------
 
 #[test]
@@ -91,28 +118,7 @@ fn concurrent_cli_processes_on_one_home(server: &TestServer) {
         events.extend(bob.run(&["sync"])["events"].as_array().cloned().unwrap());
         std::thread::sleep(Duration::from_millis(200));
     }
-    let received = texts(&events);
-    let lost: Vec<_> = acknowledged
-        .iter()
-        .filter(|t| !received.contains(t))
-        .collect();
-    let duplicated = received.len() - {
-        let mut unique = received.clone();
-        unique.sort();
-        unique.dedup();
-        unique.len()
-    };
-    let errors: Vec<_> = events.iter().filter(|e| e["kind"] == "error").collect();
-    eprintln!(
-        "concurrent sends: acknowledged {}, delivered {}, lost {}, duplicated {duplicated}, errors {}",
-        acknowledged.len(),
-        received.len(),
-        lost.len(),
-        errors.len()
-    );
-    assert!(lost.is_empty(), "lost {lost:?}; events {events:?}");
-    assert_eq!(duplicated, 0, "{events:?}");
-    assert!(errors.is_empty(), "{errors:?}");
+    assert_nothing_lost("concurrent sends", &acknowledged, &events);
 }
 
 /// While another process holds the state, a command waits, then fails naming the holder.
@@ -266,37 +272,23 @@ fn lost_replies_on_ds_and_qs_operations(server: &TestServer) {
         events.extend(bob.run(&["sync"])["events"].as_array().cloned().unwrap());
         std::thread::sleep(Duration::from_millis(200));
     }
-    let received = texts(&events);
-    let lost: Vec<_> = acknowledged
-        .iter()
-        .filter(|t| !received.contains(t))
-        .collect();
-    let duplicated = received.len()
-        - received
-            .iter()
-            .collect::<std::collections::BTreeSet<_>>()
-            .len();
-    let errors: Vec<_> = events
-        .iter()
-        .chain(&alice_events)
-        .filter(|e| e["kind"] == "error")
-        .collect();
-    eprintln!(
-        "lost answers {:?}: acknowledged {}, delivered {}, lost {}, duplicated {duplicated}, errors {}",
-        proxy.dropped(),
-        acknowledged.len(),
-        received.len(),
-        lost.len(),
-        errors.len()
-    );
     assert!(
         proxy.armed().is_empty(),
         "drops not met: {:?}",
         proxy.armed()
     );
-    assert!(lost.is_empty(), "lost {lost:?}; bob's events {events:?}");
-    assert_eq!(duplicated, 0, "{events:?}");
-    assert!(errors.is_empty(), "{errors:?}");
+    let mut all = events.clone();
+    all.extend(
+        alice_events
+            .iter()
+            .filter(|e| e["kind"] == "error")
+            .cloned(),
+    );
+    assert_nothing_lost(
+        &format!("lost answers {:?}", proxy.dropped()),
+        &acknowledged,
+        &all,
+    );
     // Every message bob got is verified from alice: the retried bytes are the original.
     for e in events.iter().filter(|e| e["kind"] == "message") {
         assert_eq!(e["verified"], true, "{e}");
@@ -412,31 +404,17 @@ fn kill_9_loop_under_concurrent_senders(mut server: TestServer) {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    let received = texts(&events);
-    let lost: Vec<_> = acknowledged
-        .iter()
-        .filter(|t| !received.contains(t))
-        .collect();
-    let duplicated = received.len()
-        - received
-            .iter()
-            .collect::<std::collections::BTreeSet<_>>()
-            .len();
-    let errors: Vec<_> = events.iter().filter(|e| e["kind"] == "error").collect();
-    eprintln!(
-        "kill -9 x{CRASHES} under {} senders: sent {}, acknowledged {}, delivered {}, lost {}, duplicated {duplicated}, errors {}",
-        SENDERS.len(),
-        SENDERS.len() * PER_SENDER,
-        acknowledged.len(),
-        received.len(),
-        lost.len(),
-        errors.len()
-    );
     assert!(
         acknowledged.len() >= PER_SENDER,
         "too few sends succeeded to mean anything"
     );
-    assert!(lost.is_empty(), "lost {lost:?}; errors {errors:?}");
-    assert_eq!(duplicated, 0, "{received:?}");
-    assert!(errors.is_empty(), "{errors:?}");
+    assert_nothing_lost(
+        &format!(
+            "kill -9 x{CRASHES} under {} senders, {} sent",
+            SENDERS.len(),
+            SENDERS.len() * PER_SENDER
+        ),
+        &acknowledged,
+        &events,
+    );
 }

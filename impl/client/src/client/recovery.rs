@@ -140,6 +140,29 @@ impl Client {
         }
     }
 
+    /// Save `outgoing` with the MLS state it leads to (one transaction), then send it,
+    /// retrying the identical bytes while no answer comes.
+    async fn save_and_deliver(
+        &self,
+        id: &Identity,
+        outgoing: &NewOutgoing<'_>,
+    ) -> Result<(i64, Outcome), ClientError> {
+        let oid = self
+            .store
+            .save_mls_with_outgoing(&self.provider.values()?, outgoing)
+            .await?;
+        let outcome = self
+            .deliver(
+                id,
+                outgoing.group_id,
+                outgoing.operation,
+                outgoing.body,
+                RETRY_PAUSES.len() + 1,
+            )
+            .await;
+        Ok((oid, outcome))
+    }
+
     /// Send an application message whose ratchet generation `self.provider` has just
     /// used: saved first, then sent, then settled.
     pub(super) async fn send_message_sealed(
@@ -149,10 +172,9 @@ impl Client {
         body: &[u8],
         text: &str,
     ) -> Result<(), ClientError> {
-        let oid = self
-            .store
-            .save_mls_with_outgoing(
-                &self.provider.values()?,
+        let (oid, outcome) = self
+            .save_and_deliver(
+                id,
                 &NewOutgoing {
                     group_id: &record.group_id,
                     operation: ds::SEND_MESSAGE,
@@ -164,15 +186,6 @@ impl Client {
                 },
             )
             .await?;
-        let outcome = self
-            .deliver(
-                id,
-                &record.group_id,
-                ds::SEND_MESSAGE,
-                body,
-                RETRY_PAUSES.len() + 1,
-            )
-            .await;
         match outcome {
             Outcome::Accepted => {
                 self.store
@@ -220,10 +233,9 @@ impl Client {
     ) -> Result<(), ClientError> {
         let detail = serde_json::to_string(aftermath)
             .map_err(|e| ClientError::Store(format!("cannot record the commit: {e}")))?;
-        let oid = self
-            .store
-            .save_mls_with_outgoing(
-                &self.provider.values()?,
+        let (oid, outcome) = self
+            .save_and_deliver(
+                id,
                 &NewOutgoing {
                     group_id: &record.group_id,
                     operation,
@@ -235,15 +247,6 @@ impl Client {
                 },
             )
             .await?;
-        let outcome = self
-            .deliver(
-                id,
-                &record.group_id,
-                operation,
-                body,
-                RETRY_PAUSES.len() + 1,
-            )
-            .await;
         self.settle_commit(id, record, group, oid, group_info, aftermath, outcome)
             .await
     }
