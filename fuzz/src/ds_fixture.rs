@@ -24,9 +24,11 @@ use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::OpenMlsProvider;
 use tls_codec::{Deserialize, VLBytes};
 
+use phoenix_server::ds::group_state;
 use phoenix_server::server::{Server, now};
 use phoenix_server::store::{DsStore, ReplayRecord};
 use phoenix_types::codec;
+use phoenix_types::crypto::SymmetricKey;
 use phoenix_types::ids::{Domain, QualifiedGroupId};
 use phoenix_types::messages::ds::{
     self, AddUsersRequest, AddedMember, CommitRequest, CreateGroupRequest,
@@ -583,11 +585,19 @@ impl DsFixture {
                     .await
                     .expect("storage")
                     .expect("the fixture group exists");
+                // The state is bound to its row version (DS-EAR-3): the initial state is
+                // sealed again for the version the reset writes, as the DS would.
+                let key = SymmetricKey(group.ear_key);
+                let (state, epoch) = group_state::open(&key, &group.group_id, 0, &group.initial)
+                    .expect("the fixture's initial state opens as version 0");
+                let resealed =
+                    group_state::seal(&key, &group.group_id, stored.version + 1, epoch, &state)
+                        .expect("sealing the fixture's initial state");
                 let reset = store
                     .update_group(
                         &group.group_id,
                         stored.version,
-                        &group.initial,
+                        &resealed,
                         now(),
                         &[],
                         &reset_record(),
