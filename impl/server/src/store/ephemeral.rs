@@ -1,8 +1,9 @@
 //! [`EphemeralStore`] for both backends, written once: the cache of other servers' actors'
 //! certificates (`p2_idcert_cache`, migration `0005_idcert_cache`), the pruning of
 //! replay records (`qs_federation_seen`, `ds_seen_messages`, and the signed requests'
-//! `as_seen_requests`, `qs_seen_requests`, `ds_seen_requests`: read and pruned here, written
-//! by the backends inside the transaction of each request's effect) and the purges of
+//! `as_seen_requests`, `qs_seen_requests`, `ds_seen_requests`: read and pruned here, and
+//! written by `record_request`, also here, which the backends call inside the transaction
+//! of each request's effect) and the purges of
 //! expired connection packages (`as_connection_packages.not_after`) and of group id
 //! reservations that expired unused (`ds_reservations`; migration `0010_expiry_purges`).
 //!
@@ -13,7 +14,8 @@
 
 use super::rows::Columns;
 use super::{
-    CachedIdCerts, EphemeralStore, ReplayService, Store, StoreResult, bound, from_db, to_db,
+    CachedIdCerts, EphemeralStore, ReplayRecord, ReplayService, Store, StoreError, StoreResult,
+    bound, from_db, to_db,
 };
 
 /// Calls the function of whichever backend is configured.
@@ -104,6 +106,14 @@ mod sql {
     pub const AS_REQUEST_SEEN: &str = "SELECT count(*) FROM as_seen_requests WHERE digest = $1";
     pub const QS_REQUEST_SEEN: &str = "SELECT count(*) FROM qs_seen_requests WHERE digest = $1";
     pub const DS_REQUEST_SEEN: &str = "SELECT count(*) FROM ds_seen_requests WHERE digest = $1";
+    pub const RECORD_REQUEST: [&str; 3] = [
+        "INSERT INTO as_seen_requests (digest, received_at) VALUES ($1, $2) \
+         ON CONFLICT (digest) DO NOTHING",
+        "INSERT INTO qs_seen_requests (digest, received_at) VALUES ($1, $2) \
+         ON CONFLICT (digest) DO NOTHING",
+        "INSERT INTO ds_seen_requests (digest, received_at) VALUES ($1, $2) \
+         ON CONFLICT (digest) DO NOTHING",
+    ];
     pub const PRUNE_SEEN_REQUESTS: [&str; 3] = [
         "DELETE FROM as_seen_requests WHERE received_at < $1",
         "DELETE FROM qs_seen_requests WHERE received_at < $1",
@@ -114,8 +124,35 @@ mod sql {
 /// Both backends' functions, from one body.
 macro_rules! backend {
     ($name:ident, $db:ty, $pool:ty, $begin:expr, $serialize_cache_writes:expr) => {
-        mod $name {
+        pub(super) mod $name {
             use super::*;
+
+            // Requirement: ADV-REPLAY-3
+            /// Write a request's replay record into `service`'s table inside `tx`, before
+            /// the effect. If it was recorded before, [`StoreError::Replayed`]: the caller
+            /// returns it and its transaction is dropped, i.e. rolled back, so nothing of
+            /// the replay takes effect.
+            pub(in crate::store) async fn record_request(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                service: ReplayService,
+                replay: &ReplayRecord,
+            ) -> StoreResult<()> {
+                let statement = match service {
+                    ReplayService::As => sql::RECORD_REQUEST[0],
+                    ReplayService::Qs => sql::RECORD_REQUEST[1],
+                    ReplayService::Ds => sql::RECORD_REQUEST[2],
+                };
+                let recorded = sqlx::query(statement)
+                    .bind(replay.digest.as_slice())
+                    .bind(bound(replay.received_at))
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected();
+                if recorded == 0 {
+                    return Err(StoreError::Replayed);
+                }
+                Ok(())
+            }
 
             pub(super) async fn cached_idcerts(
                 pool: &$pool,

@@ -278,7 +278,7 @@ impl AsStore for PgStore {
         replay: &ReplayRecord,
     ) -> StoreResult<()> {
         let mut tx = self.begin().await?;
-        record_request(&mut tx, ReplayService::As, replay).await?;
+        super::ephemeral::postgres::record_request(&mut tx, ReplayService::As, replay).await?;
         sqlx::query("DELETE FROM as_connection_packages WHERE fid = $1 AND client_id = $2")
             .bind(fid)
             .bind(client_id)
@@ -437,7 +437,7 @@ impl AsStore for PgStore {
     ) -> StoreResult<bool> {
         let (not_before, not_after) = (to_db(client.not_before)?, to_db(client.not_after)?);
         let mut tx = self.begin().await?;
-        record_request(&mut tx, ReplayService::As, replay).await?;
+        super::ephemeral::postgres::record_request(&mut tx, ReplayService::As, replay).await?;
         let updated = sqlx::query(
             "UPDATE as_clients SET certificate = $1, public_key = $2, serial = $3, not_before = $4, \
              not_after = $5 WHERE fid = $6 AND client_id = $7",
@@ -564,7 +564,7 @@ impl QsStore for PgStore {
         replay: &ReplayRecord,
     ) -> StoreResult<()> {
         let mut tx = self.begin().await?;
-        record_request(&mut tx, ReplayService::Qs, replay).await?;
+        super::ephemeral::postgres::record_request(&mut tx, ReplayService::Qs, replay).await?;
         sqlx::query("DELETE FROM qs_key_packages WHERE client_id = $1")
             .bind(client_id.as_slice())
             .execute(&mut *tx)
@@ -842,7 +842,7 @@ impl DsStore for PgStore {
     ) -> StoreResult<CreateGroup> {
         let last_active_month = month(now);
         let mut tx = self.begin().await?;
-        record_request(&mut tx, ReplayService::Ds, replay).await?;
+        super::ephemeral::postgres::record_request(&mut tx, ReplayService::Ds, replay).await?;
         let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM ds_groups WHERE group_id = $1")
             .bind(group_id)
             .fetch_optional(&mut *tx)
@@ -902,7 +902,7 @@ impl DsStore for PgStore {
         replay: &ReplayRecord,
     ) -> StoreResult<Option<Vec<i64>>> {
         let mut tx = self.begin().await?;
-        record_request(&mut tx, ReplayService::Ds, replay).await?;
+        super::ephemeral::postgres::record_request(&mut tx, ReplayService::Ds, replay).await?;
         // Of two racing updates, the second waits for the first's row lock and then
         // re-checks the version, which has moved on.
         let updated = sqlx::query(
@@ -1189,36 +1189,4 @@ fn is_plain_identifier(name: &str) -> bool {
     name.len() <= 63
         && (first.is_ascii_lowercase() || first == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-}
-
-// Requirement: ADV-REPLAY-3
-/// Write a request's replay record into `service`'s table inside `tx`, before the effect.
-/// If it was recorded before, [`StoreError::Replayed`]: the caller returns it and its
-/// transaction is dropped, i.e. rolled back, so nothing of the replay takes effect.
-async fn record_request(
-    tx: &mut Transaction<'static, Postgres>,
-    service: ReplayService,
-    replay: &ReplayRecord,
-) -> StoreResult<()> {
-    let statement = match service {
-        ReplayService::As => {
-            "INSERT INTO as_seen_requests (digest, received_at) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING"
-        }
-        ReplayService::Qs => {
-            "INSERT INTO qs_seen_requests (digest, received_at) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING"
-        }
-        ReplayService::Ds => {
-            "INSERT INTO ds_seen_requests (digest, received_at) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING"
-        }
-    };
-    let recorded = sqlx::query(statement)
-        .bind(replay.digest.as_slice())
-        .bind(to_db(replay.received_at)?)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-    if recorded == 0 {
-        return Err(StoreError::Replayed);
-    }
-    Ok(())
 }

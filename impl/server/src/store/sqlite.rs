@@ -24,9 +24,8 @@ use phoenix_types::messages::QueueMessage;
 use super::{
     AsClientRecord, AsStore, CaRecord, CreateGroup, CreateQsUser, CreateUser, DsStore,
     EnqueueEntry, FederatedEnqueue, KeyPackageStatus, OutboxEntry, OutboxSummary, QsClientRecord,
-    QsStore, QsUserRecord, ReplayRecord, ReplayService, StoreError, StoreResult,
-    StoredConnectionPackage, StoredGroup, StoredKeyPackage, after_page, bound, fixed, from_db,
-    month, rows, to_db,
+    QsStore, QsUserRecord, ReplayRecord, ReplayService, StoreResult, StoredConnectionPackage,
+    StoredGroup, StoredKeyPackage, after_page, bound, fixed, from_db, month, rows, to_db,
 };
 
 /// How long a writer waits for the write lock before giving up with `SQLITE_BUSY`.
@@ -195,7 +194,7 @@ impl AsStore for SqliteStore {
         replay: &ReplayRecord,
     ) -> StoreResult<()> {
         let mut tx = self.write().await?;
-        record_request(&mut tx, ReplayService::As, replay).await?;
+        super::ephemeral::sqlite::record_request(&mut tx, ReplayService::As, replay).await?;
         sqlx::query("DELETE FROM as_connection_packages WHERE fid = ? AND client_id = ?")
             .bind(fid)
             .bind(client_id)
@@ -359,7 +358,7 @@ impl AsStore for SqliteStore {
     ) -> StoreResult<bool> {
         let (not_before, not_after) = (to_db(client.not_before)?, to_db(client.not_after)?);
         let mut tx = self.write().await?;
-        record_request(&mut tx, ReplayService::As, replay).await?;
+        super::ephemeral::sqlite::record_request(&mut tx, ReplayService::As, replay).await?;
         let updated = sqlx::query(
             "UPDATE as_clients SET certificate = ?, public_key = ?, serial = ?, not_before = ?, \
              not_after = ? WHERE fid = ? AND client_id = ?",
@@ -486,7 +485,7 @@ impl QsStore for SqliteStore {
         replay: &ReplayRecord,
     ) -> StoreResult<()> {
         let mut tx = self.write().await?;
-        record_request(&mut tx, ReplayService::Qs, replay).await?;
+        super::ephemeral::sqlite::record_request(&mut tx, ReplayService::Qs, replay).await?;
         sqlx::query("DELETE FROM qs_key_packages WHERE client_id = ?")
             .bind(client_id.as_slice())
             .execute(&mut *tx)
@@ -755,7 +754,7 @@ impl DsStore for SqliteStore {
     ) -> StoreResult<CreateGroup> {
         let last_active_month = month(now);
         let mut tx = self.write().await?;
-        record_request(&mut tx, ReplayService::Ds, replay).await?;
+        super::ephemeral::sqlite::record_request(&mut tx, ReplayService::Ds, replay).await?;
         let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM ds_groups WHERE group_id = ?")
             .bind(group_id)
             .fetch_optional(&mut *tx)
@@ -805,7 +804,7 @@ impl DsStore for SqliteStore {
         replay: &ReplayRecord,
     ) -> StoreResult<Option<Vec<i64>>> {
         let mut tx = self.write().await?;
-        record_request(&mut tx, ReplayService::Ds, replay).await?;
+        super::ephemeral::sqlite::record_request(&mut tx, ReplayService::Ds, replay).await?;
         let updated = sqlx::query(
             "UPDATE ds_groups SET ciphertext = ?, version = version + 1, last_active_month = ? \
              WHERE group_id = ? AND version = ?",
@@ -1057,36 +1056,4 @@ fn claimed(rows: &[sqlx::sqlite::SqliteRow]) -> StoreResult<Vec<(i64, OutboxEntr
         .collect::<StoreResult<Vec<_>>>()?;
     entries.sort_by_key(|(id, _)| *id);
     Ok(entries)
-}
-
-// Requirement: ADV-REPLAY-3
-/// Write a request's replay record into `service`'s table inside `tx`, before the effect.
-/// If it was recorded before, [`StoreError::Replayed`]: the caller returns it and its
-/// transaction is dropped, i.e. rolled back, so nothing of the replay takes effect.
-async fn record_request(
-    tx: &mut Transaction<'static, Sqlite>,
-    service: ReplayService,
-    replay: &ReplayRecord,
-) -> StoreResult<()> {
-    let statement = match service {
-        ReplayService::As => {
-            "INSERT INTO as_seen_requests (digest, received_at) VALUES (?, ?) ON CONFLICT (digest) DO NOTHING"
-        }
-        ReplayService::Qs => {
-            "INSERT INTO qs_seen_requests (digest, received_at) VALUES (?, ?) ON CONFLICT (digest) DO NOTHING"
-        }
-        ReplayService::Ds => {
-            "INSERT INTO ds_seen_requests (digest, received_at) VALUES (?, ?) ON CONFLICT (digest) DO NOTHING"
-        }
-    };
-    let recorded = sqlx::query(statement)
-        .bind(replay.digest.as_slice())
-        .bind(to_db(replay.received_at)?)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-    if recorded == 0 {
-        return Err(StoreError::Replayed);
-    }
-    Ok(())
 }
