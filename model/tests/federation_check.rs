@@ -27,7 +27,7 @@ mod common;
 use stateright::{Model, Property};
 
 use phoenix_model::adversary::{AdvOp, NOWHERE_DOMAIN, REMOTE_DOMAIN, RemoteSend};
-use phoenix_model::client::{ClientOp, ClientRef};
+use phoenix_model::client::ClientOp;
 use phoenix_model::federation::{self, FedMsgId, FedOp};
 use phoenix_model::ids::{GroupId, MsgId};
 use phoenix_model::invariants;
@@ -118,15 +118,6 @@ impl Federation {
     }
 }
 
-fn has_queued(s: &State, c: ClientRef) -> bool {
-    let Some(client) = s.clients.get(&c) else {
-        return false;
-    };
-    s.server(client.fid.domain)
-        .and_then(|server| server.qs.clients.get(&client.qs_id))
-        .is_some_and(|record| record.queue.next_seq != client.next_seq)
-}
-
 impl Model for Federation {
     type State = World;
     type Action = Op;
@@ -166,7 +157,7 @@ impl Model for Federation {
                     }));
                 }
             }
-            if has_queued(s, c) {
+            if common::has_queued(s, c) {
                 actions.push(Op::Client(ClientOp::Sync { client: c }));
             }
         }

@@ -90,16 +90,6 @@ impl Phoenix {
     }
 }
 
-/// Whether `c` has nothing new in its queue (an atomic sync would change nothing).
-fn client_has_nothing_queued(s: &State, c: ClientRef) -> bool {
-    let Some(client) = s.clients.get(&c) else {
-        return true;
-    };
-    s.server(client.fid.domain)
-        .and_then(|server| server.qs.clients.get(&client.qs_id))
-        .is_none_or(|record| record.queue.next_seq == client.next_seq)
-}
-
 impl Model for Phoenix {
     type State = World;
     type Action = Op;
@@ -165,10 +155,10 @@ impl Model for Phoenix {
                 }
             }
             if l.in_flight == 0 {
-                if !client_has_nothing_queued(s, c) {
+                if common::has_queued(s, c) {
                     actions.push(Op::Client(ClientOp::Sync { client: c }));
                 }
-            } else if s.network.in_flight.len() < l.in_flight && !client_has_nothing_queued(s, c) {
+            } else if s.network.in_flight.len() < l.in_flight && common::has_queued(s, c) {
                 // (A dequeue of an empty queue changes nothing but the network.)
                 actions.push(Op::Net(NetOp::SendDequeue { client: c }));
             }
@@ -539,7 +529,7 @@ impl Model for Impostor {
             let Some(client) = s.clients.get(&c) else {
                 continue;
             };
-            if !client_has_nothing_queued(s, c) {
+            if common::has_queued(s, c) {
                 actions.push(Op::Client(ClientOp::Sync { client: c }));
             }
             if u.sends < l.sends && client.groups.get(&self.group).is_some_and(|v| v.active) {

@@ -23,7 +23,7 @@ mod common;
 
 use stateright::{Checker, Model, Property};
 
-use phoenix_model::client::{ClientOp, ClientRef};
+use phoenix_model::client::ClientOp;
 use phoenix_model::ids::GroupId;
 use phoenix_model::invariants;
 use phoenix_model::recovery::{ClientMutant, RecoveryOp};
@@ -62,15 +62,6 @@ impl Recovery {
             group,
         }
     }
-}
-
-fn has_queued(s: &State, c: ClientRef) -> bool {
-    let Some(client) = s.clients.get(&c) else {
-        return false;
-    };
-    s.server(client.fid.domain)
-        .and_then(|server| server.qs.clients.get(&client.qs_id))
-        .is_some_and(|record| record.queue.next_seq != client.next_seq)
 }
 
 impl Model for Recovery {
@@ -124,7 +115,7 @@ impl Model for Recovery {
             if !client.pending.is_empty() {
                 actions.push(Op::Recovery(RecoveryOp::Settle { client: c }));
             }
-            if has_queued(s, c) {
+            if common::has_queued(s, c) {
                 actions.push(Op::Client(ClientOp::Sync { client: c }));
             }
         }

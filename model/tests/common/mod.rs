@@ -16,6 +16,16 @@ use phoenix_model::world::{ALICE, BOB, CAROL};
 #[allow(dead_code)]
 pub const CLIENTS: [ClientRef; 3] = [ALICE, BOB, CAROL];
 
+/// Whether `c` has something new in its QS queue (an atomic sync would change something).
+pub fn has_queued(s: &State, c: ClientRef) -> bool {
+    let Some(client) = s.clients.get(&c) else {
+        return false;
+    };
+    s.server(client.fid.domain)
+        .and_then(|server| server.qs.clients.get(&client.qs_id))
+        .is_some_and(|record| record.queue.next_seq != client.next_seq)
+}
+
 /// A state of the model and the budgets the path to it used (so that a path cannot go
 /// beyond the configuration's budgets).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
