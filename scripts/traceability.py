@@ -97,8 +97,11 @@ def scan(ids):
                     if token in found and (cites or '"%s"' % token in line):
                         found[token][column].append("%s:%d" % (rel, number))
                         # The process requirements (MODEL-*) are implemented by the model
-                        # checker and the conformance harness themselves.
-                        if token.startswith("MODEL-") and rel.startswith(("conformance" + os.sep + "src", "model" + os.sep)):
+                        # checker and the conformance harness themselves, the auditor
+                        # tool's (AUD-*) by the harness's sources.
+                        if (token.startswith("MODEL-") and rel.startswith(("conformance" + os.sep + "src", "model" + os.sep))) or (
+                            token.startswith("AUD-") and rel.startswith("conformance" + os.sep + "src")
+                        ):
                             found[token]["implemented"].append("%s:%d" % (rel, number))
                 continued = cites and line.rstrip().endswith(",")
     return found

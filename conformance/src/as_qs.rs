@@ -370,6 +370,21 @@ fn transitions(state: &RefState) -> BoxedStrategy<Call> {
             })
         });
     let certificates = fid_arg(&p).prop_map(|fid| Call::As(AsCall::ClientCertificates { fid }));
+    // Requirement: AS-TOKEN-1, AS-TOKEN-2 (0 and 17 are malformed; 16 at a time reach the
+    // allowance within a case)
+    let issue_tokens = (
+        as_signer(&p, fresh),
+        prop::bool::weighted(0.95),
+        prop_oneof![6 => 1u8..5, 2 => Just(16u8), 1 => Just(0u8), 1 => Just(17u8)],
+    )
+        .prop_map(move |(signer, fresh_ts, count)| {
+            Call::As(AsCall::IssueGroupTokens {
+                signer,
+                fresh: fresh_ts,
+                count,
+                blinded: KeyId(fresh.saturating_add(7)),
+            })
+        });
     let create_user = (0u8..8).prop_map(move |t| {
         Call::Qs(QsCall::CreateUser {
             user_key: KeyId(fresh.saturating_add(1)),
@@ -423,6 +438,7 @@ fn transitions(state: &RefState) -> BoxedStrategy<Call> {
         5 => enqueue,
         5 => dequeue,
         1 => certificates,
+        2 => issue_tokens,
         3 => create_user,
         3 => publish_kp,
         4 => fetch_kp,
@@ -455,6 +471,14 @@ pub fn requirements(call: &Call, outcome: &Outcome) -> Vec<&'static str> {
                     Some(E::UserExists) => out.push("AS-REG-3"),
                     Some(E::InvalidCsr) => out.push("AS-REG-4"),
                     _ => out.push("AS-CERT-1"),
+                }
+            }
+            AsCall::IssueGroupTokens { .. } => {
+                out.push(if auth { "AS-AUTH-1" } else { "AS-TOKEN-1" });
+                match err {
+                    Some(E::TokenQuotaExceeded) => out.push("AS-TOKEN-2"),
+                    Some(E::StaleRequest) => out.push("AUTH-FRESH-1"),
+                    _ => {}
                 }
             }
             AsCall::PublishConnectionPackages { .. } => {
@@ -527,6 +551,9 @@ pub struct AsQsSut {
     provider: Provider,
     /// Real key packages by (the real client id their queue config names, last resort).
     key_packages: BTreeMap<(QsId, bool), Vec<u8>>,
+    /// The group-token key the server issued under first (every later issuance must use
+    /// the same: a key per client would let the server tell its clients apart).
+    token_key: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for AsQsSut {
@@ -575,6 +602,7 @@ impl AsQsSut {
             queue_config_key: key.public_key.as_slice().to_vec(),
             provider: Provider::from_values(Default::default()),
             key_packages: BTreeMap::new(),
+            token_key: None,
         })
     }
 
@@ -729,6 +757,63 @@ impl AsQsSut {
                         .await,
                 )?;
                 Ok(r.map_or_else(Observed::Error, |_| Observed::Empty))
+            }
+            AsCall::IssueGroupTokens {
+                signer,
+                fresh,
+                count,
+                ..
+            } => {
+                let (fid, client, key) = self.signer_parts(signer);
+                let signer = self.as_signer(signer, &key, &fid, &client);
+                let pending = (0..*count)
+                    .map(|_| phoenix_types::tokens::blind(&mut rand_core::OsRng))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| HarnessError::Setup(e.to_string()))?;
+                let r = answer(
+                    self.api
+                        .call::<_, as_::IssueGroupTokensResponse>(
+                            "as",
+                            as_::ISSUE_GROUP_TOKENS,
+                            &as_::IssueGroupTokensRequest {
+                                timestamp: timestamp(*fresh),
+                                blinded: pending
+                                    .iter()
+                                    .map(|p| VLBytes::new(p.blinded().to_vec()))
+                                    .collect(),
+                            },
+                            signer,
+                        )
+                        .await,
+                )?;
+                match r {
+                    Err(code) => Ok(Observed::Error(code)),
+                    Ok(resp) => {
+                        // The tokens must verify under the key the server names (its DLEQ
+                        // proof), and that key must be the one every client is given.
+                        let evaluated: Vec<&[u8]> =
+                            resp.evaluated.iter().map(|e| e.as_slice()).collect();
+                        let tokens = phoenix_types::tokens::finalize(
+                            &pending,
+                            &evaluated,
+                            resp.proof.as_slice(),
+                            resp.public_key.as_slice(),
+                        )
+                        .map_err(|e| HarnessError::Mismatch(format!("issued tokens: {e}")))?;
+                        let key = resp.public_key.as_slice().to_vec();
+                        match &self.token_key {
+                            Some(seen) if *seen != key => {
+                                return Err(HarnessError::Mismatch(
+                                    "the server issued tokens under two different keys".into(),
+                                ));
+                            }
+                            _ => self.token_key = Some(key),
+                        }
+                        Ok(Observed::GroupTokens {
+                            count: tokens.len(),
+                        })
+                    }
+                }
             }
             AsCall::FetchConnectionPackage { fid } => {
                 let r = answer(

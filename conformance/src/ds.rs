@@ -12,7 +12,8 @@
 //! fetch from the QS, add commit, welcome) and members removing members (the removed
 //! member hears of it), at the current or a stale epoch; syncs (every message from the
 //! others arrives once, in order, from its verified sender; joins and removals are
-//! processed); group info with the right and a wrong EAR key; raw reads of a client's QS
+//! processed); resyncs (a member rejoins by external commit with its own leaf's
+//! credential); group info with the right and a wrong EAR key; raw reads of a client's QS
 //! queue that delete nothing (sequence numbers, kinds, remaining). After every step each
 //! client's queue on the server is compared with the model's, and at the end of a case
 //! each group's epoch and member count.
@@ -87,6 +88,9 @@ pub enum DsStep {
     /// The network adversary sends the last DS request the server accepted again, byte
     /// for byte (the model's `AdvOp::ReplayDs`).
     Replay,
+    /// `client` processes its queue, then rejoins `group` by external commit (a resync,
+    /// replacing its leaf with one of the same credential).
+    Resync { client: u8, group: u8 },
 }
 
 /// The model's world and, per client, how many accepted messages its syncs reported.
@@ -156,6 +160,7 @@ impl ReferenceStateMachine for DsMachine {
             }
         }
         let send_members = members.clone();
+        let resync_members = members.clone();
         let mut membership: Vec<(u32, BoxedStrategy<DsStep>)> = Vec::new();
         if !adds.is_empty() {
             membership.push((
@@ -205,6 +210,10 @@ impl ReferenceStateMachine for DsMachine {
             1 => (0u8..2, prop::bool::weighted(0.7)).prop_map(|(group, right_key)| DsStep::GroupInfo { group, right_key }),
             2 => (0u8..3, prop_oneof![Just(1u16), Just(2u16), Just(50u16)]).prop_map(|(client, max)| DsStep::PeekQueue { client, max }),
             1 => Just(DsStep::Replay),
+            1 => any::<usize>().prop_map(move |i| {
+                let (client, group) = resync_members.get(i % resync_members.len().max(1)).copied().unwrap_or((0, 0));
+                DsStep::Resync { client, group }
+            }),
         ];
         // Membership changes are rarer: each case stays mostly in its groups.
         let mut options: Vec<(u32, BoxedStrategy<DsStep>)> = vec![(16, traffic.boxed())];
@@ -388,6 +397,18 @@ fn run_model(state: &RefState, t: &DsStep) -> (State, Outcome) {
             }),
         ),
         DsStep::Replay => step(m, &Op::Adversary(AdvOp::ReplayDs)),
+        DsStep::Resync { client, group } => {
+            let c = client_ref(*client);
+            let g = group_of(state, *group);
+            let m = step(m, &Op::Client(ClientOp::Sync { client: c })).0;
+            step(
+                &m,
+                &Op::Client(ClientOp::Resync {
+                    client: c,
+                    group: g,
+                }),
+            )
+        }
         DsStep::GroupInfo { group, right_key } => {
             let g = group_of(state, *group);
             let ear = m
@@ -864,6 +885,13 @@ fn requirements(t: &DsStep, outcome: &Outcome) -> Vec<&'static str> {
             vec!["ADV-REPLAY-1", "ADV-REPLAY-2", "ADV-REPLAY-3"]
         }
         DsStep::Replay => vec!["ADV-REPLAY-1"],
+        DsStep::Resync { .. } => vec![
+            "DS-RESYNC-1",
+            "DS-RESYNC-2",
+            "DS-RESYNC-3",
+            "DS-COMMIT-1",
+            "DS-FAN-1",
+        ],
     }
 }
 
@@ -992,6 +1020,16 @@ impl crate::runner::Suite for Ds {
                 (
                     Observed::Messages { received: expected },
                     Observed::Messages { received },
+                )
+            }
+            DsStep::Resync { client, group } => {
+                let name = GROUPS.get(usize::from(*group)).copied().unwrap_or("g1");
+                let m = sut.member(*client).map_err(fail)?;
+                m.client.set_sync_before_commit(true);
+                let r = m.client.resync(name).await.map(|_| ());
+                (
+                    observed::expected(&outcome),
+                    client_outcome(r).map_err(fail)?,
                 )
             }
             DsStep::GroupInfo { group, right_key } => (

@@ -4,7 +4,8 @@
 //! ```text
 //! phoenix-conformance --server URL [--server URL ...] [--resolve DOMAIN=URL]
 //!     [--cases N] [--ds-cases N] [--fed-cases N] [--fake-peer-listen ADDR]
-//!     [--seed HEX] [--report-json FILE] [--junit FILE] [--save-traces DIR]
+//!     [--seed HEX|DECIMAL] [--max-rate N] [--max-wait SECS]
+//!     [--report-json FILE] [--junit FILE] [--save-traces DIR]
 //! ```
 //!
 //! For each server it reads the discovery document (its domain), then runs the AS/QS
@@ -15,9 +16,10 @@
 //! Its malicious-peer transitions need the harness's fake remote server
 //! (`--fake-peer-listen ADDR`, domain `evil.test`) and servers that resolve `evil.test` to
 //! it (started with `--resolve evil.test=http://ADDR`); the harness probes each server,
-//! and if one does not reach the fake peer those transitions are reported as NOT RUN. It prints a table (requirement id, cases run, pass/fail), writes the
+//! and if one does not reach the fake peer those transitions are reported as NOT RUN. It prints a table (requirement id, transitions run, pass/fail), writes the
 //! JSON and JUnit reports if asked, and exits 0 if everything passed, 1 if the server
-//! diverged from the model, 2 if it could not run (bad arguments, unreachable server).
+//! diverged from the model, 2 if it could not run (bad arguments, unreachable server, or
+//! the server rate-limited the auditor: reported as such, never as a divergence).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,7 +58,8 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     fed_cases: u32,
     /// Run the harness's malicious remote server here (e.g. 127.0.0.1:8099); the servers
-    /// must resolve its domain to it (`--resolve evil.test=http://ADDR`).
+    /// must resolve its domain to it (`--resolve evil.test=http://ADDR`). Without it, the
+    /// malicious-peer transitions are reported as not run.
     #[arg(long, value_name = "ADDR")]
     fake_peer_listen: Option<String>,
     /// The malicious remote server's domain.
@@ -65,16 +68,27 @@ struct Args {
     /// Transitions per case, at most (at least half as many).
     #[arg(long, default_value_t = 40)]
     max_transitions: usize,
-    /// The proptest seed (hex), to reproduce a run; random and printed if not given.
-    #[arg(long)]
+    /// The seed, to reproduce a run: the 64 hex digits a report prints, any other hex
+    /// string (`0x` optional) or a decimal number; random and printed if not given.
+    #[arg(long, value_name = "HEX|DECIMAL")]
     seed: Option<String>,
-    /// Write the JSON report here.
+    /// Most transitions per second against each server (each makes one to a few
+    /// requests); 0: no limit. Servers publish no limits ahead (only `Retry-After` when
+    /// they refuse), so keep it low against a production deployment.
+    #[arg(long, value_name = "N", default_value_t = 0.0)]
+    max_rate: f64,
+    /// Longest wait accepted when a server answers RATE_LIMITED while a case is being set
+    /// up (its Retry-After): the auditor waits and sets the case up again. A longer wait,
+    /// or a limit met during a transition, ends the suite reported as rate-limited.
+    #[arg(long, value_name = "SECS", default_value_t = 120)]
+    max_wait: u64,
+    /// Write the JSON report here (none by default).
     #[arg(long, value_name = "FILE")]
     report_json: Option<PathBuf>,
-    /// Write a JUnit XML report here.
+    /// Write a JUnit XML report here (none by default).
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
-    /// Save shrunk failing traces (JSON fixtures) in this directory.
+    /// Save shrunk failing traces (JSON fixtures) in this directory (not saved by default).
     #[arg(long, value_name = "DIR")]
     save_traces: Option<PathBuf>,
 }
@@ -113,7 +127,7 @@ fn main() -> ExitCode {
         let target = match handle.block_on(Target::discover(url, &args.resolve)) {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("phoenix-conformance: {url}: {e}");
+                eprintln!("phoenix-conformance: could not start auditing {url}: {e}");
                 return ExitCode::from(2);
             }
         };
@@ -124,6 +138,8 @@ fn main() -> ExitCode {
             seed,
             fixtures_dir: args.save_traces.clone(),
             label: target.domain.clone(),
+            max_rate: (args.max_rate > 0.0).then_some(args.max_rate),
+            max_wait: std::time::Duration::from_secs(args.max_wait),
             ..RunConfig::default()
         };
         if args.cases > 0 {
@@ -184,6 +200,8 @@ fn main() -> ExitCode {
             seed,
             fixtures_dir: args.save_traces.clone(),
             label: format!("{}+{}", a.domain, b.domain),
+            max_rate: (args.max_rate > 0.0).then_some(args.max_rate),
+            max_wait: std::time::Duration::from_secs(args.max_wait),
             ..RunConfig::default()
         };
         let mut suite = federation::run(&handle, &target, &config, profile);
@@ -200,7 +218,13 @@ fn main() -> ExitCode {
         "{} transitions in {} suite runs: {}",
         report.transitions(),
         report.suites.len(),
-        if report.passed() { "PASS" } else { "FAIL" }
+        if report.passed() {
+            "PASS"
+        } else if report.diverged() {
+            "FAIL"
+        } else {
+            "RATE-LIMITED (the server rate-limited the auditor; no divergence found)"
+        }
     );
     for (path, text) in [
         (&args.report_json, report.json()),
@@ -215,7 +239,10 @@ fn main() -> ExitCode {
     }
     if report.passed() {
         ExitCode::SUCCESS
-    } else {
+    } else if report.diverged() {
         ExitCode::from(1)
+    } else {
+        // Requirement: AUD-RATE-1 (could not run fully; not a verdict on the server)
+        ExitCode::from(2)
     }
 }

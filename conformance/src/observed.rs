@@ -35,6 +35,10 @@ pub enum Observed {
         ids: Vec<u32>,
     },
     GroupId,
+    /// Group-creation tokens issued (and their issuance proof verified): how many.
+    GroupTokens {
+        count: usize,
+    },
     GroupInfo {
         epoch: u64,
         members: usize,
@@ -85,7 +89,10 @@ pub fn expected(outcome: &Outcome) -> Observed {
                 Observed::KeyPackages { ids }
             }
             Reply::GroupId(_) => Observed::GroupId,
-            Reply::GroupInfo { epoch, leaves } => Observed::GroupInfo {
+            Reply::GroupTokens { tokens } => Observed::GroupTokens {
+                count: tokens.len(),
+            },
+            Reply::GroupInfo { epoch, leaves, .. } => Observed::GroupInfo {
                 epoch: *epoch,
                 members: leaves.len(),
             },

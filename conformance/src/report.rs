@@ -1,4 +1,4 @@
-//! Reports: the human table (requirement id, cases run, pass/fail), JSON, and JUnit XML.
+//! Reports: the human table (requirement id, transitions, pass/fail), JSON, and JUnit XML.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -24,6 +24,16 @@ pub struct RequirementLine {
 impl Report {
     pub fn passed(&self) -> bool {
         self.suites.iter().all(SuiteReport::passed)
+    }
+
+    /// Whether a server diverged from the model (rate limits are not divergences).
+    pub fn diverged(&self) -> bool {
+        self.suites.iter().any(SuiteReport::diverged)
+    }
+
+    /// Whether a server rate-limited the auditor.
+    pub fn rate_limited(&self) -> bool {
+        self.suites.iter().any(|s| s.rate_limited.is_some())
     }
 
     pub fn transitions(&self) -> u64 {
@@ -52,13 +62,14 @@ impl Report {
     /// The human-readable table.
     pub fn table(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "{:<16} {:>10}  result", "requirement", "cases run");
-        let _ = writeln!(out, "{:-<16} {:->10}  {:-<6}", "", "", "");
+        // Requirement: AUD-REPORT-1 (the column counts transitions, and says so)
+        let _ = writeln!(out, "{:<16} {:>11}  result", "requirement", "transitions");
+        let _ = writeln!(out, "{:-<16} {:->11}  {:-<6}", "", "", "");
         for line in self.requirements() {
             let verdict = if line.failures == 0 { "pass" } else { "FAIL" };
             let _ = writeln!(
                 out,
-                "{:<16} {:>10}  {verdict}",
+                "{:<16} {:>11}  {verdict}",
                 line.requirement, line.transitions
             );
         }
@@ -73,8 +84,17 @@ impl Report {
                 s.transitions,
                 s.seconds,
                 s.seed,
-                if s.passed() { "pass" } else { "FAIL" }
+                if s.passed() {
+                    "pass"
+                } else if s.diverged() {
+                    "FAIL"
+                } else {
+                    "RATE-LIMITED"
+                }
             );
+            if let Some(what) = &s.rate_limited {
+                let _ = writeln!(out, "  {}", rate_limit_advice(what));
+            }
             if let Some(f) = &s.failure {
                 let _ = writeln!(out, "  failure: {f}");
             }
@@ -116,24 +136,26 @@ impl Report {
             let _ = writeln!(
                 out,
                 "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" time=\"{:.3}\">",
-                xml(&format!("{} {} ({})", s.suite, s.server, s.label)),
+                // Requirement: AUD-REPORT-1 (names stable from run to run: no seed, time,
+                // count or port in them; those are properties)
+                xml(&format!("{} ({})", s.suite, s.label)),
                 s.requirements.len().max(1),
                 failures,
                 s.seconds
             );
             let _ = writeln!(
                 out,
-                "    <properties><property name=\"seed\" value=\"{}\"/><property name=\"transitions\" value=\"{}\"/></properties>",
+                "    <properties><property name=\"seed\" value=\"{}\"/><property name=\"transitions\" value=\"{}\"/><property name=\"server\" value=\"{}\"/></properties>",
                 xml(&s.seed),
-                s.transitions
+                s.transitions,
+                xml(&s.server)
             );
             for (id, c) in &s.requirements {
                 let _ = write!(
                     out,
-                    "    <testcase classname=\"{}\" name=\"{} ({} transitions)\"",
+                    "    <testcase classname=\"{}\" name=\"{}\"",
                     xml(&s.suite),
                     xml(id),
-                    c.transitions
                 );
                 if c.failures > 0 {
                     let _ = writeln!(
@@ -153,6 +175,14 @@ impl Report {
                     xml(what)
                 );
             }
+            if let Some(what) = &s.rate_limited {
+                let _ = writeln!(
+                    out,
+                    "    <testcase classname=\"{}\" name=\"rate limited\">\n      <error type=\"RATE_LIMITED\" message=\"{}\"/>\n    </testcase>",
+                    xml(&s.suite),
+                    xml(&rate_limit_advice(what))
+                );
+            }
             if s.failure.is_some() && s.requirements.values().all(|c| c.failures == 0) {
                 let _ = writeln!(
                     out,
@@ -166,6 +196,18 @@ impl Report {
         out.push_str("</testsuites>\n");
         out
     }
+}
+
+// Requirement: AUD-RATE-1
+/// What the report says when the server rate-limited the auditor: not a divergence, and
+/// what to do about it.
+pub fn rate_limit_advice(what: &str) -> String {
+    format!(
+        "the server rate-limited the auditor (this is not a divergence from the model): \
+         {what}. Run again with a lower --max-rate or fewer --cases/--ds-cases, or ask the \
+         operator for an allowance for the auditor's address (higher --rate-* limits, or a \
+         test deployment with --rate-limits off)"
+    )
 }
 
 fn xml(s: &str) -> String {

@@ -88,6 +88,13 @@ pub struct RunConfig {
     pub max_shrink_time: Duration,
     /// A label for the backend or server, used in fixture names and reports.
     pub label: String,
+    /// Most transitions per second against the server (Requirement: AUD-RATE-2); none:
+    /// as fast as it answers.
+    pub max_rate: Option<f64>,
+    /// Longest wait the harness accepts when the server answers `RATE_LIMITED` while a
+    /// case is set up (its `retry in N s`, the `Retry-After` value): it waits that long
+    /// and sets the case up again; a longer wait is reported as rate-limited.
+    pub max_wait: Duration,
 }
 
 impl Default for RunConfig {
@@ -100,6 +107,8 @@ impl Default for RunConfig {
             max_shrink_iters: 200,
             max_shrink_time: Duration::from_secs(120),
             label: "server".into(),
+            max_rate: None,
+            max_wait: Duration::from_secs(120),
         }
     }
 }
@@ -123,6 +132,10 @@ pub struct SuiteReport {
     pub seconds: f64,
     pub requirements: BTreeMap<String, Coverage>,
     pub failure: Option<String>,
+    /// The server refused the auditor's requests with `RATE_LIMITED` (not a divergence
+    /// from the model: the model has no rate limits), and what it said (Requirement:
+    /// AUD-RATE-1).
+    pub rate_limited: Option<String>,
     pub fixture: Option<String>,
     /// Parts of the suite that did not run, and why (reported as not run, never as
     /// passed).
@@ -131,7 +144,12 @@ pub struct SuiteReport {
 
 impl SuiteReport {
     pub fn passed(&self) -> bool {
-        self.failure.is_none()
+        self.failure.is_none() && self.rate_limited.is_none()
+    }
+
+    /// Whether the server diverged from the model (a rate limit is not a divergence).
+    pub fn diverged(&self) -> bool {
+        self.failure.is_some()
     }
 }
 
@@ -144,17 +162,98 @@ struct Stats {
     failed: Vec<&'static str>,
 }
 
-/// A seed from its hex form.
-pub fn parse_seed(hex_seed: &str) -> Result<[u8; 32], String> {
-    let bytes = hex::decode(hex_seed).map_err(|e| format!("seed: {e}"))?;
-    let mut seed = [0u8; 32];
-    if bytes.is_empty() || bytes.len() > 32 {
-        return Err("seed: 1 to 32 bytes of hex".into());
+// Requirement: AUD-SEED-1
+/// A seed as the auditor types it: the 64 hex digits a report prints (used as they are),
+/// any other hex string (`0x` optional, odd lengths allowed; longer than 32 bytes:
+/// hashed with SHA-256), or a decimal number (digits only, without `0x`). A string of
+/// digits is read as decimal unless it has the 64 digits of a printed seed.
+pub fn parse_seed(text: &str) -> Result<[u8; 32], String> {
+    let text = text.trim();
+    let (hex_digits, forced_hex) = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X"))
+    {
+        Some(rest) => (rest, true),
+        None => (text, false),
+    };
+    if hex_digits.is_empty() {
+        return Err("--seed: empty; give a hex string (e.g. 5a05...) or a decimal number".into());
     }
+    if !forced_hex && hex_digits.len() != 64 && hex_digits.bytes().all(|b| b.is_ascii_digit()) {
+        let n: u128 = hex_digits.parse().map_err(|_| {
+            format!("--seed: {hex_digits} is too large a decimal number (at most 2^128 - 1)")
+        })?;
+        let mut seed = [0u8; 32];
+        for (slot, byte) in seed.iter_mut().zip(n.to_be_bytes()) {
+            *slot = byte;
+        }
+        return Ok(seed);
+    }
+    if let Some(bad) = hex_digits.chars().find(|c| !c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "--seed: {bad:?} is not a hex digit; give a hex string or a decimal number"
+        ));
+    }
+    let padded = if hex_digits.len() % 2 == 1 {
+        format!("0{hex_digits}")
+    } else {
+        hex_digits.to_owned()
+    };
+    let bytes = hex::decode(&padded).map_err(|e| format!("--seed: {e}"))?;
+    if bytes.len() > 32 {
+        use sha2::Digest;
+        return Ok(sha2::Sha256::digest(&bytes).into());
+    }
+    let mut seed = [0u8; 32];
     for (slot, byte) in seed.iter_mut().zip(bytes) {
         *slot = byte;
     }
     Ok(seed)
+}
+
+// Requirement: AUD-RATE-1
+/// If `text` (an error or divergence) is the server's `RATE_LIMITED` answer: the wait it
+/// asked for, in seconds, when it said (`retry in N s`, the `Retry-After` value).
+pub fn rate_limited(text: &str) -> Option<Option<u64>> {
+    if !(text.contains("RATE_LIMITED") || text.contains("RateLimited")) {
+        return None;
+    }
+    let wait = text.split("retry in ").nth(1).and_then(|rest| {
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+    });
+    Some(wait)
+}
+
+/// Spaces transitions to at most `max_rate` per second, over every case of a suite.
+#[derive(Debug)]
+struct Pacer {
+    interval: Option<Duration>,
+    next: tokio::sync::Mutex<Instant>,
+}
+
+impl Pacer {
+    fn new(max_rate: Option<f64>) -> Self {
+        let interval = max_rate
+            .filter(|r| r.is_finite() && *r > 0.0)
+            .map(|r| Duration::from_secs_f64((1.0 / r).min(3600.0)));
+        Self {
+            interval,
+            next: tokio::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    // Requirement: AUD-RATE-2
+    async fn wait(&self) {
+        let Some(interval) = self.interval else {
+            return;
+        };
+        let mut next = self.next.lock().await;
+        let now = Instant::now();
+        if *next > now {
+            tokio::time::sleep(*next - now).await;
+        }
+        *next = Instant::now().max(*next) + interval;
+    }
 }
 
 /// Run `S` against `target`.
@@ -192,19 +291,38 @@ pub fn run_suite<S: Suite>(
         TestRng::from_seed(RngAlgorithm::ChaCha, &seed),
     );
     let strategy = S::Machine::sequential_strategy(config.transitions.0..=config.transitions.1);
+    let pacer = Arc::new(Pacer::new(config.max_rate));
+    // Requirement: AUD-RATE-1 (once rate-limited, no further case and no shrinking: each
+    // would only meet the limit again)
+    let limited: Arc<Mutex<Option<String>>> = Arc::default();
     let result = {
         let stats = stats.clone();
         let target = target.clone();
         let handle = handle.clone();
+        let limited = limited.clone();
+        let max_wait = config.max_wait;
         runner.run(&strategy, move |(init, transitions, seen)| {
+            if limited.lock().map(|l| l.is_some()).unwrap_or(false) {
+                return Ok(());
+            }
             let outcome = handle.block_on(run_case::<S>(
                 &target,
                 init,
                 &transitions,
                 seen.as_deref(),
                 &stats,
+                &pacer,
+                max_wait,
             ));
-            outcome.map_err(|e| TestCaseError::fail(e.to_string()))
+            outcome.map_err(|e| {
+                let text = e.to_string();
+                if rate_limited(&text).is_some()
+                    && let Ok(mut l) = limited.lock()
+                {
+                    *l = Some(text.clone());
+                }
+                TestCaseError::fail(text)
+            })
         })
     };
     let stats = stats.lock().map(|s| {
@@ -226,11 +344,20 @@ pub fn run_suite<S: Suite>(
         seconds: started.elapsed().as_secs_f64(),
         requirements: BTreeMap::new(),
         failure: None,
+        rate_limited: None,
         fixture: None,
         not_run: Vec::new(),
     };
     match result {
         Ok(()) => {}
+        Err(TestError::Fail(reason, _)) if rate_limited(reason.message()).is_some() => {
+            eprintln!(
+                "phoenix-conformance: {}: the server rate-limited the auditor: {}",
+                S::NAME,
+                reason
+            );
+            report.rate_limited = Some(reason.to_string());
+        }
         Err(TestError::Abort(reason)) => {
             report.failure = Some(format!("aborted: {reason}"));
         }
@@ -272,7 +399,13 @@ pub fn run_suite<S: Suite>(
         report.cases,
         report.transitions,
         report.seconds,
-        if report.passed() { "passed" } else { "FAILED" }
+        if report.passed() {
+            "passed"
+        } else if report.diverged() {
+            "FAILED"
+        } else {
+            "RATE-LIMITED (not a divergence)"
+        }
     );
     report
 }
@@ -297,7 +430,15 @@ pub fn replay<S: Suite>(
         .current();
     let stats = Arc::new(Mutex::new(Stats::default()));
     let count = transitions.len();
-    handle.block_on(run_case::<S>(target, init, &transitions, None, &stats))?;
+    handle.block_on(run_case::<S>(
+        target,
+        init,
+        &transitions,
+        None,
+        &stats,
+        &Pacer::new(None),
+        Duration::ZERO,
+    ))?;
     Ok(count)
 }
 
@@ -308,13 +449,45 @@ async fn run_case<S: Suite>(
     transitions: &[<S::Machine as ReferenceStateMachine>::Transition],
     seen: Option<&AtomicUsize>,
     stats: &Mutex<Stats>,
+    pacer: &Pacer,
+    max_wait: Duration,
 ) -> Result<(), HarnessError> {
-    let mut sut = S::start(target, &init).await?;
+    // Requirement: AUD-RATE-2 (a setup refused with RATE_LIMITED changed nothing on the
+    // server: wait as long as it says, within max_wait, and set the case up again)
+    pacer.wait().await;
+    // A setup makes several limited requests (registrations): each attempt waits twice
+    // as long as the one before, from the server's Retry-After on, so that the server's
+    // bucket refills for a whole setup, not only for its next request.
+    let mut waited = Duration::ZERO;
+    let mut factor = 1u64;
+    let mut sut = loop {
+        match S::start(target, &init).await {
+            Ok(sut) => break sut,
+            Err(e) => match rate_limited(&e.to_string()) {
+                Some(Some(secs))
+                    if waited + Duration::from_secs(secs.saturating_mul(factor)) <= max_wait =>
+                {
+                    let wait = Duration::from_secs(secs.saturating_mul(factor));
+                    eprintln!(
+                        "phoenix-conformance: {}: the server rate-limited the auditor while \
+                         setting up a case (Retry-After {secs} s); waiting {} s",
+                        S::NAME,
+                        wait.as_secs()
+                    );
+                    tokio::time::sleep(wait).await;
+                    waited += wait;
+                    factor = factor.saturating_mul(2);
+                }
+                _ => return Err(e),
+            },
+        }
+    };
     let mut state = init;
     if let Ok(mut s) = stats.lock() {
         s.cases += 1;
     }
     for (i, transition) in transitions.iter().enumerate() {
+        pacer.wait().await;
         if let Some(seen) = seen {
             seen.fetch_add(1, Ordering::SeqCst);
         }

@@ -33,14 +33,29 @@ impl Target {
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| HarnessError::Setup(e.to_string()))?;
-        let discovery: Discovery = http
+        // Requirement: AUD-ERR-1 (what failed, in words)
+        let response = http
             .get(format!("{url}/.well-known/phoenix"))
             .send()
             .await
-            .map_err(|e| HarnessError::Setup(format!("{url}: {e}")))?
-            .json()
-            .await
-            .map_err(|e| HarnessError::Setup(format!("{url}: bad discovery document: {e}")))?;
+            .map_err(|e| {
+                HarnessError::Setup(format!(
+                    "cannot read the discovery document of {url}: {}",
+                    phoenix_client::api::cause_in_words(&e, e.is_timeout())
+                ))
+            })?;
+        if !response.status().is_success() {
+            return Err(HarnessError::Setup(format!(
+                "{url} answered HTTP {} for its discovery document (/.well-known/phoenix): \
+                 is this a Phoenix homeserver's base URL?",
+                response.status()
+            )));
+        }
+        let discovery: Discovery = response.json().await.map_err(|e| {
+            HarnessError::Setup(format!(
+                "{url}/.well-known/phoenix is not a Phoenix discovery document: {e}"
+            ))
+        })?;
         Ok(Self {
             url,
             domain: discovery.domain,

@@ -178,6 +178,7 @@ async fn a_key_package_served_twice_is_caught() {
             max_shrink_iters: 100,
             max_shrink_time: Duration::from_secs(60),
             label: "kp-twice".into(),
+            ..RunConfig::default()
         };
         (
             replayed,

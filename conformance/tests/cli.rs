@@ -168,5 +168,230 @@ fn the_cli_fails_cleanly_on_an_unreachable_server() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("127.0.0.1:9"));
+    // Requirement: AUD-ERR-1 (what failed, in words)
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("127.0.0.1:9")
+            && stderr.contains("discovery document")
+            && stderr.contains("connection refused"),
+        "{stderr}"
+    );
+}
+
+// Requirement: AUD-SEED-1
+/// `--seed` takes the printed 64 hex digits as they are, any other hex string, or a
+/// decimal number; nonsense is refused in words.
+#[test]
+fn seeds_are_read_as_hex_or_decimal() {
+    use phoenix_conformance::runner::parse_seed;
+    let printed = "5a055980f7f9aa00112233445566778899aabbccddeeff00112233445566aabb";
+    assert_eq!(hex::encode(parse_seed(printed).unwrap()), printed);
+    // The same 64 digits, all decimal-looking, are still the printed hex seed.
+    let digits = "1".repeat(64);
+    assert_eq!(hex::encode(parse_seed(&digits).unwrap()), digits);
+    // Short and odd-length hex, with or without 0x.
+    let abc = parse_seed("abc").unwrap();
+    assert_eq!(&abc[..2], &[0x0a, 0xbc]);
+    assert_eq!(parse_seed("0xabc").unwrap(), abc);
+    assert_eq!(parse_seed("0x42").unwrap()[0], 0x42);
+    // Decimal.
+    let n = parse_seed("12345").unwrap();
+    assert_eq!(&n[..16], &12345u128.to_be_bytes());
+    assert_ne!(n, parse_seed("0x12345").unwrap());
+    // Longer than 32 bytes: hashed, deterministically.
+    let long = "ab".repeat(40);
+    assert_eq!(parse_seed(&long).unwrap(), parse_seed(&long).unwrap());
+    assert_ne!(
+        parse_seed(&long).unwrap(),
+        parse_seed(&"ab".repeat(41)).unwrap()
+    );
+    for bad in ["", "0x", "xyz", "12ab!"] {
+        let error = parse_seed(bad).unwrap_err();
+        assert!(error.starts_with("--seed:"), "{bad:?}: {error}");
+    }
+    // The CLI takes them too.
+    let output = Command::new(env!("CARGO_BIN_EXE_phoenix-conformance"))
+        .args(["--server", "http://127.0.0.1:9", "--seed", "nothex!"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not a hex digit"));
+}
+
+/// The JUnit test case and suite names of a run against `server` with `seed`.
+fn junit_names(server: &TestServer, seed: &str) -> (Vec<String>, Vec<String>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("report.xml");
+    let output = Command::new(env!("CARGO_BIN_EXE_phoenix-conformance"))
+        .args([
+            "--server",
+            server.url(),
+            "--cases",
+            "2",
+            "--ds-cases",
+            "0",
+            "--max-transitions",
+            "12",
+            "--seed",
+            seed,
+        ])
+        .arg("--junit")
+        .arg(&junit)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{stdout}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    let names = |tag: &str| -> Vec<String> {
+        xml.split(&format!("<{tag}"))
+            .skip(1)
+            .filter_map(|rest| rest.lines().next())
+            .filter_map(|tag_line| tag_line.split(" name=\"").nth(1))
+            .filter_map(|rest| rest.split('"').next())
+            .map(str::to_owned)
+            .collect()
+    };
+    (names("testsuite"), names("testcase"), stdout)
+}
+
+// Requirement: AUD-REPORT-1
+/// JUnit names are stable from run to run: no seed, count or time in them; the table
+/// says "transitions" where it counts transitions.
+#[test]
+fn junit_names_are_stable_and_the_table_counts_transitions() {
+    let (a, _b) = servers(free_port());
+    let (suites1, cases1, stdout) = junit_names(&a, "1");
+    let (suites2, cases2, _) = junit_names(&a, "2");
+    assert_eq!(suites1, ["as_qs (a.test)"]);
+    assert_eq!(suites1, suites2);
+    for name in cases1.iter().chain(&cases2) {
+        let is_requirement = name.split('-').all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        });
+        assert!(
+            is_requirement,
+            "test case name {name:?} is not a requirement id"
+        );
+    }
+    assert!(cases1.iter().any(|n| n == "AS-REG-1"), "{cases1:?}");
+    assert!(
+        stdout
+            .lines()
+            .next()
+            .is_some_and(|header| header.contains("transitions") && !header.contains("cases run")),
+        "{stdout}"
+    );
+}
+
+// Requirement: AUD-RATE-1
+/// A server that rate-limits the auditor is reported as such, with advice, and not as a
+/// divergence from the model (exit 2, not 1; no requirement failed, no trace saved).
+#[test]
+fn a_rate_limited_auditor_is_not_reported_as_a_divergence() {
+    let server = TestServer::start_with(
+        "a.test",
+        None,
+        "127.0.0.1:0",
+        &["--rate-register".to_owned(), "2/hour".to_owned()],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let junit = dir.path().join("report.xml");
+    let traces = dir.path().join("traces");
+    let output = Command::new(env!("CARGO_BIN_EXE_phoenix-conformance"))
+        .args([
+            "--server",
+            server.url(),
+            "--cases",
+            "6",
+            "--ds-cases",
+            "0",
+            "--max-transitions",
+            "20",
+            "--max-wait",
+            "2",
+        ])
+        .arg("--report-json")
+        .arg(&json)
+        .arg("--junit")
+        .arg(&junit)
+        .arg("--save-traces")
+        .arg(&traces)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("{stdout}\n{stderr}");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "could not run fully: not a divergence"
+    );
+    assert!(
+        stdout.contains("the server rate-limited the auditor"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("--max-rate") && stdout.contains("allowance"),
+        "advice"
+    );
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let suite = &report["suites"][0];
+    assert!(suite["failure"].is_null(), "{suite}");
+    assert!(suite["rate_limited"].is_string(), "{suite}");
+    assert!(
+        report["requirements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["failures"] == 0),
+        "{report}"
+    );
+    assert!(!traces.exists() || std::fs::read_dir(&traces).unwrap().next().is_none());
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(!xml.contains("<failure"), "{xml}");
+    assert!(xml.contains("name=\"rate limited\""), "{xml}");
+}
+
+// Requirement: AUD-RATE-2
+/// `--max-rate` paces the transitions.
+#[test]
+fn max_rate_paces_the_auditor() {
+    let (a, _b) = servers(free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_phoenix-conformance"))
+        .args([
+            "--server",
+            a.url(),
+            "--cases",
+            "2",
+            "--ds-cases",
+            "0",
+            "--max-transitions",
+            "10",
+            "--max-rate",
+            "10",
+        ])
+        .arg("--report-json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let suite = &report["suites"][0];
+    let transitions = suite["transitions"].as_f64().unwrap();
+    let seconds = suite["seconds"].as_f64().unwrap();
+    assert!(transitions >= 5.0, "{suite}");
+    // Cases + transitions are each one slot of 0.1 s.
+    assert!(
+        seconds >= (transitions + 2.0 - 1.0) / 10.0,
+        "{transitions} transitions in {seconds} s at --max-rate 10"
+    );
 }

@@ -41,6 +41,7 @@ async fn as_qs_on(backend: Backend) -> Option<SuiteReport> {
         max_shrink_iters: 300,
         max_shrink_time: Duration::from_secs(180),
         label: backend.label().into(),
+        ..RunConfig::default()
     };
     let handle = tokio::runtime::Handle::current();
     let report =
@@ -62,6 +63,7 @@ async fn ds_on(backend: Backend) -> Option<SuiteReport> {
         max_shrink_iters: 60,
         max_shrink_time: Duration::from_secs(240),
         label: backend.label().into(),
+        ..RunConfig::default()
     };
     let handle = tokio::runtime::Handle::current();
     let report =
@@ -99,6 +101,7 @@ async fn federation_run(b_backend: Backend) -> SuiteReport {
         max_shrink_iters: 60,
         max_shrink_time: Duration::from_secs(240),
         label: servers.label.clone(),
+        ..RunConfig::default()
     };
     let handle = tokio::runtime::Handle::current();
     let report = tokio::task::spawn_blocking(move || {

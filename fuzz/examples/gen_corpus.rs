@@ -273,6 +273,32 @@ fn main() {
     };
     c.select(t, 12, "dequeue", &dequeue);
     c.select(t, 13, "dequeue-response", &dequeue_response);
+    // Real VOPRF issuance under the fuzz target's fixed key (decode_as.rs).
+    let token_key = phoenix_types::tokens::TokenKey::from_private(&[7u8; 32]).unwrap();
+    let pending: Vec<_> = (0..2)
+        .map(|_| phoenix_types::tokens::blind(&mut rand_core::OsRng).unwrap())
+        .collect();
+    let blinded: Vec<&[u8]> = pending.iter().map(|p| p.blinded()).collect();
+    let (evaluated, proof) = token_key.issue(&mut rand_core::OsRng, &blinded).unwrap();
+    c.select(
+        t,
+        15,
+        "issue-tokens",
+        &IssueGroupTokensRequest {
+            timestamp: NOW,
+            blinded: blinded.iter().map(|x| b(x)).collect(),
+        },
+    );
+    c.select(
+        t,
+        16,
+        "issued-tokens",
+        &IssueGroupTokensResponse {
+            public_key: b(token_key.public_key()),
+            evaluated: evaluated.iter().map(|x| b(x)).collect(),
+            proof: b(&proof),
+        },
+    );
 
     // decode_qs
     let t = "decode_qs";
@@ -406,6 +432,18 @@ fn main() {
         &RequestGroupIdResponse { group_id: b(&gid) },
     );
     c.select(t, 1, "member-info", &member);
+    c.select(
+        t,
+        11,
+        "request-group-id",
+        &RequestGroupIdRequest {
+            token: GroupToken {
+                key_id: b(&token_key.key_id()),
+                input: b(&[5; 32]),
+                output: b(&[6; 64]),
+            },
+        },
+    );
     c.select(
         t,
         2,

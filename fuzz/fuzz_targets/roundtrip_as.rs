@@ -21,6 +21,8 @@ enum Value {
     ClientCertificatesRequest(ClientCertificatesRequest),
     ClientCertificatesResponse(ClientCertificatesResponse),
     RenewCertificateRequest(RenewCertificateRequest),
+    IssueGroupTokensRequest(IssueGroupTokensRequest),
+    IssueGroupTokensResponse(IssueGroupTokensResponse),
     ServerCertificateResponse(ServerCertificateResponse),
 }
 
@@ -37,6 +39,8 @@ fuzz_target!(|value: Value| {
         Value::ClientCertificatesRequest(v) => roundtrip(&v),
         Value::ClientCertificatesResponse(v) => roundtrip(&v),
         Value::RenewCertificateRequest(v) => roundtrip(&v),
+        Value::IssueGroupTokensRequest(v) => roundtrip(&v),
+        Value::IssueGroupTokensResponse(v) => roundtrip(&v),
         Value::ServerCertificateResponse(v) => roundtrip(&v),
     }
 });

@@ -24,11 +24,14 @@ enum Value {
     QueuePayload(QueuePayload),
     GroupMessage(GroupMessage),
     WelcomeBundle(WelcomeBundle),
+    RequestGroupIdRequest(RequestGroupIdRequest),
+    ResyncRequest(ResyncRequest),
 }
 
 fuzz_target!(|value: Value| {
     match value {
         Value::RequestGroupIdResponse(v) => roundtrip(&v),
+        Value::RequestGroupIdRequest(v) => roundtrip(&v),
         Value::MemberInfo(v) => roundtrip(&v),
         Value::LeafCredential(v) => roundtrip(&v),
         Value::CreateGroupRequest(v) => roundtrip(&v),
@@ -42,5 +45,6 @@ fuzz_target!(|value: Value| {
         Value::QueuePayload(v) => roundtrip(&v),
         Value::GroupMessage(v) => roundtrip(&v),
         Value::WelcomeBundle(v) => roundtrip(&v),
+        Value::ResyncRequest(v) => roundtrip(&v),
     }
 });

@@ -97,6 +97,8 @@ const OPERATIONS: [&str; 8] = [
 struct User {
     client_id: String,
     key: u8,
+    /// Registered by a damaged request: its client id and key are not known for sure.
+    uncertain: bool,
     /// Encryption keys of unserved one-time packages, and of the last-resort package.
     one_time: BTreeSet<Vec<u8>>,
     last_resort: Option<Vec<u8>>,
@@ -145,6 +147,7 @@ impl Run<'_> {
                     self.users.entry(user % 4).or_insert(User {
                         client_id,
                         key: key_n % 8,
+                        uncertain: true,
                         ..User::default()
                     });
                 }
@@ -152,9 +155,15 @@ impl Run<'_> {
             return;
         }
         let exists = self.users.contains_key(&(user % 4));
+        // CL-AMBIG-2: the same client id and key again is answered with its certificate.
+        let repeat = self
+            .users
+            .get(&(user % 4))
+            .is_some_and(|u| u.client_id == client_id && u.key == key_n % 8);
+        let uncertain = self.users.get(&(user % 4)).is_some_and(|u| u.uncertain);
         match result {
             Ok(bytes) => {
-                assert!(!exists, "registered {fid} twice");
+                assert!(!exists || repeat || uncertain, "registered {fid} twice");
                 let response: RegisterResponse =
                     codec::decode(&bytes, usize::MAX).expect("a register response");
                 let ca = ParsedCert::parse(response.ca_certificate.as_slice()).expect("CA");
@@ -165,6 +174,9 @@ impl Run<'_> {
                     .expect("issued by the CA");
                 assert_eq!(subject.fid.to_string(), fid);
                 assert_eq!(cert.public_key, key.verifying_key().to_bytes());
+                if exists {
+                    return;
+                }
                 self.users.insert(
                     user % 4,
                     User {
@@ -176,6 +188,10 @@ impl Run<'_> {
             }
             Err(e) => {
                 assert!(exists, "registration of a new user failed: {e}");
+                assert!(
+                    !repeat || uncertain,
+                    "a repeated registration was refused: {e}"
+                );
                 assert_eq!(e.code, ErrorCode::UserExists);
             }
         }

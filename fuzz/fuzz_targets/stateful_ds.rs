@@ -71,7 +71,7 @@ enum Op {
     },
 }
 
-const OPERATIONS: [&str; 8] = [
+const OPERATIONS: [&str; 9] = [
     ds::REQUEST_GROUP_ID,
     ds::CREATE_GROUP,
     ds::EXTERNAL_COMMIT_INFO,
@@ -80,6 +80,7 @@ const OPERATIONS: [&str; 8] = [
     ds::REMOVE_USERS,
     ds::UPDATE,
     ds::SEND_MESSAGE,
+    ds::RESYNC,
 ];
 
 struct Run<'a> {
@@ -195,7 +196,9 @@ impl Run<'_> {
             let result = self.h.send(
                 "ds",
                 ds::REQUEST_GROUP_ID,
-                &Empty {},
+                &ds::RequestGroupIdRequest {
+                    token: phoenix_fuzz::ds_fixture::group_token(&self.h.server),
+                },
                 &Signer::Anonymous,
                 &Mutation::None,
             );
@@ -395,7 +398,9 @@ fuzz_target!(|ops: Vec<Op>| {
                     let result = h.send(
                         "ds",
                         ds::REQUEST_GROUP_ID,
-                        &Empty {},
+                        &ds::RequestGroupIdRequest {
+                            token: phoenix_fuzz::ds_fixture::group_token(&h.server),
+                        },
                         &Signer::Anonymous,
                         mutation,
                     );

@@ -116,6 +116,8 @@ struct Run<'a> {
     /// By creation order.
     clients: Vec<Client>,
     tokens: BTreeMap<u8, usize>,
+    /// The user auth key (its number) each taken token was created with.
+    token_user_keys: BTreeMap<u8, u8>,
     /// A damaged create_user succeeded: which tokens are taken is no longer known.
     tokens_uncertain: bool,
     enqueues: u64,
@@ -155,10 +157,29 @@ impl Run<'_> {
             m,
         );
         let taken = self.tokens.contains_key(&(token % 4));
+        // CL-AMBIG-2: the identical creation again gets the first one's ids.
+        let repeat = (!weak && !self.tokens_uncertain)
+            .then(|| {
+                let index = *self.tokens.get(&(token % 4))?;
+                let first = self.clients.get(index)?;
+                (self.token_user_keys.get(&(token % 4)) == Some(&(user_key % 8))
+                    && first.key == client_key % 8)
+                    .then_some(first.id)
+            })
+            .flatten();
         match result {
             Ok(bytes) => {
                 let response: CreateUserResponse =
                     codec::decode(&bytes, usize::MAX).expect("a create_user response");
+                if intact(m)
+                    && let Some(id) = repeat
+                {
+                    assert_eq!(
+                        response.client_id, id,
+                        "a repeated create_user got other ids"
+                    );
+                    return;
+                }
                 if intact(m) {
                     assert!(
                         self.tokens_uncertain || (!weak && !taken),
@@ -168,10 +189,20 @@ impl Run<'_> {
                     self.tokens_uncertain = true;
                 }
                 if self.clients.iter().any(|c| c.id == response.client_id) {
-                    panic!("a QS client id was handed out twice");
+                    // CL-AMBIG-2: the server answers a copy of an earlier creation (the same
+                    // token, user key and client key) with that creation's ids; a mutated
+                    // request can still be such a copy where the mutation missed those
+                    // fields. Only an intact request the oracle could predict must not
+                    // get an existing id here.
+                    assert!(
+                        !intact(m) || self.tokens_uncertain,
+                        "a QS client id was handed out twice"
+                    );
+                    return;
                 }
                 if intact(m) {
                     self.tokens.insert(token % 4, self.clients.len());
+                    self.token_user_keys.insert(token % 4, user_key % 8);
                     self.clients.push(Client {
                         id: response.client_id,
                         key: client_key % 8,
@@ -186,6 +217,7 @@ impl Run<'_> {
             }
             Err(e) if intact(m) && !self.tokens_uncertain => {
                 assert!(weak || taken, "create_user refused unexpectedly: {e}");
+                assert!(repeat.is_none(), "a repeated create_user was refused: {e}");
                 if !weak {
                     assert_eq!(e.code, ErrorCode::DuplicateFriendshipToken);
                 }
@@ -525,6 +557,7 @@ fuzz_target!(|ops: Vec<Op>| {
             provider: Provider::default(),
             clients: Vec::new(),
             tokens: BTreeMap::new(),
+            token_user_keys: BTreeMap::new(),
             tokens_uncertain: false,
             enqueues: 0,
         };

@@ -610,3 +610,28 @@ impl DsFixture {
         }
     }
 }
+
+/// A group-creation token for `server`, evaluated with its token key as its AS would
+/// issue it (the AS path is the AS target's; the DS target needs one per reservation).
+pub fn group_token(server: &Server) -> phoenix_types::messages::ds::GroupToken {
+    use phoenix_types::tokens;
+    let key = &server.group_token_key;
+    let pending = tokens::blind(&mut rand_core::OsRng).expect("blinding");
+    let (evaluated, proof) = key
+        .issue(&mut rand_core::OsRng, &[pending.blinded()])
+        .expect("issuance");
+    let evaluated: Vec<&[u8]> = evaluated.iter().map(Vec::as_slice).collect();
+    let token = tokens::finalize(
+        std::slice::from_ref(&pending),
+        &evaluated,
+        &proof,
+        key.public_key(),
+    )
+    .expect("a token")
+    .remove(0);
+    phoenix_types::messages::ds::GroupToken {
+        key_id: VLBytes::new(token.key_id.to_vec()),
+        input: VLBytes::new(token.input.to_vec()),
+        output: VLBytes::new(token.output),
+    }
+}

@@ -98,6 +98,9 @@ pub enum AdvOp {
     ReplayQs,
     /// The malicious remote server sends a federated enqueue (Requirement: ADV-REMOTE-1).
     RemoteSend(RemoteSend),
+    /// Anyone without a client record at `domain` (a remote client, a stranger) asks its
+    /// DS for a group id with a token its AS did not issue (Requirement: DS-GID-3).
+    ForgeGroupToken { domain: DomainId },
 }
 
 pub fn run(state: &mut State, op: &AdvOp) -> Outcome {
@@ -187,6 +190,14 @@ pub fn run(state: &mut State, op: &AdvOp) -> Outcome {
             call_server(state, to, &Call::Qs(call))
         }
         AdvOp::RemoteSend(send) => remote_send(state, send),
+        AdvOp::ForgeGroupToken { domain } => {
+            let token = crate::call::GroupToken {
+                domain: *domain,
+                n: u32::MAX,
+                genuine: false,
+            };
+            call_server(state, *domain, &Call::Ds(DsCall::RequestGroupId { token }))
+        }
     }
 }
 
@@ -440,7 +451,8 @@ pub fn observe(domain: DomainId, call: &Call) -> Observation {
                 o.fids.insert(*fid);
             }
             AsCall::PublishConnectionPackages { signer, .. }
-            | AsCall::DequeueConnection { signer, .. } => {
+            | AsCall::DequeueConnection { signer, .. }
+            | AsCall::IssueGroupTokens { signer, .. } => {
                 if let AsSigner::Client {
                     fid: FidArg::Valid(fid),
                     ..
@@ -466,7 +478,7 @@ pub fn observe(domain: DomainId, call: &Call) -> Observation {
             }
         },
         Call::Ds(c) => match c {
-            DsCall::RequestGroupId => {}
+            DsCall::RequestGroupId { .. } => {}
             DsCall::CreateGroup { group, creator, .. } => {
                 o.groups.insert(*group);
                 o.leaf_keys.insert(creator.leaf_key);
@@ -489,6 +501,16 @@ pub fn observe(domain: DomainId, call: &Call) -> Observation {
                 for j in joiners.iter() {
                     o.leaf_keys.insert(j.member.leaf_key);
                 }
+            }
+            DsCall::Resync {
+                group,
+                signer,
+                member,
+                ..
+            } => {
+                o.groups.insert(*group);
+                o.leaf_keys.insert(signer.key);
+                o.leaf_keys.insert(member.leaf_key);
             }
             DsCall::RemoveUsers { group, signer, .. }
             | DsCall::Update { group, signer, .. }

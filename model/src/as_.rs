@@ -62,6 +62,11 @@ pub struct AsState {
     pub certificates: Vec<Certificate>,
     pub packages: Vec<StoredConnectionPackage>,
     pub next_serial: u32,
+    /// Group-creation tokens issued per client (the server counts per UTC day; the model
+    /// has no days: its allowance is per run) (Requirement: AS-TOKEN-2).
+    pub tokens_issued: BTreeMap<(Fid, ClientName), u32>,
+    /// The next token's name.
+    pub next_token: u32,
     /// Replay records: the signed state-changing requests accepted, as they were (the
     /// server keeps a digest of each) (Requirement: ADV-REPLAY-3).
     pub seen: BTreeSet<AsCall>,
@@ -76,6 +81,8 @@ impl AsState {
             certificates: Vec::new(),
             packages: Vec::new(),
             next_serial: 1,
+            tokens_issued: BTreeMap::new(),
+            next_token: 0,
             seen: BTreeSet::new(),
         }
     }
@@ -108,7 +115,10 @@ pub fn handle(
 /// Whether the server keeps replay records of `call` (the signed state-changing AS
 /// requests; the model has no certificate renewal) (Requirement: ADV-REPLAY-3).
 pub fn replay_protected(call: &AsCall) -> bool {
-    matches!(call, AsCall::PublishConnectionPackages { .. })
+    matches!(
+        call,
+        AsCall::PublishConnectionPackages { .. } | AsCall::IssueGroupTokens { .. }
+    )
 }
 
 fn handle_call(
@@ -131,6 +141,12 @@ fn handle_call(
             packages,
         } => publish_connection_packages(state, now, signer, *fresh, packages),
         AsCall::FetchConnectionPackage { fid } => fetch_connection_package(state, ghost, *fid),
+        AsCall::IssueGroupTokens {
+            signer,
+            fresh,
+            count,
+            ..
+        } => issue_group_tokens(state, ghost, config, now, signer, *fresh, *count),
         AsCall::EnqueueConnection { fid, client, msg } => {
             let fid = match fid {
                 FidArg::Valid(fid) => *fid,
@@ -229,11 +245,7 @@ pub fn authenticate(
     Ok((fid, client, key))
 }
 
-/// `register` (Requirement: AS-REG-1, AS-REG-2, AS-REG-3, AS-CERT-1).
-#[hax_lib::ensures(|result| match &result {
-    Ok(_) => state.users.contains_key(&fid),
-    Err(_) => true,
-})]
+/// `register` (Requirement: AS-REG-1, AS-REG-2, AS-REG-3, AS-CERT-1, CL-AMBIG-2).
 fn register(
     state: &mut AsState,
     config: &Config,
@@ -252,6 +264,16 @@ fn register(
         return Err(ErrorCode::WrongDomain);
     }
     if state.users.contains_key(&fid) {
+        // Requirement: CL-AMBIG-2
+        // The same CSR again (its answer was lost): the certificate of the client with
+        // this name and key, nothing new issued.
+        if let Some(existing) = state.client(&fid, client)
+            && existing.certificate.payload.key == key
+        {
+            return Ok(Reply::Registered {
+                serial: existing.certificate.payload.serial,
+            });
+        }
         // Requirement: AS-REG-3
         return Err(ErrorCode::UserExists);
     }
@@ -278,6 +300,8 @@ fn register(
         },
     );
     state.users.insert(fid, user);
+    // Postcondition: the user is registered in the new state.
+    debug_assert!(state.users.contains_key(&fid), "contract of register");
     Ok(Reply::Registered { serial })
 }
 
@@ -379,4 +403,47 @@ fn fetch_connection_package(state: &mut AsState, ghost: &mut Ghost, fid: FidArg)
         id: p.id,
         last_resort: p.last_resort,
     })
+}
+
+// Requirement: AS-TOKEN-1, AS-TOKEN-2
+/// `issue_group_tokens`: a registered client of this AS gets `count` (1 to 16) tokens
+/// within its allowance. Only local clients have a record here, so only they get tokens.
+fn issue_group_tokens(
+    state: &mut AsState,
+    ghost: &mut Ghost,
+    config: &Config,
+    now: Time,
+    signer: &AsSigner,
+    fresh: bool,
+    count: u8,
+) -> Outcome {
+    let (fid, client, _) = authenticate(state, now, signer)?;
+    if !fresh {
+        return Err(ErrorCode::StaleRequest);
+    }
+    if count == 0 || count > 16 {
+        return Err(ErrorCode::Malformed);
+    }
+    let issued = state
+        .tokens_issued
+        .get(&(fid, client))
+        .copied()
+        .unwrap_or(0);
+    let total = issued.saturating_add(u32::from(count));
+    if total > config.group_tokens_per_day {
+        return Err(ErrorCode::TokenQuotaExceeded);
+    }
+    state.tokens_issued.insert((fid, client), total);
+    let mut tokens = Vec::new();
+    for _ in 0..count {
+        let token = crate::call::GroupToken {
+            domain: state.domain,
+            n: state.next_token,
+            genuine: true,
+        };
+        state.next_token = state.next_token.saturating_add(1);
+        ghost.tokens_issued.insert((state.domain, token.n));
+        tokens.push(token);
+    }
+    Ok(Reply::GroupTokens { tokens })
 }

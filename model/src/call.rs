@@ -91,6 +91,15 @@ pub enum AsCall {
     ClientCertificates {
         fid: FidArg,
     },
+    /// A client asks for `count` group-creation tokens (Requirement: AS-TOKEN-1).
+    IssueGroupTokens {
+        signer: AsSigner,
+        fresh: bool,
+        count: u8,
+        /// Stands for the blinded elements: fresh in every honest request, so two
+        /// requests differ as the real ones do (and a replay is the same value).
+        blinded: KeyId,
+    },
 }
 
 /// Who signs a QS request.
@@ -173,10 +182,27 @@ pub struct LeafSigner {
     pub key: KeyId,
 }
 
+/// A group-creation token: the model's abstraction of an RFC 9497 VOPRF token
+/// (phoenix-types `tokens`). `n` names it; `genuine` is false for a token the server's
+/// token key did not evaluate (forged, or evaluated under another server's key), which the
+/// DS recognises as the real one does, by evaluating the input itself. The AS that issued
+/// it never sees `n` (the real AS sees only a blinded element): the operator's
+/// observations of `issue_group_tokens` hold the client, of `request_group_id` nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct GroupToken {
+    pub domain: DomainId,
+    pub n: u32,
+    pub genuine: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum DsCall {
-    RequestGroupId,
+    /// Reserve a group id for one group-creation token (Requirement: DS-GID-3).
+    RequestGroupId {
+        token: GroupToken,
+    },
     CreateGroup {
         group: GroupId,
         ear: KeyId,
@@ -222,6 +248,17 @@ pub enum DsCall {
         epoch: u64,
         msg: MsgId,
     },
+    /// A member that fell behind rejoins by external commit at `epoch`: the request is
+    /// signed by `signer` (the leaf it replaces), the commit removes `removed` and adds
+    /// `member` (Requirement: DS-RESYNC-1, DS-RESYNC-2).
+    Resync {
+        group: GroupId,
+        ear: KeyId,
+        signer: LeafSigner,
+        epoch: u64,
+        removed: Leaf,
+        member: MemberArg,
+    },
 }
 
 /// A successful reply.
@@ -258,6 +295,13 @@ pub enum Reply {
     GroupInfo {
         epoch: u64,
         leaves: Vec<Leaf>,
+        /// Every member's entry (the real DS returns the ratchet tree and the encrypted
+        /// credentials).
+        members: Vec<crate::queue::MemberInfo>,
+    },
+    /// Tokens issued, in order.
+    GroupTokens {
+        tokens: Vec<GroupToken>,
     },
 }
 

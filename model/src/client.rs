@@ -210,6 +210,10 @@ pub enum ClientOp {
     Sync { client: ClientRef },
     /// Fetch a contact's certificates from its AS and compare them with the pinned ones.
     CheckContact { client: ClientRef, contact: Fid },
+    /// Rejoin `group` by external commit, replacing the own leaf with one of the same
+    /// credential (Requirement: DS-RESYNC-1, CL-RESYNC-1): what a client does when it
+    /// fell behind.
+    Resync { client: ClientRef, group: GroupId },
 }
 
 /// Key ids of honest clients: 10_000 + 1_000 × client + n, never shared.
@@ -454,7 +458,26 @@ pub fn create_group(state: &mut State, client: ClientRef) -> Result<GroupId, Err
         return Err(ErrorCode::UnknownClient);
     };
     let domain = me.fid.domain;
-    let group = match call_server(state, domain, &Call::Ds(DsCall::RequestGroupId))? {
+    // Requirement: DS-GID-3, AS-TOKEN-1: a token from the home AS buys the group id.
+    let issued = call_server(
+        state,
+        domain,
+        &Call::As(crate::call::AsCall::IssueGroupTokens {
+            signer: crate::call::AsSigner::Client {
+                fid: crate::ids::FidArg::Valid(me.fid),
+                client: me.name,
+                key: me.as_key,
+            },
+            fresh: true,
+            count: 1,
+            blinded: fresh_key(&mut me),
+        }),
+    )?;
+    let token = match issued {
+        Reply::GroupTokens { tokens } => tokens.first().copied().ok_or(ErrorCode::Internal)?,
+        _ => return Err(ErrorCode::Internal),
+    };
+    let group = match call_server(state, domain, &Call::Ds(DsCall::RequestGroupId { token }))? {
         Reply::GroupId(g) => g,
         _ => return Err(ErrorCode::Internal),
     };
@@ -540,6 +563,7 @@ pub fn run(state: &mut State, op: &ClientOp) -> Outcome {
             group,
             invitee,
         } => add(state, *client, *group, *invitee),
+        ClientOp::Resync { client, group } => resync(state, *client, *group),
         ClientOp::Remove {
             client,
             group,
@@ -609,6 +633,88 @@ pub(crate) fn advance(
         change(view);
         view.epoch = view.epoch.saturating_add(1);
     }
+}
+
+// Requirement: DS-RESYNC-1, DS-RESYNC-2, CL-RESYNC-1
+/// Resync: fetch the group's current info with the EAR key, then rejoin by external commit
+/// at that epoch, removing the own leaf and adding one with the same leaf key (the model's
+/// leaf credential), the same sealed queue config and the same bound credential. On
+/// success the view is the group as the info showed it, plus the new leaf.
+fn resync(state: &mut State, client: ClientRef, group: GroupId) -> Outcome {
+    let (me, view) = member_view(state, client, group)?;
+    let (epoch, members) = match call_server(
+        state,
+        group.domain,
+        &Call::Ds(DsCall::ExternalCommitInfo {
+            group,
+            ear: view.ear,
+        }),
+    )? {
+        Reply::GroupInfo { epoch, members, .. } => (epoch, members),
+        _ => return Err(ErrorCode::Internal),
+    };
+    let Some(own) = members.iter().find(|m| m.leaf == view.leaf) else {
+        // The DS no longer has our leaf (we were removed): nothing to resync.
+        return Err(ErrorCode::UnknownSender);
+    };
+    let qs_key = state
+        .server(me.fid.domain)
+        .map(|s| s.qs.queue_config_key)
+        .unwrap_or(KeyId(0));
+    let member = MemberArg {
+        leaf_key: view.leaf_key,
+        queue_config: Sealed {
+            to: qs_key,
+            nonce: view.leaf_key.0,
+            payload: me.qs_id,
+        },
+        credential: own.credential.clone(),
+    };
+    let outcome = call_server(
+        state,
+        group.domain,
+        &Call::Ds(DsCall::Resync {
+            group,
+            ear: view.ear,
+            signer: LeafSigner {
+                leaf: view.leaf,
+                key: view.leaf_key,
+            },
+            epoch,
+            removed: view.leaf,
+            member,
+        }),
+    );
+    if outcome.is_ok() {
+        let mut others: BTreeMap<Leaf, MemberInfo> = members
+            .iter()
+            .filter(|m| m.leaf != view.leaf)
+            .map(|m| (m.leaf, m.clone()))
+            .collect();
+        let mut leaf: Leaf = 0;
+        while others.contains_key(&leaf) {
+            leaf = leaf.saturating_add(1);
+        }
+        others.insert(
+            leaf,
+            MemberInfo {
+                leaf,
+                leaf_key: view.leaf_key,
+                credential: own.credential.clone(),
+            },
+        );
+        if let Some(v) = state
+            .clients
+            .get_mut(&client)
+            .and_then(|c| c.groups.get_mut(&group))
+        {
+            v.epoch = epoch.saturating_add(1);
+            v.leaf = leaf;
+            v.members = others;
+            v.departed.clear();
+        }
+    }
+    outcome
 }
 
 fn send(state: &mut State, client: ClientRef, group: GroupId) -> Outcome {
@@ -911,6 +1017,24 @@ fn process(state: &mut State, client: ClientRef, _seq: Seq, item: &QueueItem) {
                 CommitKind::ExternalJoin(i) => {
                     view.members.insert(i.leaf, i.clone());
                     joined.push(i.clone());
+                }
+                // Requirement: CL-RESYNC-1 (the new leaf must be the same client as the
+                // one it replaces: same FID and client in the bound certificate)
+                CommitKind::Resync { removed, member } => {
+                    let old = view
+                        .members
+                        .get(removed)
+                        .and_then(|m| m.credential.open(credential_key))
+                        .map(|b| (b.certificate.payload.fid, b.certificate.payload.client));
+                    let new = member
+                        .credential
+                        .open(credential_key)
+                        .map(|b| (b.certificate.payload.fid, b.certificate.payload.client));
+                    if old.is_none() || old != new {
+                        return;
+                    }
+                    view.retire(*removed);
+                    view.members.insert(member.leaf, member.clone());
                 }
                 CommitKind::Remove(leaves) => {
                     for l in leaves.iter() {

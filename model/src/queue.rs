@@ -71,6 +71,11 @@ pub enum CommitKind {
     Add(Vec<MemberInfo>),
     Remove(Vec<Leaf>),
     ExternalJoin(MemberInfo),
+    /// A resync (Requirement: DS-RESYNC-1): the member at `removed` rejoined as `member`.
+    Resync {
+        removed: Leaf,
+        member: MemberInfo,
+    },
 }
 
 /// A queue: the next sequence number, the messages held, and (ghost, for the invariants
@@ -113,14 +118,15 @@ impl Queue {
 
 /// Append `item`; it gets the next number, which is never reused
 /// (Requirement: QS-Q-1, AS-DQ-1).
-#[hax_lib::ensures(|result| post_enqueue(queue, item, &result))]
 pub fn enqueue(queue: &Queue, item: &QueueItem) -> (Queue, Seq) {
     let mut q = queue.clone();
     let seq = q.next_seq;
     q.messages.insert(seq, item.clone());
     q.history.push(item.clone());
     q.next_seq = seq.saturating_add(1);
-    (q, seq)
+    let result = (q, seq);
+    debug_assert!(post_enqueue(queue, item, &result), "contract of enqueue");
+    result
 }
 
 /// The contract of [`enqueue`]: the item is held under the old counter, the counter grew
@@ -137,7 +143,6 @@ pub fn post_enqueue(queue: &Queue, item: &QueueItem, result: &(Queue, Seq)) -> b
 
 /// Dequeue from `start`, at most `min(max, cap)` messages (Requirement: QS-DEQ-1,
 /// QS-DEQ-2, QS-DEQ-3).
-#[hax_lib::ensures(|result| post_dequeue(queue, start, max, cap, &result))]
 pub fn dequeue(queue: &Queue, start: Seq, max: u32, cap: u32) -> Dequeued {
     let mut q = queue.clone();
     let mut kept = BTreeMap::new();
@@ -163,11 +168,16 @@ pub fn dequeue(queue: &Queue, start: Seq, max: u32, cap: u32) -> Dequeued {
         }
     }
     let remaining = (q.messages.len() as u64).saturating_sub(messages.len() as u64);
-    Dequeued {
+    let result = Dequeued {
         queue: q,
         messages,
         remaining,
-    }
+    };
+    debug_assert!(
+        post_dequeue(queue, start, max, cap, &result),
+        "contract of dequeue"
+    );
+    result
 }
 
 /// The contract of [`dequeue`].

@@ -32,6 +32,9 @@ pub struct Config {
     /// A deliberately broken client, to show the recovery invariants can fail
     /// ([`crate::recovery::ClientMutant`]; `None` in every real configuration).
     pub client_mutant: crate::recovery::ClientMutant,
+    /// Group-creation tokens one client may be issued (the server's
+    /// `group_tokens_per_day`).
+    pub group_tokens_per_day: u32,
 }
 
 impl Default for Config {
@@ -41,6 +44,7 @@ impl Default for Config {
             cert_lifetime: 30 * 24 * 3600,
             clock_skew: 300,
             client_mutant: crate::recovery::ClientMutant::None,
+            group_tokens_per_day: 100,
         }
     }
 }
@@ -119,6 +123,9 @@ pub struct Ghost {
     pub deliveries: BTreeSet<(GroupId, Epoch, Option<QsCid>, QsCid, bool)>,
     /// What each request showed its handler.
     pub observations: BTreeSet<Observation>,
+    /// Group-creation tokens an AS issued: (its domain, the token's name) (Requirement:
+    /// DS-GID-3).
+    pub tokens_issued: BTreeSet<(DomainId, u32)>,
     /// Serials of certificates a malicious AS minted.
     pub minted: BTreeSet<u32>,
     /// Group members an honest client showed as a contact's pinned client: (client, FID,
@@ -229,7 +236,8 @@ pub fn commit_id(call: &DsCall) -> MsgId {
         DsCall::JoinConnectionGroup { group, epoch, .. }
         | DsCall::AddUsers { group, epoch, .. }
         | DsCall::RemoveUsers { group, epoch, .. }
-        | DsCall::Update { group, epoch, .. } => (*group, *epoch),
+        | DsCall::Update { group, epoch, .. }
+        | DsCall::Resync { group, epoch, .. } => (*group, *epoch),
         _ => return MsgId(0),
     };
     let d = (u32::from(group.domain.0) & 0x7) << 28;
@@ -273,7 +281,7 @@ pub fn call_server(state: &mut State, to: DomainId, call: &Call) -> Outcome {
                 deliver(state, to, &effects);
                 if !matches!(
                     c,
-                    DsCall::RequestGroupId | DsCall::ExternalCommitInfo { .. }
+                    DsCall::RequestGroupId { .. } | DsCall::ExternalCommitInfo { .. }
                 ) {
                     state.network.last_ds = Some((to, c.clone()));
                 }
@@ -283,7 +291,18 @@ pub fn call_server(state: &mut State, to: DomainId, call: &Call) -> Outcome {
     }
 }
 
+/// The group a DS call is about, with the epoch its commit names (the epoch a commit is
+/// *for*, which the ghost counts commits by: counting by the DS's own epoch instead would
+/// make `one_commit_per_epoch` true of any server) or, for other calls, the group's
+/// current epoch.
 fn epoch_of(ds: &ds::DsState, call: &DsCall) -> Option<(GroupId, Epoch)> {
+    if let DsCall::JoinConnectionGroup { group, epoch, .. }
+    | DsCall::AddUsers { group, epoch, .. }
+    | DsCall::RemoveUsers { group, epoch, .. }
+    | DsCall::Update { group, epoch, .. } = call
+    {
+        return Some((*group, *epoch));
+    }
     let group = match call {
         DsCall::CreateGroup { group, .. }
         | DsCall::ExternalCommitInfo { group, .. }
@@ -291,8 +310,9 @@ fn epoch_of(ds: &ds::DsState, call: &DsCall) -> Option<(GroupId, Epoch)> {
         | DsCall::AddUsers { group, .. }
         | DsCall::RemoveUsers { group, .. }
         | DsCall::Update { group, .. }
+        | DsCall::Resync { group, .. }
         | DsCall::SendMessage { group, .. } => *group,
-        DsCall::RequestGroupId => return None,
+        DsCall::RequestGroupId { .. } => return None,
     };
     Some((group, ds.groups.get(&group).map(|g| g.epoch).unwrap_or(0)))
 }
@@ -310,6 +330,7 @@ fn record_ds_ghost(
             | DsCall::AddUsers { .. }
             | DsCall::RemoveUsers { .. }
             | DsCall::Update { .. }
+            | DsCall::Resync { .. }
     );
     if let (true, Some(key)) = (is_commit, before) {
         let n = state.ghost.commits.get(&key).copied().unwrap_or(0);

@@ -35,6 +35,7 @@ use phoenix_model::adversary::AdvOp;
 use phoenix_model::client::{ClientOp, ClientRef};
 use phoenix_model::ids::{DomainId, GroupId};
 use phoenix_model::invariants;
+use phoenix_model::mutants::ServerMutant;
 use phoenix_model::network::{NetOp, Packet};
 use phoenix_model::queue::QueueItem;
 use phoenix_model::state::{Config, Op, State, step};
@@ -50,6 +51,8 @@ const OVERRIDES: &str = "PHOENIX_MODEL_BUDGET";
 struct Budget {
     sends: u8,
     commits: u8,
+    /// Resyncs by external commit (Requirement: DS-RESYNC-1).
+    resyncs: u8,
     adds: u8,
     removes: u8,
     drops: u8,
@@ -116,6 +119,12 @@ impl Model for Phoenix {
                 }
                 if u.sends < l.sends {
                     actions.push(Op::Client(ClientOp::Send {
+                        client: c,
+                        group: g,
+                    }));
+                }
+                if u.resyncs < l.resyncs {
+                    actions.push(Op::Client(ClientOp::Resync {
                         client: c,
                         group: g,
                     }));
@@ -207,6 +216,10 @@ impl Model for Phoenix {
             actions.push(Op::Adversary(AdvOp::ForgeDirectDequeue {
                 victim: carol.fid,
             }));
+            // A group id asked for with a token the AS did not issue (always refused).
+            actions.push(Op::Adversary(AdvOp::ForgeGroupToken {
+                domain: DomainId(0),
+            }));
         }
         if u.ticks < l.ticks {
             actions.push(Op::Tick);
@@ -219,6 +232,7 @@ impl Model for Phoenix {
         match &op {
             Op::Client(ClientOp::Send { .. }) => used.sends += 1,
             Op::Client(ClientOp::Update { .. }) => used.commits += 1,
+            Op::Client(ClientOp::Resync { .. }) => used.resyncs += 1,
             Op::Client(ClientOp::Add { .. }) => {
                 used.commits += 1;
                 used.adds += 1;
@@ -285,6 +299,20 @@ impl Model for Phoenix {
             Property::always("no_message_fanned_out_twice", |_, w: &World| {
                 invariants::inv_no_message_fanned_out_twice(&w.state)
             }),
+            // Requirement: DS-GID-3
+            Property::always("groups_only_for_local_clients", |_, w: &World| {
+                invariants::inv_groups_only_for_local_clients(&w.state)
+            }),
+            // Requirement: DS-RESYNC-2
+            Property::always("member_in_one_leaf", |_, w: &World| {
+                invariants::inv_member_in_one_leaf(&w.state)
+            }),
+            Property::sometimes("a member resynced", |_, w: &World| {
+                matches!(
+                    w.state.network.last_ds,
+                    Some((_, phoenix_model::call::DsCall::Resync { .. }))
+                )
+            }),
             Property::sometimes("a DS request is replayed", |_, w: &World| {
                 w.used.replays > w.used.publication_replays
             }),
@@ -320,6 +348,7 @@ impl Model for Phoenix {
 const NOTHING: Budget = Budget {
     sends: 0,
     commits: 0,
+    resyncs: 0,
     adds: 0,
     removes: 0,
     drops: 0,
@@ -338,6 +367,7 @@ fn with_overrides(limits: Budget) -> Budget {
     common::with_overrides(OVERRIDES, limits, |b, name, n| match name {
         "sends" => b.sends = n,
         "commits" => b.commits = n,
+        "resyncs" => b.resyncs = n,
         "adds" => b.adds = n,
         "removes" => b.removes = n,
         "drops" => b.drops = n,
@@ -399,6 +429,24 @@ fn groups_commits_adds_removes_and_replays() {
             ..NOTHING
         },
         &["a message is accepted", "a removed member is out"],
+    );
+}
+
+/// Resyncs among messages, commits and a removal: a member rejoins by external commit
+/// (possibly while behind, or after its removal, which the DS refuses), and every member
+/// stays in exactly one leaf (Requirement: DS-RESYNC-1, DS-RESYNC-2, DS-RESYNC-3).
+#[test]
+fn resyncs_among_commits_and_removals() {
+    check(
+        "resyncs",
+        Budget {
+            sends: 1,
+            commits: 1,
+            resyncs: 1,
+            removes: 1,
+            ..NOTHING
+        },
+        &["a message is accepted", "a member resynced"],
     );
 }
 
@@ -662,4 +710,68 @@ fn replayed_publications_restore_no_package() {
         },
         &["a publication is replayed after a package was handed out"],
     );
+}
+
+// ----- vacuity: every seeded server bug is caught ---------------------------------------
+
+/// The budget under which a seeded bug ([`ServerMutant`]) shows: racing commits for the
+/// epoch check, a replayed message for the replay record, two adds for a key package
+/// served twice; the forged token and the forged dequeue are adversary moves the checker
+/// always has.
+fn vacuity_budget(mutant: ServerMutant) -> Budget {
+    match mutant {
+        ServerMutant::DsSkipsEpochCheck => Budget {
+            commits: 2,
+            ..NOTHING
+        },
+        ServerMutant::DsSkipsMessageReplayRecord => Budget {
+            sends: 1,
+            replays: 1,
+            ..NOTHING
+        },
+        ServerMutant::QsKeepsServedPackages => Budget {
+            adds: 2,
+            commits: 2,
+            ..NOTHING
+        },
+        _ => NOTHING,
+    }
+}
+
+/// Issue 14 ("every check shown able to fail"): for each seeded server bug, the model
+/// checker, run on the broken copy of the model, finds a state that violates the invariant
+/// named for it; and the same search on the model itself finds none. Requirement: MODEL-1.
+#[test]
+fn vacuity_every_seeded_server_bug_is_caught() {
+    for (mutant, property) in ServerMutant::ALL {
+        let limits = vacuity_budget(mutant);
+        let broken = |mutant: ServerMutant| {
+            let mut model = Phoenix::new(limits);
+            for server in model.init.servers.values_mut() {
+                server.ds.mutant = mutant;
+                server.qs.mutant = mutant;
+            }
+            model
+        };
+        let checker = broken(mutant).checker().threads(1).spawn_bfs().join();
+        let path = checker.discovery(property);
+        assert!(
+            path.is_some(),
+            "the {mutant:?} server should violate {property}, but the search found no violation"
+        );
+        println!(
+            "vacuity: {mutant:?} violates {property} ({} states): {:?}",
+            checker.unique_state_count(),
+            path.map(|p| p.into_actions())
+        );
+        let sound = broken(ServerMutant::None)
+            .checker()
+            .threads(1)
+            .spawn_bfs()
+            .join();
+        assert!(
+            sound.discovery(property).is_none(),
+            "the model itself violates {property} under {limits:?}"
+        );
+    }
 }

@@ -240,3 +240,62 @@ fn a_client_that_merges_unanswered_commits_blindly_is_caught() {
         "merged_commits_were_accepted",
     );
 }
+
+/// A registration whose answers are lost (Requirement: CL-AMBIG-2): the client sends the
+/// identical `register` and `create_user` again and gets what the first ones created;
+/// nothing else gets in through the same door (another key or client name for the FID,
+/// other auth keys with the token).
+#[test]
+fn a_registration_whose_answers_were_lost_settles_by_sending_them_again() {
+    // Requirement: CL-AMBIG-2
+    use phoenix_model::call::{AsCall, Call, QsCall, Reply};
+    use phoenix_model::ids::{ClientName, KeyId, Token};
+    use phoenix_model::state::call_server;
+    use phoenix_types::error::ErrorCode;
+
+    let mut state = world::two_homeservers(Config::default());
+    let fid = world::fid_on(7, world::A);
+    let register = |client: u8, key: u32| {
+        Call::As(AsCall::Register {
+            fid,
+            client: ClientName(client),
+            key: KeyId(key),
+            csr_valid: true,
+        })
+    };
+    let first = call_server(&mut state, world::A, &register(0, 900));
+    assert!(matches!(first, Ok(Reply::Registered { .. })), "{first:?}");
+    // The answer is lost; the same request again gets the same certificate.
+    assert_eq!(call_server(&mut state, world::A, &register(0, 900)), first);
+    assert_eq!(
+        call_server(&mut state, world::A, &register(0, 901)),
+        Err(ErrorCode::UserExists)
+    );
+    assert_eq!(
+        call_server(&mut state, world::A, &register(1, 900)),
+        Err(ErrorCode::UserExists)
+    );
+
+    let create = |user: u32, client: u32| {
+        Call::Qs(QsCall::CreateUser {
+            user_key: KeyId(user),
+            token: Token(77),
+            client_key: KeyId(client),
+        })
+    };
+    let created = call_server(&mut state, world::A, &create(910, 911));
+    assert!(
+        matches!(created, Ok(Reply::QsUserCreated { .. })),
+        "{created:?}"
+    );
+    assert_eq!(
+        call_server(&mut state, world::A, &create(910, 911)),
+        created
+    );
+    for (user, client) in [(910, 912), (912, 911)] {
+        assert_eq!(
+            call_server(&mut state, world::A, &create(user, client)),
+            Err(ErrorCode::DuplicateFriendshipToken)
+        );
+    }
+}

@@ -367,6 +367,7 @@ async fn operator_learns_no_identity_with_a_pseudonym(backend: Backend) {
         "as/fetch_connection_package",
         "as/enqueue_connection",
         "as/dequeue_connection",
+        "as/issue_group_tokens",
         "qs/create_user",
         "qs/publish_key_packages",
         "qs/fetch_key_packages",

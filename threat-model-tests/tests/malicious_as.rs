@@ -105,11 +105,32 @@ async fn a_minted_second_credential_is_detected() {
         .unwrap();
     let package: ConnectionPackagePayload =
         codec::decode(fetched.package.payload.as_slice(), 4096).unwrap();
+    // The operator holds the server's group-token key too: it mints itself a token.
+    let pending = phoenix_types::tokens::blind(&mut OsRng).unwrap();
+    let (evaluated, proof) = a
+        .server
+        .group_token_key
+        .issue(&mut OsRng, &[pending.blinded()])
+        .unwrap();
+    let token = phoenix_types::tokens::finalize(
+        std::slice::from_ref(&pending),
+        &[evaluated[0].as_slice()],
+        &proof,
+        a.server.group_token_key.public_key(),
+    )
+    .unwrap()
+    .remove(0);
     let reserved: phoenix_types::messages::ds::RequestGroupIdResponse = api
         .call(
             "ds",
             phoenix_types::messages::ds::REQUEST_GROUP_ID,
-            &Empty {},
+            &phoenix_types::messages::ds::RequestGroupIdRequest {
+                token: phoenix_types::messages::ds::GroupToken {
+                    key_id: VLBytes::new(token.key_id.to_vec()),
+                    input: VLBytes::new(token.input.to_vec()),
+                    output: VLBytes::new(token.output),
+                },
+            },
             Signer::Anonymous,
         )
         .await
@@ -223,13 +244,16 @@ async fn a_minted_second_credential_is_detected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invitation_from_a_minted_credential_is_refused() {
     let Minted {
-        a: _a,
+        a,
         mut alice,
         bob,
         minted_key,
         minted,
         now: _,
     } = minted_setup().await;
+    // The malicious AS keeps the minted client like any other (so it is also issued
+    // group-creation tokens).
+    a.register_client_in_database("bob@a.test", &minted).await;
 
     // A copy of bob's device state with the minted identity in place of bob's.
     let evil_home = tempfile::tempdir().unwrap();
@@ -276,4 +300,46 @@ async fn an_invitation_from_a_minted_credential_is_refused() {
     );
     assert!(events.iter().all(|e| e["kind"] != "joined"), "{events:?}");
     assert!(alice.client.group("trap").await.is_err());
+}
+
+// Requirement: AS-TOKEN-3
+/// An operator who gave each client its own group-token key would recognise, at its DS,
+/// whose token buys which group. The client pins the key its server first issued under and
+/// refuses tokens under any other: here the server's key differs from alice's pin (as it
+/// would if the operator switched her to a key of her own), and her next group creation,
+/// which needs fresh tokens, is refused with the reason instead of spending them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_tokens_under_another_key_are_refused() {
+    let l = listener().await;
+    let resolve = vec![format!("a.test={}", l.1)];
+    let a = Homeserver::start("a.test", Backend::Sqlite, l, &resolve)
+        .await
+        .unwrap();
+    let mut alice = User::register("alice@a.test", &a.url, &resolve).await;
+    alice.client.create_group("first").await.unwrap();
+    let db = alice.home().join("client.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let pinned: Vec<u8> = sqlx::query_scalar("SELECT public_key FROM token_keys")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(pinned.as_slice(), a.server.group_token_key.public_key());
+    sqlx::query("UPDATE token_keys SET public_key = ?")
+        .bind(vec![7u8; 32])
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM group_tokens")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let refused = alice.client.create_group("second").await.unwrap_err();
+    assert!(
+        refused.to_string().contains("under a key other"),
+        "{refused}"
+    );
+    assert!(alice.client.group("second").await.is_err());
 }

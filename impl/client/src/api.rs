@@ -50,7 +50,7 @@ impl Api {
             )));
         }
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+            .timeout(REQUEST_TIMEOUT)
             .build()
             .map_err(|e| ClientError::Transport(e.to_string()))?;
         Ok(Self { http, base })
@@ -68,7 +68,7 @@ impl Api {
             .get(&url)
             .send()
             .await
-            .map_err(|e| ClientError::Transport(format!("{url}: {}", with_causes(&e))))?;
+            .map_err(|e| unreachable(&url, &e))?;
         if !response.status().is_success() {
             return Err(ClientError::Transport(format!(
                 "{url}: HTTP {}",
@@ -103,7 +103,12 @@ impl Api {
         session: Option<&str>,
     ) -> Result<Resp, ClientError> {
         let body = seal(service, operation, payload, signer)?;
-        let bytes = self.post_sealed(service, operation, &body, session).await?;
+        let bytes = if retry_safe(service, operation) {
+            self.post_retrying(service, operation, &body, session)
+                .await?
+        } else {
+            self.post_sealed(service, operation, &body, session).await?
+        };
         decode_answer(
             &bytes,
             &format!("{}/phoenix/v1/{service}/{operation}", self.base),
@@ -133,6 +138,50 @@ impl Api {
         answer(request, &url).await
     }
 
+    // Requirement: CL-AMBIG-2
+    /// [`Self::post_sealed`], sending the identical bytes again (after a short pause, a
+    /// bounded number of times) while no answer comes (a transport failure or a 5xx). A
+    /// `REPLAYED` refusal after an unanswered attempt means the server accepted the
+    /// request then: it is answered with an empty body (what an `Empty` answer encodes
+    /// to). Only for the operations of [`retry_safe`].
+    pub async fn post_retrying(
+        &self,
+        service: &str,
+        operation: &str,
+        body: &[u8],
+        session: Option<&str>,
+    ) -> Result<Vec<u8>, ClientError> {
+        let mut silence = false;
+        // Whether some attempt may have reached the server: then a final "not sent" is
+        // not the whole story.
+        let mut maybe_sent = false;
+        let mut pauses = RETRY_PAUSES.iter();
+        loop {
+            match self.post_sealed(service, operation, body, session).await {
+                Err(e) if silence && e.code() == Some("REPLAYED") => return Ok(Vec::new()),
+                Err(e) if is_unanswered(&e) => {
+                    maybe_sent |= !matches!(e, ClientError::NotSent(_));
+                    match pauses.next() {
+                        Some(pause) => {
+                            silence = true;
+                            tracing::debug!(%service, %operation, error = %e, "no answer; sending the same request again");
+                            tokio::time::sleep(*pause).await;
+                        }
+                        None => {
+                            return Err(match e {
+                                ClientError::NotSent(text) if maybe_sent => {
+                                    ClientError::Transport(text)
+                                }
+                                other => other,
+                            });
+                        }
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// `GET path` (a polyproto route), the body of a 2xx answer.
     pub async fn get_json(&self, path: &str) -> Result<Vec<u8>, ClientError> {
         let url = format!("{}{path}", self.base);
@@ -148,6 +197,56 @@ impl Api {
             .header("content-type", "application/json")
             .body(body);
         answer(request, &url).await
+    }
+}
+
+/// Pauses between the attempts at one request whose answer does not come.
+const RETRY_PAUSES: [Duration; 2] = [Duration::from_millis(250), Duration::from_millis(1000)];
+
+// Requirement: CL-AMBIG-2
+/// Whether sending the identical bytes of `service/operation` again after a lost answer is
+/// safe, so that [`Api::call`] does it by itself: reads (a second fetch of a consumable
+/// package takes another one; the one whose answer was lost is never used, nothing is
+/// served twice), the repeatable dequeues, the replay-protected publications (a copy is
+/// answered `REPLAYED`), and the registration pair (a copy of a registration that took
+/// effect is answered with its result again). Not here: `enqueue_connection` (unsigned,
+/// a copy would be a second request), `renew_certificate` and `issue_group_tokens` (a
+/// `REPLAYED` copy does not carry the answer), and the DS operations, settled by
+/// [`crate::client`]'s recovery.
+pub fn retry_safe(service: &str, operation: &str) -> bool {
+    use phoenix_types::messages::{as_, ds, qs};
+    match service {
+        "as" => [
+            as_::REGISTER,
+            as_::PUBLISH_CONNECTION_PACKAGES,
+            as_::FETCH_CONNECTION_PACKAGE,
+            as_::DEQUEUE_CONNECTION,
+            as_::CLIENT_CERTIFICATES,
+            as_::SERVER_CERTIFICATE,
+            as_::DOMAIN_CERTIFICATES,
+        ]
+        .contains(&operation),
+        "qs" => [
+            qs::QUEUE_CONFIG_KEY,
+            qs::CREATE_USER,
+            qs::PUBLISH_KEY_PACKAGES,
+            qs::FETCH_KEY_PACKAGES,
+            qs::DEQUEUE,
+            qs::KEY_PACKAGE_STATUS,
+        ]
+        .contains(&operation),
+        "ds" => operation == ds::EXTERNAL_COMMIT_INFO,
+        _ => false,
+    }
+}
+
+/// Whether `error` leaves the request's outcome unknown: no answer, or the server's own
+/// failure (a 5xx; a store failure is rolled back, a proxy's 502/504 says nothing).
+pub fn is_unanswered(error: &ClientError) -> bool {
+    match error {
+        ClientError::Transport(_) | ClientError::NotSent(_) => true,
+        ClientError::Server(e) => e.code.as_str() == "INTERNAL",
+        _ => false,
     }
 }
 
@@ -219,22 +318,99 @@ pub fn with_causes(error: &dyn std::error::Error) -> String {
     text
 }
 
+// Requirement: CLI-ERR-1
+/// A request to `url` that got no answer: the server (origin, not the internal route)
+/// and the cause in words.
+fn unreachable(url: &str, error: &reqwest::Error) -> ClientError {
+    let timed_out = error.is_timeout();
+    let text = format!("{}: {}", origin(url), cause_in_words(error, timed_out));
+    // A connect error (refused, name not found, TLS handshake) means the request was
+    // never written to a connection.
+    if error.is_connect() && !timed_out {
+        ClientError::NotSent(text)
+    } else {
+        ClientError::Transport(text)
+    }
+}
+
+/// `scheme://host[:port]` of `url`.
+fn origin(url: &str) -> &str {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url.get(after_scheme..).and_then(|rest| rest.find('/')) {
+        Some(end) => url.get(..after_scheme + end).unwrap_or(url),
+        None => url,
+    }
+}
+
+// Requirement: CLI-ERR-1
+/// Why a request got no answer, in words: connection refused, name not found, TLS
+/// failure, timed out, or else the error's chain of causes.
+pub fn cause_in_words(error: &(dyn std::error::Error + 'static), timed_out: bool) -> String {
+    use std::io::ErrorKind;
+    let chain = with_causes(error);
+    let mut innermost = chain.clone();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        innermost = e.to_string();
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                ErrorKind::ConnectionRefused => {
+                    return "connection refused (nothing listens at that address: is the \
+                            server running, and is the address right?)"
+                        .to_owned();
+                }
+                ErrorKind::TimedOut => return "timed out (no answer)".to_owned(),
+                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => {
+                    return "the connection was closed by the other side before it answered"
+                        .to_owned();
+                }
+                ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
+                    return format!("the network cannot reach it ({innermost})");
+                }
+                _ => {}
+            }
+        }
+        source = e.source();
+    }
+    if timed_out {
+        return format!(
+            "timed out (no answer within {} s)",
+            REQUEST_TIMEOUT.as_secs()
+        );
+    }
+    let lower = chain.to_ascii_lowercase();
+    if lower.contains("dns error")
+        || lower.contains("failed to lookup address")
+        || lower.contains("name or service not known")
+        || lower.contains("no address associated")
+    {
+        return "name not found: the host name does not resolve (check the name, or say \
+                where the server is with --resolve DOMAIN=URL)"
+            .to_owned();
+    }
+    if lower.contains("certificate")
+        || lower.contains("tls")
+        || lower.contains("handshake")
+        || lower.contains("invalidcontenttype")
+        || lower.contains("corrupt message")
+    {
+        return format!("TLS failure: {innermost}");
+    }
+    chain
+}
+
+/// How long one request may take, answer included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Largest answer read (bytes).
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
 
 /// Send `request`; the body of a 2xx answer, or the problem document as an error.
 async fn answer(request: reqwest::RequestBuilder, url: &str) -> Result<Vec<u8>, ClientError> {
-    let mut response = request
-        .send()
-        .await
-        .map_err(|e| ClientError::Transport(format!("{url}: {}", with_causes(&e))))?;
+    let mut response = request.send().await.map_err(|e| unreachable(url, &e))?;
     let status = response.status();
     let mut bytes = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| ClientError::Transport(format!("{url}: {}", with_causes(&e))))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(|e| unreachable(url, &e))? {
         if bytes.len() + chunk.len() > MAX_ANSWER {
             return Err(ClientError::Transport(format!(
                 "{url}: the answer is too large"

@@ -40,9 +40,14 @@ use phoenix_types::messages::qs::{
 use phoenix_types::messages::{DequeueRequest, DequeueResponse, Empty};
 
 use crate::api::{Api, Signer};
+pub use overview::GroupSummary;
 use recovery::CommitAftermath;
 
+mod group_tokens;
+mod overview;
 mod recovery;
+mod registration;
+mod resync;
 use crate::error::{ClientError, mls_err, usage, verification};
 use crate::mls::{self, CIPHERSUITE, Provider};
 use crate::store::{ConnectionRequest, Contact, Group, Identity, Store, StoredMessage};
@@ -214,6 +219,9 @@ pub struct ContactView {
     pub status: String,
     /// SHA-256 fingerprints of the contact's pinned client certificates.
     pub clients: Vec<String>,
+    /// The fingerprint code of the pinned clients, as `phoenix fingerprint FID` prints it
+    /// (none while no client is pinned yet) (Requirement: CLI-FMT-1).
+    pub code: Option<String>,
     /// `unverified`, `verified` (out of band, `phoenix verify`) or `changed` (verified, but
     /// the contact's pinned clients changed since).
     pub verification: &'static str,
@@ -1022,109 +1030,6 @@ impl Client {
 
     // ----- registration -------------------------------------------------------------
 
-    /// Register `fid` with its first client at the server `server_url`.
-    pub async fn register(
-        &mut self,
-        fid: &str,
-        server_url: &str,
-    ) -> Result<Registration, ClientError> {
-        if let Some(existing) = self.store.identity().await? {
-            return Err(usage(format!(
-                "{} already holds the identity {}; use another --home",
-                self.home.display(),
-                existing.fid
-            )));
-        }
-        let result = self.register_inner(fid, server_url).await;
-        self.finish(result).await
-    }
-
-    async fn register_inner(
-        &mut self,
-        fid: &str,
-        server_url: &str,
-    ) -> Result<Registration, ClientError> {
-        let fid = Fid::parse(fid).map_err(|e| usage(e.to_string()))?;
-        let api = Api::new(server_url)?;
-        let client_id = ClientId::random(&mut OsRng);
-        let key = crypto::generate_signing_key(&mut OsRng);
-        let csr = certs::create_csr(&fid, &client_id, &key)
-            .map_err(|e| usage(format!("cannot build CSR: {e}")))?;
-        let resp: as_::RegisterResponse = api
-            .call(
-                "as",
-                as_::REGISTER,
-                &as_::RegisterRequest {
-                    csr: VLBytes::new(csr),
-                },
-                Signer::Anonymous,
-            )
-            .await?;
-        let ca = ParsedCert::parse(resp.ca_certificate.as_slice())
-            .map_err(|e| verification(format!("server CA certificate: {e}")))?;
-        ca.verify_self_signed_ca(fid.domain())
-            .map_err(|e| verification(format!("server CA certificate: {e}")))?;
-        let cert = ParsedCert::parse(resp.client_certificate.as_slice())
-            .map_err(|e| verification(format!("issued certificate: {e}")))?;
-        let subject = cert
-            .verify_issued_by(&ca, Some(now()))
-            .map_err(|e| verification(format!("issued certificate: {e}")))?;
-        if subject.fid != fid
-            || subject.client_id != client_id
-            || cert.public_key != key.verifying_key().to_bytes()
-        {
-            return Err(verification(
-                "the server issued a certificate for another identity or key",
-            ));
-        }
-
-        let qs_key: qs::QueueConfigKeyResponse = api
-            .call("qs", qs::QUEUE_CONFIG_KEY, &Empty {}, Signer::Anonymous)
-            .await?;
-        let user_key = crypto::generate_signing_key(&mut OsRng);
-        let client_key = crypto::generate_signing_key(&mut OsRng);
-        let friendship_token = random32();
-        let created: qs::CreateUserResponse = api
-            .call(
-                "qs",
-                qs::CREATE_USER,
-                &qs::CreateUserRequest {
-                    user_auth_key: VLBytes::new(user_key.verifying_key().to_bytes().to_vec()),
-                    friendship_token,
-                    client_auth_key: VLBytes::new(client_key.verifying_key().to_bytes().to_vec()),
-                },
-                Signer::Anonymous,
-            )
-            .await?;
-        let identity = Identity {
-            fid: fid.to_string(),
-            client_id: client_id.to_string(),
-            server_url: api.base().to_owned(),
-            certificate: cert.der.clone(),
-            signing_key: key.to_bytes(),
-            qs_user_id: created.user_id,
-            qs_client_id: created.client_id,
-            qs_user_key: user_key.to_bytes(),
-            qs_client_key: client_key.to_bytes(),
-            friendship_token,
-            friendship_key: random32(),
-            qs_domain: fid.domain().to_string(),
-            queue_config_key: qs_key.public_key.as_slice().to_vec(),
-            qs_next_seq: 0,
-            as_next_seq: 0,
-        };
-        self.store.insert_identity(&identity).await?;
-        self.store.put_ca(fid.domain().as_str(), &ca.der).await?;
-        self.publish_connection_packages(&identity).await?;
-        self.publish_key_packages(&identity).await?;
-        Ok(Registration {
-            fid: identity.fid,
-            client_id: identity.client_id,
-            server: identity.server_url,
-            ca_fingerprint: hex::encode(ca.fingerprint()),
-        })
-    }
-
     async fn publish_connection_packages(&self, id: &Identity) -> Result<(), ClientError> {
         let key = Self::signing_key(id);
         let mut packages = Vec::with_capacity(CONNECTION_PACKAGES + 1);
@@ -1245,6 +1150,11 @@ impl Client {
                 encrypted_client_info: VLBytes::new(encrypted_client_info),
             });
         }
+        // Requirement: CL-AMBIG-2
+        // The packages' private keys are saved before the request leaves: if its answer
+        // is lost, the server may hold the packages, and a rollback would leave every
+        // invitation through them undecryptable.
+        self.save().await?;
         let qs_key = SigningKey::from_bytes(&id.qs_client_key);
         let _: Empty = Self::api(id)?
             .call(
@@ -1274,11 +1184,7 @@ impl Client {
         kind: &str,
         contact: Option<String>,
     ) -> Result<Group, ClientError> {
-        let api = Self::api(id)?;
-        let reserved: ds::RequestGroupIdResponse = api
-            .call("ds", ds::REQUEST_GROUP_ID, &Empty {}, Signer::Anonymous)
-            .await?;
-        let group_id = reserved.group_id.as_slice().to_vec();
+        let (group_id, token) = self.reserve_group_id(id).await?;
         let (signer, credential) = mls::new_leaf(&self.provider)?;
         let group = MlsGroup::new_with_group_id(
             &self.provider,
@@ -1305,27 +1211,27 @@ impl Client {
             &Self::credential_info(id, signer.public()),
         )?;
         let own_leaf = group.own_leaf_index().u32();
-        let _: Empty = api
-            .call(
-                "ds",
-                ds::CREATE_GROUP,
-                &ds::CreateGroupRequest {
-                    timestamp: now(),
-                    group_id: VLBytes::new(group_id.clone()),
-                    ear_key,
-                    group_info: VLBytes::new(group_info),
-                    ratchet_tree: VLBytes::new(tree),
-                    creator: MemberInfo {
-                        queue_config: Self::seal_queue_config(id)?,
-                        encrypted_credential: VLBytes::new(encrypted_credential.clone()),
-                    },
+        // Requirement: CL-AMBIG-1 (the identical bytes again after a lost answer)
+        let body = crate::api::seal(
+            "ds",
+            ds::CREATE_GROUP,
+            &ds::CreateGroupRequest {
+                timestamp: now(),
+                group_id: VLBytes::new(group_id.clone()),
+                ear_key,
+                group_info: VLBytes::new(group_info),
+                ratchet_tree: VLBytes::new(tree),
+                creator: MemberInfo {
+                    queue_config: Self::seal_queue_config(id)?,
+                    encrypted_credential: VLBytes::new(encrypted_credential.clone()),
                 },
-                Signer::DsLeaf {
-                    leaf_index: own_leaf,
-                    key: &signer,
-                },
-            )
-            .await?;
+            },
+            Signer::DsLeaf {
+                leaf_index: own_leaf,
+                key: &signer,
+            },
+        )?;
+        self.deliver_create_group(id, &group_id, &body).await?;
         let record = Group {
             group_id: group_id.clone(),
             name: name.to_owned(),
@@ -1339,6 +1245,7 @@ impl Client {
         self.store
             .set_member(&group_id, own_leaf, &encrypted_credential)
             .await?;
+        self.store.delete_group_token(&token.input).await?;
         Ok(record)
     }
 
@@ -1480,7 +1387,8 @@ impl Client {
     /// group, and send the signed, encrypted connection establishment package.
     pub async fn connect(&mut self, fid: &str) -> Result<(), ClientError> {
         let result = self.connect_inner(fid).await;
-        self.finish(result).await
+        let result = self.finish(result).await;
+        self.explain_connect_error(fid, result).await
     }
 
     async fn connect_inner(&mut self, fid: &str) -> Result<(), ClientError> {
@@ -1905,15 +1813,16 @@ impl Client {
         let mut out = Vec::new();
         for contact in self.store.contacts().await? {
             let verification = self.verification_of(&id, &contact.fid).await?;
-            let mut clients: Vec<String> = self
-                .store
-                .contact_clients(&contact.fid)
-                .await?
+            let pinned = self.store.contact_clients(&contact.fid).await?;
+            let mut clients: Vec<String> = pinned
                 .values()
                 .map(|der| hex::encode(crypto::sha256(der)))
                 .collect();
             clients.sort();
+            let certificates: Vec<Vec<u8>> = pinned.into_values().collect();
             out.push(ContactView {
+                code: (!certificates.is_empty())
+                    .then(|| verify::fingerprint_code(&contact.fid, &certificates)),
                 fid: contact.fid,
                 status: contact.status,
                 clients,
@@ -2440,7 +2349,10 @@ impl Client {
         let id = self.identity().await?;
         let record = self.user_group(name).await?;
         let mut out = Vec::new();
-        for m in self.store.messages(&record.group_id).await? {
+        // Requirement: CLI-HIST-1 (own messages confirmed late go where they were sent)
+        let mut messages = self.store.messages(&record.group_id).await?;
+        messages.sort_by_key(|m| m.received_at);
+        for m in messages {
             let verified = match verify::decrypt_credential(
                 &SymmetricKey(record.credential_key),
                 &record.group_id,
@@ -2458,10 +2370,10 @@ impl Client {
                 Ok((member, standing)) => {
                     json!({"received_at": m.received_at, "sender": member.fid, "verified": true,
                     "certificate": member.fingerprint, "pin": standing.status,
-                    "warning": standing.problem, "text": m.text})
+                    "warning": standing.problem, "text": m.text, "own": m.own})
                 }
                 Err(e) => json!({"received_at": m.received_at, "sender": null, "verified": false,
-                    "problem": e.to_string(), "text": m.text}),
+                    "problem": e.to_string(), "text": m.text, "own": m.own}),
             });
         }
         // Requirement: CL-LOSS-1
@@ -2545,8 +2457,22 @@ impl Client {
         if text.len() > 64 * 1024 {
             return Err(usage("messages are limited to 64 KiB"));
         }
-        self.send_in_group(&id, &record, &ApplicationPayload::Text(text.to_owned()))
-            .await
+        let payload = ApplicationPayload::Text(text.to_owned());
+        match self.send_in_group(&id, &record, &payload).await {
+            // Requirement: CL-RESYNC-1 (the DS is at a later epoch although our queue was
+            // just processed: catch up, or resync if nothing queued can bring us there,
+            // then send once more at the new epoch)
+            Err(e) if e.code() == Some("WRONG_EPOCH") && self.sync_before_commit => {
+                let before = self.load_group(&record.group_id)?.epoch().as_u64();
+                self.catch_up_or_resync(&id, &record).await?;
+                let record = self.user_group(name).await?;
+                if !record.active || self.load_group(&record.group_id)?.epoch().as_u64() == before {
+                    return Err(e);
+                }
+                self.send_in_group(&id, &record, &payload).await
+            }
+            other => other,
+        }
     }
 
     // ----- sync -------------------------------------------------------------------------
@@ -2569,6 +2495,11 @@ impl Client {
         let result = self.pull(&id).await;
         let fresh = self.finish(result).await?;
         events.extend(fresh);
+        // Requirement: AS-TOKEN-3 (tokens are fetched ahead, at a time unrelated to the
+        // group they will buy; a failure here is retried by the next sync)
+        if let Err(e) = self.top_up_group_tokens(&id).await {
+            tracing::debug!(error = %e, "group-creation tokens not topped up");
+        }
         // Connection requests waiting in the AS direct queue are shown too.
         let known: BTreeSet<String> = self
             .store
@@ -2621,6 +2552,7 @@ impl Client {
         // Requirement: CL-AMBIG-1 (what an earlier command could not settle, first)
         let mut events = self.flush_outgoing(id).await?;
         let mut joined = false;
+        let mut resynced = BTreeSet::new();
         loop {
             // A dequeue only reads from `start` (and drops what is below it): asking again
             // after a lost answer is safe, so a transport failure is retried a few times.
@@ -2643,7 +2575,7 @@ impl Client {
                     )
                     .await;
                 match result {
-                    Err(ClientError::Transport(_)) if attempt < 3 => {
+                    Err(ClientError::Transport(_) | ClientError::NotSent(_)) if attempt < 3 => {
                         tokio::time::sleep(std::time::Duration::from_millis(250 * attempt)).await;
                     }
                     // What was processed is acknowledged already: its events must reach
@@ -2670,7 +2602,22 @@ impl Client {
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        events.push(self.unprocessed_event(message.payload.as_slice(), &e).await)
+                        events.push(self.unprocessed_event(message.payload.as_slice(), &e).await);
+                        // Requirement: CL-RESYNC-1 (a message from a future epoch: we fell
+                        // behind; at most one resync per group and sync)
+                        if let Some(record) = self.behind_in(message.payload.as_slice()).await
+                            && resynced.insert(record.group_id.clone())
+                        {
+                            match self.resync_group(id, &record).await {
+                                Ok(event) => events.push(event),
+                                Err(e) => {
+                                    // Back to the state saved after the previous message.
+                                    self.rollback().await?;
+                                    events.push(json!({"kind": "error", "group": record.name,
+                                        "detail": format!("fell behind and could not resync: {e}")}));
+                                }
+                            }
+                        }
                     }
                 }
                 // Persist the MLS state before acknowledging the message.
@@ -2783,6 +2730,7 @@ impl Client {
                                 sender_leaf_key: leaf_key,
                                 encrypted_credential: credential,
                                 text: text.clone(),
+                                own: false,
                             })
                             .await?;
                         // Requirement: ID-PIN-1, ID-PIN-2 (a contact's FID only from a client
@@ -2850,6 +2798,36 @@ impl Client {
                     .map(|r| r.remove_proposal().removed().u32())
                     .collect();
                 let self_removed = staged.self_removed();
+                // Requirement: CL-RESYNC-1 (a member rejoining by external commit with one
+                // Remove, of its own old leaf: the new leaf must be the same client)
+                let resync = match (&sender, removed.as_slice()) {
+                    (Sender::NewMemberCommit, [old]) => {
+                        let was = self.verify_member(&record, &group, *old).await?;
+                        let new_key = staged
+                            .update_path_leaf_node()
+                            .map(|l| l.signature_key().as_slice().to_vec())
+                            .ok_or_else(|| verification("an external commit without a path"))?;
+                        let [credential] = message.new_credentials.as_slice() else {
+                            return Err(verification(
+                                "a resync commit must carry exactly one new credential",
+                            ));
+                        };
+                        let info = verify::decrypt_credential(
+                            &SymmetricKey(record.credential_key),
+                            &record.group_id,
+                            credential.encrypted_credential.as_slice(),
+                        )?;
+                        let now_member = self.verify_info(&info, &new_key, now()).await?;
+                        if was.fid != now_member.fid || was.client_id != now_member.client_id {
+                            return Err(verification(format!(
+                                "a resync replaced {}'s client {} with {}'s client {}",
+                                was.fid, was.client_id, now_member.fid, now_member.client_id
+                            )));
+                        }
+                        Some(now_member)
+                    }
+                    _ => None,
+                };
                 let before = leaf_keys(&group);
                 group
                     .merge_staged_commit(&self.provider, *staged)
@@ -2877,6 +2855,25 @@ impl Client {
                     record.active = false;
                     self.store.put_group(&record).await?;
                     return Ok(Some(json!({"kind": "removed", "group": display})));
+                }
+                if let Some(member) = resync {
+                    if record.kind == "connection" {
+                        // Requirement: ID-PIN-1 (still the contact's pinned client)
+                        let contact = record.contact.clone().unwrap_or_default();
+                        let pinned = self.store.contact_clients(&contact).await?;
+                        if member.fid != contact
+                            || pinned.get(&member.client_id) != Some(&member.certificate)
+                        {
+                            return Err(verification(format!(
+                                "{} resynced into the connection group with {contact}, which is not {contact}'s pinned client",
+                                member.fid
+                            )));
+                        }
+                        return Ok(None);
+                    }
+                    return Ok(Some(
+                        json!({"kind": "member_resynced", "group": display, "member": member.fid}),
+                    ));
                 }
                 let mut joined = Vec::new();
                 let mut events = Vec::new();

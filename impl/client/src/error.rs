@@ -16,6 +16,10 @@ pub enum ClientError {
     /// The server could not be reached or answered garbage.
     #[error("cannot reach the server: {0}")]
     Transport(String),
+    /// No connection could be made (refused, name not found, TLS handshake failed): the
+    /// request never left, so the server cannot have acted on it.
+    #[error("cannot reach the server: {0}")]
+    NotSent(String),
     /// Something the server or a peer sent does not verify.
     #[error("verification failed: {0}")]
     Verification(String),

@@ -13,15 +13,20 @@ use serde_json::{Value, json};
 use phoenix_client::client::PinStatus;
 use phoenix_client::{Client, ClientError};
 
+// Requirement: CLI-HELP-1 (every argument and option has help text, defaults shown)
 #[derive(Debug, Parser)]
 #[command(
     name = "phoenix",
     version,
-    about = "Phoenix end-to-end encrypted messaging client"
+    about = "Phoenix end-to-end encrypted messaging client",
+    after_help = "Times are shown as UTC dates (e.g. 2026-12-04 18:20:03 UTC); with --json \
+                  they stay Unix seconds. Exit codes: 0 success, 1 error, 3 `sync` printed \
+                  errors."
 )]
 struct Cli {
-    /// The client's state directory (default: the user's data dir, e.g. ~/.local/share/phoenix).
-    #[arg(long, env = "PHOENIX_HOME", global = true)]
+    /// The client's state directory [default: the user's data dir, e.g.
+    /// ~/.local/share/phoenix].
+    #[arg(long, env = "PHOENIX_HOME", global = true, value_name = "DIR")]
     home: Option<PathBuf>,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
@@ -32,14 +37,15 @@ struct Cli {
     resolve: Vec<String>,
     /// Which operations on other homeservers carry a foreign session (a token from a key
     /// trial, so the server limits this client per session, not only per address): off, as
-    /// (the default: connection-package fetches and direct-queue enqueues) or all (also
+    /// (connection-package fetches and direct-queue enqueues) or all (also
     /// key-package fetches and DS operations, which links this client's FID to a
     /// pseudonymous user or to groups in the remote operator's view; see docs/identity.md).
     #[arg(
         long = "remote-sessions",
         value_name = "off|as|all",
         env = "PHOENIX_REMOTE_SESSIONS",
-        global = true
+        global = true,
+        default_value = "as"
     )]
     remote_sessions: Option<phoenix_client::client::RemoteSessions>,
     #[command(subcommand)]
@@ -50,58 +56,149 @@ struct Cli {
 enum Command {
     /// Register a new user (local@domain) with this client at a homeserver.
     Register {
+        /// The new user's Federation ID, e.g. alice@example.org.
         fid: String,
-        /// The homeserver's base URL, e.g. http://127.0.0.1:8080.
-        #[arg(long)]
+        /// The homeserver's base URL, e.g. https://example.org or http://127.0.0.1:8080.
+        #[arg(long, value_name = "URL")]
         server: String,
     },
     /// Ask another user to connect.
-    Connect { fid: String },
+    Connect {
+        /// The user to ask, e.g. bob@example.org.
+        fid: String,
+    },
     /// Fetch and list incoming connection requests.
     Requests,
-    /// Accept a connection request.
-    Accept { fid: String },
-    /// List contacts.
+    /// Accept a connection request (fetching requests first).
+    Accept {
+        /// The user whose request to accept.
+        fid: String,
+    },
+    /// List contacts, with the fingerprint code of their pinned clients.
     Contacts,
+    /// List your groups with their member counts and unread counts (messages received
+    /// since you last ran `phoenix history GROUP`; the mark is kept in the state
+    /// directory).
+    Groups,
     /// Group commands.
     Group {
         #[command(subcommand)]
         command: GroupCommand,
     },
     /// Send a message to a group.
-    Send { group: String, text: String },
-    /// Fetch and process new messages, invitations and connection confirmations
+    Send {
+        /// The group's name.
+        group: String,
+        /// The message.
+        text: String,
+    },
+    /// Fetch and process new messages, invitations, connection requests and confirmations
     /// (renews this client's certificate first when a third of its lifetime is left).
     Sync,
     /// Renew this client's certificate (new key) and announce it in every group.
     Renew,
-    /// Show the messages received in a group, each re-verified as of when it arrived.
-    History { group: String },
+    /// Show a group's messages, yours included, each re-verified as of when it arrived;
+    /// marks them read (see `phoenix groups`).
+    History {
+        /// The group's name.
+        group: String,
+    },
     /// Show the certificates another user's home server vouches for (verified), asked of
     /// this client's own server first, then of the user's home server.
-    Certificates { fid: String },
+    Certificates {
+        /// The user, e.g. bob@example.org.
+        fid: String,
+    },
     /// Print the code to compare out of band: of a contact's pinned clients (FID), or of
     /// this client (no FID). Both sides see the same code if nobody is in between.
-    Fingerprint { fid: Option<String> },
+    Fingerprint {
+        /// The contact (default: yourself).
+        fid: Option<String>,
+    },
     /// Mark a contact verified: CODE is what `phoenix fingerprint` shows on their device
     /// (spaces optional); a wrong code is refused.
-    Verify { fid: String, code: String },
+    Verify {
+        /// The contact.
+        fid: String,
+        /// The code their device shows.
+        code: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 enum GroupCommand {
-    /// List your groups.
+    /// List your groups (as `phoenix groups`).
     List,
     /// Create a group.
-    Create { name: String },
+    Create {
+        /// The group's name (yours only: members learn it from the invitation).
+        name: String,
+    },
     /// Invite a connected contact into a group.
-    Invite { name: String, fid: String },
+    Invite {
+        /// The group's name.
+        name: String,
+        /// The contact to invite.
+        fid: String,
+    },
     /// List a group's members with their verified identities.
-    Members { name: String },
+    Members {
+        /// The group's name.
+        name: String,
+    },
     /// Remove a member (all its clients) from a group.
-    Remove { name: String, fid: String },
+    Remove {
+        /// The group's name.
+        name: String,
+        /// The member to remove.
+        fid: String,
+    },
     /// Rotate your keys in a group (an MLS update).
-    Update { name: String },
+    Update {
+        /// The group's name.
+        name: String,
+    },
+    /// Rejoin a group by external commit, keeping your history (`sync` does this by
+    /// itself when a group fell behind).
+    Resync {
+        /// The group's name.
+        name: String,
+    },
+}
+
+impl Command {
+    // Requirement: CLI-ERR-1
+    /// The operation the user asked for, as errors name it.
+    fn operation(&self) -> String {
+        match self {
+            Command::Register { fid, .. } => format!("register {fid}"),
+            Command::Connect { fid } => format!("connect to {fid}"),
+            Command::Requests => "fetch connection requests".to_owned(),
+            Command::Accept { fid } => format!("accept {fid}'s connection request"),
+            Command::Contacts => "list contacts".to_owned(),
+            Command::Groups
+            | Command::Group {
+                command: GroupCommand::List,
+            } => "list groups".to_owned(),
+            Command::Group { command } => match command {
+                GroupCommand::List => "list groups".to_owned(),
+                GroupCommand::Create { name } => format!("create group {name}"),
+                GroupCommand::Invite { name, fid } => format!("invite {fid} to {name}"),
+                GroupCommand::Members { name } => format!("list the members of {name}"),
+                GroupCommand::Remove { name, fid } => format!("remove {fid} from {name}"),
+                GroupCommand::Update { name } => format!("rotate your keys in {name}"),
+                GroupCommand::Resync { name } => format!("resync {name}"),
+            },
+            Command::Send { group, .. } => format!("send to {group}"),
+            Command::Sync => "sync".to_owned(),
+            Command::Renew => "renew the certificate".to_owned(),
+            Command::History { group } => format!("show the history of {group}"),
+            Command::Certificates { fid } => format!("look up {fid}'s certificates"),
+            Command::Fingerprint { fid: Some(fid) } => format!("show {fid}'s fingerprint"),
+            Command::Fingerprint { fid: None } => "show your fingerprint".to_owned(),
+            Command::Verify { fid, .. } => format!("verify {fid}"),
+        }
+    }
 }
 
 /// Exit code of a `sync` that printed events reporting errors.
@@ -110,6 +207,7 @@ const EXIT_SYNC_ERRORS: u8 = 3;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json_out = cli.json;
+    let operation = cli.command.operation();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -139,11 +237,15 @@ fn main() -> ExitCode {
             }
         }
         Err(e) => {
+            // Requirement: CLI-ERR-1 (the operation the user asked for, then the cause)
             if json_out {
                 let code = e.code();
-                eprintln!("{}", json!({"error": e.to_string(), "code": code}));
+                eprintln!(
+                    "{}",
+                    json!({"error": e.to_string(), "code": code, "operation": operation})
+                );
             } else {
-                eprintln!("phoenix: {e}");
+                eprintln!("phoenix: could not {operation}: {e}");
             }
             ExitCode::FAILURE
         }
@@ -194,6 +296,7 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
                     warnings.push(format!("WARNING: {w}"));
                 }
                 list.push(json!({"fid": r.fid, "client_id": r.client_id, "received_at": r.received_at,
+                    "received_at_rfc3339": rfc3339(r.received_at),
                     "fingerprint": hex::encode(phoenix_types::crypto::sha256(&r.certificate)), "warning": warning}));
             }
             let text = if requests.is_empty() {
@@ -203,8 +306,10 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
                     .iter()
                     .map(|r| {
                         format!(
-                            "{} wants to connect (accept with: phoenix accept {})",
-                            r.fid, r.fid
+                            "{} wants to connect (since {}; accept with: phoenix accept {})",
+                            r.fid,
+                            utc_date(r.received_at),
+                            r.fid
                         )
                     })
                     .chain(warnings)
@@ -235,12 +340,17 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
                             "verified" => " [verified]",
                             _ => "",
                         };
-                        format!(
-                            "{} ({}){verification} clients: {}",
-                            c.fid,
-                            c.status,
-                            c.clients.join(", ")
-                        )
+                        // Requirement: CLI-FMT-1 (the code `phoenix fingerprint` prints)
+                        match &c.code {
+                            Some(code) => format!(
+                                "{} ({}){verification}\n  fingerprint: {code}",
+                                c.fid, c.status
+                            ),
+                            None => format!(
+                                "{} ({}){verification}\n  fingerprint: none yet (no client pinned)",
+                                c.fid, c.status
+                            ),
+                        }
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
@@ -269,6 +379,11 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
                     format!("removed {fid} from {name}"),
                 )
             }
+            GroupCommand::Resync { name } => {
+                let event = client.resync(&name).await?;
+                let text = describe(&event);
+                (event, text)
+            }
             GroupCommand::Update { name } => {
                 client.update(&name).await?;
                 (
@@ -276,31 +391,7 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
                     format!("rotated your keys in {name}"),
                 )
             }
-            GroupCommand::List => {
-                let groups = client.group_list().await?;
-                let text = if groups.is_empty() {
-                    "no groups (create one with `phoenix group create NAME`)".to_owned()
-                } else {
-                    groups
-                        .iter()
-                        .map(|(name, members, active)| {
-                            if *active {
-                                format!("{name} ({members} members)")
-                            } else {
-                                format!("{name} (you were removed)")
-                            }
-                        })
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                };
-                let list: Vec<Value> = groups
-                    .iter()
-                    .map(|(name, members, active)| {
-                        json!({"name": name, "members": members, "active": active})
-                    })
-                    .collect();
-                (json!({"groups": list}), text)
-            }
+            GroupCommand::List => groups(&client).await?,
             GroupCommand::Members { name } => {
                 let members = client.members(&name).await?;
                 let text = members
@@ -336,6 +427,7 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
                 (json!({"group": name, "members": members}), text)
             }
         },
+        Command::Groups => groups(&client).await?,
         Command::Send { group, text } => {
             client.send(&group, &text).await?;
             (
@@ -346,28 +438,32 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
         Command::Renew => {
             let r = client.renew().await?;
             let text = format!(
-                "renewed the certificate ({}), valid until {} (unix time); announced in {} groups",
-                r.fingerprint, r.not_after, r.groups_updated
+                "renewed the certificate ({}), valid until {}; announced in {} groups",
+                r.fingerprint,
+                utc_date(r.not_after),
+                r.groups_updated
             );
             (serde_json::to_value(&r).unwrap_or(Value::Null), text)
         }
         Command::History { group } => {
-            let messages = client.history(&group).await?;
-            let text = messages
-                .iter()
-                .map(|m| {
-                    let field =
-                        |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
-                    if m.get("gap") == Some(&Value::Bool(true)) {
-                        format!("--- GAP: {} ---", field("problem"))
-                    } else if m.get("verified") == Some(&Value::Bool(true)) {
-                        format!("{}: {}", field("sender"), field("text"))
-                    } else {
-                        format!("UNVERIFIED ({}): {}", field("problem"), field("text"))
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("\n");
+            let mut messages = client.history(&group).await?;
+            // Requirement: CLI-FMT-2
+            for m in &mut messages {
+                if let Some(at) = m.get("received_at").and_then(Value::as_u64) {
+                    m["received_at_rfc3339"] = Value::String(rfc3339(at));
+                }
+            }
+            let text = if messages.is_empty() {
+                format!("no messages in {group} yet")
+            } else {
+                messages
+                    .iter()
+                    .map(history_line)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            // Requirement: CLI-GROUPS-1 (what the user has now seen is no longer unread)
+            client.mark_read(&group).await?;
             (json!({"group": group, "messages": messages}), text)
         }
         Command::Certificates { fid } => {
@@ -377,14 +473,14 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
                 .iter()
                 .map(|c| {
                     format!(
-                        "{} {} (client {}, valid {}..{}){}",
+                        "{} {} (client {}, valid {} to {}){}",
                         answer.fid,
                         c.fingerprint,
                         c.client_id,
-                        c.not_before,
-                        c.not_after,
+                        utc_date(c.not_before),
+                        utc_date(c.not_after),
                         c.invalidated_at
-                            .map(|at| format!(", INVALIDATED at {at}"))
+                            .map(|at| format!(", INVALIDATED at {}", utc_date(at)))
                             .unwrap_or_default()
                     )
                 })
@@ -410,6 +506,7 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
             (serde_json::to_value(&view).unwrap_or(Value::Null), text)
         }
         Command::Sync => {
+            // Requirement: CLI-SYNC-1 (text only: the JSON stays `{"events": []}`)
             let events = client.sync().await?;
             let text = if events.is_empty() {
                 "nothing new".to_owned()
@@ -419,6 +516,93 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
             (json!({"events": events}), text)
         }
     })
+}
+
+// Requirement: CLI-GROUPS-1
+/// `phoenix groups` (and `phoenix group list`): names, member counts, unread counts.
+async fn groups(client: &Client) -> Result<(Value, String), ClientError> {
+    let groups = client.groups_overview().await?;
+    let text = if groups.is_empty() {
+        "no groups (create one with `phoenix group create NAME`)".to_owned()
+    } else {
+        groups
+            .iter()
+            .map(|g| {
+                let unread = match g.unread {
+                    0 => "no unread messages".to_owned(),
+                    1 => "1 unread message".to_owned(),
+                    n => format!("{n} unread messages"),
+                };
+                if g.active {
+                    format!("{} ({} members, {unread})", g.name, g.members)
+                } else {
+                    format!("{} (you were removed, {unread})", g.name)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    Ok((json!({ "groups": groups }), text))
+}
+
+/// One line of `phoenix history`: date, sender (marked when it is you), text.
+fn history_line(m: &Value) -> String {
+    let field = |k: &str| m.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
+    let when = m
+        .get("received_at")
+        .and_then(Value::as_u64)
+        .map(utc_date)
+        .unwrap_or_else(|| "?".to_owned());
+    if m.get("gap") == Some(&Value::Bool(true)) {
+        format!("{when} --- GAP: {} ---", field("problem"))
+    } else if m.get("verified") == Some(&Value::Bool(true)) {
+        // Requirement: CLI-HIST-1
+        let you = if m.get("own") == Some(&Value::Bool(true)) {
+            " (you)"
+        } else {
+            ""
+        };
+        format!("{when} {}{you}: {}", field("sender"), field("text"))
+    } else {
+        format!(
+            "{when} UNVERIFIED ({}): {}",
+            field("problem"),
+            field("text")
+        )
+    }
+}
+
+// Requirement: CLI-FMT-2
+/// Unix seconds as a UTC date, `2026-12-04 18:20:03 UTC`.
+fn utc_date(secs: u64) -> String {
+    let (date, time) = civil(secs);
+    format!("{date} {time} UTC")
+}
+
+/// Unix seconds as RFC 3339, `2026-12-04T18:20:03Z` (the `*_rfc3339` JSON fields).
+fn rfc3339(secs: u64) -> String {
+    let (date, time) = civil(secs);
+    format!("{date}T{time}Z")
+}
+
+/// The proleptic Gregorian date and the time of day of Unix seconds (H. Hinnant's
+/// days-from-civil inverse).
+fn civil(secs: u64) -> (String, String) {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (
+        format!("{year:04}-{month:02}-{day:02}"),
+        format!("{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60),
+    )
 }
 
 /// The human lines for an event's `warnings` (members not pinned, or changed).
@@ -481,6 +665,15 @@ fn describe(event: &Value) -> String {
         ),
         "member_warning" => format!("[{}] a member changed:{}", s("group"), warnings(event)),
         "removed" => format!("you were removed from {}", s("group")),
+        // Requirement: CL-RESYNC-1
+        "resynced" => format!(
+            "[{}] resynced: this client had fallen behind (epoch {}) and rejoined at epoch {}; \
+             messages in between were missed",
+            s("group"),
+            field("from_epoch"),
+            field("to_epoch")
+        ),
+        "member_resynced" => format!("[{}] {} resynced (rejoined)", s("group"), s("member")),
         "certificate_renewed" => format!("renewed your certificate ({})", s("fingerprint")),
         "contact_certificate_renewed" if field("verified_contact_changed") == Value::Bool(true) => {
             format!(
@@ -509,5 +702,20 @@ fn describe(event: &Value) -> String {
         "sent" => format!("[{}] sent (confirmed late): {}", s("group"), s("text")),
         "commit_confirmed" => format!("[{}] your {} was confirmed", s("group"), s("operation")),
         other => format!("{other}: {event}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{rfc3339, utc_date};
+
+    // Requirement: CLI-FMT-2
+    #[test]
+    fn dates_are_utc_calendar_dates() {
+        assert_eq!(utc_date(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_date(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc_date(1_796_408_944), "2026-12-04 18:29:04 UTC");
+        assert_eq!(rfc3339(4_107_542_399), "2100-02-28T23:59:59Z");
+        assert_eq!(rfc3339(4_107_542_400), "2100-03-01T00:00:00Z");
     }
 }

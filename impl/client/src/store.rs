@@ -71,6 +71,8 @@ pub struct StoredMessage {
     pub sender_leaf_key: Vec<u8>,
     pub encrypted_credential: Vec<u8>,
     pub text: String,
+    /// Sent by this client (Requirement: CLI-HIST-1).
+    pub own: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -213,6 +215,36 @@ impl Store {
             qs_next_seq: u(r.try_get("qs_next_seq")?)?,
             as_next_seq: u(r.try_get("as_next_seq")?)?,
         }))
+    }
+
+    // Requirement: CL-AMBIG-2
+    /// The registration in progress (JSON), if any.
+    pub async fn pending_registration(&self) -> Result<Option<String>, ClientError> {
+        Ok(
+            sqlx::query_scalar("SELECT state FROM pending_registration WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Record (or advance) the registration in progress.
+    pub async fn put_pending_registration(&self, state: &str) -> Result<(), ClientError> {
+        sqlx::query(
+            "INSERT INTO pending_registration (id, state) VALUES (1, ?)
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state",
+        )
+        .bind(state)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The registration is complete.
+    pub async fn delete_pending_registration(&self) -> Result<(), ClientError> {
+        sqlx::query("DELETE FROM pending_registration")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub async fn insert_identity(&self, id: &Identity) -> Result<(), ClientError> {
@@ -382,8 +414,8 @@ impl Store {
 
     pub async fn put_message(&self, m: &StoredMessage) -> Result<(), ClientError> {
         sqlx::query(
-            "INSERT INTO messages (group_id, received_at, sender_leaf, sender_leaf_key, encrypted_credential, text) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO messages (group_id, received_at, sender_leaf, sender_leaf_key, encrypted_credential, text, own) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&m.group_id)
         .bind(i(m.received_at)?)
@@ -391,6 +423,7 @@ impl Store {
         .bind(&m.sender_leaf_key)
         .bind(&m.encrypted_credential)
         .bind(&m.text)
+        .bind(m.own)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -436,6 +469,7 @@ impl Store {
                     sender_leaf_key: r.try_get("sender_leaf_key")?,
                     encrypted_credential: r.try_get("encrypted_credential")?,
                     text: r.try_get("text")?,
+                    own: r.try_get("own")?,
                 })
             })
             .collect()
@@ -846,6 +880,88 @@ impl Store {
         Ok(())
     }
 
+    // Requirement: AS-TOKEN-3
+    /// The group-creation token key pinned for `domain`, if any.
+    pub async fn token_key(&self, domain: &str) -> Result<Option<Vec<u8>>, ClientError> {
+        Ok(
+            sqlx::query_scalar("SELECT public_key FROM token_keys WHERE domain = ?")
+                .bind(domain)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Pin `domain`'s token key and keep `tokens` issued under it, in one transaction.
+    pub async fn put_group_tokens(
+        &self,
+        domain: &str,
+        public_key: &[u8],
+        tokens: &[phoenix_types::tokens::Token],
+        now: u64,
+    ) -> Result<(), ClientError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO token_keys (domain, public_key) VALUES (?, ?) ON CONFLICT (domain) DO NOTHING")
+            .bind(domain)
+            .bind(public_key)
+            .execute(&mut *tx)
+            .await?;
+        for t in tokens {
+            sqlx::query("INSERT INTO group_tokens (input, output, key_id, domain, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (input) DO NOTHING")
+                .bind(t.input.as_slice())
+                .bind(t.output.as_slice())
+                .bind(t.key_id.as_slice())
+                .bind(domain)
+                .bind(i64::try_from(now).unwrap_or(i64::MAX))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The oldest unspent group-creation token for `domain`.
+    pub async fn group_token(
+        &self,
+        domain: &str,
+    ) -> Result<Option<phoenix_types::tokens::Token>, ClientError> {
+        use phoenix_types::tokens::{INPUT_LEN, KEY_ID_LEN, Token};
+        let row: Option<(Vec<u8>, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT input, output, key_id FROM group_tokens WHERE domain = ? ORDER BY created_at, input LIMIT 1",
+        )
+        .bind(domain)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((input, output, key_id)) = row else {
+            return Ok(None);
+        };
+        let corrupt = || ClientError::Store("a stored group-creation token is corrupt".into());
+        let input: [u8; INPUT_LEN] = input.try_into().map_err(|_| corrupt())?;
+        let key_id: [u8; KEY_ID_LEN] = key_id.try_into().map_err(|_| corrupt())?;
+        Ok(Some(Token {
+            key_id,
+            input,
+            output,
+        }))
+    }
+
+    /// How many unspent group-creation tokens are kept for `domain`.
+    pub async fn group_token_count(&self, domain: &str) -> Result<u64, ClientError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM group_tokens WHERE domain = ?")
+            .bind(domain)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Forget a token (its group was created, or the DS says it was spent).
+    pub async fn delete_group_token(&self, input: &[u8]) -> Result<(), ClientError> {
+        sqlx::query("DELETE FROM group_tokens WHERE input = ?")
+            .bind(input)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// The stored `DOMAIN=URL` entries.
     pub async fn resolve_entries(&self) -> Result<Vec<String>, ClientError> {
         let rows = sqlx::query("SELECT domain, url FROM resolve ORDER BY domain")
@@ -919,6 +1035,66 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    // Requirement: CLI-HIST-1
+    /// [`Self::save_mls_settling`] for a message the server accepted, keeping it in the
+    /// history (as this client's own) in the same transaction.
+    pub async fn save_mls_settling_sent(
+        &self,
+        values: &HashMap<Vec<u8>, Vec<u8>>,
+        outgoing: i64,
+        m: &StoredMessage,
+    ) -> Result<(), ClientError> {
+        let mut tx = self.pool.begin().await?;
+        write_mls(&mut tx, values).await?;
+        sqlx::query("DELETE FROM outgoing WHERE id = ?")
+            .bind(outgoing)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO messages (group_id, received_at, sender_leaf, sender_leaf_key, encrypted_credential, text, own) \
+             VALUES (?, ?, ?, ?, ?, ?, 1)",
+        )
+        .bind(&m.group_id)
+        .bind(i(m.received_at)?)
+        .bind(i64::from(m.sender_leaf))
+        .bind(&m.sender_leaf_key)
+        .bind(&m.encrypted_credential)
+        .bind(&m.text)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // Requirement: CLI-GROUPS-1
+    /// Messages of `group_id` received (not sent by this client) after its read mark.
+    pub async fn unread(&self, group_id: &[u8]) -> Result<u64, ClientError> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM messages WHERE group_id = ? AND own = 0 \
+             AND id > COALESCE((SELECT last_read FROM read_marks WHERE group_id = ?), 0)",
+        )
+        .bind(group_id)
+        .bind(group_id)
+        .fetch_one(&self.pool)
+        .await?;
+        u(count)
+    }
+
+    // Requirement: CLI-GROUPS-1
+    /// Move `group_id`'s read mark to its newest message.
+    pub async fn mark_read(&self, group_id: &[u8]) -> Result<(), ClientError> {
+        sqlx::query(
+            "INSERT INTO read_marks (group_id, last_read) \
+             SELECT ?, COALESCE(MAX(id), 0) FROM messages WHERE group_id = ? \
+             ON CONFLICT (group_id) DO UPDATE SET last_read = excluded.last_read",
+        )
+        .bind(group_id)
+        .bind(group_id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -24,6 +24,7 @@
 //! | `--max-key-packages` | `PHOENIX_MAX_KEY_PACKAGES` | `max_key_packages` | 100 |
 //! | `--max-connection-packages` | `PHOENIX_MAX_CONNECTION_PACKAGES` | `max_connection_packages` | 100 |
 //! | `--max-group-size` | `PHOENIX_MAX_GROUP_SIZE` | `max_group_size` | 1024 |
+//! | `--group-tokens-per-day` | `PHOENIX_GROUP_TOKENS_PER_DAY` | `group_tokens_per_day` | 100 |
 //! | `--max-csr-bytes` | `PHOENIX_MAX_CSR_BYTES` | `max_csr_bytes` | 4096 |
 //! | `--max-connections` | `PHOENIX_MAX_CONNECTIONS` | `max_connections` | 512 |
 //! | `--max-connections-per-ip` | `PHOENIX_MAX_CONNECTIONS_PER_IP` | `max_connections_per_ip` | 32 |
@@ -135,6 +136,10 @@ pub struct Args {
     /// Most members per group.
     #[arg(long, env = "PHOENIX_MAX_GROUP_SIZE")]
     pub max_group_size: Option<usize>,
+    /// Group-creation tokens one client may be issued per UTC day (each buys one group;
+    /// connecting to a contact creates one too).
+    #[arg(long, env = "PHOENIX_GROUP_TOKENS_PER_DAY")]
+    pub group_tokens_per_day: Option<u32>,
     /// Largest CSR accepted at registration (bytes, at most 4096).
     #[arg(long, env = "PHOENIX_MAX_CSR_BYTES")]
     pub max_csr_bytes: Option<usize>,
@@ -169,7 +174,14 @@ pub enum Command {
     /// certificates stay in the history, so certificates they issued keep verifying; a
     /// running server sharing the database issues, serves and signs with the new CA from its
     /// next such request on (its discovery document within `--ca-check-interval-secs`).
+    #[command(alias = "rotate-ca")]
     RotateCaKey,
+    /// Administer users, certificates, the outbox and peers against the configured
+    /// database (see `phoenix-server admin --help`; exit codes in docs/operations.md).
+    Admin(crate::admin::AdminArgs),
+    /// Print the effective configuration and where each value came from (flag, env,
+    /// file, default), secrets redacted, then exit.
+    CheckConfig,
 }
 
 /// The TOML config file.
@@ -196,6 +208,7 @@ pub struct FileConfig {
     pub max_key_packages: Option<usize>,
     pub max_connection_packages: Option<usize>,
     pub max_group_size: Option<usize>,
+    pub group_tokens_per_day: Option<u32>,
     pub max_csr_bytes: Option<usize>,
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
@@ -354,6 +367,9 @@ impl Settings {
         }
         if let Some(v) = args.max_group_size.or(file.max_group_size) {
             limits.max_group_size = nonzero(v, "max_group_size")?;
+        }
+        if let Some(v) = args.group_tokens_per_day.or(file.group_tokens_per_day) {
+            limits.group_tokens_per_day = nonzero(v, "group_tokens_per_day")?;
         }
         if let Some(v) = args.max_csr_bytes.or(file.max_csr_bytes) {
             limits.max_csr_bytes =
@@ -672,4 +688,159 @@ mod tests {
         assert_eq!(redacted("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redacted("sqlite://x"), "sqlite://x");
     }
+}
+
+/// Where a setting's value came from, for `check-config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Flag,
+    Env,
+    File,
+    Default,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Flag => "flag",
+            Self::Env => "env",
+            Self::File => "file",
+            Self::Default => "default",
+        }
+    }
+}
+
+/// Every setting with a flag, an environment variable and a TOML key of the same name
+/// (the rate-limit table is shown as one entry).
+pub const KEYS: &[&str] = &[
+    "domain",
+    "listen",
+    "database_url",
+    "data_dir",
+    "log_format",
+    "max_body_bytes",
+    "max_dequeue",
+    "client_cert_lifetime_days",
+    "resolve",
+    "federation_mode",
+    "federation_allow",
+    "federation_block",
+    "ca_rotation_days",
+    "ca_check_interval_secs",
+    "outbox_max_backoff_secs",
+    "public_url",
+    "idcert_cache_ttl_secs",
+    "max_key_packages",
+    "max_connection_packages",
+    "max_group_size",
+    "group_tokens_per_day",
+    "max_csr_bytes",
+    "max_connections",
+    "max_connections_per_ip",
+    "header_read_timeout_secs",
+    "body_read_timeout_secs",
+    "idle_timeout_secs",
+    "rate_limits",
+];
+
+// Requirement: OPS-CONFIG-1
+/// `check-config`: one line per setting, `key = value (source)`, from the command line
+/// `argv`, the environment `env` and the config file named there. Values that are secrets
+/// (a database password) are redacted; defaults are shown as the effective value where the
+/// resolved settings have one.
+pub fn explain(
+    argv: &[String],
+    env: &dyn Fn(&str) -> Option<String>,
+    settings: &Settings,
+) -> Result<Vec<(String, String, Source)>, ConfigError> {
+    let config_path = flag_value(argv, "config").or_else(|| env("PHOENIX_CONFIG"));
+    let file: toml::Table = match &config_path {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::ReadFile {
+                path: path.clone(),
+                source,
+            })?;
+            toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
+                path,
+                message: e.to_string(),
+            })?
+        }
+        None => toml::Table::new(),
+    };
+    let l = &settings.limits;
+    let mut lines = Vec::new();
+    if let Some(path) = &config_path {
+        let source = if flag_value(argv, "config").is_some() {
+            Source::Flag
+        } else {
+            Source::Env
+        };
+        lines.push(("config".to_string(), path.clone(), source));
+    }
+    for key in KEYS {
+        let flag = key.replace('_', "-");
+        let env_name = format!("PHOENIX_{}", key.to_ascii_uppercase());
+        let (raw, source) = if let Some(v) = flag_value(argv, &flag) {
+            (Some(v), Source::Flag)
+        } else if let Some(v) = env(&env_name) {
+            (Some(v), Source::Env)
+        } else if let Some(v) = file.get(*key) {
+            (Some(v.to_string()), Source::File)
+        } else {
+            (None, Source::Default)
+        };
+        let value = match *key {
+            "domain" => settings.domain.to_string(),
+            "listen" => settings.listen.to_string(),
+            "database_url" => redacted(&settings.database_url),
+            "data_dir" => settings.data_dir.display().to_string(),
+            "log_format" => format!("{:?}", settings.log_format).to_ascii_lowercase(),
+            "max_body_bytes" => l.max_body.to_string(),
+            "max_dequeue" => l.max_dequeue.to_string(),
+            "client_cert_lifetime_days" => (l.client_cert_lifetime / 86_400).to_string(),
+            "ca_rotation_days" => l
+                .ca_rotation
+                .map(|s| (s / 86_400).to_string())
+                .unwrap_or_else(|| "off".into()),
+            "ca_check_interval_secs" => l.ca_check_interval.to_string(),
+            "outbox_max_backoff_secs" => settings.federation.max_backoff.to_string(),
+            "idcert_cache_ttl_secs" => settings.federation.polyproto.idcert_cache_ttl.to_string(),
+            "max_key_packages" => l.max_key_packages.to_string(),
+            "max_connection_packages" => l.max_connection_packages.to_string(),
+            "max_group_size" => l.max_group_size.to_string(),
+            "group_tokens_per_day" => l.group_tokens_per_day.to_string(),
+            "max_csr_bytes" => l.max_csr_bytes.to_string(),
+            "max_connections" => l.edge.max_connections.to_string(),
+            "max_connections_per_ip" => l.edge.max_connections_per_ip.to_string(),
+            "header_read_timeout_secs" => l.edge.header_read_timeout.as_secs().to_string(),
+            "body_read_timeout_secs" => l.edge.body_read_timeout.as_secs().to_string(),
+            "idle_timeout_secs" => l.edge.idle_timeout.as_secs().to_string(),
+            _ => match raw {
+                Some(_) if *key == "rate_limits" && source == Source::File => {
+                    "[rate_limits] table".to_string()
+                }
+                Some(v) => v,
+                None => "(default, see packaging/phoenix-server.toml)".to_string(),
+            },
+        };
+        lines.push((key.to_string(), value, source));
+    }
+    Ok(lines)
+}
+
+/// The value of `--name VALUE` or `--name=VALUE` in `argv` (the last one wins).
+fn flag_value(argv: &[String], name: &str) -> Option<String> {
+    let long = format!("--{name}");
+    let with_eq = format!("--{name}=");
+    let mut found = None;
+    let mut iter = argv.iter().peekable();
+    while let Some(arg) = iter.next() {
+        if arg == &long {
+            found = iter.peek().map(|v| v.to_string());
+        } else if let Some(v) = arg.strip_prefix(&with_eq) {
+            found = Some(v.to_string());
+        }
+    }
+    found
 }

@@ -42,10 +42,19 @@ pub fn routes(
         let server = server.clone();
         warp::any().map(move || server.clone())
     };
+    // Requirement: OPS-HEALTH-1, OPS-HEALTH-2
     let health = warp::path("health")
         .and(warp::path::end())
         .and(warp::get())
-        .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response());
+        .and(with_server.clone())
+        .then(
+            |server: Arc<Server>| async move { status_reply(&crate::ops::health(&server).await) },
+        );
+    let ready = warp::path("ready")
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_server.clone())
+        .map(|server: Arc<Server>| status_reply(&crate::ops::ready(&server)));
     let discovery = warp::path!(".well-known" / "phoenix")
         .and(warp::get())
         .and(with_server.clone())
@@ -87,6 +96,7 @@ pub fn routes(
              server: Arc<Server>,
              limiter: Arc<RateLimiter>| async move {
                 let client = limiter.client_ip(peer, &headers);
+                let started = std::time::Instant::now();
                 let handled = async {
                     // A foreign session's bearer token (a client of another server acting
                     // here): checked before anything else, so a bad token is refused, never
@@ -122,10 +132,37 @@ pub fn routes(
                 };
                 // The observation tap's request scope, from the session check on (test-only
                 // feature; see `observe`).
-                observe_request!(server, &service, &operation, client, handled).await
+                let response =
+                    observe_request!(server, &service, &operation, client, handled).await;
+                // Requirement: OPS-METRICS-1, OPS-LOG-2
+                let elapsed = started.elapsed();
+                let label = if is_operation(&service, &operation) {
+                    format!("{service}/{operation}")
+                } else {
+                    "unknown".to_string()
+                };
+                let code = response
+                    .headers()
+                    .get(OUTCOME_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("OK")
+                    .to_string();
+                server.metrics.ops.observe(&label, &code, elapsed);
+                tracing::info!(
+                    target: "phoenix_server::request",
+                    operation = %label,
+                    outcome = %code,
+                    status = response.status().as_u16(),
+                    latency_ms = elapsed.as_secs_f64() * 1000.0,
+                    client = %crate::ops::log_address(client),
+                    "request"
+                );
+                response
             },
         );
     health
+        .or(ready)
+        .unify()
         .or(discovery)
         .unify()
         .or(metrics)
@@ -136,6 +173,10 @@ pub fn routes(
         .unify()
         .recover(recover)
         .unify()
+        .map(|mut response: Response| {
+            response.headers_mut().remove(OUTCOME_HEADER);
+            response
+        })
         .with(warp::log::custom(|info| {
             tracing::info!(
                 target: "phoenix_server::http",
@@ -143,6 +184,8 @@ pub fn routes(
                 path = %info.path(),
                 status = info.status().as_u16(),
                 micros = info.elapsed().as_micros() as u64,
+                // Requirement: OPS-LOG-2
+                client = %crate::ops::log_address(info.remote_addr().map(|a| a.ip())),
                 "request"
             );
         }))
@@ -159,6 +202,12 @@ pub async fn serve(
     let purges = tokio::spawn(crate::jobs::run_purges(server.clone()));
     // Requirement: AS-CA-ROT-2
     let ca_jobs = tokio::spawn(server.clone().run_ca_jobs());
+    // Requirement: OPS-HEALTH-2 (`/ready` fails from the shutdown signal on)
+    let flagged = server.clone();
+    let shutdown = async move {
+        shutdown.await;
+        flagged.metrics.ops.begin_shutdown();
+    };
     crate::edge::serve(
         server.clone(),
         listener,
@@ -210,11 +259,41 @@ pub(crate) fn problem(err: &WireError) -> Response {
     let problem = Problem::from_error(err);
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::to_vec(&problem).unwrap_or_default();
-    warp::reply::with_status(
+    let mut response = warp::reply::with_status(
         warp::reply::with_header(body, "content-type", Problem::CONTENT_TYPE),
         status,
     )
-    .into_response()
+    .into_response();
+    // The outcome code for the request log and metrics (removed again before sending).
+    if let Ok(code) = warp::http::HeaderValue::from_str(err.code.as_str()) {
+        response.headers_mut().insert(OUTCOME_HEADER, code);
+    }
+    response
+}
+
+/// Internal header carrying a refusal's code from [`problem`] to the request log; it is
+/// stripped in [`routes`] and never reaches the client.
+const OUTCOME_HEADER: &str = "x-phoenix-outcome";
+
+/// Whether `service/operation` names an operation (metrics labels stay bounded).
+fn is_operation(service: &str, operation: &str) -> bool {
+    match service {
+        "as" => as_::operation(operation).is_some(),
+        "qs" => qs::operation(operation).is_some(),
+        "ds" => ds::operation(operation).is_some(),
+        "federation" => operation == federation_messages::ENQUEUE,
+        _ => false,
+    }
+}
+
+/// `/health` and `/ready`: 200 with the checks, or 503 naming the failing ones.
+fn status_reply(status: &crate::ops::Status) -> Response {
+    let code = if status.ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    warp::reply::with_status(warp::reply::json(status), code).into_response()
 }
 
 async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
@@ -440,5 +519,7 @@ async fn metrics(server: &Server) -> String {
         }
         Err(e) => tracing::error!(error = %e, "cannot read the outbox for metrics"),
     }
+    // Requirement: OPS-METRICS-1
+    out.push_str(&server.metrics.ops.encode());
     out
 }

@@ -27,6 +27,11 @@ pub const PURGE_PERIOD: Duration = Duration::from_secs(60);
 /// [`MAX_CLOCK_SKEW`] of the receiver's clock, so a replay arriving more than
 /// `2 × MAX_CLOCK_SKEW` after the original was received is refused as `STALE_REQUEST`
 /// whatever the replay records say; the rest is margin for clock steps on the receiver.
+/// How long the QS remembers the dedup key of an entry it enqueued (Requirement:
+/// QS-DEDUP-1): far beyond any outbox claim lease and restart, so a local outbox entry is
+/// never delivered twice unless the server was down with it pending for a week.
+pub const QS_DELIVERED_RETENTION: u64 = 7 * 24 * 3600;
+
 pub const FEDERATION_SEEN_RETENTION: u64 = 2 * MAX_CLOCK_SKEW + 3600;
 
 /// Run the purges every [`PURGE_PERIOD`] until the task is aborted.
@@ -53,6 +58,15 @@ pub async fn purge_once(server: &Server, now: u64) {
         server.store.prune_ds_seen(before).await,
         &server.metrics.ds_seen_pruned,
         "the DS's message replay records",
+    );
+    // Requirement: QS-DEDUP-1
+    count_pruned(
+        server
+            .store
+            .prune_qs_delivered(now.saturating_sub(QS_DELIVERED_RETENTION))
+            .await,
+        &server.metrics.qs_delivered_pruned,
+        "the QS's records of delivered entries",
     );
     // Requirement: AS-CP-7
     count_pruned(
@@ -83,6 +97,10 @@ fn count_pruned(
     match result {
         Ok(pruned) => {
             counter.fetch_add(pruned, Ordering::Relaxed);
+            // Requirement: OPS-METRICS-3
+            if pruned > 0 {
+                tracing::info!(purged = pruned, "expiry sweep: purged {pruned} {what}");
+            }
         }
         Err(e) => tracing::error!(error = %e, "cannot prune {what}"),
     }

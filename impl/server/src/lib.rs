@@ -32,6 +32,7 @@
 #[macro_use]
 pub mod observe;
 
+pub mod admin;
 pub mod as_;
 pub mod auth;
 pub mod config;
@@ -41,6 +42,7 @@ pub mod federation;
 pub mod files;
 pub mod http;
 pub mod jobs;
+pub mod ops;
 pub mod outbox;
 pub mod polyproto;
 pub mod qs;

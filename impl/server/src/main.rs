@@ -19,7 +19,28 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(settings.log_format);
+    if settings.command == Command::CheckConfig {
+        // Requirement: OPS-CONFIG-1
+        let argv: Vec<String> = std::env::args().collect();
+        let env = |name: &str| std::env::var(name).ok();
+        return match phoenix_server::config::explain(&argv, &env, &settings) {
+            Ok(lines) => {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                for (key, value, source) in lines {
+                    let _ = writeln!(out, "{key} = {value}  ({})", source.as_str());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("phoenix-server: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    // Admin commands print their own one-line errors; only warnings are logged.
+    let quiet = matches!(settings.command, Command::Admin(_));
+    init_tracing(settings.log_format, quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -30,6 +51,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Admin(admin) = &settings.command {
+        return match runtime.block_on(run_admin(&settings, admin)) {
+            Ok(text) => {
+                if !text.is_empty() {
+                    println!("{text}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("phoenix-server admin: {}", e.message);
+                ExitCode::from(e.code)
+            }
+        };
+    }
     match runtime.block_on(run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -39,10 +74,34 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_env("PHOENIX_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+// Requirement: OPS-ADMIN-1
+async fn run_admin(
+    settings: &Settings,
+    admin: &phoenix_server::admin::AdminArgs,
+) -> Result<String, phoenix_server::admin::AdminError> {
+    phoenix_server::files::prepare_sqlite(&settings.database_url)
+        .map_err(|message| phoenix_server::admin::AdminError { code: 1, message })?;
+    let store = Store::connect(&settings.database_url).await.map_err(|e| {
+        phoenix_server::admin::AdminError {
+            code: 1,
+            message: format!(
+                "cannot open database {}: {}",
+                redacted(&settings.database_url),
+                phoenix_server::store::admin::describe(&e)
+            ),
+        }
+    })?;
+    phoenix_server::admin::run(&store, admin, phoenix_server::server::now()).await
+}
+
+fn init_tracing(format: LogFormat, quiet: bool) {
+    use std::io::IsTerminal;
+    let default = if quiet { "warn,sqlx=error" } else { "info" };
+    let filter = EnvFilter::try_from_env("PHOENIX_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // Requirement: OPS-LOG-1 (colour only on a terminal)
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -56,10 +115,12 @@ async fn run(settings: Settings) -> Result<(), String> {
         phoenix_server::files::create_private_dir(&settings.data_dir)?;
     }
     phoenix_server::files::prepare_sqlite(&settings.database_url)?;
+    // Requirement: OPS-LOG-3
     let store = Store::connect(&settings.database_url).await.map_err(|e| {
         format!(
-            "cannot open database {}: {e}",
-            redacted(&settings.database_url)
+            "cannot open database {}: {}",
+            redacted(&settings.database_url),
+            phoenix_server::store::admin::describe(&e)
         )
     })?;
     let backend = store.backend_name();

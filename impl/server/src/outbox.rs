@@ -27,6 +27,7 @@ use crate::federation::PEER_TIMEOUT;
 use crate::federation::send::{SendOutcome, send};
 use crate::qs::enqueue::{EnqueueOutcome, enqueue_local};
 use crate::server::{Server, now};
+use crate::store::admin::AdminStore;
 use crate::store::{DsStore, OutboxEntry, StoreError};
 
 /// Entries handled per round.
@@ -146,9 +147,20 @@ async fn deliver_claimed(
                         .store
                         .postpone_destination(&destination, *id, now.saturating_add(delay))
                         .await?;
+                    // Requirement: OPS-ADMIN-4 (shown by `admin outbox list`)
+                    server
+                        .store
+                        .record_outbox_error(&destination, Some(&reason.to_string()), now)
+                        .await?;
                     postponed = true;
                 }
             }
+        }
+        if !postponed && !done.is_empty() {
+            server
+                .store
+                .record_outbox_error(&destination, None, now)
+                .await?;
         }
         server.store.delete_outbox(&done).await?;
         server.store.release_outbox(&untouched).await?;

@@ -8,6 +8,7 @@
 //! | `as/fetch_connection_package` | `fetch_connection_package` | `connection_package_claims` (per FID) |
 //! | `as/enqueue_connection` | `enqueue_connection` | `enqueue_connection_per_client` (per FID + client id) |
 //! | `qs/create_user` | `create_user` | |
+//! | `ds/request_group_id` | `request_group_id` (each costs the DS a VOPRF evaluation, forged tokens included) | |
 //! | `qs/fetch_key_packages` | `fetch_key_packages` | `key_package_claims` (per client IP **and** friendship-token hash) |
 //! | `federation/enqueue` | | `federation_per_peer` (per claimed sending domain and source IP) |
 //! | `GET /.p2/core/v1/idcert/actor/{fid}` of another domain's user | `remote_idcert` | |
@@ -59,6 +60,7 @@ use phoenix_types::error::{ErrorCode, WireError};
 use phoenix_types::ids::{Domain, Fid};
 use phoenix_types::messages::RequestEnvelope;
 use phoenix_types::messages::as_::{self, EnqueueConnectionRequest, FetchConnectionPackageRequest};
+use phoenix_types::messages::ds;
 use phoenix_types::messages::federation::{self, FederatedEnqueue, FederatedEnqueueTbs};
 use phoenix_types::messages::qs::{self, FetchKeyPackagesRequest};
 
@@ -212,6 +214,8 @@ pub struct RateLimitConfig {
     pub client_ip_header: Option<String>,
     pub register: Rate,
     pub create_user: Rate,
+    // Requirement: DS-GID-4
+    pub request_group_id: Rate,
     pub fetch_connection_package: Rate,
     pub connection_package_claims: Rate,
     pub enqueue_connection: Rate,
@@ -245,6 +249,7 @@ impl Default for RateLimitConfig {
             client_ip_header: None,
             register: rate(30, HOUR),
             create_user: rate(60, HOUR),
+            request_group_id: rate(120, HOUR),
             fetch_connection_package: rate(120, HOUR),
             connection_package_claims: rate(60, HOUR),
             enqueue_connection: rate(120, HOUR),
@@ -327,6 +332,7 @@ pub struct RateLimiter {
     clock: DefaultClock,
     register: Limit,
     create_user: Limit,
+    request_group_id: Limit,
     fetch_connection_package: Limit,
     connection_package_claims: Limit,
     enqueue_connection: Limit,
@@ -354,6 +360,7 @@ impl RateLimiter {
             clock: DefaultClock::default(),
             register: Limit::new("register", c.register),
             create_user: Limit::new("create_user", c.create_user),
+            request_group_id: Limit::new("request_group_id", c.request_group_id),
             fetch_connection_package: Limit::new(
                 "fetch_connection_package",
                 c.fetch_connection_package,
@@ -375,10 +382,11 @@ impl RateLimiter {
         })
     }
 
-    fn limits(&self) -> [&Limit; 11] {
+    fn limits(&self) -> [&Limit; 12] {
         [
             &self.register,
             &self.create_user,
+            &self.request_group_id,
             &self.fetch_connection_package,
             &self.connection_package_claims,
             &self.enqueue_connection,
@@ -507,6 +515,8 @@ impl RateLimiter {
         match (service, operation) {
             ("as", as_::REGISTER) => per_ip(&self.register),
             ("qs", qs::CREATE_USER) => per_ip(&self.create_user),
+            // Requirement: DS-GID-4
+            ("ds", ds::REQUEST_GROUP_ID) => per_ip(&self.request_group_id),
             ("as", as_::FETCH_CONNECTION_PACKAGE) => {
                 per_ip(&self.fetch_connection_package)?;
                 match payload::<FetchConnectionPackageRequest>(body)
@@ -632,6 +642,7 @@ pub struct RateLimitFile {
     pub client_ip_header: Option<String>,
     pub register: Option<String>,
     pub create_user: Option<String>,
+    pub request_group_id: Option<String>,
     pub fetch_connection_package: Option<String>,
     pub connection_package_claims: Option<String>,
     pub enqueue_connection: Option<String>,
@@ -667,6 +678,9 @@ pub struct RateLimitArgs {
     /// QS user creations per client IP.
     #[arg(long = "rate-create-user", env = "PHOENIX_RATE_CREATE_USER")]
     pub create_user: Option<String>,
+    /// Group id requests (`ds/request_group_id`) per client IP.
+    #[arg(long = "rate-request-group-id", env = "PHOENIX_RATE_REQUEST_GROUP_ID")]
+    pub request_group_id: Option<String>,
     /// Connection-package fetches per client IP.
     #[arg(
         long = "rate-fetch-connection-package",
@@ -766,6 +780,11 @@ impl RateLimitConfig {
         };
         config.register = pick(&args.register, &file.register, config.register)?;
         config.create_user = pick(&args.create_user, &file.create_user, config.create_user)?;
+        config.request_group_id = pick(
+            &args.request_group_id,
+            &file.request_group_id,
+            config.request_group_id,
+        )?;
         config.fetch_connection_package = pick(
             &args.fetch_connection_package,
             &file.fetch_connection_package,
@@ -951,6 +970,29 @@ mod tests {
         for _ in 0..10 {
             off.check_operation(a, "as", "register", &[]).unwrap();
         }
+    }
+
+    // Requirement: DS-GID-4
+    #[test]
+    fn group_id_requests_are_limited_per_ip() {
+        let config = RateLimitConfig {
+            request_group_id: "2/hour".parse().unwrap(),
+            ..RateLimitConfig::default()
+        };
+        let limiter = RateLimiter::new(&config);
+        let a = Some(ip("192.0.2.7"));
+        for _ in 0..2 {
+            limiter
+                .check_operation(a, "ds", "request_group_id", &[])
+                .unwrap();
+        }
+        let limited = limiter
+            .check_operation(a, "ds", "request_group_id", &[])
+            .unwrap_err();
+        assert_eq!(limited.limit, "request_group_id");
+        limiter
+            .check_operation(Some(ip("192.0.2.8")), "ds", "request_group_id", &[])
+            .unwrap();
     }
 
     #[test]

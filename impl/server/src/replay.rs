@@ -19,7 +19,7 @@
 //!
 //! Which requests are protected here ([`protected`]), every route classified:
 //!
-//! - AS `publish_connection_packages`, `renew_certificate`; QS `publish_key_packages`;
+//! - AS `publish_connection_packages`, `renew_certificate`, `issue_group_tokens`; QS `publish_key_packages`;
 //!   DS `create_group`, `join_connection_group`, `add_users`, `remove_users`, `update`:
 //!   protected here.
 //! - DS `send_message`: its own record, by the MLS message (`ds_seen_messages`,
@@ -36,10 +36,15 @@
 //!   original did not (it acknowledges the same start) and returns what is still queued
 //!   from there; they stay repeatable so that a client can fetch a page again.
 //! - Unsigned requests (AS `register`, `fetch_connection_package`, `enqueue_connection`;
-//!   QS `create_user`, `fetch_key_packages`, `queue_config_key`; DS `request_group_id`,
-//!   `external_commit_info`) and signed reads (AS certificate lookups, QS
-//!   `key_package_status`): no signature to replay; a repeated `register` or `create_user`
-//!   is refused by its own state (`USER_EXISTS`, `DUPLICATE_FRIENDSHIP_TOKEN`).
+//!   QS `create_user`, `fetch_key_packages`, `queue_config_key`; DS `external_commit_info`) and signed reads (AS certificate lookups, QS
+//!   `key_package_status`): no signature to replay. A repeated `register` or `create_user`
+//!   is decided by its own state: the identical registration again (same FID, client id and
+//!   key; same token and auth keys) gets the first result, so that a client whose answer
+//!   was lost can settle it (CL-AMBIG-2); any other gets `USER_EXISTS`,
+//!   `DUPLICATE_FRIENDSHIP_TOKEN`.
+//! - DS `request_group_id`: unsigned, but it spends a group-creation token, recorded with
+//!   the reservation it bought (`ds_spent_tokens`): the same token again gets the same
+//!   unused reservation back, and `INVALID_TOKEN` once it is used or expired.
 
 use std::sync::atomic::Ordering;
 
@@ -61,9 +66,10 @@ const DIGEST_LABEL: &[u8] = b"phoenix request replay record v1";
 /// operation is not protected here (see the module documentation for why).
 pub fn protected(service: &str, operation: &str) -> Option<ReplayService> {
     match (service, operation) {
-        ("as", as_::PUBLISH_CONNECTION_PACKAGES | as_::RENEW_CERTIFICATE) => {
-            Some(ReplayService::As)
-        }
+        (
+            "as",
+            as_::PUBLISH_CONNECTION_PACKAGES | as_::RENEW_CERTIFICATE | as_::ISSUE_GROUP_TOKENS,
+        ) => Some(ReplayService::As),
         ("qs", qs::PUBLISH_KEY_PACKAGES) => Some(ReplayService::Qs),
         (
             "ds",
@@ -71,7 +77,8 @@ pub fn protected(service: &str, operation: &str) -> Option<ReplayService> {
             | ds::JOIN_CONNECTION_GROUP
             | ds::ADD_USERS
             | ds::REMOVE_USERS
-            | ds::UPDATE,
+            | ds::UPDATE
+            | ds::RESYNC,
         ) => Some(ReplayService::Ds),
         _ => None,
     }

@@ -30,6 +30,9 @@ pub struct Limits {
     pub client_cert_lifetime: u64,
     /// How long a requested group id stays reserved (seconds).
     pub group_id_reservation: u64,
+    /// Group-creation tokens the AS issues to one client per UTC day
+    /// (`TOKEN_QUOTA_EXCEEDED` beyond).
+    pub group_tokens_per_day: u32,
     /// Rotate the CA key when the current CA is this old (seconds); `None`: never
     /// automatically.
     pub ca_rotation: Option<u64>,
@@ -57,6 +60,7 @@ impl Default for Limits {
             max_dequeue: 500,
             client_cert_lifetime: 30 * 24 * 3600,
             group_id_reservation: 24 * 3600,
+            group_tokens_per_day: 100,
             ca_rotation: None,
             ca_check_interval: 60,
             max_key_packages: phoenix_types::messages::qs::MAX_KEY_PACKAGES,
@@ -93,6 +97,9 @@ pub struct Server {
     pub queue_config_key: HpkeKeyPair,
     /// Signs QS-to-QS messages; its public half is in the discovery document.
     pub qs_signing_key: SigningKey,
+    /// Issues (AS) and checks (DS) anonymous group-creation tokens (phoenix-types
+    /// `tokens`).
+    pub group_token_key: phoenix_types::tokens::TokenKey,
     pub limits: Limits,
     pub federation: FederationSettings,
     pub peers: Peers,
@@ -123,6 +130,8 @@ pub struct Metrics {
     pub federation_seen_pruned: AtomicU64,
     /// Replay records of application messages (DS `send_message`) pruned.
     pub ds_seen_pruned: AtomicU64,
+    /// The QS's records of delivered dedup keys pruned (QS-DEDUP-1).
+    pub qs_delivered_pruned: AtomicU64,
     /// Replayed application messages refused.
     pub ds_replays_refused: AtomicU64,
     /// Connection packages deleted by the periodic purge because they expired.
@@ -138,6 +147,8 @@ pub struct Metrics {
     pub outbox_errors: AtomicU64,
     /// Connections refused, timed out or failed at the HTTP edge.
     pub edge: crate::edge::EdgeMetrics,
+    /// Per-operation request metrics, uptime, and the shutdown flag of `/ready`.
+    pub ops: crate::ops::OpsState,
 }
 
 impl std::fmt::Debug for Server {
@@ -190,6 +201,7 @@ impl Server {
         let ca = load_or_create_ca(&domain, &store).await?;
         let queue_config_key = load_or_create_queue_config_key(&store).await?;
         let qs_signing_key = load_or_create_signing_key(&store, QS_SIGNING_KEY).await?;
+        let group_token_key = load_or_create_token_key(&store).await?;
         let peers = Peers::new(federation.resolver.clone(), federation.peer_cache_ttl)
             .map_err(StartError::Keys)?;
         Ok(Arc::new(Self {
@@ -198,6 +210,7 @@ impl Server {
             ca: RwLock::new(Arc::new(ca)),
             queue_config_key,
             qs_signing_key,
+            group_token_key,
             limits,
             federation,
             peers,
@@ -410,6 +423,37 @@ async fn load_or_create_signing_key(store: &Store, name: &str) -> Result<Signing
         return Err(StartError::Keys(format!(
             "stored {name} key pair does not match"
         )));
+    }
+    Ok(key)
+}
+
+/// Name of the group-creation token key (a Ristretto255 scalar) in the `server_keys` table.
+const GROUP_TOKEN_KEY: &str = "group_token";
+
+async fn load_or_create_token_key(
+    store: &Store,
+) -> Result<phoenix_types::tokens::TokenKey, StartError> {
+    use phoenix_types::tokens::TokenKey;
+    if store.server_key(GROUP_TOKEN_KEY).await?.is_none() {
+        let (key, private) = TokenKey::generate(&mut OsRng)
+            .map_err(|e| StartError::Keys(format!("group token key: {e}")))?;
+        store
+            .insert_server_key(GROUP_TOKEN_KEY, &private, key.public_key())
+            .await?;
+    }
+    // Another process may have won the race: use whatever is stored.
+    let (private, public) = store
+        .server_key(GROUP_TOKEN_KEY)
+        .await?
+        .ok_or(StartError::Keys(
+            "group token key missing after creation".into(),
+        ))?;
+    let key = TokenKey::from_private(&private)
+        .map_err(|_| StartError::Keys("stored group token key is corrupt".into()))?;
+    if key.public_key().as_slice() != public.as_slice() {
+        return Err(StartError::Keys(
+            "stored group token key pair does not match".into(),
+        ));
     }
     Ok(key)
 }

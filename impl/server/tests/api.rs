@@ -149,11 +149,13 @@ macro_rules! on_both_backends {
 on_both_backends!(
     bad_input_gets_a_problem_with_a_code,
     registration_is_validated,
+    create_user_repeated_gets_the_same_ids,
     requests_are_authenticated_over_exact_bytes,
     connection_packages_are_consumed_once_and_last_resort_is_reused,
     of_two_commits_for_one_epoch_exactly_one_wins,
     ds_refuses_wrong_keys_and_foreign_groups,
     a_connection_request_pushes_nothing_before_accept,
+    resync_is_only_for_the_leaf_owner_keeping_its_credential,
 );
 
 const ROUTES: &[(&str, &[&str])] = &[
@@ -167,6 +169,7 @@ const ROUTES: &[(&str, &[&str])] = &[
             as_::DEQUEUE_CONNECTION,
             as_::CLIENT_CERTIFICATES,
             as_::SERVER_CERTIFICATE,
+            as_::ISSUE_GROUP_TOKENS,
         ],
     ),
     (
@@ -190,6 +193,7 @@ const ROUTES: &[(&str, &[&str])] = &[
             ds::REMOVE_USERS,
             ds::UPDATE,
             ds::SEND_MESSAGE,
+            ds::RESYNC,
         ],
     ),
 ];
@@ -217,11 +221,7 @@ async fn bad_input_gets_a_problem_with_a_code(server: &TestServer) {
                 envelope(vec![0; 40], 1, Auth::None),
             ];
             // An empty payload is a valid request of the operations that take none.
-            let takes_nothing = [
-                as_::SERVER_CERTIFICATE,
-                qs::QUEUE_CONFIG_KEY,
-                ds::REQUEST_GROUP_ID,
-            ];
+            let takes_nothing = [as_::SERVER_CERTIFICATE, qs::QUEUE_CONFIG_KEY];
             if !takes_nothing.contains(operation) {
                 bodies.push(valid_empty.clone());
             }
@@ -348,6 +348,22 @@ async fn registration_is_validated(server: &TestServer) {
     )
     .unwrap();
     assert_eq!(code(register(again).await), "USER_EXISTS");
+    // Requirement: CL-AMBIG-2
+    // The same CSR again (a client whose answer was lost sends its bytes again) gets the
+    // certificate issued then, and nothing new is issued; the same client id with another
+    // key, or the same key under another client id, is still refused.
+    let repeated = register(good.clone()).await.unwrap();
+    assert_eq!(repeated.client_certificate, issued.client_certificate);
+    let same_client_other_key =
+        certs::create_csr(&Fid::parse("carol@a.test").unwrap(), &cid, &other_key).unwrap();
+    assert_eq!(code(register(same_client_other_key).await), "USER_EXISTS");
+    let same_key_other_client = certs::create_csr(
+        &Fid::parse("carol@a.test").unwrap(),
+        &ClientId::parse("c3").unwrap(),
+        &key,
+    )
+    .unwrap();
+    assert_eq!(code(register(same_key_other_client).await), "USER_EXISTS");
     // Every certificate is served.
     let certs: as_::ClientCertificatesResponse = api
         .call(
@@ -372,6 +388,49 @@ async fn registration_is_validated(server: &TestServer) {
         )
         .await;
     assert_eq!(code(unknown), "UNKNOWN_USER");
+}
+
+/// A repeated `qs/create_user` (its answer was lost) gets the same ids; the same
+/// friendship token with any other auth key is still refused.
+async fn create_user_repeated_gets_the_same_ids(server: &TestServer) {
+    // Requirement: CL-AMBIG-2, QS-USER-2
+    let api = Api::new(&server.url).unwrap();
+    let user_key = crypto::generate_signing_key(&mut OsRng);
+    let client_key = crypto::generate_signing_key(&mut OsRng);
+    let other = crypto::generate_signing_key(&mut OsRng);
+    let mut token = [0u8; 32];
+    OsRng.fill_bytes(&mut token);
+    let create = |user: &ed25519_dalek::SigningKey, client: &ed25519_dalek::SigningKey| {
+        let api = api.clone();
+        let request = qs::CreateUserRequest {
+            user_auth_key: VLBytes::new(user.verifying_key().to_bytes().to_vec()),
+            friendship_token: token,
+            client_auth_key: VLBytes::new(client.verifying_key().to_bytes().to_vec()),
+        };
+        async move {
+            api.call::<_, qs::CreateUserResponse>(
+                "qs",
+                qs::CREATE_USER,
+                &request,
+                Signer::Anonymous,
+            )
+            .await
+        }
+    };
+    let first = create(&user_key, &client_key).await.unwrap();
+    let again = create(&user_key, &client_key).await.unwrap();
+    assert_eq!(
+        (first.user_id, first.client_id),
+        (again.user_id, again.client_id)
+    );
+    assert_eq!(
+        code(create(&user_key, &other).await),
+        "DUPLICATE_FRIENDSHIP_TOKEN"
+    );
+    assert_eq!(
+        code(create(&other, &client_key).await),
+        "DUPLICATE_FRIENDSHIP_TOKEN"
+    );
 }
 
 async fn requests_are_authenticated_over_exact_bytes(server: &TestServer) {
@@ -651,4 +710,235 @@ async fn a_connection_request_pushes_nothing_before_accept(server: &TestServer) 
     alice.invite("early", "bob@a.test").await.unwrap();
     let events = bob.sync().await.unwrap();
     assert!(events.iter().any(|e| e["kind"] == "joined"), "{events:?}");
+}
+
+/// The MLS state of a client's group and the signer of its leaf, read from its store (the
+/// client is idle).
+async fn member_state(
+    home: &std::path::Path,
+    group_id: &[u8],
+) -> (
+    openmls::prelude::MlsGroup,
+    openmls_basic_credential::SignatureKeyPair,
+) {
+    let store = phoenix_client::store::Store::open(home).await.unwrap();
+    let provider = phoenix_client::mls::Provider::from_values(store.load_mls().await.unwrap());
+    let group = openmls::prelude::MlsGroup::load(
+        openmls_traits::OpenMlsProvider::storage(&provider),
+        &openmls::prelude::GroupId::from_slice(group_id),
+    )
+    .unwrap()
+    .unwrap();
+    let signer = phoenix_client::mls::own_signer(&provider, &group).unwrap();
+    (group, signer)
+}
+
+/// An external commit into the group `info` describes, by `credential` signed with
+/// `signer` (openmls adds a Remove of the leaf that has the same signature key, if any):
+/// the encoded commit and the new group info.
+fn external_commit(
+    info: &ds::ExternalCommitInfoResponse,
+    credential: openmls::prelude::CredentialWithKey,
+    signer: &openmls_basic_credential::SignatureKeyPair,
+) -> (Vec<u8>, Vec<u8>) {
+    use openmls::prelude::{
+        LeafNodeParameters, MlsGroup, MlsMessageBodyIn, MlsMessageIn, RatchetTreeIn,
+    };
+    use openmls_traits::OpenMlsProvider;
+    use tls_codec::Deserialize;
+    let provider = phoenix_client::mls::Provider::from_values(Default::default());
+    let MlsMessageBodyIn::GroupInfo(group_info) =
+        MlsMessageIn::tls_deserialize_exact(info.group_info.as_slice())
+            .unwrap()
+            .extract()
+    else {
+        panic!("not a group info");
+    };
+    let tree = RatchetTreeIn::tls_deserialize_exact(info.ratchet_tree.as_slice()).unwrap();
+    let (_, bundle) = MlsGroup::external_commit_builder()
+        .with_ratchet_tree(tree)
+        .with_config(phoenix_client::mls::join_config())
+        .build_group(&provider, group_info, credential)
+        .unwrap()
+        .leaf_node_parameters(
+            LeafNodeParameters::builder()
+                .with_capabilities(phoenix_client::mls::capabilities())
+                .build(),
+        )
+        .load_psks(provider.storage())
+        .unwrap()
+        .create_group_info(true)
+        .build(provider.rand(), provider.crypto(), signer, |_| true)
+        .unwrap()
+        .finalize(&provider)
+        .unwrap();
+    let (commit, _, group_info) = bundle.into_messages();
+    (
+        commit.tls_serialize_detached().unwrap(),
+        group_info.unwrap().tls_serialize_detached().unwrap(),
+    )
+}
+
+async fn resync_is_only_for_the_leaf_owner_keeping_its_credential(server: &TestServer) {
+    // Requirement: DS-RESYNC-1, DS-RESYNC-2, DS-RESYNC-3
+    use openmls::prelude::{BasicCredential, CredentialWithKey};
+    let ((mut alice, alice_home), (_bob, bob_home)) = two_members(server).await;
+    let record = alice.group("team").await.unwrap();
+    let api = Api::new(&server.url).unwrap();
+    let info: ds::ExternalCommitInfoResponse = api
+        .call(
+            "ds",
+            ds::EXTERNAL_COMMIT_INFO,
+            &ds::ExternalCommitInfoRequest {
+                group_id: VLBytes::new(record.group_id.clone()),
+                ear_key: record.ear_key,
+            },
+            Signer::Anonymous,
+        )
+        .await
+        .unwrap();
+    let (alice_group, alice_signer) = member_state(alice_home.path(), &record.group_id).await;
+    let (bob_group, bob_signer) = member_state(bob_home.path(), &record.group_id).await;
+    let bob_leaf = bob_group.own_leaf_index().u32();
+    let alice_leaf = alice_group.own_leaf_index().u32();
+    let bob_node = bob_group.own_leaf_node().unwrap();
+    let bob_credential = CredentialWithKey {
+        credential: bob_node.credential().clone(),
+        signature_key: bob_node.signature_key().clone(),
+    };
+    // Bob's entry as his client makes it: his queue config sealed to his QS, and his
+    // encrypted credential (the same leaf key, so the same binding).
+    let bob_id = phoenix_client::store::Store::open(bob_home.path())
+        .await
+        .unwrap()
+        .identity()
+        .await
+        .unwrap()
+        .unwrap();
+    let sealed = crypto::hpke_seal(
+        &bob_id.queue_config_key,
+        crypto::hpke_info::QUEUE_CONFIG,
+        bob_id.qs_domain.as_bytes(),
+        &codec::encode(&qs::QueueConfig {
+            client_id: bob_id.qs_client_id,
+        })
+        .unwrap(),
+    )
+    .unwrap();
+    let member = info
+        .credentials
+        .iter()
+        .find(|c| c.leaf_index == bob_leaf)
+        .map(|c| ds::MemberInfo {
+            queue_config: qs::SealedQueueConfig {
+                qs_domain: bob_id.qs_domain.clone(),
+                sealed: sealed.clone(),
+            },
+            encrypted_credential: c.encrypted_credential.clone(),
+        })
+        .unwrap();
+    let send = |commit: &(Vec<u8>, Vec<u8>),
+                leaf_index: u32,
+                key: &openmls_basic_credential::SignatureKeyPair| {
+        phoenix_client::api::seal(
+            "ds",
+            ds::RESYNC,
+            &ds::ResyncRequest {
+                timestamp: phoenix_client::client::now(),
+                group_id: VLBytes::new(record.group_id.clone()),
+                ear_key: record.ear_key,
+                commit: VLBytes::new(commit.0.clone()),
+                group_info: VLBytes::new(commit.1.clone()),
+                member: member.clone(),
+            },
+            Signer::DsLeaf { leaf_index, key },
+        )
+        .unwrap()
+    };
+    let post = |body: Vec<u8>| {
+        let api = &api;
+        async move { api.post_sealed("ds", ds::RESYNC, &body, None).await }
+    };
+    let valid = external_commit(&info, bob_credential.clone(), &bob_signer);
+
+    // Another credential on bob's key: refused (DS-RESYNC-2).
+    let mut pseudonym = vec![0u8; 16];
+    OsRng.fill_bytes(&mut pseudonym);
+    let other = external_commit(
+        &info,
+        CredentialWithKey {
+            credential: BasicCredential::new(pseudonym).into(),
+            signature_key: bob_node.signature_key().clone(),
+        },
+        &bob_signer,
+    );
+    assert_eq!(
+        code(post(send(&other, bob_leaf, &bob_signer)).await),
+        "INVALID_COMMIT"
+    );
+    // Alice, signing as herself, removes bob's leaf: refused (DS-RESYNC-1).
+    assert_eq!(
+        code(post(send(&valid, alice_leaf, &alice_signer)).await),
+        "INVALID_COMMIT"
+    );
+    // Someone else's key naming bob's leaf, and a leaf nobody holds (DS-RESYNC-1).
+    let outsider = openmls_basic_credential::SignatureKeyPair::new(
+        phoenix_client::mls::CIPHERSUITE.signature_algorithm(),
+    )
+    .unwrap();
+    assert_eq!(
+        code(post(send(&valid, bob_leaf, &outsider)).await),
+        "BAD_SIGNATURE"
+    );
+    assert_eq!(
+        code(post(send(&valid, 7, &outsider)).await),
+        "UNKNOWN_SENDER"
+    );
+    // An outsider's external commit (it removes nobody), signed by bob: refused.
+    let joiner = external_commit(
+        &info,
+        CredentialWithKey {
+            credential: BasicCredential::new(vec![9u8; 16]).into(),
+            signature_key: outsider.public().into(),
+        },
+        &outsider,
+    );
+    assert_eq!(
+        code(post(send(&joiner, bob_leaf, &bob_signer)).await),
+        "INVALID_COMMIT"
+    );
+    // Nothing changed so far; bob's own resync is accepted, once (DS-RESYNC-3).
+    let body = send(&valid, bob_leaf, &bob_signer);
+    post(body.clone()).await.unwrap();
+    assert_eq!(code(post(body).await), "REPLAYED");
+    let after: ds::ExternalCommitInfoResponse = api
+        .call(
+            "ds",
+            ds::EXTERNAL_COMMIT_INFO,
+            &ds::ExternalCommitInfoRequest {
+                group_id: VLBytes::new(record.group_id.clone()),
+                ear_key: record.ear_key,
+            },
+            Signer::Anonymous,
+        )
+        .await
+        .unwrap();
+    assert_eq!(after.credentials.len(), 2, "bob is in exactly one leaf");
+    // Alice hears of it and sees bob once, verified.
+    let events = alice.sync().await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "member_resynced" && e["member"] == "bob@a.test"),
+        "{events:?}"
+    );
+    let members = alice.members("team").await.unwrap();
+    assert_eq!(
+        members
+            .iter()
+            .filter(|m| m.fid.as_deref() == Some("bob@a.test") && m.verified)
+            .count(),
+        1,
+        "{members:?}"
+    );
 }

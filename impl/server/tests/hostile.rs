@@ -54,6 +54,7 @@ use phoenix_types::messages::{
     AsClientAuth, Auth, DequeueRequest, DsLeafAuth, Empty, QsAuth, RequestEnvelope, operation_label,
 };
 use phoenix_types::mls_profile::{CIPHERSUITE, capabilities, create_config};
+use phoenix_types::tokens;
 use support::{Backend, Storage, on_both_backends};
 
 const DOMAIN: &str = "a.test";
@@ -118,6 +119,8 @@ on_both_backends!(
     an_expired_connection_package_is_never_served_nor_consumed,
     a_rolled_back_group_state_is_refused_and_changes_nothing,
     group_id_reservations_that_expire_unused_are_purged,
+    group_ids_are_only_for_clients_of_this_server_with_a_token,
+    group_id_requests_are_rate_limited_per_address,
 );
 
 // ----- building valid requests ------------------------------------------------------
@@ -134,6 +137,21 @@ fn envelope(payload: &[u8], auth: Auth) -> Vec<u8> {
 
 fn now() -> u64 {
     phoenix_server::server::now()
+}
+
+fn wire_token(t: tokens::Token) -> ds::GroupToken {
+    ds::GroupToken {
+        key_id: VLBytes::new(t.key_id.to_vec()),
+        input: VLBytes::new(t.input.to_vec()),
+        output: VLBytes::new(t.output),
+    }
+}
+
+/// A registered client's group-creation token (setup for DS tests).
+async fn a_group_token(api: &Api) -> ds::GroupToken {
+    let name = format!("creator{}@a.test", OsRng.next_u32());
+    let creator = AsIdentity::register(api, &name).await;
+    creator.group_tokens(api, 1).await.remove(0)
 }
 
 /// A registered AS client whose key we hold.
@@ -168,6 +186,42 @@ impl AsIdentity {
             client_id: "c1".into(),
             key,
         }
+    }
+
+    /// `n` group-creation tokens issued to this client through `as/issue_group_tokens`.
+    async fn group_tokens(&self, api: &Api, n: usize) -> Vec<ds::GroupToken> {
+        let (tokens, _) = self.try_group_tokens(api, n).await.unwrap();
+        tokens
+    }
+
+    /// Ask for `n` tokens; also returns the exact request bytes (for replays).
+    async fn try_group_tokens(
+        &self,
+        api: &Api,
+        n: usize,
+    ) -> Result<(Vec<ds::GroupToken>, Vec<u8>), phoenix_client::error::ClientError> {
+        let pending: Vec<_> = (0..n).map(|_| tokens::blind(&mut OsRng).unwrap()).collect();
+        let request = as_::IssueGroupTokensRequest {
+            timestamp: now(),
+            blinded: pending
+                .iter()
+                .map(|p| VLBytes::new(p.blinded().to_vec()))
+                .collect(),
+        };
+        let body = self.sign(as_::ISSUE_GROUP_TOKENS, &codec::encode(&request).unwrap());
+        let answer = api
+            .post_sealed("as", as_::ISSUE_GROUP_TOKENS, &body, None)
+            .await?;
+        let response: as_::IssueGroupTokensResponse = codec::decode(&answer, usize::MAX).unwrap();
+        let evaluated: Vec<&[u8]> = response.evaluated.iter().map(|e| e.as_slice()).collect();
+        let issued = tokens::finalize(
+            &pending,
+            &evaluated,
+            response.proof.as_slice(),
+            response.public_key.as_slice(),
+        )
+        .unwrap();
+        Ok((issued.into_iter().map(wire_token).collect(), body))
     }
 
     fn sign(&self, operation: &str, payload: &[u8]) -> Vec<u8> {
@@ -365,8 +419,14 @@ struct DsIdentity {
 
 impl DsIdentity {
     async fn create(api: &Api, server: &Server) -> Self {
+        let token = a_group_token(api).await;
         let reserved: ds::RequestGroupIdResponse = api
-            .call("ds", ds::REQUEST_GROUP_ID, &Empty {}, Signer::Anonymous)
+            .call(
+                "ds",
+                ds::REQUEST_GROUP_ID,
+                &ds::RequestGroupIdRequest { token },
+                Signer::Anonymous,
+            )
             .await
             .unwrap();
         let gid = reserved.group_id.as_slice().to_vec();
@@ -692,10 +752,25 @@ async fn valid_bodies(server: &TestServer) -> BTreeMap<String, Vec<Vec<u8>>> {
             &codec::encode(&qs::KeyPackageStatusRequest { timestamp: now() }).unwrap(),
         ),
     );
+    let token = alice.group_tokens(&api, 1).await.remove(0);
     add(
         "ds",
         ds::REQUEST_GROUP_ID,
-        anonymous(codec::encode(&Empty {}).unwrap()),
+        anonymous(codec::encode(&ds::RequestGroupIdRequest { token }).unwrap()),
+    );
+    add(
+        "as",
+        as_::ISSUE_GROUP_TOKENS,
+        alice.sign(
+            as_::ISSUE_GROUP_TOKENS,
+            &codec::encode(&as_::IssueGroupTokensRequest {
+                timestamp: now(),
+                blinded: vec![VLBytes::new(
+                    tokens::blind(&mut OsRng).unwrap().blinded().to_vec(),
+                )],
+            })
+            .unwrap(),
+        ),
     );
     add("ds", ds::CREATE_GROUP, group.create.clone());
     add("ds", ds::EXTERNAL_COMMIT_INFO, group.info.clone());
@@ -708,6 +783,7 @@ async fn valid_bodies(server: &TestServer) -> BTreeMap<String, Vec<Vec<u8>>> {
         ds::ADD_USERS,
         ds::REMOVE_USERS,
         ds::UPDATE,
+        ds::RESYNC,
     ] {
         add("ds", operation, group.send.clone());
         add("ds", operation, group.create.clone());
@@ -1354,8 +1430,14 @@ async fn group_id_reservations_that_expire_unused_are_purged(backend: Backend) {
     let api = server.api();
     let mut reserved = Vec::new();
     for _ in 0..3 {
+        let token = a_group_token(&api).await;
         let response: ds::RequestGroupIdResponse = api
-            .call("ds", ds::REQUEST_GROUP_ID, &Empty {}, Signer::Anonymous)
+            .call(
+                "ds",
+                ds::REQUEST_GROUP_ID,
+                &ds::RequestGroupIdRequest { token },
+                Signer::Anonymous,
+            )
             .await
             .unwrap();
         reserved.push(response.group_id.as_slice().to_vec());
@@ -1396,4 +1478,154 @@ fn fresh_replay_record() -> phoenix_server::store::ReplayRecord {
         digest,
         received_at: now(),
     }
+}
+
+// Requirement: DS-GID-3, AS-TOKEN-1, AS-TOKEN-2, ADV-REPLAY-3
+/// The hole: `request_group_id` (and so `create_group`) accepted anyone, from anywhere.
+/// Now a group id costs one anonymous token that only this server's AS issues, to its own
+/// registered clients, within a daily allowance; a token buys one reservation (the same
+/// one again while it is unused, for a retry), and nothing else gets an id.
+async fn group_ids_are_only_for_clients_of_this_server_with_a_token(backend: Backend) {
+    let limits = Limits {
+        group_tokens_per_day: 5,
+        ..unlimited()
+    };
+    let Some(server) = TestServer::start(backend, limits).await else {
+        return;
+    };
+    let api = server.api();
+    let request_id = |token: ds::GroupToken| {
+        let api = &api;
+        async move {
+            api.call::<_, ds::RequestGroupIdResponse>(
+                "ds",
+                ds::REQUEST_GROUP_ID,
+                &ds::RequestGroupIdRequest { token },
+                Signer::Anonymous,
+            )
+            .await
+            .map(|r| r.group_id.as_slice().to_vec())
+        }
+    };
+    let code = |r: Result<Vec<u8>, phoenix_client::error::ClientError>| {
+        r.unwrap_err().code().map(str::to_owned)
+    };
+
+    // Anyone without a token: refused, as before the fix it was not.
+    let no_token = api
+        .post_sealed(
+            "ds",
+            ds::REQUEST_GROUP_ID,
+            &envelope(&codec::encode(&Empty {}).unwrap(), Auth::None),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(no_token.code(), Some("MALFORMED"), "{no_token}");
+
+    // A forged token, and one of another server's key: INVALID_TOKEN.
+    let alice = AsIdentity::register(&api, "alice@a.test").await;
+    let mut issued = alice.group_tokens(&api, 3).await;
+    let mut forged = issued[0].clone();
+    let mut output = forged.output.as_slice().to_vec();
+    output[0] ^= 1;
+    forged.output = VLBytes::new(output);
+    assert_eq!(
+        code(request_id(forged).await).as_deref(),
+        Some("INVALID_TOKEN")
+    );
+    let (other_key, _) = tokens::TokenKey::generate(&mut OsRng).unwrap();
+    let pending = tokens::blind(&mut OsRng).unwrap();
+    let (evaluated, proof) = other_key.issue(&mut OsRng, &[pending.blinded()]).unwrap();
+    let foreign = tokens::finalize(
+        std::slice::from_ref(&pending),
+        &[evaluated[0].as_slice()],
+        &proof,
+        other_key.public_key(),
+    )
+    .unwrap()
+    .remove(0);
+    assert_eq!(
+        code(request_id(wire_token(foreign)).await).as_deref(),
+        Some("INVALID_TOKEN")
+    );
+
+    // Someone who is not a client of this server gets no token.
+    let stranger = AsIdentity {
+        fid: "mallory@b.test".into(),
+        client_id: "c1".into(),
+        key: crypto::generate_signing_key(&mut OsRng),
+    };
+    let refused = stranger.try_group_tokens(&api, 1).await.unwrap_err();
+    assert_eq!(refused.code(), Some("UNKNOWN_CLIENT"));
+
+    // An issued token buys one id; the same token again gets the same id while unused.
+    let token = issued.remove(0);
+    let first = request_id(token.clone()).await.unwrap();
+    assert_eq!(request_id(token.clone()).await.unwrap(), first);
+    let second = request_id(issued.remove(0)).await.unwrap();
+    assert_ne!(first, second);
+
+    // Once the reservation is used, the token is spent.
+    use phoenix_server::store::{CreateGroup, DsStore};
+    assert_eq!(
+        server
+            .server
+            .store
+            .create_group(&first, b"state", now(), &fresh_replay_record())
+            .await
+            .unwrap(),
+        CreateGroup::Created
+    );
+    assert_eq!(
+        code(request_id(token).await).as_deref(),
+        Some("INVALID_TOKEN")
+    );
+
+    // The daily allowance: 3 issued, 2 more fit, then TOKEN_QUOTA_EXCEEDED.
+    let (_, body) = alice.try_group_tokens(&api, 2).await.unwrap();
+    let over = alice.try_group_tokens(&api, 1).await.unwrap_err();
+    assert_eq!(over.code(), Some("TOKEN_QUOTA_EXCEEDED"));
+    // A replayed issuance request burns nothing and issues nothing.
+    let replayed = api
+        .post_sealed("as", as_::ISSUE_GROUP_TOKENS, &body, None)
+        .await
+        .unwrap_err();
+    assert_eq!(replayed.code(), Some("REPLAYED"));
+    server.stop().await;
+}
+
+/// Each `request_group_id` costs the DS a VOPRF evaluation, forged tokens included: the
+/// requests of one address are limited before any token is looked at.
+async fn group_id_requests_are_rate_limited_per_address(backend: Backend) {
+    // Requirement: DS-GID-4
+    let mut limits = Limits::default();
+    limits.rate_limits.request_group_id = "2/hour".parse().unwrap();
+    let Some(server) = TestServer::start(backend, limits).await else {
+        return;
+    };
+    let api = server.api();
+    let forged = ds::RequestGroupIdRequest {
+        token: ds::GroupToken {
+            key_id: VLBytes::new(vec![0; 8]),
+            input: VLBytes::new(vec![1; 32]),
+            output: VLBytes::new(vec![2; 64]),
+        },
+    };
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        let answer: Result<ds::RequestGroupIdResponse, _> = api
+            .call("ds", ds::REQUEST_GROUP_ID, &forged, Signer::Anonymous)
+            .await;
+        codes.push(answer.unwrap_err().code().map(str::to_owned));
+    }
+    assert_eq!(
+        codes,
+        [
+            Some("INVALID_TOKEN".to_owned()),
+            Some("INVALID_TOKEN".to_owned()),
+            Some("RATE_LIMITED".to_owned())
+        ]
+    );
+    server.stop().await;
 }

@@ -927,6 +927,24 @@ async fn enqueue_dedup_is_a_no_op(db: &TestDb) {
         enqueued.extend(task.await.unwrap().into_iter().flatten());
     }
     assert_eq!(enqueued, vec![2]);
+
+    // Requirement: QS-DEDUP-1
+    // The recipient acknowledges everything (the rows are deleted); the same entry
+    // delivered again (an outbox entry whose delete was lost to a crash, claimed again
+    // once its lease ran out) is still a duplicate. Before the QS kept its own records,
+    // the check looked only at the queue rows, and this delivered the message twice.
+    assert_eq!(store.dequeue(&c2, 3, 100).await.unwrap(), (vec![], 0));
+    assert_eq!(
+        store
+            .enqueue(&[entry(c2, b"once", Some(7)), entry(c2, b"new", Some(8))])
+            .await
+            .unwrap(),
+        vec![None, Some(3)]
+    );
+    // The records are pruned after their retention, not before.
+    let now = phoenix_server::server::now();
+    assert_eq!(store.prune_qs_delivered(now - 3600).await.unwrap(), 0);
+    assert!(store.prune_qs_delivered(now + 10).await.unwrap() >= 4);
 }
 
 async fn dequeue_semantics(db: &TestDb) {

@@ -75,6 +75,12 @@ codes! {
     FederationRefused = (403, "FEDERATION_REFUSED"),
     Misaddressed = (421, "MISADDRESSED"),
     Replayed = (409, "REPLAYED"),
+    // Requirement: DS-GID-3
+    InvalidToken = (403, "INVALID_TOKEN"),
+    // Requirement: AS-TOKEN-2
+    TokenQuotaExceeded = (429, "TOKEN_QUOTA_EXCEEDED"),
+    // Requirement: OPS-ADMIN-2
+    UserSuspended = (403, "USER_SUSPENDED"),
     UnknownPeer = (502, "UNKNOWN_PEER"),
     NotFound = (404, "NOT_FOUND"),
     MethodNotAllowed = (405, "METHOD_NOT_ALLOWED"),

@@ -30,6 +30,7 @@ pub mod error;
 pub mod ids;
 pub mod messages;
 pub mod mls_profile;
+pub mod tokens;
 
 /// The protocol version spoken on every Phoenix route; carried in every request envelope
 /// and advertised in discovery.

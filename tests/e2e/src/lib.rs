@@ -41,6 +41,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 pub mod proxy;
+pub mod tcp_proxy;
 
 /// The Postgres server the tests use when `PHOENIX_TEST_POSTGRES_URL` is not set.
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -238,6 +239,15 @@ impl TestDatabase {
     }
 }
 
+impl TestDatabase {
+    /// The same database reached at `url` instead (e.g. through a [`tcp_proxy::TcpProxy`]);
+    /// it is still dropped through the original server address.
+    pub fn reached_at(mut self, url: String) -> Self {
+        self.url = url;
+        self
+    }
+}
+
 impl Drop for TestDatabase {
     fn drop(&mut self) {
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
@@ -389,6 +399,23 @@ impl TestServer {
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Run `phoenix-server <same flags> admin <args...>` against this server's database:
+    /// (exit code, stdout, stderr), whatever the outcome.
+    pub fn admin(&self, args: &[&str]) -> (i32, String, String) {
+        let output = Command::new(binary("phoenix-server"))
+            .args(&self.args)
+            .arg("admin")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     }
 
     /// Stop the server (SIGTERM) and start it again on the same database, address and flags.

@@ -328,7 +328,7 @@ fn a_new_user_meets_no_walls() {
     let list = alice.run(&["group", "list"]);
     assert_eq!(
         list["groups"],
-        json!([{"name": "team", "members": 2, "active": true}]),
+        json!([{"name": "team", "members": 2, "active": true, "unread": 0}]),
         "{list}"
     );
 
@@ -352,7 +352,7 @@ fn a_new_user_meets_no_walls() {
     assert!(status.success());
     assert_eq!(stdout.trim(), "nothing new");
     let (_, stdout, _) = human(&alice, &["group", "list"]);
-    assert_eq!(stdout.trim(), "team (2 members)");
+    assert_eq!(stdout.trim(), "team (2 members, no unread messages)");
 
     let nowhere = Cli::new("nowhere");
     let (status, _, stderr) = human(
@@ -360,5 +360,9 @@ fn a_new_user_meets_no_walls() {
         &["register", "x@a.test", "--server", "http://127.0.0.1:9"],
     );
     assert!(!status.success());
-    assert!(stderr.contains("Connection refused"), "{stderr}");
+    // Requirement: CLI-ERR-1
+    assert!(
+        stderr.contains("could not register x@a.test") && stderr.contains("connection refused"),
+        "{stderr}"
+    );
 }

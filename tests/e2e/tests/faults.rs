@@ -3,7 +3,7 @@
 //! Each test counts what was acknowledged and what arrived, and asserts nothing was lost
 //! or duplicated.
 //!
-//! Requirement: CL-LOCK-1, CL-FILES-1
+//! Requirement: CL-LOCK-1, CL-FILES-1, CL-AMBIG-1, CL-AMBIG-2
 
 #![allow(
     clippy::unwrap_used,
@@ -209,7 +209,7 @@ fn lost_replies_on_ds_and_qs_operations_on_postgres() {
 /// again; the server's `REPLAYED` or the DS's current group info settles it), and bob
 /// receives every acknowledged message exactly once.
 ///
-/// Requirement: CL-AMBIG-1
+/// Requirement: CL-AMBIG-1, DS-GID-3
 fn lost_replies_on_ds_and_qs_operations(server: &TestServer) {
     use phoenix_e2e::proxy::ReplyDroppingProxy;
 
@@ -232,7 +232,17 @@ fn lost_replies_on_ds_and_qs_operations(server: &TestServer) {
             e["kind"] == "connected" && e["contact"] == fid
         });
     }
+    // A lost answer to the group id request (the same token is sent again and gets the
+    // same reservation), then to the group creation itself (the identical bytes again:
+    // `REPLAYED` counts as created).
+    proxy.drop_next_reply(&["/phoenix/v1/ds/request_group_id"]);
     alice.run(&["group", "create", "g"]);
+    proxy.drop_next_reply(&["/phoenix/v1/ds/create_group"]);
+    alice.run(&["group", "create", "spare"]);
+    let groups = alice.run(&["group", "list"]);
+    for name in ["g", "spare"] {
+        assert!(groups.to_string().contains(name), "{groups}");
+    }
 
     let mut acknowledged = Vec::new();
     let mut send = |text: &str| {
@@ -293,6 +303,169 @@ fn lost_replies_on_ds_and_qs_operations(server: &TestServer) {
     for e in events.iter().filter(|e| e["kind"] == "message") {
         assert_eq!(e["verified"], true, "{e}");
         assert_eq!(e["sender"], "alice@a.test", "{e}");
+    }
+}
+
+#[test]
+fn lost_replies_on_registration_and_the_connection_path_on_sqlite() {
+    lost_replies_on_registration_and_the_connection_path(&TestServer::sqlite("a.test"));
+}
+
+#[test]
+fn lost_replies_on_registration_and_the_connection_path_on_postgres() {
+    let Some(server) = TestServer::postgres("a.test") else {
+        return;
+    };
+    lost_replies_on_registration_and_the_connection_path(&server);
+}
+
+/// The AS and QS operations of registration and of connecting, each losing its answer
+/// through the reply-dropping proxy. Before registration settled lost answers, a lost
+/// answer to `as/register` or `qs/create_user` wedged the user: the retry (or a second
+/// `phoenix register`) got `USER_EXISTS` / `DUPLICATE_FRIENDSHIP_TOKEN` for an account
+/// whose keys nobody held. Now every command whose answer was dropped still succeeds (or,
+/// when every attempt's answer is lost, fails and finishes when run again), a different
+/// CSR for a taken FID is still refused, and the connections, the invitation and the
+/// messages after them complete once each.
+///
+/// Requirement: CL-AMBIG-2
+fn lost_replies_on_registration_and_the_connection_path(server: &TestServer) {
+    use phoenix_e2e::proxy::ReplyDroppingProxy;
+    const REGISTER: &str = "/phoenix/v1/as/register";
+    const CREATE_USER: &str = "/phoenix/v1/qs/create_user";
+
+    let proxy = ReplyDroppingProxy::start(server.url());
+    // Requirement: CL-AMBIG-2
+    // Every request of a registration loses its first answer once: it still succeeds.
+    let alice = Cli::for_server("alice", server);
+    proxy.drop_next_reply(&[
+        REGISTER,
+        "/phoenix/v1/qs/queue_config_key",
+        CREATE_USER,
+        "/phoenix/v1/as/publish_connection_packages",
+        "/phoenix/v1/qs/publish_key_packages",
+    ]);
+    alice.run(&["register", "alice@a.test", "--server", &proxy.url]);
+    assert!(
+        proxy.armed().is_empty(),
+        "drops not met: {:?}",
+        proxy.armed()
+    );
+
+    // Every attempt at `as/register` loses its answer, then every attempt at
+    // `qs/create_user`: each run fails saying the registration is saved, and the next
+    // run on the same home finishes it.
+    let dave = Cli::for_server("dave", server);
+    proxy.drop_next_reply(&[REGISTER, REGISTER, REGISTER]);
+    let out = dave.fail(&["register", "dave@a.test", "--server", &proxy.url]);
+    assert!(
+        out.stderr.contains("run the same `phoenix register` again"),
+        "{}",
+        out.stderr
+    );
+    proxy.drop_next_reply(&[CREATE_USER, CREATE_USER, CREATE_USER]);
+    let out = dave.fail(&["register", "dave@a.test", "--server", &proxy.url]);
+    assert!(
+        out.stderr.contains("run the same `phoenix register` again"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        proxy.armed().is_empty(),
+        "drops not met: {:?}",
+        proxy.armed()
+    );
+    // Another FID on the home with an unfinished registration is refused.
+    let out = dave.fail(&["register", "other@a.test", "--server", &proxy.url]);
+    assert!(
+        out.stderr
+            .contains("unfinished registration of dave@a.test"),
+        "{}",
+        out.stderr
+    );
+    dave.run(&["register", "dave@a.test", "--server", &proxy.url]);
+    let out = dave.fail(&["register", "dave@a.test", "--server", &proxy.url]);
+    assert!(
+        out.stderr.contains("already holds the identity"),
+        "{}",
+        out.stderr
+    );
+    // The hole stays closed: another device's CSR for a taken FID is refused.
+    let mallory = Cli::for_server("mallory", server);
+    for fid in ["alice@a.test", "dave@a.test"] {
+        let out = mallory.fail(&["register", fid, "--server", server.url()]);
+        assert!(out.stderr.contains("USER_EXISTS"), "{}", out.stderr);
+    }
+    // A definite refusal leaves nothing pending: that home registers another FID.
+    mallory.run(&["register", "mallory@a.test", "--server", server.url()]);
+
+    // Connecting, with a lost answer on each AS, QS and DS read on the way.
+    let bob = Cli::for_server("bob", server);
+    bob.run(&["register", "bob@a.test", "--server", server.url()]);
+    proxy.drop_next_reply(&["/phoenix/v1/as/fetch_connection_package"]);
+    alice.run(&["connect", "dave@a.test"]);
+    proxy.drop_next_reply(&["/phoenix/v1/as/dequeue_connection"]);
+    dave.run(&["requests"]);
+    proxy.drop_next_reply(&["/phoenix/v1/ds/external_commit_info"]);
+    dave.run(&["accept", "alice@a.test"]);
+    proxy.drop_next_reply(&["/phoenix/v1/qs/dequeue"]);
+    let mut alice_events = alice.sync_until(DELIVERY, |e| {
+        e["kind"] == "connected" && e["contact"] == "dave@a.test"
+    });
+    bob.run(&["connect", "alice@a.test"]);
+    proxy.drop_next_reply(&["/phoenix/v1/as/dequeue_connection"]);
+    alice.run(&["requests"]);
+    alice.run(&["accept", "bob@a.test"]);
+    bob.sync_until(DELIVERY, |e| e["kind"] == "connected");
+    alice.run(&["group", "create", "g"]);
+    // alice fetches dave's and bob's key packages; the answers are lost once each.
+    proxy.drop_next_reply(&["/phoenix/v1/qs/fetch_key_packages"]);
+    alice.run(&["group", "invite", "g", "dave@a.test"]);
+    proxy.drop_next_reply(&["/phoenix/v1/qs/fetch_key_packages"]);
+    alice.run(&["group", "invite", "g", "bob@a.test"]);
+    let mut dave_events = dave.sync_until(DELIVERY, |e| e["kind"] == "joined");
+    let mut bob_events = bob.sync_until(DELIVERY, |e| e["kind"] == "joined");
+    assert!(
+        proxy.armed().is_empty(),
+        "drops not met: {:?}",
+        proxy.armed()
+    );
+
+    let acknowledged = vec!["one".to_owned(), "two".to_owned()];
+    for text in &acknowledged {
+        alice.run(&["send", "g", text]);
+    }
+    dave.run(&["send", "g", "from dave"]);
+    let deadline = std::time::Instant::now() + DELIVERY;
+    while (!texts(&dave_events).contains(&"two".to_owned())
+        || !texts(&bob_events).contains(&"from dave".to_owned())
+        || !texts(&alice_events).contains(&"from dave".to_owned()))
+        && std::time::Instant::now() < deadline
+    {
+        dave_events.extend(dave.run(&["sync"])["events"].as_array().cloned().unwrap());
+        bob_events.extend(bob.run(&["sync"])["events"].as_array().cloned().unwrap());
+        alice_events.extend(alice.run(&["sync"])["events"].as_array().cloned().unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let label = format!("lost answers {:?}", proxy.dropped());
+    assert_nothing_lost(&format!("dave, {label}"), &acknowledged, &dave_events);
+    let mut with_dave = acknowledged.clone();
+    with_dave.push("from dave".to_owned());
+    assert_nothing_lost(&format!("bob, {label}"), &with_dave, &bob_events);
+    assert_nothing_lost("alice", &["from dave".to_owned()], &alice_events);
+    // Each connection and each join happened once.
+    let count = |events: &[Value], kind: &str| events.iter().filter(|e| e["kind"] == kind).count();
+    assert_eq!(count(&dave_events, "joined"), 1, "{dave_events:?}");
+    assert_eq!(count(&bob_events, "joined"), 1, "{bob_events:?}");
+    assert_eq!(count(&alice_events, "connected"), 1, "{alice_events:?}");
+    let contacts = alice.run(&["contacts"]);
+    eprintln!("alice's contacts: {contacts}");
+    for e in dave_events
+        .iter()
+        .chain(&bob_events)
+        .filter(|e| e["kind"] == "message")
+    {
+        assert_eq!(e["verified"], true, "{e}");
     }
 }
 

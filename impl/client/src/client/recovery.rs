@@ -23,11 +23,13 @@
 //! 5. If the server cannot be reached at all, the request stays saved and the command
 //!    fails saying so; the next command sends it again first ([`Client::flush_outgoing`]).
 //!
+//! Registration and the AS/QS requests settle their lost answers elsewhere
+//! (`registration.rs`, `crate::api::Api::post_retrying`; CL-AMBIG-2).
+//!
 //! `join_connection_group` is settled the same way within the command that sends it
 //! ([`Client::send_join_sealed`]), but not kept past it. Not covered here: `create_group`
-//! (a lost answer leaves an orphan group on the server; the user creates the group again),
-//! and a client that fell behind anyway (resync by external commit belongs to the
-//! Delivery Service work).
+//! (a lost answer leaves an orphan group on the server; the user creates the group again).
+//! A client that fell behind anyway resyncs by external commit (`resync.rs`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -97,9 +99,11 @@ impl Client {
             match self.post_ds(id, group_id, operation, body).await {
                 Ok(_) => return Outcome::Accepted,
                 Err(e) if e.code() == Some("REPLAYED") => return Outcome::Accepted,
-                Err(e @ (ClientError::Transport(_) | ClientError::Server(_)))
-                    if is_unanswered(&e) =>
-                {
+                Err(
+                    e @ (ClientError::Transport(_)
+                    | ClientError::NotSent(_)
+                    | ClientError::Server(_)),
+                ) if is_unanswered(&e) => {
                     silence = true;
                     last = e;
                 }
@@ -112,6 +116,28 @@ impl Client {
             }
         }
         Outcome::Unknown(last)
+    }
+
+    // Requirement: CL-AMBIG-1
+    /// Send a sealed `create_group`, retrying the identical bytes while no answer comes: a
+    /// copy of an accepted creation is answered `REPLAYED`, which counts as created.
+    pub(super) async fn deliver_create_group(
+        &self,
+        id: &Identity,
+        group_id: &[u8],
+        body: &[u8],
+    ) -> Result<(), ClientError> {
+        match self
+            .deliver(id, group_id, ds::CREATE_GROUP, body, RETRY_PAUSES.len() + 1)
+            .await
+        {
+            Outcome::Accepted => Ok(()),
+            Outcome::Refused { error, .. } => Err(error),
+            Outcome::Unknown(error) => Err(ClientError::Transport(format!(
+                "the group was not confirmed created: {error}; run the command again when \
+                 the server is reachable"
+            ))),
+        }
     }
 
     /// Post sealed bytes to the DS hosting `group_id`, with a foreign session where one
@@ -188,8 +214,10 @@ impl Client {
             .await?;
         match outcome {
             Outcome::Accepted => {
+                // Requirement: CLI-HIST-1
+                let own = self.own_message(record, text, now()).await?;
                 self.store
-                    .save_mls_settling(&self.provider.values()?, oid)
+                    .save_mls_settling_sent(&self.provider.values()?, oid, &own)
                     .await
             }
             Outcome::Refused {
@@ -402,9 +430,19 @@ impl Client {
         pending: &Outgoing,
         outcome: Outcome,
     ) -> Result<serde_json::Value, ClientError> {
-        self.store
-            .save_mls_settling(&self.provider.values()?, pending.id)
-            .await?;
+        if let Outcome::Accepted = outcome {
+            // Requirement: CLI-HIST-1 (in the history at the time it was sent)
+            let own = self
+                .own_message(record, &pending.detail, pending.created_at)
+                .await?;
+            self.store
+                .save_mls_settling_sent(&self.provider.values()?, pending.id, &own)
+                .await?;
+        } else {
+            self.store
+                .save_mls_settling(&self.provider.values()?, pending.id)
+                .await?;
+        }
         Ok(match outcome {
             Outcome::Accepted => json!({"kind": "sent", "group": record.name,
                 "text": pending.detail, "late": true}),
@@ -520,7 +558,7 @@ impl Client {
 /// Whether an error means "no answer": the request may or may not have been kept.
 fn is_unanswered(error: &ClientError) -> bool {
     match error {
-        ClientError::Transport(_) => true,
+        ClientError::Transport(_) | ClientError::NotSent(_) => true,
         // A 5xx: the server's own fault (a store failure is rolled back, a proxy's 502/504
         // says nothing about the server's commit).
         ClientError::Server(e) => e.code.as_str() == "INTERNAL",

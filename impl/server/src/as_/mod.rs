@@ -7,6 +7,7 @@
 pub mod certificates;
 pub mod connection_packages;
 pub mod direct_queue;
+pub mod issue_group_tokens;
 pub mod register;
 
 use phoenix_types::error::{ErrorCode, WireError};
@@ -30,6 +31,7 @@ pub fn operation(name: &str) -> Option<&'static str> {
         as_::SERVER_CERTIFICATE,
         as_::RENEW_CERTIFICATE,
         as_::DOMAIN_CERTIFICATES,
+        as_::ISSUE_GROUP_TOKENS,
     ]
     .into_iter()
     .find(|op| *op == name)
@@ -38,6 +40,7 @@ pub fn operation(name: &str) -> Option<&'static str> {
 /// Run one AS operation.
 pub async fn handle(server: &Server, request: &Request, now: u64) -> Result<Vec<u8>, WireError> {
     check_not_invalidated(server, request, now).await?;
+    check_not_suspended(server, request).await?;
     // Requirement: ADV-REPLAY-3
     crate::replay::refuse_seen(server, request).await?;
     match request.operation {
@@ -52,7 +55,35 @@ pub async fn handle(server: &Server, request: &Request, now: u64) -> Result<Vec<
         as_::SERVER_CERTIFICATE => certificates::server_certificate(server, request).await,
         as_::RENEW_CERTIFICATE => register::renew_certificate(server, request, now).await,
         as_::DOMAIN_CERTIFICATES => certificates::domain_certificates(server, request).await,
+        as_::ISSUE_GROUP_TOKENS => {
+            issue_group_tokens::issue_group_tokens(server, request, now).await
+        }
         _ => Err(WireError::new(ErrorCode::NotFound, "unknown AS operation")),
+    }
+}
+
+// Requirement: OPS-ADMIN-2
+/// A request signed as a client of a user the operator suspended (`phoenix-server admin
+/// users suspend`) is refused with `USER_SUSPENDED`, before the operation looks at it. This
+/// covers every AS operation signed by a client (the user's own requests); the QS and DS
+/// do not know users (their clients are pseudonymous), so a suspended user's queues and
+/// groups keep working until their certificates expire and cannot be renewed here.
+async fn check_not_suspended(server: &Server, request: &Request) -> Result<(), WireError> {
+    let Auth::AsClient(auth) = &request.auth else {
+        return Ok(());
+    };
+    let Ok(fid) = Fid::parse(&auth.fid) else {
+        return Ok(());
+    };
+    let suspended = crate::store::admin::AdminStore::suspended_at(&server.store, &fid.to_string())
+        .await
+        .map_err(server.internal())?;
+    match suspended {
+        Some(at) => Err(WireError::new(
+            ErrorCode::UserSuspended,
+            format!("user {fid} was suspended by this server's operator at {at}"),
+        )),
+        None => Ok(()),
     }
 }
 

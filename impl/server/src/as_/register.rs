@@ -25,7 +25,7 @@ fn check_csr_size(server: &Server, csr: &[u8]) -> Result<(), WireError> {
     Ok(())
 }
 
-// Requirement: AS-REG-1, AS-REG-2, AS-REG-3, AS-REG-4, AS-CERT-1
+// Requirement: AS-REG-1, AS-REG-2, AS-REG-3, AS-REG-4, AS-CERT-1, CL-AMBIG-2
 pub async fn register(server: &Server, request: &Request, now: u64) -> Result<Vec<u8>, WireError> {
     request.require_anonymous()?;
     let req: RegisterRequest = request.payload()?;
@@ -57,6 +57,23 @@ pub async fn register(server: &Server, request: &Request, now: u64) -> Result<Ve
     {
         CreateUser::Created => {}
         CreateUser::UserExists => {
+            // Requirement: CL-AMBIG-2
+            // A retry of a registration that took effect (its answer was lost): the same
+            // client id with the same key already holds a certificate. Answer with that
+            // certificate (public: served by `client_certificates`), issue nothing new.
+            // Any other CSR for a registered FID is refused.
+            let existing = AsStore::client(&server.store, &record.fid, &record.client_id)
+                .await
+                .map_err(server.internal())?;
+            if let Some(existing) = existing
+                && existing.public_key == record.public_key
+            {
+                tracing::info!(serial = %existing.serial, "answered a repeated registration");
+                return codec::encode(&RegisterResponse {
+                    client_certificate: VLBytes::new(existing.certificate),
+                    ca_certificate: VLBytes::new(server.ca().certificate.der.clone()),
+                });
+            }
             return Err(WireError::new(
                 ErrorCode::UserExists,
                 format!("{fid} is already registered"),

@@ -16,6 +16,7 @@ pub mod group_state;
 pub mod join_connection_group;
 pub mod remove_users;
 pub mod request_group_id;
+pub mod resync;
 pub mod send_message;
 pub mod update;
 
@@ -43,6 +44,7 @@ pub fn operation(name: &str) -> Option<&'static str> {
         ds::REMOVE_USERS,
         ds::UPDATE,
         ds::SEND_MESSAGE,
+        ds::RESYNC,
     ]
     .into_iter()
     .find(|op| *op == name)
@@ -65,6 +67,7 @@ pub async fn handle(server: &Server, request: &Request, now: u64) -> Result<Vec<
         ds::REMOVE_USERS => remove_users::remove_users(server, request, now).await,
         ds::UPDATE => update::update(server, request, now).await,
         ds::SEND_MESSAGE => send_message::send_message(server, request, now).await,
+        ds::RESYNC => resync::resync(server, request, now).await,
         _ => Err(WireError::new(ErrorCode::NotFound, "unknown DS operation")),
     }
 }

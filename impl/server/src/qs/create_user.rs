@@ -24,7 +24,7 @@ fn auth_key(bytes: &[u8]) -> Result<[u8; 32], WireError> {
         })
 }
 
-// Requirement: QS-USER-1, QS-USER-2
+// Requirement: QS-USER-1, QS-USER-2, CL-AMBIG-2
 pub async fn create_user(server: &Server, request: &Request) -> Result<Vec<u8>, WireError> {
     request.require_anonymous()?;
     let req: CreateUserRequest = request.payload()?;
@@ -55,9 +55,52 @@ pub async fn create_user(server: &Server, request: &Request) -> Result<Vec<u8>, 
         .map_err(server.internal())?
     {
         CreateQsUser::Created => codec::encode(&CreateUserResponse { user_id, client_id }),
-        CreateQsUser::DuplicateFriendshipToken => Err(WireError::new(
-            ErrorCode::DuplicateFriendshipToken,
-            "this friendship token is taken; choose a fresh random one",
-        )),
+        CreateQsUser::DuplicateFriendshipToken => {
+            // Requirement: CL-AMBIG-2
+            // A retry of a creation that took effect (its answer was lost): the user with
+            // this token has exactly these auth keys. Answer with its ids again. Whoever
+            // sends these bytes holds the friendship token already, which is what the ids
+            // would let them reach (`fetch_key_packages`); every other QS operation on the
+            // ids needs a signature by the auth keys' private halves.
+            if let Some(existing) = repeated_creation(server, &user, &client).await? {
+                return codec::encode(&existing);
+            }
+            Err(WireError::new(
+                ErrorCode::DuplicateFriendshipToken,
+                "this friendship token is taken; choose a fresh random one",
+            ))
+        }
+    }
+}
+
+/// The ids of the user created before by a request identical in effect to this one (same
+/// friendship token, user auth key and client auth key, and still its only client), if any.
+async fn repeated_creation(
+    server: &Server,
+    user: &QsUserRecord,
+    client: &QsClientRecord,
+) -> Result<Option<CreateUserResponse>, WireError> {
+    let Some(existing) = server
+        .store
+        .user_by_friendship_token_hash(&user.friendship_token_hash)
+        .await
+        .map_err(server.internal())?
+    else {
+        return Ok(None);
+    };
+    if existing.auth_key != user.auth_key {
+        return Ok(None);
+    }
+    let clients = server
+        .store
+        .clients_of_user(&existing.user_id)
+        .await
+        .map_err(server.internal())?;
+    match clients.as_slice() {
+        [only] if only.auth_key == client.auth_key => Ok(Some(CreateUserResponse {
+            user_id: existing.user_id,
+            client_id: only.client_id,
+        })),
+        _ => Ok(None),
     }
 }

@@ -58,6 +58,10 @@ impl EphemeralStore for Store {
         delegate!(self, prune_ds_seen(before))
     }
 
+    async fn prune_qs_delivered(&self, before: u64) -> StoreResult<u64> {
+        delegate!(self, prune_qs_delivered(before))
+    }
+
     async fn purge_connection_packages(&self, now: u64) -> StoreResult<u64> {
         delegate!(self, purge_connection_packages(now))
     }
@@ -100,6 +104,7 @@ mod sql {
     pub const LEN: &str = "SELECT count(*) FROM p2_idcert_cache";
     pub const PRUNE_SEEN: &str = "DELETE FROM qs_federation_seen WHERE received_at < $1";
     pub const PRUNE_DS_SEEN: &str = "DELETE FROM ds_seen_messages WHERE received_at < $1";
+    pub const PRUNE_QS_DELIVERED: &str = "DELETE FROM qs_delivered WHERE delivered_at < $1";
     pub const PURGE_CONNECTION_PACKAGES: &str =
         "DELETE FROM as_connection_packages WHERE not_after <= $1";
     pub const PURGE_GROUP_RESERVATIONS: &str = "DELETE FROM ds_reservations WHERE expires_at <= $1";
@@ -241,6 +246,14 @@ macro_rules! backend {
                 before: u64,
             ) -> StoreResult<u64> {
                 Ok(sqlx::query(sql::PRUNE_SEEN)
+                    .bind(bound(before))
+                    .execute(pool)
+                    .await?
+                    .rows_affected())
+            }
+
+            pub(super) async fn prune_qs_delivered(pool: &$pool, before: u64) -> StoreResult<u64> {
+                Ok(sqlx::query(sql::PRUNE_QS_DELIVERED)
                     .bind(bound(before))
                     .execute(pool)
                     .await?

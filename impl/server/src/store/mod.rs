@@ -13,10 +13,12 @@
 //! `ds_` tables hold no FID and no key shared with `as_` tables: see the migrations'
 //! privacy note)
 
+pub mod admin;
 pub mod ephemeral;
 pub mod postgres;
 pub mod sessions;
 pub mod sqlite;
+pub mod tokens;
 
 use std::future::Future;
 
@@ -278,6 +280,11 @@ pub trait QsStore {
         &self,
         client_id: &QsId,
     ) -> impl Future<Output = StoreResult<Option<QsClientRecord>>> + Send;
+    /// The client records of a user (empty if the user is unknown).
+    fn clients_of_user(
+        &self,
+        user_id: &QsId,
+    ) -> impl Future<Output = StoreResult<Vec<QsClientRecord>>> + Send;
     /// Replace all key packages of a client, atomically, recording `replay` in the same
     /// transaction ([`StoreError::Replayed`], and no change, if it was recorded).
     fn replace_key_packages(
@@ -386,6 +393,9 @@ pub trait EphemeralStore {
     /// Delete the replay records of application messages received before `before`;
     /// returns how many.
     fn prune_ds_seen(&self, before: u64) -> impl Future<Output = StoreResult<u64>> + Send;
+    // Requirement: QS-DEDUP-1
+    /// Delete the QS's records of delivered dedup keys older than `before`.
+    fn prune_qs_delivered(&self, before: u64) -> impl Future<Output = StoreResult<u64>> + Send;
     // Requirement: AS-CP-7
     /// Delete every connection package (last-resort ones included) whose validity ended
     /// at `now` (`not_after <= now`); returns how many.
@@ -716,6 +726,10 @@ impl QsStore for Store {
         hash: &[u8; 32],
     ) -> StoreResult<Option<QsUserRecord>> {
         delegate!(self, QsStore::user_by_friendship_token_hash(hash))
+    }
+
+    async fn clients_of_user(&self, user_id: &QsId) -> StoreResult<Vec<QsClientRecord>> {
+        delegate!(self, QsStore::clients_of_user(user_id))
     }
 
     async fn client(&self, client_id: &QsId) -> StoreResult<Option<QsClientRecord>> {

@@ -59,7 +59,8 @@ const ENQUEUE_ATTEMPTS: u32 = 4;
 /// - `fresh` drops entries whose key is already in the queue, or is a repeat (`copy` >
 ///   1) of an earlier entry of the batch.
 /// - `numbered` numbers the rest per queue, in batch order, from the counter on.
-/// - `inserted` and `moved` write the rows and the new counters.
+/// - `inserted` and `moved` write the rows and the new counters; `recorded` keeps each
+///   dedup key in `qs_delivered` beyond the row's life (Requirement: QS-DEDUP-1).
 const ENQUEUE: &str = "\
     WITH entries AS MATERIALIZED (\
         SELECT e.*, row_number() OVER (PARTITION BY e.client_id, e.dedup ORDER BY e.position) AS copy \
@@ -71,7 +72,9 @@ const ENQUEUE: &str = "\
     fresh AS (\
         SELECT e.* FROM entries e JOIN counters c ON c.client_id = e.client_id \
         WHERE e.dedup IS NULL OR (e.copy = 1 AND NOT EXISTS (\
-            SELECT 1 FROM qs_queue q WHERE q.client_id = e.client_id AND q.dedup = e.dedup))), \
+            SELECT 1 FROM qs_queue q WHERE q.client_id = e.client_id AND q.dedup = e.dedup) \
+            AND NOT EXISTS (\
+            SELECT 1 FROM qs_delivered d WHERE d.client_id = e.client_id AND d.dedup = e.dedup))), \
     numbered AS MATERIALIZED (\
         SELECT f.position, f.client_id, f.payload, f.dedup, \
             c.next_seq + row_number() OVER (PARTITION BY f.client_id ORDER BY f.position) - 1 AS seq \
@@ -79,6 +82,9 @@ const ENQUEUE: &str = "\
     inserted AS (\
         INSERT INTO qs_queue (client_id, seq, payload, dedup) \
         SELECT client_id, seq, payload, dedup FROM numbered), \
+    recorded AS (\
+        INSERT INTO qs_delivered (client_id, dedup, delivered_at) \
+        SELECT client_id, dedup, $4::bigint FROM numbered WHERE dedup IS NOT NULL), \
     moved AS (\
         UPDATE qs_clients SET next_seq = n.next_seq \
         FROM (SELECT client_id, max(seq) + 1 AS next_seq FROM numbered GROUP BY client_id) n \
@@ -94,7 +100,15 @@ impl PgStore {
     /// Connect to `postgres://...` and run the migrations.
     pub async fn connect(url: &str) -> StoreResult<Self> {
         let options = PgConnectOptions::from_str(url)?;
-        Self::connect_with(options, PgPoolOptions::new()).await
+        // Requirement: OPS-LOG-3 (one direct connection first, so that an unreachable or
+        // refusing database is reported with its cause within seconds, not as a pool
+        // timeout; then bounded waits for pooled connections)
+        super::admin::probe_postgres(&options).await?;
+        Self::connect_with(
+            options,
+            PgPoolOptions::new().acquire_timeout(super::admin::ACQUIRE_TIMEOUT),
+        )
+        .await
     }
 
     /// Connect with every pooled connection's `search_path` set to `schema`, creating the
@@ -548,6 +562,16 @@ impl QsStore for PgStore {
             .transpose()
     }
 
+    async fn clients_of_user(&self, user_id: &QsId) -> StoreResult<Vec<QsClientRecord>> {
+        sqlx::query("SELECT client_id, user_id, auth_key FROM qs_clients WHERE user_id = $1 ORDER BY client_id")
+            .bind(user_id.as_slice())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(rows::qs_client)
+            .collect()
+    }
+
     async fn client(&self, client_id: &QsId) -> StoreResult<Option<QsClientRecord>> {
         sqlx::query("SELECT client_id, user_id, auth_key FROM qs_clients WHERE client_id = $1")
             .bind(client_id.as_slice())
@@ -684,12 +708,15 @@ impl QsStore for PgStore {
                 .bind(&client_ids)
                 .bind(&payloads)
                 .bind(&dedups)
+                .bind(bound(crate::server::now()))
                 .fetch_all(&self.pool)
                 .await;
             match result {
                 Err(sqlx::Error::Database(error))
-                    if error.constraint() == Some("qs_queue_dedup")
-                        && attempts < ENQUEUE_ATTEMPTS => {}
+                    if matches!(
+                        error.constraint(),
+                        Some("qs_queue_dedup" | "qs_delivered_pkey")
+                    ) && attempts < ENQUEUE_ATTEMPTS => {}
                 result => break result?,
             }
         };

@@ -469,6 +469,16 @@ impl QsStore for SqliteStore {
             .transpose()
     }
 
+    async fn clients_of_user(&self, user_id: &QsId) -> StoreResult<Vec<QsClientRecord>> {
+        sqlx::query("SELECT client_id, user_id, auth_key FROM qs_clients WHERE user_id = ? ORDER BY client_id")
+            .bind(user_id.as_slice())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(rows::qs_client)
+            .collect()
+    }
+
     async fn client(&self, client_id: &QsId) -> StoreResult<Option<QsClientRecord>> {
         sqlx::query("SELECT client_id, user_id, auth_key FROM qs_clients WHERE client_id = ?")
             .bind(client_id.as_slice())
@@ -582,19 +592,8 @@ impl QsStore for SqliteStore {
         // in-process calls, so one statement per entry costs no network round trips.
         let mut tx = self.write().await?;
         let mut assigned = Vec::with_capacity(entries.len());
+        let delivered_at = bound(crate::server::now());
         for entry in entries {
-            if let Some(dedup) = &entry.dedup {
-                let duplicate: Option<i64> =
-                    sqlx::query_scalar("SELECT 1 FROM qs_queue WHERE client_id = ? AND dedup = ?")
-                        .bind(entry.client_id.as_slice())
-                        .bind(dedup.as_slice())
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                if duplicate.is_some() {
-                    assigned.push(None);
-                    continue;
-                }
-            }
             let seq: Option<i64> = sqlx::query_scalar(
                 "UPDATE qs_clients SET next_seq = next_seq + 1 WHERE client_id = ? RETURNING next_seq - 1",
             )
@@ -605,6 +604,31 @@ impl QsStore for SqliteStore {
                 assigned.push(None);
                 continue;
             };
+            // Requirement: QS-DEDUP-1 (the key outlives the queue row: a delivery of the
+            // same entry after the recipient acknowledged it is still a duplicate)
+            if let Some(dedup) = &entry.dedup {
+                let recorded = sqlx::query(
+                    "INSERT INTO qs_delivered (client_id, dedup, delivered_at) VALUES (?, ?, ?) \
+                     ON CONFLICT (client_id, dedup) DO NOTHING",
+                )
+                .bind(entry.client_id.as_slice())
+                .bind(dedup.as_slice())
+                .bind(delivered_at)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if recorded == 0 {
+                    // Give the number back: nothing was enqueued under it.
+                    sqlx::query(
+                        "UPDATE qs_clients SET next_seq = next_seq - 1 WHERE client_id = ?",
+                    )
+                    .bind(entry.client_id.as_slice())
+                    .execute(&mut *tx)
+                    .await?;
+                    assigned.push(None);
+                    continue;
+                }
+            }
             sqlx::query(
                 "INSERT INTO qs_queue (client_id, seq, payload, dedup) VALUES (?, ?, ?, ?)",
             )

@@ -11,6 +11,7 @@
 //! | `server_certificate` | none | `Empty` → [`ServerCertificateResponse`] |
 //! | `renew_certificate` | AsClient | [`RenewCertificateRequest`] → [`RegisterResponse`] |
 //! | `domain_certificates` | none | [`DomainCertificatesRequest`] → [`ServerCertificateResponse`] |
+//! | `issue_group_tokens` | AsClient (local clients only) | [`IssueGroupTokensRequest`] → [`IssueGroupTokensResponse`] |
 
 use openmls_traits::types::HpkeCiphertext;
 use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
@@ -24,6 +25,10 @@ pub const CLIENT_CERTIFICATES: &str = "client_certificates";
 pub const SERVER_CERTIFICATE: &str = "server_certificate";
 pub const RENEW_CERTIFICATE: &str = "renew_certificate";
 pub const DOMAIN_CERTIFICATES: &str = "domain_certificates";
+pub const ISSUE_GROUP_TOKENS: &str = "issue_group_tokens";
+
+/// Most group-creation tokens one `issue_group_tokens` request may ask for.
+pub const MAX_TOKENS_PER_REQUEST: usize = 16;
 
 /// Most connection packages one upload may carry.
 pub const MAX_CONNECTION_PACKAGES: usize = 100;
@@ -144,4 +149,27 @@ pub struct ServerCertificateResponse {
     /// Every CA certificate this server ever had, oldest first (the last is the current
     /// one): a certificate issued before a CA key rotation verifies against its issuer here.
     pub history: Vec<VLBytes>,
+}
+
+/// `issue_group_tokens`: a local client asks the AS to evaluate blinded token inputs
+/// ([`crate::tokens`]); the AS counts them against the client's daily allowance but cannot
+/// see the inputs, so the DS that later sees a token cannot tell whose it is.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct IssueGroupTokensRequest {
+    pub timestamp: u64,
+    /// Blinded elements, [`crate::tokens::ELEMENT_LEN`] bytes each; 1 to
+    /// [`MAX_TOKENS_PER_REQUEST`].
+    pub blinded: Vec<VLBytes>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct IssueGroupTokensResponse {
+    /// The token key's public key ([`crate::tokens::ELEMENT_LEN`] bytes).
+    pub public_key: VLBytes,
+    /// One evaluated element per blinded element, in order.
+    pub evaluated: Vec<VLBytes>,
+    /// The batch DLEQ proof that every element was evaluated under `public_key`.
+    pub proof: VLBytes,
 }

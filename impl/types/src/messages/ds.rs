@@ -3,7 +3,7 @@
 //!
 //! | operation | auth | request → response |
 //! |---|---|---|
-//! | `request_group_id` | none | `Empty` → [`RequestGroupIdResponse`] |
+//! | `request_group_id` | a group-creation token (anonymous) | [`RequestGroupIdRequest`] → [`RequestGroupIdResponse`] |
 //! | `create_group` | DsLeaf (leaf 0) | [`CreateGroupRequest`] → `Empty` |
 //! | `external_commit_info` | EAR key | [`ExternalCommitInfoRequest`] → [`ExternalCommitInfoResponse`] |
 //! | `join_connection_group` | EAR key + the external commit's own signature | [`JoinConnectionGroupRequest`] → `Empty` |
@@ -11,6 +11,7 @@
 //! | `remove_users` | DsLeaf | [`CommitRequest`] → `Empty` |
 //! | `update` | DsLeaf | [`CommitRequest`] → `Empty` |
 //! | `send_message` | DsLeaf | [`SendMessageRequest`] → `Empty` |
+//! | `resync` | DsLeaf (the leaf being replaced) + the external commit's own signature | [`ResyncRequest`] → `Empty` |
 //!
 //! Every request carries the group's EAR key: the DS decrypts the stored group state with
 //! it for the duration of the request and then forgets it. Members are known to the DS only
@@ -29,11 +30,36 @@ pub const ADD_USERS: &str = "add_users";
 pub const REMOVE_USERS: &str = "remove_users";
 pub const UPDATE: &str = "update";
 pub const SEND_MESSAGE: &str = "send_message";
+pub const RESYNC: &str = "resync";
 
 /// Most members a group may have.
 pub const MAX_GROUP_SIZE: usize = 1024;
 /// Largest encrypted credential of one member (bytes).
 pub const MAX_ENCRYPTED_CREDENTIAL: usize = 4 * 1024;
+
+/// `request_group_id`: the request carries one anonymous group-creation token issued by
+/// this server's AS ([`crate::tokens`]): the DS learns that a client of its own server
+/// asks, never which one.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct RequestGroupIdRequest {
+    pub token: GroupToken,
+}
+
+/// An anonymous group-creation token (RFC 9497 VOPRF, Ristretto255-SHA512): the client's
+/// random `input` and the unblinded VOPRF `output` the AS's token key gives it. Spent once;
+/// presenting the same token again returns the same reservation while it is unused (a
+/// lost reply is retried safely), and `INVALID_TOKEN` after.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct GroupToken {
+    /// [`crate::tokens::key_id`] of the token key that issued it.
+    pub key_id: VLBytes,
+    /// [`crate::tokens::INPUT_LEN`] random bytes chosen by the client.
+    pub input: VLBytes,
+    /// [`crate::tokens::OUTPUT_LEN`] bytes.
+    pub output: VLBytes,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
@@ -142,6 +168,25 @@ pub struct CommitRequest {
     pub commit: VLBytes,
     pub group_info: VLBytes,
     pub new_encrypted_credential: Option<VLBytes>,
+}
+
+/// `resync`: a member that fell behind rejoins by external commit, removing its own old
+/// leaf and adding a new one with the same leaf credential. The request is signed with the
+/// old leaf's key (the request's `DsLeaf` names the leaf being replaced); the commit itself
+/// is signed by the new leaf.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct ResyncRequest {
+    pub timestamp: u64,
+    pub group_id: VLBytes,
+    pub ear_key: [u8; 32],
+    /// TLS-encoded `MlsMessage` (a `PublicMessage` external commit with exactly one Remove,
+    /// of the signer's old leaf).
+    pub commit: VLBytes,
+    /// TLS-encoded `MlsMessage` with the new epoch's `GroupInfo`.
+    pub group_info: VLBytes,
+    /// The new leaf's member entry (its queue config and encrypted credential).
+    pub member: MemberInfo,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
