@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Buf;
 use futures_util::{Stream, StreamExt};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -42,6 +42,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
+use zeroize::Zeroizing;
 
 use phoenix_types::error::{ErrorCode, WireError};
 
@@ -118,11 +119,13 @@ impl warp::reject::Reject for BodyRefused {}
 // passed, whatever Content-Length says or omits)
 // Requirement: EDGE-1 (a body that does not arrive within the body read timeout is answered
 // 408 REQUEST_TIMEOUT)
-/// The request body, at most `max` bytes, read within `timeout`.
+/// The request body, at most `max` bytes, read within `timeout`. Held in a buffer that is
+/// zeroized when dropped (and whose earlier allocations are zeroized as it grows): a DS
+/// request's body carries the group's EAR key (DS-EAR-1).
 pub fn body(
     max: usize,
     timeout: Duration,
-) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+) -> impl Filter<Extract = (Zeroizing<Vec<u8>>,), Error = Rejection> + Clone {
     warp::header::optional::<u64>("content-length")
         .and(warp::body::stream())
         .and_then(move |declared: Option<u64>, stream| async move {
@@ -132,12 +135,30 @@ pub fn body(
         })
 }
 
+// Requirement: DS-EAR-1 (no copy of the body, and so of an EAR key, is freed unzeroized)
+/// Make room for `additional` more bytes in `out`, never beyond `max` in all. Growing moves
+/// the bytes to a new allocation; the old one is zeroized before it is freed (a plain
+/// `Vec`/`BytesMut` growth would leave it behind in freed memory).
+fn reserve_zeroizing(out: &mut Zeroizing<Vec<u8>>, additional: usize, max: usize) {
+    let needed = out.len().saturating_add(additional);
+    if needed <= out.capacity() {
+        return;
+    }
+    let capacity = needed
+        .max(out.capacity().saturating_mul(2))
+        .min(max.max(needed));
+    let mut grown = Vec::with_capacity(capacity);
+    grown.extend_from_slice(out);
+    // Dropping the old `Zeroizing` zeroizes its whole allocation, spare capacity included.
+    *out = Zeroizing::new(grown);
+}
+
 async fn read_body<S, B>(
     declared: Option<u64>,
     stream: S,
     max: usize,
     timeout: Duration,
-) -> Result<Bytes, WireError>
+) -> Result<Zeroizing<Vec<u8>>, WireError>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
@@ -155,18 +176,24 @@ where
             .unwrap_or(0)
             .min(max)
             .min(64 * 1024);
-        let mut out = BytesMut::with_capacity(first);
+        let mut out = Zeroizing::new(Vec::with_capacity(first));
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
+            let mut chunk = chunk.map_err(|e| {
                 tracing::debug!(target: "phoenix_server::edge", error = %e, "request body not read");
                 WireError::new(ErrorCode::Malformed, "the request body could not be read")
             })?;
             if chunk.remaining() > max.saturating_sub(out.len()) {
                 return Err(too_large());
             }
-            out.put(chunk);
+            reserve_zeroizing(&mut out, chunk.remaining(), max);
+            while chunk.has_remaining() {
+                let part = chunk.chunk();
+                let n = part.len();
+                out.extend_from_slice(part);
+                chunk.advance(n);
+            }
         }
-        Ok(out.freeze())
+        Ok(out)
     };
     match tokio::time::timeout(timeout, collect).await {
         Ok(read) => read,
@@ -536,6 +563,78 @@ async fn summarize(server: Arc<Server>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Requirement: DS-EAR-1
+    /// The hole: the body buffer grew by reallocation (`BytesMut`) and was freed as it was,
+    /// so copies of a DS request's EAR key stayed behind in freed memory. Every heap copy
+    /// the request handling makes (body buffer as it grows, envelope payload, decoded
+    /// request, key check, group state) is zeroized before it is freed. Copies on the stack
+    /// and in hyper's connection buffers are outside what this sees (docs/architecture.md).
+    #[test]
+    fn no_copy_of_the_ear_key_is_freed_unzeroized() {
+        use crate::auth::Request;
+        use crate::ds::group_state::{self, GroupState};
+        use phoenix_types::codec;
+        use phoenix_types::crypto::SymmetricKey;
+        use phoenix_types::messages::ds::SendMessageRequest;
+        use phoenix_types::messages::{Auth, RequestEnvelope};
+        use zeroize::Zeroize;
+
+        assert!(
+            phoenix_freed_memory::installed(),
+            "the watching allocator is not installed: this test would pass vacuously"
+        );
+        let secret: [u8; 32] = std::array::from_fn(|i| 0xc3 ^ (i as u8).wrapping_mul(37));
+        let group_id = b"engineering@a.test".to_vec();
+        let empty = GroupState {
+            mls: Vec::new(),
+            group_info: Vec::new().into(),
+            members: Vec::new(),
+        };
+        let sealed = group_state::seal(&SymmetricKey(secret), &group_id, 3, 1, &empty).unwrap();
+        let payload = codec::encode(&SendMessageRequest {
+            timestamp: 1,
+            group_id: group_id.clone().into(),
+            ear_key: secret,
+            message: vec![1, 2, 3].into(),
+        })
+        .unwrap();
+        let envelope = codec::encode(&RequestEnvelope {
+            version: phoenix_types::PROTOCOL_VERSION,
+            payload: payload.into(),
+            auth: Auth::None,
+        })
+        .unwrap();
+        // The client's bytes as they arrive: never freed, so only the server's copies count.
+        let arrived: &'static [u8] = Box::leak(envelope.into_boxed_slice());
+        let chunks: Vec<&'static [u8]> = arrived.chunks(7).collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let (epoch, freed) = phoenix_freed_memory::freed_holding(secret, || {
+            runtime.block_on(async {
+                let stream = futures_util::stream::iter(chunks.into_iter().map(Ok));
+                let body = read_body(None, stream, 1 << 20, Duration::from_secs(5))
+                    .await
+                    .unwrap();
+                let request = Request::decode("ds", "send_message", &body, 1 << 20).unwrap();
+                drop(body);
+                // As every DS operation takes its key (e.g. `ds::send_message`).
+                let mut req: SendMessageRequest = request.payload().unwrap();
+                let key = SymmetricKey(req.ear_key);
+                req.ear_key.zeroize();
+                let (state, epoch) = group_state::open(&key, &group_id, 3, &sealed).unwrap();
+                assert_eq!(state, empty);
+                epoch
+            })
+        });
+        assert_eq!(epoch, 1);
+        assert_eq!(
+            freed, 0,
+            "{freed} heap block(s) were freed still holding the EAR key"
+        );
+    }
 
     fn tracker(total: usize, per_ip: usize, trusted: Vec<IpNet>) -> Arc<Tracker> {
         Arc::new(Tracker {

@@ -17,10 +17,10 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
+use zeroize::Zeroizing;
 
 use phoenix_types::PROTOCOL_VERSION;
 use phoenix_types::certs;
@@ -92,7 +92,7 @@ pub fn routes(
              operation: String,
              peer: Option<SocketAddr>,
              headers: HeaderMap,
-             body: Bytes,
+             body: Zeroizing<Vec<u8>>,
              server: Arc<Server>,
              limiter: Arc<RateLimiter>| async move {
                 let client = limiter.client_ip(peer, &headers);

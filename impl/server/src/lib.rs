@@ -28,6 +28,12 @@
 //! clock and randomness only from their arguments and the server context, and write
 //! effects (fan-out) to the durable outbox in the same transaction as the state change.
 
+// The unit tests' allocator: it reports secrets left in freed memory (see
+// `edge::tests::no_copy_of_the_ear_key_is_freed_unzeroized`). Test builds only.
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: phoenix_freed_memory::Watch = phoenix_freed_memory::Watch;
+
 // First, so that its macros are visible in every module below.
 #[macro_use]
 pub mod observe;

@@ -159,6 +159,16 @@ pub fn open_aead(key: &SymmetricKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8
         .map_err(|_| CryptoError::Decrypt)
 }
 
+// Requirement: DS-EAR-1
+// The AES key schedule inside every AES-GCM instance (whose first round keys are the key
+// itself) is zeroized when the instance is dropped: this does not compile without the
+// `zeroize` feature of `aes` (turned on in the workspace manifest, with those of `ghash` and
+// `polyval` for the GHASH key, which have no marker trait to assert).
+const _: fn() = || {
+    fn zeroized_on_drop<T: ZeroizeOnDrop>() {}
+    zeroized_on_drop::<aes::Aes256>();
+};
+
 /// The HPKE suite used for everything Phoenix seals outside MLS.
 pub const HPKE: HpkeConfig = HpkeConfig(
     HpkeKemType::DhKem25519,

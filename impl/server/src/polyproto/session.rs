@@ -45,13 +45,13 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use rand_core::{OsRng, RngCore};
 use serde::Deserialize;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::{Reply, Response};
+use zeroize::Zeroizing;
 
 use phoenix_types::certs::{self, ParsedCert};
 use phoenix_types::crypto;
@@ -212,7 +212,7 @@ pub fn routes(server: Arc<Server>, limiter: Arc<RateLimiter>) -> BoxedFilter<(Re
         .and(crate::edge::body(MAX_BODY, body_timeout))
         .and(with_server(server.clone()))
         .then(
-            |client: Option<IpAddr>, body: Bytes, server: Arc<Server>| async move {
+            |client: Option<IpAddr>, body: Zeroizing<Vec<u8>>, server: Arc<Server>| async move {
                 let handled = answer_trial(&server, client, &body, now());
                 respond(
                     observe_request!(server, "polyproto", "session/answer", client, handled).await,
@@ -243,7 +243,10 @@ pub fn routes(server: Arc<Server>, limiter: Arc<RateLimiter>) -> BoxedFilter<(Re
         .and(with_server(server))
         .and(crate::observe::source())
         .then(
-            |authorization: Option<String>, body: Bytes, server: Arc<Server>, source| async move {
+            |authorization: Option<String>,
+             body: Zeroizing<Vec<u8>>,
+             server: Arc<Server>,
+             source| async move {
                 let handled = update_certificate(&server, authorization.as_deref(), &body, now());
                 respond(
                     observe_request!(
@@ -929,7 +932,7 @@ fn random_trial() -> String {
 }
 
 fn random_token() -> String {
-    let mut token = zeroize::Zeroizing::new([0u8; 32]);
+    let mut token = Zeroizing::new([0u8; 32]);
     OsRng.fill_bytes(token.as_mut_slice());
     hex::encode(token.as_slice())
 }
