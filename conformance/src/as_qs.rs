@@ -1313,6 +1313,10 @@ impl crate::runner::Suite for AsQs {
             Call::Qs(QsCall::PublishKeyPackages { .. }) => {
                 Some((AdvOp::ReplayQs, "/phoenix/v1/qs/publish_key_packages"))
             }
+            // Requirement: CL-AMBIG-3
+            Call::As(AsCall::EnqueueConnection { .. }) => {
+                Some((AdvOp::ReplayAs, "/phoenix/v1/as/enqueue_connection"))
+            }
             _ => None,
         };
         let mut requirements = requirements;

@@ -113,11 +113,15 @@ pub fn handle(
 }
 
 /// Whether the server keeps replay records of `call` (the signed state-changing AS
-/// requests; the model has no certificate renewal) (Requirement: ADV-REPLAY-3).
+/// requests, the model has no certificate renewal; and the anonymous connection request,
+/// whose identical copy is a client retrying: Requirement: CL-AMBIG-3) (Requirement:
+/// ADV-REPLAY-3).
 pub fn replay_protected(call: &AsCall) -> bool {
     matches!(
         call,
-        AsCall::PublishConnectionPackages { .. } | AsCall::IssueGroupTokens { .. }
+        AsCall::PublishConnectionPackages { .. }
+            | AsCall::IssueGroupTokens { .. }
+            | AsCall::EnqueueConnection { .. }
     )
 }
 

@@ -697,6 +697,69 @@ async fn last_resort_reuse_is_what_links_two_groups(backend: Backend) {
     panic!("bob did not join both groups: {events:?}");
 }
 
+/// What narrows the window of the link above (CL-KP-1): once bob's one-time packages are
+/// drained by someone holding his friendship token, bob's next `sync` sees how few are left
+/// (`qs/key_package_status`) and publishes a fresh set, so invitations after it use fresh
+/// one-time packages again. Before, a client republished only after joining a group: the
+/// drained pool stayed empty and every invitation reused the last-resort package.
+async fn drained_key_packages_are_published_again_by_the_next_sync(backend: Backend) {
+    use phoenix_server::store::QsStore;
+    let la = listener().await;
+    let resolve = vec![format!("a.test={}", la.1)];
+    let Some(a) = Homeserver::start("a.test", backend, la, &resolve).await else {
+        return;
+    };
+    let mut bob = User::register("bob@a.test", &a.url, &resolve).await;
+    let bob_qs = bob.qs_client_id().await;
+    let one_time_left = || async {
+        QsStore::key_package_status(&a.server.store, &bob_qs)
+            .await
+            .unwrap()
+            .unwrap()
+            .one_time
+    };
+    // A sync with a full pool publishes nothing.
+    let events = bob.client.sync().await.unwrap();
+    assert!(
+        events.iter().all(|e| e["kind"] != "key_packages_published"),
+        "{events:?}"
+    );
+    let full = one_time_left().await;
+    assert_eq!(full, 5);
+
+    let token = bob
+        .local()
+        .await
+        .identity()
+        .await
+        .unwrap()
+        .unwrap()
+        .friendship_token;
+    let api = Api::new(&a.url).unwrap();
+    for _ in 0..full {
+        let _: qs::FetchKeyPackagesResponse = api
+            .call(
+                "qs",
+                qs::FETCH_KEY_PACKAGES,
+                &qs::FetchKeyPackagesRequest {
+                    friendship_token: token,
+                },
+                Signer::Anonymous,
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(one_time_left().await, 0);
+
+    // Requirement: CL-KP-1
+    let events = bob.client.sync().await.unwrap();
+    assert!(
+        events.iter().any(|e| e["kind"] == "key_packages_published"),
+        "{events:?}"
+    );
+    assert_eq!(one_time_left().await, full);
+}
+
 /// The client's opt-in `RemoteSessions::All` sends a foreign client's session token with
 /// its QS and DS requests on another server too, and that server's operator can then look
 /// up whose pseudonyms and groups they are (docs/identity.md, "What a session tells the
@@ -788,4 +851,14 @@ async fn postgres_operator_learns_no_identity_with_a_pseudonym() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_last_resort_reuse_is_what_links_two_groups() {
     last_resort_reuse_is_what_links_two_groups(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_drained_key_packages_are_published_again_by_the_next_sync() {
+    drained_key_packages_are_published_again_by_the_next_sync(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_drained_key_packages_are_published_again_by_the_next_sync() {
+    drained_key_packages_are_published_again_by_the_next_sync(Backend::Postgres).await;
 }

@@ -287,8 +287,10 @@ async fn replayed_publish_connection_packages_on(backend: Backend) {
 }
 
 /// The paths of every signed state-changing operation protected by replay records.
-const PROTECTED: [&str; 8] = [
+const PROTECTED: [&str; 9] = [
     "/phoenix/v1/as/publish_connection_packages",
+    // Requirement: CL-AMBIG-3 (unsigned, but recorded: a copy is not a second request)
+    "/phoenix/v1/as/enqueue_connection",
     "/phoenix/v1/as/renew_certificate",
     "/phoenix/v1/qs/publish_key_packages",
     "/phoenix/v1/ds/create_group",

@@ -209,8 +209,8 @@ const RETRY_PAUSES: [Duration; 2] = [Duration::from_millis(250), Duration::from_
 /// package takes another one; the one whose answer was lost is never used, nothing is
 /// served twice), the repeatable dequeues, the replay-protected publications (a copy is
 /// answered `REPLAYED`), and the registration pair (a copy of a registration that took
-/// effect is answered with its result again). Not here: `enqueue_connection` (unsigned,
-/// a copy would be a second request), `renew_certificate` and `issue_group_tokens` (a
+/// effect is answered with its result again), and `enqueue_connection` (the AS records
+/// its bytes and answers a copy `REPLAYED`, CL-AMBIG-3). Not here: `renew_certificate` and `issue_group_tokens` (a
 /// `REPLAYED` copy does not carry the answer), and the DS operations, settled by
 /// [`crate::client`]'s recovery.
 pub fn retry_safe(service: &str, operation: &str) -> bool {
@@ -220,6 +220,8 @@ pub fn retry_safe(service: &str, operation: &str) -> bool {
             as_::REGISTER,
             as_::PUBLISH_CONNECTION_PACKAGES,
             as_::FETCH_CONNECTION_PACKAGE,
+            // Requirement: CL-AMBIG-3
+            as_::ENQUEUE_CONNECTION,
             as_::DEQUEUE_CONNECTION,
             as_::CLIENT_CERTIFICATES,
             as_::SERVER_CERTIFICATE,

@@ -57,6 +57,9 @@ use crate::verify::{self, VerifiedMember};
 const CONNECTION_PACKAGES: usize = 5;
 /// One-time key packages published per upload (plus one last-resort).
 const KEY_PACKAGES: usize = 5;
+/// Fewer one-time key packages than this left at the QS: `sync` publishes a fresh set
+/// (CL-KP-1).
+const KEY_PACKAGES_LOW: u64 = 2;
 /// How long published connection packages are valid (seconds).
 const CONNECTION_PACKAGE_LIFETIME: u64 = 30 * 24 * 3600;
 /// Messages fetched per dequeue round.
@@ -1113,6 +1116,30 @@ impl Client {
         let id = self.identity().await?;
         let result = self.publish_key_packages(&id).await;
         self.finish(result).await
+    }
+
+    // Requirement: CL-KP-1
+    /// Ask the QS how our key packages stand and publish a fresh set when fewer than
+    /// [`KEY_PACKAGES_LOW`] one-time packages are left or no last-resort one is stored.
+    /// Whether a set was published.
+    async fn top_up_key_packages(&self, id: &Identity) -> Result<bool, ClientError> {
+        let qs_key = SigningKey::from_bytes(&id.qs_client_key);
+        let status: qs::KeyPackageStatusResponse = Self::api(id)?
+            .call(
+                "qs",
+                qs::KEY_PACKAGE_STATUS,
+                &qs::KeyPackageStatusRequest { timestamp: now() },
+                Signer::QsClient {
+                    id: id.qs_client_id,
+                    key: &qs_key,
+                },
+            )
+            .await?;
+        if status.one_time_remaining >= KEY_PACKAGES_LOW && status.has_last_resort != 0 {
+            return Ok(false);
+        }
+        self.publish_key_packages(id).await?;
+        Ok(true)
     }
 
     async fn publish_key_packages(&self, id: &Identity) -> Result<(), ClientError> {
@@ -2636,6 +2663,15 @@ impl Client {
             if let Err(e) = self.publish_key_packages(id).await {
                 events.push(json!({"kind": "error",
                     "detail": format!("could not publish new key packages (the next join publishes them): {e}")}));
+            }
+        } else {
+            // Requirement: CL-KP-1
+            match self.top_up_key_packages(id).await {
+                Ok(true) => events.push(json!({"kind": "key_packages_published",
+                    "detail": "few key packages were left at the server: published a fresh set"})),
+                Ok(false) => {}
+                Err(e) => events.push(json!({"kind": "error",
+                    "detail": format!("could not check or publish key packages (the next sync tries again): {e}")})),
             }
         }
         Ok(events)

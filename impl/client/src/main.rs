@@ -674,6 +674,8 @@ fn describe(event: &Value) -> String {
             field("to_epoch")
         ),
         "member_resynced" => format!("[{}] {} resynced (rejoined)", s("group"), s("member")),
+        // Requirement: CL-KP-1
+        "key_packages_published" => s("detail"),
         "certificate_renewed" => format!("renewed your certificate ({})", s("fingerprint")),
         "contact_certificate_renewed" if field("verified_contact_changed") == Value::Bool(true) => {
             format!(

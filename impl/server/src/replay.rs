@@ -19,7 +19,9 @@
 //!
 //! Which requests are protected here ([`protected`]), every route classified:
 //!
-//! - AS `publish_connection_packages`, `renew_certificate`, `issue_group_tokens`; QS `publish_key_packages`;
+//! - AS `publish_connection_packages`, `renew_certificate`, `issue_group_tokens`,
+//!   `enqueue_connection` (unsigned, but its sealed bytes are a client's one request:
+//!   a copy is the client retrying after a lost answer or a replay, CL-AMBIG-3); QS `publish_key_packages`;
 //!   DS `create_group`, `join_connection_group`, `add_users`, `remove_users`, `update`:
 //!   protected here.
 //! - DS `send_message`: its own record, by the MLS message (`ds_seen_messages`,
@@ -35,7 +37,7 @@
 //! - AS `dequeue_connection`, QS `dequeue`: signed, but a replay deletes nothing the
 //!   original did not (it acknowledges the same start) and returns what is still queued
 //!   from there; they stay repeatable so that a client can fetch a page again.
-//! - Unsigned requests (AS `register`, `fetch_connection_package`, `enqueue_connection`;
+//! - Unsigned requests (AS `register`, `fetch_connection_package`;
 //!   QS `create_user`, `fetch_key_packages`, `queue_config_key`; DS `external_commit_info`) and signed reads (AS certificate lookups, QS
 //!   `key_package_status`): no signature to replay. A repeated `register` or `create_user`
 //!   is decided by its own state: the identical registration again (same FID, client id and
@@ -68,7 +70,10 @@ pub fn protected(service: &str, operation: &str) -> Option<ReplayService> {
     match (service, operation) {
         (
             "as",
-            as_::PUBLISH_CONNECTION_PACKAGES | as_::RENEW_CERTIFICATE | as_::ISSUE_GROUP_TOKENS,
+            as_::PUBLISH_CONNECTION_PACKAGES
+            | as_::RENEW_CERTIFICATE
+            | as_::ISSUE_GROUP_TOKENS
+            | as_::ENQUEUE_CONNECTION,
         ) => Some(ReplayService::As),
         ("qs", qs::PUBLISH_KEY_PACKAGES) => Some(ReplayService::Qs),
         (

@@ -450,14 +450,23 @@ async fn direct_queue_semantics(db: &TestDb) {
 
     for (i, payload) in [b"m0", b"m1", b"m2"].iter().enumerate() {
         assert_eq!(
-            store.enqueue_direct(fid, "c1", *payload).await.unwrap(),
+            store
+                .enqueue_direct(fid, "c1", *payload, &fresh())
+                .await
+                .unwrap(),
             Some(i as u64)
         );
     }
-    assert_eq!(store.enqueue_direct(fid, "c2", b"x").await.unwrap(), None);
     assert_eq!(
         store
-            .enqueue_direct("bob@example.org", "c1", b"x")
+            .enqueue_direct(fid, "c2", b"x", &fresh())
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .enqueue_direct("bob@example.org", "c1", b"x", &fresh())
             .await
             .unwrap(),
         None
@@ -477,10 +486,28 @@ async fn direct_queue_semantics(db: &TestDb) {
     assert_eq!(dequeue(u64::MAX, 10).await, (vec![], 0));
     // Numbers are never reused, even once the queue is empty.
     assert_eq!(
-        store.enqueue_direct(fid, "c1", b"m3").await.unwrap(),
+        store
+            .enqueue_direct(fid, "c1", b"m3", &fresh())
+            .await
+            .unwrap(),
         Some(3)
     );
     assert_eq!(dequeue(0, 10).await, (vec![message(3, b"m3")], 0));
+    // Requirement: CL-AMBIG-3
+    // A recorded request again appends nothing: `Replayed`, and the next number is still 4.
+    let once = fresh();
+    assert_eq!(
+        store.enqueue_direct(fid, "c1", b"m4", &once).await.unwrap(),
+        Some(4)
+    );
+    assert!(matches!(
+        store.enqueue_direct(fid, "c1", b"m4", &once).await,
+        Err(StoreError::Replayed)
+    ));
+    assert_eq!(
+        dequeue(3, 10).await,
+        (vec![message(3, b"m3"), message(4, b"m4")], 0)
+    );
     assert_eq!(
         store
             .dequeue_direct("bob@example.org", "c1", 0, 10)
@@ -504,7 +531,7 @@ async fn direct_queue_race(db: &TestDb) {
                 (
                     payload,
                     store
-                        .enqueue_direct(fid, "c1", &payload)
+                        .enqueue_direct(fid, "c1", &payload, &fresh())
                         .await
                         .unwrap()
                         .unwrap(),

@@ -271,7 +271,11 @@ fn lost_replies_on_ds_and_qs_operations(server: &TestServer) {
 
     // bob answers; alice's dequeue answer is dropped once.
     bob.run(&["send", "g", "hi alice"]);
-    proxy.drop_next_reply(&["/phoenix/v1/qs/dequeue"]);
+    // Requirement: CL-KP-1 (each sync asks how alice's key packages stand)
+    proxy.drop_next_reply(&[
+        "/phoenix/v1/qs/dequeue",
+        "/phoenix/v1/qs/key_package_status",
+    ]);
     let alice_events = alice.sync_until(DELIVERY, |e| e["text"] == "hi alice");
 
     let mut events = Vec::new();
@@ -402,10 +406,21 @@ fn lost_replies_on_registration_and_the_connection_path(server: &TestServer) {
     // Connecting, with a lost answer on each AS, QS and DS read on the way.
     let bob = Cli::for_server("bob", server);
     bob.run(&["register", "bob@a.test", "--server", server.url()]);
-    proxy.drop_next_reply(&["/phoenix/v1/as/fetch_connection_package"]);
+    // Requirement: CL-AMBIG-3
+    // The answer to the connection request itself is lost: the identical bytes again are
+    // `REPLAYED`, and dave has the one request.
+    proxy.drop_next_reply(&[
+        "/phoenix/v1/as/fetch_connection_package",
+        "/phoenix/v1/as/enqueue_connection",
+    ]);
     alice.run(&["connect", "dave@a.test"]);
     proxy.drop_next_reply(&["/phoenix/v1/as/dequeue_connection"]);
-    dave.run(&["requests"]);
+    let requests = dave.run(&["requests"]);
+    assert_eq!(
+        requests["requests"].as_array().map(Vec::len),
+        Some(1),
+        "one connection request, not two: {requests}"
+    );
     proxy.drop_next_reply(&["/phoenix/v1/ds/external_commit_info"]);
     dave.run(&["accept", "alice@a.test"]);
     proxy.drop_next_reply(&["/phoenix/v1/qs/dequeue"]);

@@ -87,10 +87,12 @@ fn a_member_restored_from_a_backup_resyncs_by_itself_on_postgres() {
 fn a_member_restored_from_a_backup_resyncs_by_itself(server: &TestServer) {
     // Requirement: CL-RESYNC-1, DS-RESYNC-1, DS-RESYNC-2, DS-RESYNC-3, CL-LOSS-1
     let url = server.url();
+    // bob reaches the server through a proxy that loses the answer to his resync.
+    let proxy = phoenix_e2e::proxy::ReplyDroppingProxy::start(url);
     let alice = Cli::for_server("alice", server);
     let bob = Cli::for_server("bob", server);
     alice.run(&["register", "alice@a.test", "--server", url]);
-    bob.run(&["register", "bob@a.test", "--server", url]);
+    bob.run(&["register", "bob@a.test", "--server", &proxy.url]);
     alice.run(&["connect", "bob@a.test"]);
     bob.run(&["requests"]);
     bob.run(&["accept", "alice@a.test"]);
@@ -114,6 +116,8 @@ fn a_member_restored_from_a_backup_resyncs_by_itself(server: &TestServer) {
     // acknowledged it).
     restore(bob.home(), backup.path());
     alice.run(&["send", "g", "after-restore"]);
+    // Requirement: CL-AMBIG-1 (the identical resync again: `REPLAYED` settles it)
+    proxy.drop_next_reply(&["/phoenix/v1/ds/resync"]);
     let mut events = Vec::new();
     let deadline = std::time::Instant::now() + DELIVERY;
     while !events.iter().any(|e: &Value| e["kind"] == "resynced") {
@@ -125,6 +129,11 @@ fn a_member_restored_from_a_backup_resyncs_by_itself(server: &TestServer) {
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("bob's sync after the restore: {events:?}");
+    assert!(
+        proxy.armed().is_empty(),
+        "the resync answer was not dropped: {:?}",
+        proxy.armed()
+    );
     let resynced = events.iter().find(|e| e["kind"] == "resynced").unwrap();
     assert_eq!(resynced["group"], "g");
     assert!(

@@ -14,7 +14,9 @@ use crate::store::AsStore;
 
 // Requirement: AS-DQ-1
 // Requirement: AS-CONN-1 (anonymous, sealed to the recipient: the AS learns no sender)
-pub async fn enqueue(server: &Server, request: &Request) -> Result<Vec<u8>, WireError> {
+// Requirement: CL-AMBIG-3 (the identical request again is `REPLAYED`, never a second copy
+// in the queue: a client whose answer was lost sends the same bytes again)
+pub async fn enqueue(server: &Server, request: &Request, now: u64) -> Result<Vec<u8>, WireError> {
     request.require_anonymous()?;
     let req: EnqueueConnectionRequest = request.payload()?;
     let fid =
@@ -41,7 +43,12 @@ pub async fn enqueue(server: &Server, request: &Request) -> Result<Vec<u8>, Wire
     let payload = codec::encode(&req.ciphertext)?;
     server
         .store
-        .enqueue_direct(&fid.to_string(), client_id.as_str(), &payload)
+        .enqueue_direct(
+            &fid.to_string(),
+            client_id.as_str(),
+            &payload,
+            &crate::replay::record(request, now)?,
+        )
         .await
         .map_err(server.internal())?
         .ok_or_else(|| WireError::new(ErrorCode::UnknownClient, "no such client"))?;

@@ -49,7 +49,7 @@ pub async fn handle(server: &Server, request: &Request, now: u64) -> Result<Vec<
             connection_packages::publish(server, request, now).await
         }
         as_::FETCH_CONNECTION_PACKAGE => connection_packages::fetch(server, request, now).await,
-        as_::ENQUEUE_CONNECTION => direct_queue::enqueue(server, request).await,
+        as_::ENQUEUE_CONNECTION => direct_queue::enqueue(server, request, now).await,
         as_::DEQUEUE_CONNECTION => direct_queue::dequeue(server, request, now).await,
         as_::CLIENT_CERTIFICATES => certificates::client_certificates(server, request).await,
         as_::SERVER_CERTIFICATE => certificates::server_certificate(server, request).await,

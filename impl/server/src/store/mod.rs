@@ -170,12 +170,14 @@ pub trait AsStore {
     ) -> impl Future<Output = StoreResult<Option<(String, Vec<u8>)>>> + Send;
     /// Append to a client's direct queue; the sequence number is assigned atomically and
     /// is one more than the last one ever assigned in that queue. `Ok(None)` if the client
-    /// is unknown.
+    /// is unknown. `replay` is recorded in the same transaction ([`StoreError::Replayed`],
+    /// and nothing appended, if it was recorded before).
     fn enqueue_direct(
         &self,
         fid: &str,
         client_id: &str,
         payload: &[u8],
+        replay: &ReplayRecord,
     ) -> impl Future<Output = StoreResult<Option<u64>>> + Send;
     /// Delete the messages below `start`, return up to `max` from `start` on, in order,
     /// and how many remain after them.
@@ -669,8 +671,12 @@ impl AsStore for Store {
         fid: &str,
         client_id: &str,
         payload: &[u8],
+        replay: &ReplayRecord,
     ) -> StoreResult<Option<u64>> {
-        delegate!(self, AsStore::enqueue_direct(fid, client_id, payload))
+        delegate!(
+            self,
+            AsStore::enqueue_direct(fid, client_id, payload, replay)
+        )
     }
 
     async fn dequeue_direct(

@@ -357,10 +357,13 @@ impl AsStore for PgStore {
         fid: &str,
         client_id: &str,
         payload: &[u8],
+        replay: &ReplayRecord,
     ) -> StoreResult<Option<u64>> {
-        // One statement. The counter row is created on a client's first message
-        // (selecting from as_clients means an unknown client gets no row and no number);
-        // the upsert locks it until commit, so concurrent enqueues take numbers one by one.
+        let mut tx = self.begin().await?;
+        super::ephemeral::postgres::record_request(&mut tx, ReplayService::As, replay).await?;
+        // The counter row is created on a client's first message (selecting from
+        // as_clients means an unknown client gets no row and no number); the upsert locks
+        // it until commit, so concurrent enqueues take numbers one by one.
         let seq: Option<i64> = sqlx::query_scalar(
             "WITH counter AS (\
                  INSERT INTO as_direct_queue_state (fid, client_id, next_seq) \
@@ -375,8 +378,15 @@ impl AsStore for PgStore {
         .bind(fid)
         .bind(client_id)
         .bind(payload)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
+        if seq.is_none() {
+            // An unknown client: no replay record either (a later enqueue to it, once it
+            // exists, is not a replay of this one).
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        tx.commit().await?;
         seq.map(from_db).transpose()
     }
 

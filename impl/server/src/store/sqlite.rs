@@ -255,8 +255,10 @@ impl AsStore for SqliteStore {
         fid: &str,
         client_id: &str,
         payload: &[u8],
+        replay: &ReplayRecord,
     ) -> StoreResult<Option<u64>> {
         let mut tx = self.write().await?;
+        super::ephemeral::sqlite::record_request(&mut tx, ReplayService::As, replay).await?;
         // The counter row is created on a client's first message; selecting from
         // as_clients means an unknown client gets no row and no number.
         let seq: Option<i64> = sqlx::query_scalar(
