@@ -1889,7 +1889,10 @@ impl Client {
 
     /// Invite the connected contact `fid` (all its clients) into the group `name`.
     pub async fn invite(&mut self, name: &str, fid: &str) -> Result<(), ClientError> {
-        let result = self.invite_inner(name, fid).await;
+        let mut result = self.invite_inner(name, fid).await;
+        if self.moved_on_after_refused_commit(name, &result).await {
+            result = self.invite_inner(name, fid).await;
+        }
         self.finish(result).await
     }
 
@@ -2089,7 +2092,10 @@ impl Client {
 
     /// Rotate our leaf's keys in group `name` (an MLS update commit).
     pub async fn update(&mut self, name: &str) -> Result<(), ClientError> {
-        let result = self.update_inner(name).await;
+        let mut result = self.update_inner(name).await;
+        if self.moved_on_after_refused_commit(name, &result).await {
+            result = self.update_inner(name).await;
+        }
         self.finish(result).await
     }
 
@@ -2127,7 +2133,10 @@ impl Client {
 
     /// Remove the member `fid` (all its clients) from group `name`.
     pub async fn remove(&mut self, name: &str, fid: &str) -> Result<(), ClientError> {
-        let result = self.remove_inner(name, fid).await;
+        let mut result = self.remove_inner(name, fid).await;
+        if self.moved_on_after_refused_commit(name, &result).await {
+            result = self.remove_inner(name, fid).await;
+        }
         self.finish(result).await
     }
 

@@ -202,7 +202,7 @@ fn a_member_restored_from_a_backup_resyncs_by_itself(server: &TestServer) {
 
 #[test]
 fn a_member_restored_from_a_backup_resyncs_when_its_send_is_refused_on_sqlite() {
-    a_member_restored_from_a_backup_resyncs_when_its_send_is_refused(&TestServer::sqlite("a.test"));
+    restored_member_resyncs_when_refused(&TestServer::sqlite("a.test"), Refused::Send);
 }
 
 #[test]
@@ -210,13 +210,38 @@ fn a_member_restored_from_a_backup_resyncs_when_its_send_is_refused_on_postgres(
     let Some(server) = TestServer::postgres("a.test") else {
         return;
     };
-    a_member_restored_from_a_backup_resyncs_when_its_send_is_refused(&server);
+    restored_member_resyncs_when_refused(&server, Refused::Send);
+}
+
+#[test]
+fn a_member_restored_from_a_backup_resyncs_when_its_commit_is_refused_on_sqlite() {
+    restored_member_resyncs_when_refused(&TestServer::sqlite("a.test"), Refused::Commit);
+}
+
+#[test]
+fn a_member_restored_from_a_backup_resyncs_when_its_commit_is_refused_on_postgres() {
+    let Some(server) = TestServer::postgres("a.test") else {
+        return;
+    };
+    restored_member_resyncs_when_refused(&server, Refused::Commit);
+}
+
+/// What bob does first after his state was restored.
+#[derive(Clone, Copy)]
+enum Refused {
+    /// `phoenix send`: the DS answers `WRONG_EPOCH` to his message.
+    Send,
+    /// `phoenix group update`: the DS answers `WRONG_EPOCH` to his commit. Before the
+    /// client resynced after a refused commit of its own, the command failed with
+    /// `WRONG_EPOCH`, and so did every later one.
+    Commit,
 }
 
 /// Bob is behind and nothing in his queue shows it (alice sent nothing after her commit):
-/// his own send gets `WRONG_EPOCH`; his client processes the queue, sees the DS still at a
-/// later epoch, resyncs, and sends the message at the new epoch. Alice receives it.
-fn a_member_restored_from_a_backup_resyncs_when_its_send_is_refused(server: &TestServer) {
+/// his own send (or commit) gets `WRONG_EPOCH`; his client processes the queue, sees the
+/// DS still at a later epoch, resyncs, and sends the message (builds the commit) again at
+/// the new epoch. Alice receives it.
+fn restored_member_resyncs_when_refused(server: &TestServer, refused: Refused) {
     // Requirement: CL-RESYNC-1, DS-RESYNC-1, DS-RESYNC-3
     let url = server.url();
     let alice = Cli::for_server("alice", server);
@@ -240,7 +265,13 @@ fn a_member_restored_from_a_backup_resyncs_when_its_send_is_refused(server: &Tes
     bob.run(&["sync"]);
     restore(bob.home(), backup.path());
 
-    bob.run(&["send", "g", "from-behind"]);
+    match refused {
+        Refused::Send => bob.run(&["send", "g", "from-behind"]),
+        Refused::Commit => {
+            bob.run(&["group", "update", "g"]);
+            bob.run(&["send", "g", "from-behind"])
+        }
+    };
     let events = alice.sync_until(DELIVERY, |e| e["text"] == "from-behind");
     assert!(
         events
@@ -259,4 +290,7 @@ fn a_member_restored_from_a_backup_resyncs_when_its_send_is_refused(server: &Tes
             .any(|e| e["kind"] == "resynced" && e["group"] == "g"),
         "{bob_events:?}"
     );
+    // Both are at one epoch: alice's next message reaches bob.
+    alice.run(&["send", "g", "to-bob"]);
+    bob.sync_until(DELIVERY, |e| e["text"] == "to-bob" && e["verified"] == true);
 }

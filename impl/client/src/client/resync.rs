@@ -12,12 +12,13 @@
 //! `resynced` event (Requirement: CL-RESYNC-1). Every other member is verified as at any
 //! join (its credential chain; the pinned client of a connection group).
 //!
-//! A `WRONG_EPOCH` answer to our own message starts one too, once processing the queue
-//! again leaves us behind the DS's epoch ([`Client::catch_up_or_resync`]).
+//! A `WRONG_EPOCH` answer to our own message or commit starts one too, once processing the
+//! queue again leaves us behind the DS's epoch ([`Client::catch_up_or_resync`]); the
+//! command then builds its commit (sends its message) once more at the new epoch. A lost
+//! race (another member committed first) needs no resync: processing the queue catches up.
 //!
 //! Not here: pending proposals in the external-commit info (the DS keeps no proposal store
-//! yet), and a resync after our own commit was answered `WRONG_EPOCH` (a lost race: the
-//! user syncs and tries again).
+//! yet).
 
 use openmls::prelude::{
     CredentialWithKey, LeafNodeParameters, MlsGroup, MlsMessageBodyIn, MlsMessageIn, RatchetTreeIn,
@@ -74,6 +75,38 @@ impl Client {
         let group = self.load_group(&record.group_id).ok()?;
         let protocol = mls::protocol_message(message.message.as_slice()).ok()?;
         (protocol.epoch().as_u64() > group.epoch().as_u64()).then_some(record)
+    }
+
+    // Requirement: CL-RESYNC-1
+    /// Whether `result`, of a commit of ours in group `name`, is a `WRONG_EPOCH` refusal
+    /// after which catching up (or resyncing) moved the group to a later epoch: then the
+    /// command builds its commit once more. Any failure on the way keeps the refusal.
+    pub(super) async fn moved_on_after_refused_commit(
+        &mut self,
+        name: &str,
+        result: &Result<(), ClientError>,
+    ) -> bool {
+        match result {
+            Err(e) if e.code() == Some("WRONG_EPOCH") && self.sync_before_commit => {}
+            _ => return false,
+        }
+        let moved = async {
+            let id = self.identity().await?;
+            let record = self.user_group(name).await?;
+            let before = self.load_group(&record.group_id)?.epoch().as_u64();
+            self.catch_up_or_resync(&id, &record).await?;
+            let record = self.user_group(name).await?;
+            Ok::<_, ClientError>(
+                record.active && self.load_group(&record.group_id)?.epoch().as_u64() != before,
+            )
+        };
+        match moved.await {
+            Ok(moved) => moved,
+            Err(e) => {
+                tracing::debug!(group = %name, error = %e, "no recovery after a refused commit");
+                false
+            }
+        }
     }
 
     // Requirement: CL-RESYNC-1
