@@ -145,6 +145,19 @@ step "test: cargo test --workspace --locked"
 cargo test --workspace --locked
 steps_done=$((steps_done + 1))
 
+# --- Benchmark (quick mode) ---------------------------------------------------------------
+# Checks that the benchmark runs end to end against the real server on both backends, with
+# its baselines (pgbench needs the Postgres client tools); asserts no timing. The full run
+# is documented in docs/performance.md.
+bench_backend="both"
+if [[ "$postgres_status" != "used" ]] || ! command -v pgbench >/dev/null 2>&1; then
+    bench_backend="sqlite"
+    echo "WARNING: the benchmark runs on SQLite only (its Postgres run needs Postgres and pgbench, package postgresql-client)." >&2
+fi
+step "bench: phoenix-bench --quick --backend $bench_backend"
+"${CARGO_TARGET_DIR:-target}/debug/phoenix-bench" --quick --backend "$bench_backend" --out "${TMPDIR:-/tmp}/phoenix-bench-quick"
+steps_done=$((steps_done + 1))
+
 # --- Fuzzing ---------------------------------------------------------------------------
 # Every target in fuzz/ (its own workspace: cargo-fuzz on the stable toolchain with
 # RUSTC_BOOTSTRAP=1), built once and smoke-run for a bounded number of executions, two at

@@ -124,10 +124,19 @@ fn ensure_built() -> Result<PathBuf, String> {
 
 /// `<target>/<profile>`: where cargo puts the binaries of the profile this test was built with.
 fn binary_dir() -> PathBuf {
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()))
-        .filter(|dir| dir.join(".fingerprint").is_dir())
+    let exe = std::env::current_exe().ok();
+    // A test executable lives in `<target>/<profile>/deps/`; a workspace binary that uses
+    // this harness (`phoenix-bench`) in `<target>/<profile>/` itself.
+    let candidates = [
+        exe.as_deref()
+            .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf())),
+        exe.as_deref()
+            .and_then(|exe| Some(exe.parent()?.to_path_buf())),
+    ];
+    if let Some(dir) = candidates
+        .into_iter()
+        .flatten()
+        .find(|dir| dir.join(".fingerprint").is_dir())
     {
         return dir;
     }
@@ -510,6 +519,11 @@ impl TestServer {
     }
 
     /// The base URL, e.g. `http://127.0.0.1:41234`.
+    /// The server process's id, while it runs (the benchmark reads its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }

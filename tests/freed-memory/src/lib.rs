@@ -87,7 +87,8 @@ unsafe impl GlobalAlloc for Watch {
         let moved_to = unsafe { System.realloc(ptr, layout, new_size) };
         if let Some((whole, in_kept)) = held
             && !moved_to.is_null()
-            && ((moved_to != ptr && whole) || (moved_to == ptr && whole && !in_kept))
+            && whole
+            && (moved_to != ptr || !in_kept)
         {
             found();
         }
