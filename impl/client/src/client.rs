@@ -50,7 +50,9 @@ mod registration;
 mod resync;
 use crate::error::{ClientError, mls_err, usage, verification};
 use crate::mls::{self, CIPHERSUITE, Provider};
-use crate::store::{ConnectionRequest, Contact, Group, Identity, Store, StoredMessage};
+use crate::store::{
+    ConnectionRequest, Contact, Group, Identity, PendingConnection, Store, StoredMessage,
+};
 use crate::verify::{self, VerifiedMember};
 
 /// One-time connection packages published per upload (plus one last-resort).
@@ -1431,6 +1433,10 @@ impl Client {
                 c.fid, c.status
             )));
         }
+        // Requirement: CL-AMBIG-3 (a request whose answer was lost: the same bytes again)
+        if let Some(pending) = self.store.pending_connection(&target_str).await? {
+            return self.settle_connection(&id, &pending).await;
+        }
         // The AS of the target's homeserver (ours, or another one).
         let target_domain = target.domain().as_str();
         let fetched: as_::FetchConnectionPackageResponse = self
@@ -1505,36 +1511,82 @@ impl Client {
             &cep,
         )
         .map_err(|e| ClientError::Mls(e.to_string()))?;
-        let _: Empty = self
+        // Requirement: CL-AMBIG-3
+        // The exact request is saved before it leaves: if its answer is lost, `phoenix
+        // connect` run again sends the same bytes instead of a second request.
+        let request = as_::EnqueueConnectionRequest {
+            fid: target_str.clone(),
+            client_id: subject.client_id.to_string(),
+            ciphertext,
+        };
+        let pending = PendingConnection {
+            fid: target_str.clone(),
+            domain: target_domain.to_owned(),
+            request: codec::encode(&request).map_err(ClientError::Server)?,
+            client_id: subject.client_id.to_string(),
+            certificate: cert.der.clone(),
+            connection_group_id: group.group_id.clone(),
+        };
+        // The connection group's MLS state too: the command may end in an error that
+        // leaves the request pending, and the group exists at the DS.
+        self.save().await?;
+        self.store.put_pending_connection(&pending).await?;
+        self.settle_connection(&id, &pending).await
+    }
+
+    // Requirement: CL-AMBIG-3
+    /// Send the saved connection request `pending` (again), and settle it: delivered (an
+    /// answer, or `REPLAYED`: a copy of it was delivered before), the contact is recorded as
+    /// pending with its client pinned; definitely refused, it is forgotten; unanswered, it
+    /// stays saved for the next `phoenix connect`.
+    async fn settle_connection(
+        &mut self,
+        id: &Identity,
+        pending: &PendingConnection,
+    ) -> Result<(), ClientError> {
+        let request: as_::EnqueueConnectionRequest =
+            codec::decode(&pending.request, usize::MAX).map_err(ClientError::Server)?;
+        let sent: Result<Empty, ClientError> = self
             .call_at(
-                &id,
-                target_domain,
+                id,
+                &pending.domain,
                 "as",
                 as_::ENQUEUE_CONNECTION,
-                &as_::EnqueueConnectionRequest {
-                    fid: target_str.clone(),
-                    client_id: subject.client_id.to_string(),
-                    ciphertext,
-                },
+                &request,
                 Signer::Anonymous,
             )
-            .await?;
+            .await;
+        match sent {
+            Ok(_) => {}
+            Err(e) if e.code() == Some("REPLAYED") => {}
+            Err(e) if crate::api::is_unanswered(&e) => {
+                return Err(ClientError::Transport(format!(
+                    "{e}; the connection request to {} may have arrived: run `phoenix connect {}` again to settle it (it sends the same request, never a second one)",
+                    pending.fid, pending.fid
+                )));
+            }
+            Err(e) => {
+                self.store.delete_pending_connection(&pending.fid).await?;
+                return Err(e);
+            }
+        }
         self.store
             .put_contact(
                 &Contact {
-                    fid: target_str.clone(),
+                    fid: pending.fid.clone(),
                     status: "pending".into(),
                     friendship_token: None,
                     friendship_key: None,
                     qs_domain: None,
-                    connection_group_id: group.group_id.clone(),
+                    connection_group_id: pending.connection_group_id.clone(),
                 },
                 now(),
             )
             .await?;
         self.store
-            .pin_contact_client(&target_str, subject.client_id.as_str(), &cert.der)
+            .pin_contact_client(&pending.fid, &pending.client_id, &pending.certificate)
             .await?;
+        self.store.delete_pending_connection(&pending.fid).await?;
         Ok(())
     }
 

@@ -75,6 +75,18 @@ pub struct StoredMessage {
     pub own: bool,
 }
 
+/// A connection request whose answer did not arrive (CL-AMBIG-3).
+#[derive(Debug, Clone)]
+pub struct PendingConnection {
+    pub fid: String,
+    pub domain: String,
+    /// The encoded `EnqueueConnectionRequest`, sent again as it is.
+    pub request: Vec<u8>,
+    pub client_id: String,
+    pub certificate: Vec<u8>,
+    pub connection_group_id: Vec<u8>,
+}
+
 #[derive(Debug, Clone)]
 pub struct ConnectionRequest {
     pub fid: String,
@@ -242,6 +254,58 @@ impl Store {
     /// The registration is complete.
     pub async fn delete_pending_registration(&self) -> Result<(), ClientError> {
         sqlx::query("DELETE FROM pending_registration")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    // Requirement: CL-AMBIG-3
+    /// The connection request to `fid` whose answer did not arrive, if any.
+    pub async fn pending_connection(
+        &self,
+        fid: &str,
+    ) -> Result<Option<PendingConnection>, ClientError> {
+        let row = sqlx::query(
+            "SELECT domain, request, client_id, certificate, connection_group_id
+             FROM pending_connections WHERE fid = ?",
+        )
+        .bind(fid)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(PendingConnection {
+                fid: fid.to_owned(),
+                domain: r.try_get("domain")?,
+                request: r.try_get("request")?,
+                client_id: r.try_get("client_id")?,
+                certificate: r.try_get("certificate")?,
+                connection_group_id: r.try_get("connection_group_id")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Record a connection request before it is sent.
+    pub async fn put_pending_connection(&self, p: &PendingConnection) -> Result<(), ClientError> {
+        sqlx::query(
+            "INSERT INTO pending_connections (fid, domain, request, client_id, certificate, connection_group_id)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&p.fid)
+        .bind(&p.domain)
+        .bind(&p.request)
+        .bind(&p.client_id)
+        .bind(&p.certificate)
+        .bind(&p.connection_group_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The connection request to `fid` is settled (delivered, or definitely refused).
+    pub async fn delete_pending_connection(&self, fid: &str) -> Result<(), ClientError> {
+        sqlx::query("DELETE FROM pending_connections WHERE fid = ?")
+            .bind(fid)
             .execute(&self.pool)
             .await?;
         Ok(())

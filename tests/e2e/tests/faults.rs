@@ -404,6 +404,32 @@ fn lost_replies_on_registration_and_the_connection_path(server: &TestServer) {
     mallory.run(&["register", "mallory@a.test", "--server", server.url()]);
 
     // Connecting, with a lost answer on each AS, QS and DS read on the way.
+    // Requirement: CL-AMBIG-3
+    // Every attempt's answer to a connection request is lost: `phoenix connect` fails
+    // saying so, and run again it sends the same request (`REPLAYED`): erin gets one.
+    const ENQUEUE_CONNECTION: &str = "/phoenix/v1/as/enqueue_connection";
+    let erin = Cli::for_server("erin", server);
+    erin.run(&["register", "erin@a.test", "--server", server.url()]);
+    proxy.drop_next_reply(&[ENQUEUE_CONNECTION, ENQUEUE_CONNECTION, ENQUEUE_CONNECTION]);
+    let out = alice.fail(&["connect", "erin@a.test"]);
+    assert!(
+        out.stderr
+            .contains("run `phoenix connect erin@a.test` again"),
+        "{}",
+        out.stderr
+    );
+    alice.run(&["connect", "erin@a.test"]);
+    let requests = erin.run(&["requests"]);
+    assert_eq!(
+        requests["requests"].as_array().map(Vec::len),
+        Some(1),
+        "one connection request, not two: {requests}"
+    );
+    erin.run(&["accept", "alice@a.test"]);
+    alice.sync_until(DELIVERY, |e| {
+        e["kind"] == "connected" && e["contact"] == "erin@a.test"
+    });
+
     let bob = Cli::for_server("bob", server);
     bob.run(&["register", "bob@a.test", "--server", server.url()]);
     // Requirement: CL-AMBIG-3
