@@ -2588,6 +2588,14 @@ impl Client {
         if let Err(e) = self.top_up_group_tokens(&id).await {
             tracing::debug!(error = %e, "group-creation tokens not topped up");
         }
+        // Requirement: CL-KP-1 (after the queue: a join there already published a fresh
+        // set; a failure here is retried by the next sync and loses nothing)
+        match self.top_up_key_packages(&id).await {
+            Ok(true) => events.push(json!({"kind": "key_packages_published",
+                "detail": "few key packages were left at the server: published a fresh set"})),
+            Ok(false) => {}
+            Err(e) => tracing::debug!(error = %e, "key packages not checked or topped up"),
+        }
         // Connection requests waiting in the AS direct queue are shown too.
         let known: BTreeSet<String> = self
             .store
@@ -2724,15 +2732,6 @@ impl Client {
             if let Err(e) = self.publish_key_packages(id).await {
                 events.push(json!({"kind": "error",
                     "detail": format!("could not publish new key packages (the next join publishes them): {e}")}));
-            }
-        } else {
-            // Requirement: CL-KP-1
-            match self.top_up_key_packages(id).await {
-                Ok(true) => events.push(json!({"kind": "key_packages_published",
-                    "detail": "few key packages were left at the server: published a fresh set"})),
-                Ok(false) => {}
-                Err(e) => events.push(json!({"kind": "error",
-                    "detail": format!("could not check or publish key packages (the next sync tries again): {e}")})),
             }
         }
         Ok(events)
