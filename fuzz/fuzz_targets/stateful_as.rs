@@ -114,6 +114,9 @@ struct Run<'a> {
     /// Publications so far: part of each package key, so that no two publications of a
     /// run are the same bytes (an identical one is a replay, refused with `REPLAYED`).
     publications: u64,
+    /// Connection requests accepted so far (fid, client, kem length, ciphertext length):
+    /// the same bytes again are `REPLAYED` (CL-AMBIG-3).
+    enqueued: BTreeSet<(String, String, u8, u16)>,
 }
 
 impl Run<'_> {
@@ -385,7 +388,28 @@ impl Run<'_> {
                 .is_some_and(|u| u.client_id == client_id)
                 && kem_output_len % 40 == 32
                 && usize::from(ciphertext_len) % 20_000 <= MAX_CONNECTION_CIPHERTEXT;
-            assert_eq!(result.is_ok(), expect_ok, "enqueue: {result:?}");
+            let copy = (
+                self.fid(user),
+                client_id.clone(),
+                kem_output_len % 40,
+                ciphertext_len % 20_000,
+            );
+            let replayed = matches!(&result, Err(e) if e.code == ErrorCode::Replayed);
+            if expect_ok && self.enqueued.contains(&copy) {
+                // CL-AMBIG-3: an accepted request again appends nothing.
+                assert!(replayed, "a copy of an accepted enqueue: {result:?}");
+            } else if replayed {
+                // A mutated request the server accepted can be these very bytes.
+                assert!(
+                    expect_ok,
+                    "REPLAYED for a request never accepted: {result:?}"
+                );
+            } else {
+                assert_eq!(result.is_ok(), expect_ok, "enqueue: {result:?}");
+            }
+            if result.is_ok() {
+                self.enqueued.insert(copy);
+            }
         }
     }
 
@@ -480,6 +504,7 @@ fuzz_target!(|ops: Vec<Op>| {
             h,
             users: BTreeMap::new(),
             publications: 0,
+            enqueued: BTreeSet::new(),
         };
         for op in ops.iter().take(16) {
             match op {

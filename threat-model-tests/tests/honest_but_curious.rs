@@ -610,6 +610,33 @@ async fn operator_learns_no_identity_with_a_pseudonym(backend: Backend) {
     assert_eq!(as_and_ds, BTreeSet::from([&loopback]), "AS and DS share");
 }
 
+/// Fetch `user`'s key packages `n` times with their friendship token, as anyone holding it
+/// can (a contact, or whoever learned it), without inviting them anywhere.
+async fn drain_key_packages(server: &Homeserver, user: &User, n: u64) {
+    let token = user
+        .local()
+        .await
+        .identity()
+        .await
+        .unwrap()
+        .unwrap()
+        .friendship_token;
+    let api = Api::new(&server.url).unwrap();
+    for _ in 0..n {
+        let _: qs::FetchKeyPackagesResponse = api
+            .call(
+                "qs",
+                qs::FETCH_KEY_PACKAGES,
+                &qs::FetchKeyPackagesRequest {
+                    friendship_token: token,
+                },
+                Signer::Anonymous,
+            )
+            .await
+            .unwrap();
+    }
+}
+
 /// The one way the DS can link a client's groups (DS-PRIV-1's known limit; docs/model.md,
 /// finding 1), and the proof that the cross-group check above can fail: once bob's
 /// one-time key packages are drained by someone holding his friendship token, two invites
@@ -632,28 +659,7 @@ async fn last_resort_reuse_is_what_links_two_groups(backend: Backend) {
     assert!(ds_cross_group_links(&seen).is_empty());
 
     // Drain bob's one-time packages (the client publishes five and a last-resort one).
-    let token = bob
-        .local()
-        .await
-        .identity()
-        .await
-        .unwrap()
-        .unwrap()
-        .friendship_token;
-    let api = Api::new(&a.url).unwrap();
-    for _ in 0..5 {
-        let _: qs::FetchKeyPackagesResponse = api
-            .call(
-                "qs",
-                qs::FETCH_KEY_PACKAGES,
-                &qs::FetchKeyPackagesRequest {
-                    friendship_token: token,
-                },
-                Signer::Anonymous,
-            )
-            .await
-            .unwrap();
-    }
+    drain_key_packages(&a, &bob, 5).await;
     alice.client.invite("one", "bob@a.test").await.unwrap();
     alice.client.invite("two", "bob@a.test").await.unwrap();
 
@@ -727,28 +733,7 @@ async fn drained_key_packages_are_published_again_by_the_next_sync(backend: Back
     let full = one_time_left().await;
     assert_eq!(full, 5);
 
-    let token = bob
-        .local()
-        .await
-        .identity()
-        .await
-        .unwrap()
-        .unwrap()
-        .friendship_token;
-    let api = Api::new(&a.url).unwrap();
-    for _ in 0..full {
-        let _: qs::FetchKeyPackagesResponse = api
-            .call(
-                "qs",
-                qs::FETCH_KEY_PACKAGES,
-                &qs::FetchKeyPackagesRequest {
-                    friendship_token: token,
-                },
-                Signer::Anonymous,
-            )
-            .await
-            .unwrap();
-    }
+    drain_key_packages(&a, &bob, full).await;
     assert_eq!(one_time_left().await, 0);
 
     // Requirement: CL-KP-1
