@@ -21,6 +21,7 @@ use std::sync::RwLock;
 
 use openmls::prelude::{GroupId, PublicGroup};
 use openmls_memory_storage::MemoryStorage;
+use sha2::{Digest, Sha256};
 use tls_codec::{TlsDeserialize, TlsSerialize, TlsSize, VLBytes};
 use zeroize::Zeroize;
 
@@ -83,13 +84,16 @@ fn aad(group_id: &[u8], version: u64, epoch: u64) -> Vec<u8> {
 
 /// A commitment to the EAR key of a group: lets the DS tell a wrong key from a state that
 /// does not open at its version. Reveals nothing of the key (SHA-256 preimage).
+// Requirement: DS-EAR-1 (hashed in place: no heap copy of the key. A buffer built with
+// `extend_from_slice` grew by reallocation, and a reallocation that moves leaves the key
+// behind in freed memory.)
 fn key_check(key: &SymmetricKey, group_id: &[u8]) -> [u8; 32] {
-    let mut input = b"phoenix-v1 group state key check\0".to_vec();
-    input.extend_from_slice(&key.0);
-    input.extend_from_slice(group_id);
-    let check = crypto::sha256(&input);
-    input.zeroize();
-    check
+    Sha256::new()
+        .chain_update(b"phoenix-v1 group state key check\0")
+        .chain_update(key.0)
+        .chain_update(group_id)
+        .finalize()
+        .into()
 }
 
 // Requirement: DS-EAR-1, DS-EAR-3
