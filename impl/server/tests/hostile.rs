@@ -1187,7 +1187,8 @@ async fn size_limits_answer_413_before_costly_work(backend: Backend) {
         .publish(&api, owner.key_packages(&server.server, 2))
         .await;
     // A dequeue returns at most max_dequeue messages, whatever the request asks for.
-    for _ in 0..3 {
+    // Three different requests (an identical one would be `REPLAYED`: CL-AMBIG-3).
+    for n in 0..3u8 {
         let _: Empty = api
             .call(
                 "as",
@@ -1197,7 +1198,7 @@ async fn size_limits_answer_413_before_costly_work(backend: Backend) {
                     client_id: alice.client_id.clone(),
                     ciphertext: openmls_traits::types::HpkeCiphertext {
                         kem_output: VLBytes::new(vec![1; 32]),
-                        ciphertext: VLBytes::new(vec![2; 64]),
+                        ciphertext: VLBytes::new(vec![2 + n; 64]),
                     },
                 },
                 Signer::Anonymous,
