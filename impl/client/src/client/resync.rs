@@ -38,6 +38,11 @@ use crate::mls;
 use crate::store::{Group, Identity};
 use crate::verify;
 
+/// How often the queue is processed again before a group that the DS shows at a later
+/// epoch is resynced, and the pause between (about a second in all).
+const CATCH_UP_ATTEMPTS: u32 = 5;
+const CATCH_UP_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+
 impl Client {
     /// Rejoin group `name` by external commit now (what `sync` does by itself when a group
     /// fell behind). Returns the `resynced` event.
@@ -118,14 +123,37 @@ impl Client {
         id: &Identity,
         record: &Group,
     ) -> Result<(), ClientError> {
-        self.pull_into_events(id).await?;
+        // The DS can be at a later epoch than our queue shows for a moment: another
+        // member's commit is stored before its fan-out reaches our queue. So the queue is
+        // processed again, a few times with a pause, before we conclude that nothing
+        // queued can bring us there and resync (a needless resync under concurrent
+        // commits costs the other members the messages of the epochs it skips).
+        for attempt in 0..CATCH_UP_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(CATCH_UP_PAUSE).await;
+            }
+            self.pull_into_events(id).await?;
+            let Some(record) = self.store.group_by_id(&record.group_id).await? else {
+                return Ok(());
+            };
+            if !record.active {
+                return Ok(());
+            }
+            let ours = self.load_group(&record.group_id)?.epoch().as_u64();
+            if self.ds_epoch(id, &record).await? <= ours {
+                return Ok(());
+            }
+        }
         let Some(record) = self.store.group_by_id(&record.group_id).await? else {
             return Ok(());
         };
-        if !record.active {
-            return Ok(());
-        }
-        let ours = self.load_group(&record.group_id)?.epoch().as_u64();
+        let event = self.resync_group(id, &record).await?;
+        self.store.push_event(&event).await?;
+        Ok(())
+    }
+
+    /// The epoch of `record`'s group at the DS (its current group info).
+    async fn ds_epoch(&self, id: &Identity, record: &Group) -> Result<u64, ClientError> {
         let info: ds::ExternalCommitInfoResponse = self
             .ds_call(
                 id,
@@ -147,11 +175,7 @@ impl Client {
                 "the DS returned something other than a group info",
             ));
         };
-        if group_info.group_context().epoch().as_u64() > ours {
-            let event = self.resync_group(id, &record).await?;
-            self.store.push_event(&event).await?;
-        }
-        Ok(())
+        Ok(group_info.group_context().epoch().as_u64())
     }
 
     // Requirement: CL-RESYNC-1, DS-RESYNC-1, DS-RESYNC-2
