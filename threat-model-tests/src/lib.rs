@@ -226,7 +226,8 @@ impl Homeserver {
 /// there with plain SQL, not through the server's code.
 impl Homeserver {
     /// The current CA's signing key (32 bytes) and certificate DER, read from the `as_ca`
-    /// row of the server's database.
+    /// row of the server's database and opened with the operator's key-encryption key
+    /// (the operator has it: it is the server's own, here the in-process default).
     pub async fn ca_from_database(&self) -> ([u8; 32], Vec<u8>) {
         let query = |table: &str| {
             format!("SELECT signing_key, certificate FROM {table} ORDER BY id DESC LIMIT 1")
@@ -252,7 +253,14 @@ impl Homeserver {
                 (row.get(0), row.get(1))
             }
         };
-        (key.try_into().unwrap(), certificate)
+        let opened = phoenix_server::keys_at_rest::KeyEncryptionKey::default()
+            .open("ca", &key)
+            .unwrap();
+        assert!(
+            matches!(opened, phoenix_server::keys_at_rest::Opened::Sealed(_)),
+            "the CA key is stored in the clear"
+        );
+        (opened.key().try_into().unwrap(), certificate)
     }
 
     /// Register `certificate` as a client of `fid` (an existing user) in the AS's tables,

@@ -34,6 +34,31 @@ pub enum Signer<'a> {
     },
 }
 
+/// CA certificates trusted besides the public web roots (`phoenix --ca-cert`).
+static EXTRA_ROOTS: std::sync::OnceLock<Vec<reqwest::Certificate>> = std::sync::OnceLock::new();
+
+/// Trust the CA certificates of the PEM file `path` (a private CA, or tests) for every
+/// server this process talks to. Call once, before the first request.
+pub fn trust_extra_roots(path: &std::path::Path) -> Result<(), ClientError> {
+    let pem = std::fs::read(path).map_err(|e| {
+        ClientError::Usage(format!(
+            "cannot read CA certificates from {}: {e}",
+            path.display()
+        ))
+    })?;
+    let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        ClientError::Usage(format!("{}: not PEM CA certificates: {e}", path.display()))
+    })?;
+    if roots.is_empty() {
+        return Err(ClientError::Usage(format!(
+            "{} holds no PEM certificate",
+            path.display()
+        )));
+    }
+    let _ = EXTRA_ROOTS.set(roots);
+    Ok(())
+}
+
 /// An API client for one server.
 #[derive(Debug, Clone)]
 pub struct Api {
@@ -49,8 +74,15 @@ impl Api {
                 "server URL {base:?} must start with http:// or https://"
             )));
         }
-        let http = reqwest::Client::builder()
+        // No redirects: a server's answer cannot send this client to another URL (say a
+        // plain-HTTP one) than the one configured for the domain.
+        let mut builder = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none());
+        for root in EXTRA_ROOTS.get().into_iter().flatten() {
+            builder = builder.add_root_certificate(root.clone());
+        }
+        let http = builder
             .build()
             .map_err(|e| ClientError::Transport(e.to_string()))?;
         Ok(Self { http, base })
@@ -396,6 +428,11 @@ pub fn cause_in_words(error: &(dyn std::error::Error + 'static), timed_out: bool
         || lower.contains("invalidcontenttype")
         || lower.contains("corrupt message")
     {
+        if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
+            return format!(
+                "TLS failure: the server's certificate is not signed by a CA this client trusts ({innermost}); for a private CA, pass --ca-cert FILE"
+            );
+        }
         return format!("TLS failure: {innermost}");
     }
     chain

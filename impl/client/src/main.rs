@@ -48,6 +48,15 @@ struct Cli {
         default_value = "as"
     )]
     remote_sessions: Option<phoenix_client::client::RemoteSessions>,
+    /// Trust the CA certificates in this PEM file for servers' HTTPS, besides the public
+    /// web roots (a private CA, or a test certificate).
+    #[arg(
+        long = "ca-cert",
+        value_name = "FILE",
+        env = "PHOENIX_CA_CERT",
+        global = true
+    )]
+    ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -259,6 +268,9 @@ fn default_home() -> Result<PathBuf, ClientError> {
 }
 
 async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
+    if let Some(path) = &cli.ca_cert {
+        phoenix_client::api::trust_extra_roots(path)?;
+    }
     let home = match cli.home {
         Some(h) => h,
         None => default_home()?,

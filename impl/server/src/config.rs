@@ -31,6 +31,12 @@
 //! | `--header-read-timeout-secs` | `PHOENIX_HEADER_READ_TIMEOUT_SECS` | `header_read_timeout_secs` | 10 |
 //! | `--body-read-timeout-secs` | `PHOENIX_BODY_READ_TIMEOUT_SECS` | `body_read_timeout_secs` | 30 |
 //! | `--idle-timeout-secs` | `PHOENIX_IDLE_TIMEOUT_SECS` | `idle_timeout_secs` | 60 |
+//! | `--tls-cert` | `PHOENIX_TLS_CERT` | `tls_cert` | none (plain HTTP) |
+//! | `--tls-key` | `PHOENIX_TLS_KEY` | `tls_key` | none |
+//! | `--allow-plain-http` | `PHOENIX_ALLOW_PLAIN_HTTP` | `allow_plain_http` | false |
+//! | `--tls-ca-file` | `PHOENIX_TLS_CA_FILE` | `tls_ca_file` | none (the public web roots only) |
+//! | `--key-encryption-key-file` | `PHOENIX_KEY_ENCRYPTION_KEY_FILE` | `key_encryption_key_file` | `DATA_DIR/key-encryption-key` |
+//! | | `PHOENIX_KEY_ENCRYPTION_KEY` (64 hex digits) | | |
 //! | `--rate-limits`, `--rate-*`, `--trusted-proxy`, `--client-ip-header` | `PHOENIX_RATE_*`, ... | `[rate_limits]` table | see docs/limits.md |
 
 use std::net::SocketAddr;
@@ -159,6 +165,25 @@ pub struct Args {
     /// Close a connection on which nothing moved for this long (seconds).
     #[arg(long, env = "PHOENIX_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
+    /// Serve HTTPS with this certificate chain (PEM; reloaded with the key on SIGHUP).
+    #[arg(long, env = "PHOENIX_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "PHOENIX_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address, for a TLS-terminating reverse proxy in
+    /// front (without TLS and without this flag, only loopback addresses are served).
+    #[arg(long, env = "PHOENIX_ALLOW_PLAIN_HTTP")]
+    pub allow_plain_http: bool,
+    /// More CA certificates (PEM) to trust for peers' HTTPS, besides the public web roots
+    /// (a private CA, or tests).
+    #[arg(long, env = "PHOENIX_TLS_CA_FILE", value_name = "FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// The key-encryption key the server's private keys are sealed under in the database
+    /// (32 bytes, or 64 hex digits). Or the key itself in PHOENIX_KEY_ENCRYPTION_KEY. By
+    /// default DATA_DIR/key-encryption-key, created on first start.
+    #[arg(long, env = "PHOENIX_KEY_ENCRYPTION_KEY_FILE", value_name = "FILE")]
+    pub key_encryption_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub rate_limits: crate::ratelimit::RateLimitArgs,
     #[command(subcommand)]
@@ -215,6 +240,11 @@ pub struct FileConfig {
     pub header_read_timeout_secs: Option<u64>,
     pub body_read_timeout_secs: Option<u64>,
     pub idle_timeout_secs: Option<u64>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub allow_plain_http: Option<bool>,
+    pub tls_ca_file: Option<PathBuf>,
+    pub key_encryption_key_file: Option<PathBuf>,
     pub rate_limits: Option<crate::ratelimit::RateLimitFile>,
 }
 
@@ -234,6 +264,11 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub limits: Limits,
     pub federation: FederationSettings,
+    /// HTTPS: the certificate chain and key files; `None`: plain HTTP.
+    pub tls: Option<crate::tls::TlsFiles>,
+    pub allow_plain_http: bool,
+    /// Where the key-encryption key comes from ([`crate::keys_at_rest`]).
+    pub key_source: crate::keys_at_rest::KeySource,
     pub command: Command,
 }
 
@@ -278,6 +313,12 @@ pub enum ConfigError {
     CaCheckInterval(u64),
     #[error("max_connections_per_ip ({per_ip}) must not exceed max_connections ({total})")]
     ConnectionCaps { per_ip: usize, total: usize },
+    #[error("tls_cert and tls_key go together: {0} is missing")]
+    TlsHalf(&'static str),
+    #[error(
+        "refusing to serve plain HTTP on {0}, which is not a loopback address: give --tls-cert and --tls-key (docs/operations.md), or --allow-plain-http when a TLS-terminating reverse proxy is in front"
+    )]
+    PlainHttp(SocketAddr),
 }
 
 impl Settings {
@@ -381,6 +422,34 @@ impl Settings {
         )
         .map_err(ConfigError::RateLimits)?;
         limits.edge = edge;
+        // Requirement: OPS-TLS-1
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => return Err(ConfigError::TlsHalf("tls_key")),
+            (None, Some(_)) => return Err(ConfigError::TlsHalf("tls_cert")),
+        };
+        let allow_plain_http = args.allow_plain_http || file.allow_plain_http.unwrap_or(false);
+        if tls.is_none() && !allow_plain_http && !listen.ip().is_loopback() {
+            return Err(ConfigError::PlainHttp(listen));
+        }
+        federation.tls_ca_file = args.tls_ca_file.or(file.tls_ca_file);
+        // Requirement: OPS-KEK-1
+        let key_source = if env_set(crate::keys_at_rest::ENV) {
+            crate::keys_at_rest::KeySource::Env
+        } else if let Some(path) = args
+            .key_encryption_key_file
+            .or(file.key_encryption_key_file)
+        {
+            crate::keys_at_rest::KeySource::File(path)
+        } else {
+            crate::keys_at_rest::KeySource::DataDir(
+                data_dir.join(crate::keys_at_rest::DEFAULT_FILE),
+            )
+        };
         Ok(Self {
             domain,
             listen,
@@ -389,6 +458,9 @@ impl Settings {
             log_format,
             limits,
             federation,
+            tls,
+            allow_plain_http,
+            key_source,
             command: args.command.unwrap_or(Command::Run),
         })
     }
@@ -397,6 +469,11 @@ impl Settings {
     pub fn uses_data_dir(&self) -> bool {
         self.database_url == sqlite_url(&self.data_dir)
     }
+}
+
+/// Whether the environment variable `name` is set and not empty.
+fn env_set(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !v.is_empty())
 }
 
 /// Lists from the command line (or environment) replace those of the config file.
@@ -512,6 +589,38 @@ pub fn redacted(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Requirement: OPS-TLS-1
+    #[test]
+    fn plain_http_only_on_loopback_unless_allowed() {
+        let args = |listen: &str, allow: bool, tls: bool| Args {
+            domain: Some("a.test".into()),
+            listen: Some(listen.into()),
+            allow_plain_http: allow,
+            tls_cert: tls.then(|| "c.pem".into()),
+            tls_key: tls.then(|| "k.pem".into()),
+            ..Args::default()
+        };
+        for loopback in ["127.0.0.1:0", "[::1]:8080"] {
+            let s = Settings::resolve(args(loopback, false, false)).unwrap();
+            assert!(s.tls.is_none());
+        }
+        let refused = Settings::resolve(args("0.0.0.0:8080", false, false));
+        match refused {
+            Err(e @ ConfigError::PlainHttp(_)) => {
+                assert!(e.to_string().contains("--allow-plain-http"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Settings::resolve(args("0.0.0.0:8080", true, false)).is_ok());
+        let tls = Settings::resolve(args("0.0.0.0:8443", false, true)).unwrap();
+        assert_eq!(tls.tls.unwrap().cert, PathBuf::from("c.pem"));
+        let half = Settings::resolve(Args {
+            tls_key: None,
+            ..args("0.0.0.0:8443", false, true)
+        });
+        assert!(matches!(half, Err(ConfigError::TlsHalf("tls_key"))));
+    }
 
     #[test]
     fn precedence_and_validation() {
@@ -740,6 +849,11 @@ pub const KEYS: &[&str] = &[
     "header_read_timeout_secs",
     "body_read_timeout_secs",
     "idle_timeout_secs",
+    "tls_cert",
+    "tls_key",
+    "allow_plain_http",
+    "tls_ca_file",
+    "key_encryption_key_file",
     "rate_limits",
 ];
 
@@ -781,15 +895,22 @@ pub fn explain(
     for key in KEYS {
         let flag = key.replace('_', "-");
         let env_name = format!("PHOENIX_{}", key.to_ascii_uppercase());
-        let (raw, source) = if let Some(v) = flag_value(argv, &flag) {
-            (Some(v), Source::Flag)
-        } else if let Some(v) = env(&env_name) {
-            (Some(v), Source::Env)
-        } else if let Some(v) = file.get(*key) {
-            (Some(v.to_string()), Source::File)
-        } else {
-            (None, Source::Default)
-        };
+        let (raw, source) =
+            if *key == "allow_plain_http" && argv.iter().any(|a| a == "--allow-plain-http") {
+                (Some("true".into()), Source::Flag)
+            } else if *key == "key_encryption_key_file"
+                && settings.key_source == crate::keys_at_rest::KeySource::Env
+            {
+                (Some("true".into()), Source::Env)
+            } else if let Some(v) = flag_value(argv, &flag) {
+                (Some(v), Source::Flag)
+            } else if let Some(v) = env(&env_name) {
+                (Some(v), Source::Env)
+            } else if let Some(v) = file.get(*key) {
+                (Some(v.to_string()), Source::File)
+            } else {
+                (None, Source::Default)
+            };
         let value = match *key {
             "domain" => settings.domain.to_string(),
             "listen" => settings.listen.to_string(),
@@ -816,6 +937,24 @@ pub fn explain(
             "header_read_timeout_secs" => l.edge.header_read_timeout.as_secs().to_string(),
             "body_read_timeout_secs" => l.edge.body_read_timeout.as_secs().to_string(),
             "idle_timeout_secs" => l.edge.idle_timeout.as_secs().to_string(),
+            "tls_cert" => settings
+                .tls
+                .as_ref()
+                .map(|t| t.cert.display().to_string())
+                .unwrap_or_else(|| "none (plain HTTP)".into()),
+            "tls_key" => settings
+                .tls
+                .as_ref()
+                .map(|t| t.key.display().to_string())
+                .unwrap_or_else(|| "none".into()),
+            "allow_plain_http" => settings.allow_plain_http.to_string(),
+            "tls_ca_file" => settings
+                .federation
+                .tls_ca_file
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "none".into()),
+            "key_encryption_key_file" => settings.key_source.describe(),
             _ => match raw {
                 Some(_) if *key == "rate_limits" && source == Source::File => {
                     "[rate_limits] table".to_string()

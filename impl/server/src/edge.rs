@@ -96,6 +96,8 @@ pub struct EdgeMetrics {
     pub errors: AtomicU64,
     /// Failed `accept` calls (e.g. out of file descriptors).
     pub accept_errors: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: AtomicU64,
 }
 
 /// The TCP peer of a request, put into its extensions by [`serve`].
@@ -373,6 +375,8 @@ enum Ended {
     Idle,
     /// Nothing arrived at all within the header read timeout.
     Silent,
+    /// The TLS handshake failed or timed out.
+    Handshake(String),
 }
 
 /// Serve `service` on `listener` until `shutdown` completes, under the caps and timeouts
@@ -381,6 +385,7 @@ enum Ended {
 pub async fn serve<S>(
     server: Arc<Server>,
     listener: TcpListener,
+    tls: Option<Arc<crate::tls::Tls>>,
     service: S,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) where
@@ -437,6 +442,7 @@ pub async fn serve<S>(
         let service = service.clone();
         let server = server.clone();
         let limits = limits.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let metrics = &server.metrics.edge;
@@ -444,31 +450,33 @@ pub async fn serve<S>(
             let _ = stream.set_nodelay(true);
             let start = Instant::now();
             let last = Arc::new(AtomicU64::new(NOTHING_YET));
-            let io = TokioIo::new(ActivityIo {
+            let io = ActivityIo {
                 inner: stream,
                 start,
                 last: last.clone(),
-            });
+            };
             let service =
                 hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                     request.extensions_mut().insert(PeerAddr(peer));
                     let mut service = service.clone();
                     tower_service::Service::call(&mut service, request)
                 });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            // Requirement: EDGE-1 (header read timeout, also between keep-alive requests)
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout);
-            builder.http2().timer(TokioTimer::new());
-            let connection = watcher.watch(builder.serve_connection_with_upgrades(io, service));
-            // Requirement: EDGE-1 (idle timeout: nothing moved either way; a connection that
-            // sends nothing at all is closed after the header read timeout)
-            let outcome = tokio::select! {
-                served = connection => Ended::Served(served),
-                moved = idle(start, &last, limits.header_read_timeout, limits.idle_timeout) => {
-                    if moved { Ended::Idle } else { Ended::Silent }
+            let outcome = match tls {
+                None => serve_connection(io, service, watcher, &limits, start, &last).await,
+                // Requirement: OPS-TLS-1 (the handshake within the header read timeout)
+                Some(tls) => {
+                    match tokio::time::timeout(
+                        limits.header_read_timeout,
+                        tls.acceptor().accept(io),
+                    )
+                    .await
+                    {
+                        Ok(Ok(io)) => {
+                            serve_connection(io, service, watcher, &limits, start, &last).await
+                        }
+                        Ok(Err(e)) => Ended::Handshake(e.to_string()),
+                        Err(_) => Ended::Handshake("timed out".into()),
+                    }
                 }
             };
             metrics.open.fetch_sub(1, Ordering::Relaxed);
@@ -500,12 +508,54 @@ pub async fn serve<S>(
                     metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(target: "phoenix_server::edge", %peer, "header read timeout (nothing sent)");
                 }
+                Ended::Handshake(e) => {
+                    metrics
+                        .tls_handshake_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(target: "phoenix_server::edge", %peer, error = %e, "TLS handshake failed");
+                }
             }
         });
     }
     drop(listener);
     graceful.shutdown().await;
     summary.abort();
+}
+
+/// Serve HTTP/1.1 or HTTP/2 on one connection (plain or TLS) until it ends, is idle for
+/// the idle timeout, or sent nothing within the header read timeout.
+async fn serve_connection<I, Svc>(
+    io: I,
+    service: Svc,
+    watcher: hyper_util::server::graceful::Watcher,
+    limits: &EdgeLimits,
+    start: Instant,
+    last: &AtomicU64,
+) -> Ended
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Svc: hyper::service::Service<hyper::Request<Incoming>, Response = Response, Error = Infallible>
+        + Send
+        + 'static,
+    Svc::Future: Send + 'static,
+{
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // Requirement: EDGE-1 (header read timeout, also between keep-alive requests)
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let connection =
+        watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
+    // Requirement: EDGE-1 (idle timeout: nothing moved either way; a connection that
+    // sends nothing at all is closed after the header read timeout)
+    tokio::select! {
+        served = connection => Ended::Served(served),
+        moved = idle(start, last, limits.header_read_timeout, limits.idle_timeout) => {
+            if moved { Ended::Idle } else { Ended::Silent }
+        }
+    }
 }
 
 /// Once a minute, one line at info with what the edge closed in that minute (nothing when

@@ -198,6 +198,16 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    serve_tls(server, listener, None, shutdown).await;
+}
+
+/// [`serve`], over TLS when `tls` is given.
+pub async fn serve_tls(
+    server: Arc<Server>,
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<crate::tls::Tls>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let worker = tokio::spawn(crate::outbox::run(server.clone()));
     let purges = tokio::spawn(crate::jobs::run_purges(server.clone()));
     // Requirement: AS-CA-ROT-2
@@ -211,6 +221,7 @@ pub async fn serve(
     crate::edge::serve(
         server.clone(),
         listener,
+        tls,
         warp::service(routes(server)),
         shutdown,
     )
@@ -447,6 +458,7 @@ async fn metrics(server: &Server) -> String {
         ("idle_timeout", &edge.idle_timeouts),
         ("malformed", &edge.malformed),
         ("error", &edge.errors),
+        ("tls_handshake", &edge.tls_handshake_failures),
     ];
     let _ = writeln!(
         out,

@@ -115,6 +115,13 @@ async fn run(settings: Settings) -> Result<(), String> {
         phoenix_server::files::create_private_dir(&settings.data_dir)?;
     }
     phoenix_server::files::prepare_sqlite(&settings.database_url)?;
+    let mut limits = settings.limits.clone();
+    limits.key_encryption = load_key_encryption_key(&settings)?;
+    // Requirement: OPS-TLS-1 (files checked before anything else starts)
+    let tls = match &settings.tls {
+        Some(files) => Some(phoenix_server::tls::Tls::load(files.clone())?),
+        None => None,
+    };
     // Requirement: OPS-LOG-3
     let store = Store::connect(&settings.database_url).await.map_err(|e| {
         format!(
@@ -127,7 +134,7 @@ async fn run(settings: Settings) -> Result<(), String> {
     let server = Server::start_with(
         settings.domain.clone(),
         store,
-        settings.limits.clone(),
+        limits,
         settings.federation.clone(),
     )
     .await
@@ -155,14 +162,64 @@ async fn run(settings: Settings) -> Result<(), String> {
         "phoenix-server started"
     );
     // One line on stdout for scripts and tests that start the server on port 0.
+    let scheme = if tls.is_some() { "https" } else { "http" };
     println!(
-        "phoenix-server listening on http://{addr} (domain {}, {backend})",
+        "phoenix-server listening on {scheme}://{addr} (domain {}, {backend})",
         settings.domain
     );
-
-    http::serve(server, listener, shutdown_signal()).await;
+    let reloader = tls.clone().map(|tls| tokio::spawn(reload_on_sighup(tls)));
+    http::serve_tls(server, listener, tls, shutdown_signal()).await;
+    if let Some(task) = reloader {
+        task.abort();
+    }
     tracing::info!("phoenix-server stopped");
     Ok(())
+}
+
+// Requirement: OPS-KEK-1
+/// The key-encryption key from the environment, the configured file, or the data
+/// directory's (created on first start).
+fn load_key_encryption_key(
+    settings: &Settings,
+) -> Result<phoenix_server::keys_at_rest::KeyEncryptionKey, String> {
+    use phoenix_server::keys_at_rest::KeySource;
+    if let KeySource::DataDir(_) = settings.key_source {
+        phoenix_server::files::create_private_dir(&settings.data_dir)?;
+    }
+    let env = |name: &str| std::env::var(name).ok();
+    settings.key_source.load(&env).map_err(|e| {
+        format!(
+            "key-encryption key ({}): {e}",
+            settings.key_source.describe()
+        )
+    })
+}
+
+// Requirement: OPS-TLS-2
+/// Reload the TLS certificate and key on every SIGHUP (after a renewal); a failed reload
+/// keeps the ones in use and says why.
+async fn reload_on_sighup(tls: std::sync::Arc<phoenix_server::tls::Tls>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: the TLS certificate is not reloaded");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match tls.reload() {
+                Ok(()) => tracing::info!(
+                    cert = %tls.files().cert.display(),
+                    "reloaded the TLS certificate and key"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; the certificate in use stays")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tls;
 }
 
 async fn shutdown_signal() {

@@ -17,6 +17,8 @@ use phoenix_types::error::{ErrorCode, WireError};
 use phoenix_types::ids::Domain;
 
 use crate::federation::{FederationSettings, Peers};
+use crate::keys_at_rest::{KeyEncryptionKey, Opened};
+use crate::store::admin::AdminStore;
 use crate::store::{AsStore, CaRecord, QsStore, Store, StoreError};
 
 /// Operator-tunable limits (see docs/operations.md).
@@ -51,6 +53,11 @@ pub struct Limits {
     pub rate_limits: crate::ratelimit::RateLimitConfig,
     /// Connection caps and timeouts of the HTTP edge.
     pub edge: crate::edge::EdgeLimits,
+    /// The key-encryption key the server's private keys are sealed under in the database
+    /// (not a limit, but set by the operator with them; [`crate::keys_at_rest`]). By
+    /// default one random key per process, which only in-process tests use.
+    // Requirement: OPS-KEK-1
+    pub key_encryption: KeyEncryptionKey,
 }
 
 impl Default for Limits {
@@ -69,6 +76,7 @@ impl Default for Limits {
             max_csr_bytes: phoenix_types::certs::MAX_CERT_LEN,
             rate_limits: crate::ratelimit::RateLimitConfig::default(),
             edge: crate::edge::EdgeLimits::default(),
+            key_encryption: KeyEncryptionKey::default(),
         }
     }
 }
@@ -171,6 +179,8 @@ pub enum StartError {
     DomainMismatch { stored: String, configured: String },
     #[error("could not create keys: {0}")]
     Keys(String),
+    #[error("{0}")]
+    KeyEncryption(#[from] crate::keys_at_rest::KekError),
 }
 
 /// The current Unix time in seconds.
@@ -198,12 +208,13 @@ impl Server {
         limits: Limits,
         federation: FederationSettings,
     ) -> Result<Arc<Self>, StartError> {
-        let ca = load_or_create_ca(&domain, &store).await?;
-        let queue_config_key = load_or_create_queue_config_key(&store).await?;
-        let qs_signing_key = load_or_create_signing_key(&store, QS_SIGNING_KEY).await?;
-        let group_token_key = load_or_create_token_key(&store).await?;
-        let peers = Peers::new(federation.resolver.clone(), federation.peer_cache_ttl)
-            .map_err(StartError::Keys)?;
+        let kek = &limits.key_encryption;
+        let ca = load_or_create_ca(&domain, &store, kek).await?;
+        seal_clear_ca_keys(&store, kek).await?;
+        let queue_config_key = load_or_create_queue_config_key(&store, kek).await?;
+        let qs_signing_key = load_or_create_signing_key(&store, QS_SIGNING_KEY, kek).await?;
+        let group_token_key = load_or_create_token_key(&store, kek).await?;
+        let peers = Peers::new(&federation).map_err(StartError::Keys)?;
         Ok(Arc::new(Self {
             domain,
             store,
@@ -248,7 +259,7 @@ impl Server {
     /// on. Certificates issued by earlier CAs stay valid until they expire, and every CA
     /// certificate stays in the history that clients verify against.
     pub async fn rotate_ca(&self) -> Result<Arc<CaKeys>, StartError> {
-        let record = new_ca(&self.domain)?;
+        let record = new_ca(&self.domain, &self.limits.key_encryption)?;
         self.store.insert_ca(&record).await?;
         self.reload_ca().await?;
         let ca = self.ca();
@@ -269,7 +280,7 @@ impl Server {
         if stored.certificate == self.ca().certificate.der {
             return Ok(());
         }
-        let current = check_ca(&self.domain, stored)?;
+        let current = check_ca(&self.domain, stored, &self.limits.key_encryption)?;
         tracing::info!(fingerprint = %hex::encode(current.certificate.fingerprint()), "using a new CA certificate");
         match self.ca.write() {
             Ok(mut ca) => *ca = Arc::new(current),
@@ -337,7 +348,10 @@ impl Server {
     }
 }
 
-fn new_ca(domain: &Domain) -> Result<CaRecord, StartError> {
+/// The name the CA signing keys are sealed under ([`crate::keys_at_rest`]).
+const CA_KEY: &str = "ca";
+
+fn new_ca(domain: &Domain, kek: &KeyEncryptionKey) -> Result<CaRecord, StartError> {
     let key = crypto::generate_signing_key(&mut OsRng);
     let now = now();
     // Back-date a minute so that certificates issued right away nest inside it even
@@ -353,28 +367,61 @@ fn new_ca(domain: &Domain) -> Result<CaRecord, StartError> {
     )
     .map_err(|e| StartError::Keys(e.to_string()))?;
     Ok(CaRecord {
-        signing_key: key.to_bytes(),
+        signing_key: kek.seal(CA_KEY, &key.to_bytes())?,
         certificate: der,
         not_before,
         not_after,
     })
 }
 
-async fn load_or_create_ca(domain: &Domain, store: &Store) -> Result<CaKeys, StartError> {
-    if store.ca().await?.is_none() && store.insert_first_ca(&new_ca(domain)?).await? {
+async fn load_or_create_ca(
+    domain: &Domain,
+    store: &Store,
+    kek: &KeyEncryptionKey,
+) -> Result<CaKeys, StartError> {
+    if store.ca().await?.is_none() && store.insert_first_ca(&new_ca(domain, kek)?).await? {
         tracing::info!(%domain, "created the home server CA certificate");
     }
-    load_ca(domain, store).await
+    let record = store.ca().await?.ok_or(StartError::Ca("missing".into()))?;
+    check_ca(domain, record, kek)
 }
 
-/// The current CA from the store, checked.
-async fn load_ca(domain: &Domain, store: &Store) -> Result<CaKeys, StartError> {
-    let record = store.ca().await?.ok_or(StartError::Ca("missing".into()))?;
-    check_ca(domain, record)
+// Requirement: OPS-KEK-1
+/// Seal, in place, every CA signing key an earlier version stored in the clear (the
+/// current one and the retired ones, which stay in the history). A sealed key that this
+/// KEK does not open refuses the start.
+async fn seal_clear_ca_keys(store: &Store, kek: &KeyEncryptionKey) -> Result<(), StartError> {
+    for record in store.ca_history().await? {
+        if let Opened::Clear(key) = kek.open(CA_KEY, &record.signing_key)? {
+            reseal(store, kek, CA_KEY, &record.signing_key, &key).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Replace the clear `stored` bytes of the key `name` with the same key sealed.
+async fn reseal(
+    store: &Store,
+    kek: &KeyEncryptionKey,
+    name: &str,
+    stored: &[u8],
+    key: &[u8],
+) -> Result<(), StartError> {
+    let sealed = kek.seal(name, key)?;
+    store.reseal_private_key(stored, &sealed).await?;
+    tracing::info!(
+        key = name,
+        "sealed a private key stored in the clear by an earlier version under the key-encryption key"
+    );
+    Ok(())
 }
 
 /// A stored CA record, parsed and checked: for `domain`, self-signed, key matching.
-fn check_ca(domain: &Domain, record: CaRecord) -> Result<CaKeys, StartError> {
+fn check_ca(
+    domain: &Domain,
+    record: CaRecord,
+    kek: &KeyEncryptionKey,
+) -> Result<CaKeys, StartError> {
     let certificate =
         ParsedCert::parse(&record.certificate).map_err(|e| StartError::Ca(e.to_string()))?;
     if certificate.issuer_domain != *domain {
@@ -386,7 +433,12 @@ fn check_ca(domain: &Domain, record: CaRecord) -> Result<CaKeys, StartError> {
     certificate
         .verify_self_signed_ca(domain)
         .map_err(|e| StartError::Ca(e.to_string()))?;
-    let signing_key = SigningKey::from_bytes(&record.signing_key);
+    let opened = kek.open(CA_KEY, &record.signing_key)?;
+    let private: &[u8; 32] = opened
+        .key()
+        .try_into()
+        .map_err(|_| StartError::Ca("the stored key is not 32 bytes".into()))?;
+    let signing_key = SigningKey::from_bytes(private);
     if signing_key.verifying_key().to_bytes() != certificate.public_key {
         return Err(StartError::Ca(
             "the stored key does not match the certificate".into(),
@@ -401,11 +453,16 @@ fn check_ca(domain: &Domain, record: CaRecord) -> Result<CaKeys, StartError> {
 /// Name of the QS signing key in the `server_keys` table.
 const QS_SIGNING_KEY: &str = "qs_signing";
 
-async fn load_or_create_signing_key(store: &Store, name: &str) -> Result<SigningKey, StartError> {
+async fn load_or_create_signing_key(
+    store: &Store,
+    name: &str,
+    kek: &KeyEncryptionKey,
+) -> Result<SigningKey, StartError> {
     if store.server_key(name).await?.is_none() {
         let key = crypto::generate_signing_key(&mut OsRng);
+        let sealed = kek.seal(name, &key.to_bytes())?;
         store
-            .insert_server_key(name, &key.to_bytes(), &key.verifying_key().to_bytes())
+            .insert_server_key(name, &sealed, &key.verifying_key().to_bytes())
             .await?;
     }
     // Another process may have won the race: use whatever is stored.
@@ -415,10 +472,15 @@ async fn load_or_create_signing_key(store: &Store, name: &str) -> Result<Signing
         .ok_or(StartError::Keys(format!(
             "{name} key missing after creation"
         )))?;
-    let private: [u8; 32] = private
+    let opened = kek.open(name, &private)?;
+    if let Opened::Clear(key) = &opened {
+        reseal(store, kek, name, &private, key).await?;
+    }
+    let private: &[u8; 32] = opened
+        .key()
         .try_into()
         .map_err(|_| StartError::Keys(format!("stored {name} key is corrupt")))?;
-    let key = SigningKey::from_bytes(&private);
+    let key = SigningKey::from_bytes(private);
     if key.verifying_key().to_bytes().as_slice() != public.as_slice() {
         return Err(StartError::Keys(format!(
             "stored {name} key pair does not match"
@@ -432,13 +494,15 @@ const GROUP_TOKEN_KEY: &str = "group_token";
 
 async fn load_or_create_token_key(
     store: &Store,
+    kek: &KeyEncryptionKey,
 ) -> Result<phoenix_types::tokens::TokenKey, StartError> {
     use phoenix_types::tokens::TokenKey;
     if store.server_key(GROUP_TOKEN_KEY).await?.is_none() {
         let (key, private) = TokenKey::generate(&mut OsRng)
             .map_err(|e| StartError::Keys(format!("group token key: {e}")))?;
+        let sealed = kek.seal(GROUP_TOKEN_KEY, &private)?;
         store
-            .insert_server_key(GROUP_TOKEN_KEY, &private, key.public_key())
+            .insert_server_key(GROUP_TOKEN_KEY, &sealed, key.public_key())
             .await?;
     }
     // Another process may have won the race: use whatever is stored.
@@ -448,7 +512,11 @@ async fn load_or_create_token_key(
         .ok_or(StartError::Keys(
             "group token key missing after creation".into(),
         ))?;
-    let key = TokenKey::from_private(&private)
+    let opened = kek.open(GROUP_TOKEN_KEY, &private)?;
+    if let Opened::Clear(key) = &opened {
+        reseal(store, kek, GROUP_TOKEN_KEY, &private, key).await?;
+    }
+    let key = TokenKey::from_private(opened.key())
         .map_err(|_| StartError::Keys("stored group token key is corrupt".into()))?;
     if key.public_key().as_slice() != public.as_slice() {
         return Err(StartError::Keys(
@@ -458,17 +526,29 @@ async fn load_or_create_token_key(
     Ok(key)
 }
 
-async fn load_or_create_queue_config_key(store: &Store) -> Result<HpkeKeyPair, StartError> {
-    if let Some((private, public)) = store.queue_config_key().await? {
-        return Ok(HpkeKeyPair { private, public });
+/// The name the queue-config private key is sealed under ([`crate::keys_at_rest`]).
+const QUEUE_CONFIG_KEY: &str = "queue_config";
+
+async fn load_or_create_queue_config_key(
+    store: &Store,
+    kek: &KeyEncryptionKey,
+) -> Result<HpkeKeyPair, StartError> {
+    if store.queue_config_key().await?.is_none() {
+        let pair =
+            HpkeKeyPair::generate(&mut OsRng).map_err(|e| StartError::Keys(e.to_string()))?;
+        let sealed = kek.seal(QUEUE_CONFIG_KEY, &pair.private)?;
+        store.insert_queue_config_key(&sealed, &pair.public).await?;
     }
-    let pair = HpkeKeyPair::generate(&mut OsRng).map_err(|e| StartError::Keys(e.to_string()))?;
-    store
-        .insert_queue_config_key(&pair.private, &pair.public)
-        .await?;
     // Another process may have won the race: use whatever is stored.
-    let (private, public) = store.queue_config_key().await?.ok_or(StartError::Keys(
+    let (stored, public) = store.queue_config_key().await?.ok_or(StartError::Keys(
         "queue config key missing after creation".into(),
     ))?;
-    Ok(HpkeKeyPair { private, public })
+    let opened = kek.open(QUEUE_CONFIG_KEY, &stored)?;
+    if let Opened::Clear(key) = &opened {
+        reseal(store, kek, QUEUE_CONFIG_KEY, &stored, key).await?;
+    }
+    Ok(HpkeKeyPair {
+        private: opened.key().to_vec(),
+        public,
+    })
 }

@@ -38,7 +38,10 @@ fn aged_ca(domain: &Domain, age: u64) -> CaRecord {
     )
     .unwrap();
     CaRecord {
-        signing_key: key.to_bytes(),
+        // Sealed as a process sharing the database seals it (the in-process default KEK).
+        signing_key: phoenix_server::keys_at_rest::KeyEncryptionKey::default()
+            .seal("ca", &key.to_bytes())
+            .unwrap(),
         certificate: der,
         not_before,
         not_after,

@@ -89,7 +89,7 @@ async fn run_with(
     assert!(
         store
             .insert_first_ca(&CaRecord {
-                signing_key: key.to_bytes(),
+                signing_key: key.to_bytes().to_vec(),
                 certificate,
                 not_before,
                 not_after,

@@ -1585,7 +1585,7 @@ fn postgres_required() -> bool {
 
 fn ca_record(n: u8) -> CaRecord {
     CaRecord {
-        signing_key: [n; 32],
+        signing_key: vec![n; 32],
         certificate: vec![n; 100],
         not_before: 1_000,
         not_after: 2_000_000_000,

@@ -42,6 +42,7 @@ use tempfile::TempDir;
 
 pub mod proxy;
 pub mod tcp_proxy;
+pub mod tls;
 
 /// The Postgres server the tests use when `PHOENIX_TEST_POSTGRES_URL` is not set.
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -333,6 +334,8 @@ pub struct TestServer {
     log: PathBuf,
     /// The command line, kept to restart the server the same way.
     args: Vec<String>,
+    /// The CA that issued the server's TLS certificate (HTTPS servers only).
+    ca_file: Option<PathBuf>,
     // Dropped after the process is stopped (fields drop in declaration order, after `drop`).
     _database: Option<TestDatabase>,
     _dir: TempDir,
@@ -363,6 +366,16 @@ impl TestServer {
         listen: &str,
         extra: &[String],
     ) -> Self {
+        Self::launch(domain, database, listen, extra, None)
+    }
+
+    fn launch(
+        domain: &str,
+        database: Option<TestDatabase>,
+        listen: &str,
+        extra: &[String],
+        ca_file: Option<PathBuf>,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("phoenix-e2e-server-")
             .tempdir()
@@ -386,11 +399,48 @@ impl TestServer {
             url: String::new(),
             log,
             args,
+            ca_file,
             _database: database,
             _dir: dir,
         };
         server.spawn();
         server
+    }
+
+    /// [`TestServer::start_with`] serving HTTPS with a certificate `ca` issues for `domain`,
+    /// `localhost` and `127.0.0.1` (the server trusts `ca` for its peers too).
+    pub fn start_tls(
+        domain: &str,
+        database: Option<TestDatabase>,
+        listen: &str,
+        extra: &[String],
+        ca: &tls::TestCa,
+    ) -> Self {
+        let (cert, key) = ca.issue(domain);
+        let mut flags = vec![
+            "--tls-cert".to_owned(),
+            cert.display().to_string(),
+            "--tls-key".to_owned(),
+            key.display().to_string(),
+            "--tls-ca-file".to_owned(),
+            ca.ca_file().display().to_string(),
+        ];
+        flags.extend(extra.iter().cloned());
+        Self::launch(domain, database, listen, &flags, Some(ca.ca_file()))
+    }
+
+    /// The flags the server runs with.
+    pub fn args(&self) -> &[String] {
+        &self.args
+    }
+
+    /// Send the server a signal (`HUP`, `TERM`, ...) by name.
+    pub fn signal(&self, name: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("sh")
+                .args(["-c", &format!("kill -{name} {}", child.id())])
+                .status();
+        }
     }
 
     /// Run `phoenix-server <same flags> <subcommand>` (e.g. `rotate-ca-key`) against this
@@ -484,6 +534,12 @@ impl TestServer {
             "PHOENIX_FEDERATION_MODE",
             "PHOENIX_FEDERATION_ALLOW",
             "PHOENIX_FEDERATION_BLOCK",
+            "PHOENIX_TLS_CERT",
+            "PHOENIX_TLS_KEY",
+            "PHOENIX_TLS_CA_FILE",
+            "PHOENIX_ALLOW_PLAIN_HTTP",
+            "PHOENIX_KEY_ENCRYPTION_KEY",
+            "PHOENIX_KEY_ENCRYPTION_KEY_FILE",
         ] {
             command.env_remove(var);
         }
@@ -536,7 +592,7 @@ impl TestServer {
     fn wait_healthy(&mut self) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if http_get(&self.url, "/health").is_some_and(|(status, _)| status == 200) {
+            if self.get("/health").is_some_and(|(status, _)| status == 200) {
                 return;
             }
             if let Some(status) = self
@@ -558,7 +614,15 @@ impl TestServer {
 
     /// `GET path` on the server: (status, body).
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
-        http_get(&self.url, path)
+        match &self.ca_file {
+            Some(ca) => tls::https_get(&self.url, path, ca).ok(),
+            None => http_get(&self.url, path),
+        }
+    }
+
+    /// The CA file that issued this server's TLS certificate (HTTPS servers).
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
     }
 
     /// Stop the server the way an operator does (SIGTERM) and return its exit status; it is
@@ -601,7 +665,7 @@ impl Drop for TestServer {
 fn parse_listening_line(line: &str) -> Option<String> {
     let rest = line.trim().strip_prefix("phoenix-server listening on ")?;
     let url = rest.split_whitespace().next()?;
-    url.starts_with("http://").then(|| url.to_owned())
+    (url.starts_with("http://") || url.starts_with("https://")).then(|| url.to_owned())
 }
 
 /// A minimal HTTP/1.1 GET over loopback (no client library needed): (status, body).
@@ -637,6 +701,8 @@ pub struct Cli {
     home: TempDir,
     /// The server's log, appended to failure messages.
     server_log: Option<PathBuf>,
+    /// `--ca-cert` for every command (users of HTTPS servers with a test CA).
+    ca_cert: Option<PathBuf>,
 }
 
 /// A finished CLI command.
@@ -658,13 +724,21 @@ impl Cli {
             name: name.to_owned(),
             home,
             server_log: None,
+            ca_cert: None,
         }
+    }
+
+    /// Trust `ca_file` for servers' HTTPS (`PHOENIX_CA_CERT` on every command).
+    pub fn trusting(mut self, ca_file: &Path) -> Self {
+        self.ca_cert = Some(ca_file.to_owned());
+        self
     }
 
     /// A user whose failure messages include `server`'s log.
     pub fn for_server(name: &str, server: &TestServer) -> Self {
         let mut cli = Self::new(name);
         cli.server_log = Some(server.log.clone());
+        cli.ca_cert = server.ca_file.clone();
         cli
     }
 
@@ -691,6 +765,12 @@ impl Cli {
             .args(args)
             .env("NO_COLOR", "1")
             .env_remove("PHOENIX_HOME")
+            .env_remove("PHOENIX_CA_CERT")
+            .envs(
+                self.ca_cert
+                    .iter()
+                    .map(|p| ("PHOENIX_CA_CERT", p.as_os_str())),
+            )
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(fs::File::create(&stdout_path).unwrap())

@@ -13,6 +13,7 @@
     clippy::indexing_slicing
 )]
 
+use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -369,4 +370,179 @@ fn an_unreachable_database_is_reported_with_its_cause_within_seconds() {
         assert!(!stderr.contains(".rs:"), "source locations: {stderr}");
         assert!(elapsed < Duration::from_secs(8), "{elapsed:?}: {stderr}");
     }
+}
+
+/// The private-key columns of a server's SQLite database: (what, stored bytes).
+fn stored_private_keys(server: &TestServer) -> Vec<(String, Vec<u8>)> {
+    let path = server.data_dir().join("phoenix.db");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use sqlx::{Connection, Row};
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let mut keys = Vec::new();
+        for (what, query) in [
+            ("CA signing key", "SELECT signing_key FROM as_ca"),
+            (
+                "server key",
+                "SELECT name || ' ' || hex(private_key), private_key FROM server_keys",
+            ),
+            (
+                "queue-config key",
+                "SELECT queue_config_private_key FROM qs_config",
+            ),
+        ] {
+            for row in sqlx::query(query).fetch_all(&mut conn).await.unwrap() {
+                let bytes: Vec<u8> = row.get(row.len() - 1);
+                keys.push((what.to_owned(), bytes));
+            }
+        }
+        keys
+    })
+}
+
+// Requirement: OPS-TLS-1, OPS-TLS-2, OPS-TLS-3, OPS-KEK-1
+/// Two servers serve HTTPS on certificates of a test CA and federate over it (each reaches
+/// the other at an `https://` URL), users chat across them over HTTPS; the private keys in
+/// the database are sealed under the key-encryption key, and the server refuses to start
+/// under another one; the certificate is reloaded on SIGHUP (a client that trusts only the
+/// new certificate's CA gets through afterwards, one that trusts only the old CA does not);
+/// a client that does not trust the CA is told it is a TLS failure.
+#[test]
+fn two_servers_federate_over_tls_with_keys_sealed_at_rest() {
+    let ca = phoenix_e2e::tls::TestCa::new("Phoenix e2e CA");
+    let (port_a, port_b) = (free_port(), free_port());
+    let url_a = format!("https://127.0.0.1:{port_a}");
+    let url_b = format!("https://127.0.0.1:{port_b}");
+    let peer = |other: &str, url: &str| vec!["--resolve".to_owned(), format!("{other}={url}")];
+    let a = TestServer::start_tls(
+        "a.test",
+        None,
+        &format!("127.0.0.1:{port_a}"),
+        &peer("b.test", &url_b),
+        &ca,
+    );
+    let b = TestServer::start_tls(
+        "b.test",
+        TestDatabase::for_test(),
+        &format!("127.0.0.1:{port_b}"),
+        &peer("a.test", &url_a),
+        &ca,
+    );
+    assert!(a.url().starts_with("https://"), "{}", a.url());
+
+    let alice = Cli::for_server("alice", &a);
+    let bob = Cli::for_server("bob", &b);
+    let resolve_a = format!("--resolve=a.test={url_a}");
+    let resolve_b = format!("--resolve=b.test={url_b}");
+    alice.run(&[
+        "register",
+        "alice@a.test",
+        "--server",
+        &url_a,
+        &resolve_a,
+        &resolve_b,
+    ]);
+    bob.run(&[
+        "register",
+        "bob@b.test",
+        "--server",
+        &url_b,
+        &resolve_a,
+        &resolve_b,
+    ]);
+    alice.run(&["connect", "bob@b.test"]);
+    bob.run(&["accept", "alice@a.test"]);
+    alice.sync_until(WAIT, |e| {
+        e["kind"] == "connected" && e["contact"] == "bob@b.test"
+    });
+    alice.run(&["group", "create", "tls"]);
+    alice.run(&["group", "invite", "tls", "bob@b.test"]);
+    bob.sync_until(WAIT, |e| e["kind"] == "joined" && e["group"] == "tls");
+    alice.run(&["send", "tls", "over https, across servers"]);
+    bob.sync_until(WAIT, |e| {
+        e["kind"] == "message" && e["text"] == "over https, across servers" && e["verified"] == true
+    });
+
+    // A client that does not trust the test CA: a TLS failure, said so.
+    let stranger = Cli::new("stranger");
+    let refused = stranger.fail(&["register", "carol@a.test", "--server", &url_a]);
+    assert!(refused.stderr.contains("TLS failure"), "{}", refused.stderr);
+    // Plain HTTP to the HTTPS port: no answer.
+    let plain = Cli::new("plain");
+    plain.fail(&[
+        "register",
+        "dave@a.test",
+        "--server",
+        &format!("http://127.0.0.1:{port_a}"),
+    ]);
+
+    // Keys at rest: every private key column holds a sealed key, none a bare 32-byte key.
+    let keys = stored_private_keys(&a);
+    assert!(
+        keys.len() >= 4,
+        "{:?}",
+        keys.iter().map(|k| &k.0).collect::<Vec<_>>()
+    );
+    for (what, bytes) in &keys {
+        assert!(bytes.starts_with(b"phxkek1\0"), "{what} is not sealed");
+        assert_eq!(bytes.len(), 8 + 12 + 32 + 16, "{what}");
+    }
+    // Under another key-encryption key the server refuses to start, and says why.
+    let wrong = std::process::Command::new(phoenix_e2e::binary("phoenix-server"))
+        .args(a.args())
+        .arg("rotate-ca-key")
+        .env("PHOENIX_KEY_ENCRYPTION_KEY", "11".repeat(32))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success());
+    assert!(err.contains("key-encryption key does not open"), "{err}");
+    // The CA rotated with the right key (the default file in the data directory) is sealed.
+    a.command("rotate-ca-key");
+    assert!(
+        stored_private_keys(&a)
+            .iter()
+            .all(|(_, bytes)| bytes.starts_with(b"phxkek1\0"))
+    );
+
+    // SIGHUP: the certificate files are replaced by ones from another CA and reloaded.
+    let other_ca = phoenix_e2e::tls::TestCa::new("Phoenix e2e CA, renewed");
+    let (cert, key) = other_ca.issue("a.test");
+    let flag = |name: &str| {
+        let args = a.args();
+        let i = args.iter().position(|a| a == name).unwrap();
+        PathBuf::from(&args[i + 1])
+    };
+    std::fs::copy(&cert, flag("--tls-cert")).unwrap();
+    std::fs::copy(&key, flag("--tls-key")).unwrap();
+    a.signal("HUP");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if phoenix_e2e::tls::https_get(a.url(), "/health", &other_ca.ca_file()).is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not reloaded: {}", a.log());
+        thread::sleep(Duration::from_millis(100));
+    }
+    let old = phoenix_e2e::tls::https_get(a.url(), "/health", &ca.ca_file());
+    assert!(old.is_err(), "the old certificate is still served");
+    assert!(
+        a.log().contains("reloaded the TLS certificate"),
+        "{}",
+        a.log()
+    );
+    // A reload that fails (a key that does not go with the certificate) keeps the one in use.
+    std::fs::copy(ca.issue("a.test").1, flag("--tls-key")).unwrap();
+    a.signal("HUP");
+    let deadline = Instant::now() + WAIT;
+    while !a.log().contains("TLS reload failed") {
+        assert!(Instant::now() < deadline, "{}", a.log());
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(phoenix_e2e::tls::https_get(a.url(), "/health", &other_ca.ca_file()).is_ok());
 }

@@ -176,7 +176,7 @@ async fn start() -> Running {
     .unwrap();
     store
         .insert_first_ca(&CaRecord {
-            signing_key: key.to_bytes(),
+            signing_key: key.to_bytes().to_vec(),
             certificate,
             not_before,
             not_after,

@@ -70,6 +70,8 @@ pub struct FederationSettings {
     pub peer_cache_ttl: u64,
     /// The polyproto routes' settings (public URL, certificate cache window).
     pub polyproto: crate::polyproto::Settings,
+    /// More CA certificates (PEM file) trusted for peers' HTTPS, besides the web roots.
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for FederationSettings {
@@ -80,6 +82,7 @@ impl Default for FederationSettings {
             max_backoff: 60,
             peer_cache_ttl: 3600,
             polyproto: crate::polyproto::Settings::default(),
+            tls_ca_file: None,
         }
     }
 }
@@ -109,15 +112,25 @@ pub struct Peers {
 }
 
 impl Peers {
-    pub fn new(resolver: Resolver, ttl: u64) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
+    pub fn new(settings: &FederationSettings) -> Result<Self, String> {
+        // Requirement: OPS-TLS-3
+        // Peers are reached at https://DOMAIN, or at the URL of a `--resolve` entry (plain
+        // `http://` only there, for tests and private networks); redirects are not
+        // followed, so an answer cannot send this server to a plain-HTTP URL it was not
+        // configured with.
+        let mut builder = reqwest::Client::builder()
             .timeout(PEER_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none());
+        for root in crate::tls::extra_roots(settings.tls_ca_file.as_deref())? {
+            builder = builder.add_root_certificate(root);
+        }
+        let http = builder
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self {
             http,
-            resolver,
-            ttl,
+            resolver: settings.resolver.clone(),
+            ttl: settings.peer_cache_ttl,
             cache: Mutex::new(BTreeMap::new()),
         })
     }

@@ -92,6 +92,14 @@ pub trait AdminStore {
     /// Foreign actors' cached certificates per peer domain: (domain, entries, latest
     /// cache window end).
     fn cached_peers(&self) -> impl Future<Output = StoreResult<Vec<(String, u64, u64)>>> + Send;
+    // Requirement: OPS-KEK-1
+    /// Replace a stored private key (a CA signing key, a server key or the queue-config
+    /// key) whose stored bytes are `old` with `new` (the same key, sealed); how many rows.
+    fn reseal_private_key(
+        &self,
+        old: &[u8],
+        new: &[u8],
+    ) -> impl Future<Output = StoreResult<u64>> + Send;
 }
 
 use std::future::Future;
@@ -146,6 +154,9 @@ impl AdminStore for Store {
     ) -> StoreResult<()> {
         delegate!(self, record_outbox_error(destination, error, at))
     }
+    async fn reseal_private_key(&self, old: &[u8], new: &[u8]) -> StoreResult<u64> {
+        delegate!(self, reseal_private_key(old, new))
+    }
     async fn cached_peers(&self) -> StoreResult<Vec<(String, u64, u64)>> {
         let rows = delegate!(self, cached_fids())?;
         let mut peers: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
@@ -190,6 +201,11 @@ mod sql {
          VALUES ($1, $2, $3) ON CONFLICT (destination) DO UPDATE SET \
          error = excluded.error, failed_at = excluded.failed_at";
     pub const CLEAR_ERROR: &str = "DELETE FROM ds_outbox_errors WHERE destination = $1";
+    pub const RESEAL: [&str; 3] = [
+        "UPDATE as_ca SET signing_key = $1 WHERE signing_key = $2",
+        "UPDATE server_keys SET private_key = $1 WHERE private_key = $2",
+        "UPDATE qs_config SET queue_config_private_key = $1 WHERE queue_config_private_key = $2",
+    ];
     pub const CACHED_FIDS: &str =
         "SELECT fid, not_valid_after FROM p2_idcert_cache ORDER BY fid LIMIT $1";
 }
@@ -291,6 +307,25 @@ macro_rules! backend {
                     .await?
                     .map(from_db)
                     .transpose()
+            }
+
+            pub(super) async fn reseal_private_key(
+                pool: &$pool,
+                old: &[u8],
+                new: &[u8],
+            ) -> StoreResult<u64> {
+                let mut tx = pool.begin_with($begin).await?;
+                let mut rows = 0;
+                for statement in sql::RESEAL {
+                    rows += sqlx::query(statement)
+                        .bind(new)
+                        .bind(old)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                }
+                tx.commit().await?;
+                Ok(rows)
             }
 
             pub(super) async fn delete_user(pool: &$pool, fid: &str) -> StoreResult<bool> {

@@ -74,7 +74,10 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// issue) adds rows; every certificate is kept.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CaRecord {
-    pub signing_key: [u8; 32],
+    /// The signing key as stored: sealed under the key-encryption key
+    /// ([`crate::keys_at_rest`]), or in the clear when an earlier version wrote it (sealed
+    /// in place at the next start).
+    pub signing_key: Vec<u8>,
     pub certificate: Vec<u8>,
     pub not_before: u64,
     pub not_after: u64,

@@ -9,7 +9,6 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 use tls_codec::VLBytes;
-use zeroize::Zeroizing;
 
 use phoenix_types::ids::QsId;
 use phoenix_types::messages::QueueMessage;
@@ -61,10 +60,9 @@ impl_columns!(PgRow);
 
 /// Columns: signing_key, certificate, not_before, not_after.
 pub(super) fn ca(row: &impl Columns) -> StoreResult<CaRecord> {
-    // The key passes through a heap buffer on its way into the record; wipe it.
-    let signing_key = Zeroizing::new(row.bytes("signing_key")?);
     Ok(CaRecord {
-        signing_key: fixed(&signing_key, "CA signing key is not 32 bytes")?,
+        // Sealed (see `keys_at_rest`); opened and checked at start-up.
+        signing_key: row.bytes("signing_key")?,
         certificate: row.bytes("certificate")?,
         not_before: row.unsigned("not_before")?,
         not_after: row.unsigned("not_after")?,
