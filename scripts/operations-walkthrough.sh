@@ -3,7 +3,7 @@
 # of that section in order, in one bash process, in a fresh temporary directory, with the
 # binaries of target/debug first on PATH (build them first:
 # cargo build -p phoenix-server -p phoenix-client --bins). Needs curl, sqlite3, pg_dump,
-# pg_restore, createdb, dropdb and Postgres at 127.0.0.1:5432 (user postgres, trust), and
+# pg_restore, createdb, dropdb, openssl and Postgres at 127.0.0.1:5432 (user postgres, trust), and
 # ports 18080 and 18081 free. Exit status 0 only if every command succeeded.
 set -euo pipefail
 
@@ -41,7 +41,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-export PATH="$root/target/debug:$PATH"
+export PATH="${CARGO_TARGET_DIR:-$root/target}/debug:$PATH"
 export PHOENIX_LOG=warn,phoenix_server=info
 echo "walkthrough: running $(grep -c . "$script") lines from $doc in $work"
 cd "$work"

@@ -158,6 +158,26 @@ step "bench: phoenix-bench --quick --backend $bench_backend"
 "${CARGO_TARGET_DIR:-target}/debug/phoenix-bench" --quick --backend "$bench_backend" --out "${TMPDIR:-/tmp}/phoenix-bench-quick"
 steps_done=$((steps_done + 1))
 
+# --- The operator's walk-through ------------------------------------------------------------
+# docs/operations.md "First deployment", run as written by scripts/operations-walkthrough.sh
+# (two servers over TLS, SQLite and Postgres, backup and restore). Needs Postgres and its
+# client tools, sqlite3, openssl and curl; skipped with a warning where one is missing, an
+# error under CI.
+missing=""
+for tool in openssl curl sqlite3 pg_dump pg_restore createdb dropdb; do
+    command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
+done
+if [[ "$postgres_status" == "used" && -z "$missing" ]]; then
+    step "walkthrough: scripts/operations-walkthrough.sh (docs/operations.md as written)"
+    bash scripts/operations-walkthrough.sh
+    steps_done=$((steps_done + 1))
+elif [[ "${PHOENIX_TEST_REQUIRE_POSTGRES:-}" == "1" ]]; then
+    echo "scripts/test.sh: the operations walk-through needs Postgres and:${missing:- (all present)}" >&2
+    exit 1
+else
+    echo "WARNING: the operations walk-through is skipped (needs Postgres and:${missing:- (all present)})." >&2
+fi
+
 # --- Fuzzing ---------------------------------------------------------------------------
 # Every target in fuzz/ (its own workspace: cargo-fuzz on the stable toolchain with
 # RUSTC_BOOTSTRAP=1), built once and smoke-run for a bounded number of executions, two at

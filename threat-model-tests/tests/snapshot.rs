@@ -117,6 +117,21 @@ async fn snapshot_reveals_nothing(backend: Backend) {
             id.friendship_key.to_vec(),
         ));
     }
+    // Requirement: OPS-KEK-1
+    // The server's own private keys: sealed under the key-encryption key, which is not in
+    // the database (before keys were sealed, each of these was found in its table).
+    secrets.push((
+        "the CA signing key".into(),
+        a.server.ca().signing_key.to_bytes().to_vec(),
+    ));
+    secrets.push((
+        "the QS signing key".into(),
+        a.server.qs_signing_key.to_bytes().to_vec(),
+    ));
+    secrets.push((
+        "the queue-config private key".into(),
+        a.server.queue_config_key.private.clone(),
+    ));
     for (what, secret) in &secrets {
         assert!(
             !contains(&snapshot.raw, secret),

@@ -18,7 +18,7 @@ use std::time::Duration;
 use rand_core::OsRng;
 
 use phoenix_server::server::{Limits, Server, now};
-use phoenix_server::store::{AsStore, CaRecord};
+use phoenix_server::store::{AsStore, CaRecord, QsStore};
 use phoenix_types::certs::{self, ParsedCert};
 use phoenix_types::crypto;
 use phoenix_types::ids::Domain;
@@ -106,4 +106,74 @@ async fn scheduled_ca_rotation_never_runs(backend: Backend) {
     new_ca.verify_self_signed_ca(&domain).unwrap();
 }
 
-on_both_backends!(scheduled_ca_rotation_never_runs);
+// Requirement: OPS-KEK-1
+/// A database whose keys an earlier version stored in the clear (a CA and the QS signing
+/// key): the first start seals them in place under the key-encryption key and uses the same
+/// keys; a start under another key-encryption key is refused, saying so.
+async fn keys_stored_in_the_clear_are_sealed_at_start(backend: Backend) {
+    use phoenix_server::keys_at_rest::{KeyEncryptionKey, is_sealed};
+    let Some((store, _storage)) = support::store(backend, "kek").await else {
+        return;
+    };
+    let domain = Domain::parse("a.test").unwrap();
+    let key = crypto::generate_signing_key(&mut OsRng);
+    let (not_before, not_after) = (now() - 60, now() + 365 * 24 * 3600);
+    let certificate = certs::create_ca_certificate(
+        &domain,
+        &key,
+        &certs::random_serial(&mut OsRng),
+        not_before,
+        not_after,
+    )
+    .unwrap();
+    let clear = CaRecord {
+        signing_key: key.to_bytes().to_vec(),
+        certificate,
+        not_before,
+        not_after,
+    };
+    assert!(store.insert_first_ca(&clear).await.unwrap());
+    let qs_key = crypto::generate_signing_key(&mut OsRng);
+    store
+        .insert_server_key(
+            "qs_signing",
+            &qs_key.to_bytes(),
+            &qs_key.verifying_key().to_bytes(),
+        )
+        .await
+        .unwrap();
+    let kek = KeyEncryptionKey::from_bytes([42; 32]);
+    let limits = Limits {
+        key_encryption: kek.clone(),
+        ..Limits::default()
+    };
+    let server = Server::start(domain.clone(), store.clone(), limits)
+        .await
+        .unwrap();
+    // The same keys, now sealed.
+    assert_eq!(server.ca().signing_key.to_bytes(), key.to_bytes());
+    assert_eq!(server.qs_signing_key.to_bytes(), qs_key.to_bytes());
+    let stored_ca = store.ca().await.unwrap().unwrap();
+    assert!(
+        is_sealed(&stored_ca.signing_key),
+        "the CA key is still clear"
+    );
+    let (stored_qs, _) = store.server_key("qs_signing").await.unwrap().unwrap();
+    assert!(is_sealed(&stored_qs), "the QS key is still clear");
+    assert!(!stored_qs.windows(32).any(|w| w == qs_key.to_bytes()));
+    // Another key-encryption key does not open them: no start.
+    let other = Limits {
+        key_encryption: KeyEncryptionKey::from_bytes([43; 32]),
+        ..Limits::default()
+    };
+    let refused = Server::start(domain, store, other).await.err().unwrap();
+    assert!(
+        refused.to_string().contains("does not open the stored"),
+        "{refused}"
+    );
+}
+
+on_both_backends!(
+    scheduled_ca_rotation_never_runs,
+    keys_stored_in_the_clear_are_sealed_at_start
+);

@@ -380,3 +380,51 @@ async fn peers_ca_certificates_are_cached_within_the_issuers_window() {
     let refused = ask("c.test").await.unwrap_err();
     assert_eq!(refused.code(), Some("FEDERATION_REFUSED"));
 }
+
+// Requirement: OPS-TLS-3
+/// A peer is reached only at the URL configured for its domain: a redirect (here from a
+/// `--resolve` URL to the real server) is not followed, so no answer can send this server to
+/// a plain-HTTP URL nobody configured. With the URL itself, discovery works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_redirects_are_not_followed() {
+    use phoenix_server::federation::Peers;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (lb, ub) = listen().await;
+    let (b_store, _db) = store(Backend::Sqlite).await.unwrap();
+    let _b = run(
+        "b.test",
+        b_store,
+        FederationSettings::default(),
+        lb,
+        ub.clone(),
+    )
+    .await;
+    // Every request to the redirector is sent on to b.test.
+    let (redirector, ur) = listen().await;
+    let target = ub.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = redirector.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                let mut head = vec![0u8; 4096];
+                let n = stream.read(&mut head).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&head[..n]).into_owned();
+                let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+                let answer = format!(
+                    "HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let b = Domain::parse("b.test").unwrap();
+    let via = |url: &str| FederationSettings {
+        resolver: Resolver::parse([format!("b.test={url}")].iter().map(String::as_str)).unwrap(),
+        ..FederationSettings::default()
+    };
+    let redirected = Peers::new(&via(&ur)).unwrap().peer(&b, false).await;
+    let refused = redirected.err().expect("a redirect was followed");
+    assert!(refused.detail.contains("HTTP 307"), "{}", refused.detail);
+    let direct = Peers::new(&via(&ub)).unwrap().peer(&b, false).await;
+    assert!(direct.is_ok(), "{direct:?}");
+}
