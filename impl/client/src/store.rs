@@ -135,7 +135,13 @@ pub const SEEN_CERTIFICATES_KEPT: i64 = 16;
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// The openmls entries as last loaded or committed, so that a save writes only the
+    /// entries that changed (`None`: not known; the next save rewrites the table).
+    mls_saved: std::sync::Arc<std::sync::Mutex<Option<MlsValues>>>,
 }
+
+/// The openmls key-value entries.
+pub type MlsValues = HashMap<Vec<u8>, Vec<u8>>;
 
 /// Refuse a database file that users other than its owner can read or write.
 fn check_private(path: &Path) -> Result<(), ClientError> {
@@ -200,7 +206,10 @@ impl Store {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            mls_saved: Default::default(),
+        })
     }
 
     pub async fn identity(&self) -> Result<Option<Identity>, ClientError> {
@@ -1040,20 +1049,73 @@ impl Store {
             .collect()
     }
 
-    pub async fn load_mls(&self) -> Result<HashMap<Vec<u8>, Vec<u8>>, ClientError> {
+    pub async fn load_mls(&self) -> Result<MlsValues, ClientError> {
         let rows = sqlx::query("SELECT key, value FROM mls_kv")
             .fetch_all(&self.pool)
             .await?;
-        rows.into_iter()
+        let values: MlsValues = rows
+            .into_iter()
             .map(|r| Ok((r.try_get("key")?, r.try_get("value")?)))
-            .collect()
+            .collect::<Result<_, ClientError>>()?;
+        self.mls_committed(&values);
+        Ok(values)
+    }
+
+    /// After a commit that wrote `values`: the stored entries are `values`.
+    fn mls_committed(&self, values: &MlsValues) {
+        if let Ok(mut saved) = self.mls_saved.lock() {
+            *saved = Some(values.clone());
+        }
+    }
+
+    /// Within `tx`, make the stored openmls entries `values`: only the entries that
+    /// changed since the last load or commit are written (PERF-CL-1; a user in 100 groups
+    /// has about 1,200 entries, of which an operation changes a few), or all of them when
+    /// that is not known.
+    async fn write_mls(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        values: &MlsValues,
+    ) -> Result<(), ClientError> {
+        let saved = self.mls_saved.lock().ok().and_then(|s| s.clone());
+        let Some(saved) = saved else {
+            sqlx::query("DELETE FROM mls_kv").execute(&mut **tx).await?;
+            for (k, v) in values {
+                sqlx::query("INSERT INTO mls_kv (key, value) VALUES (?, ?)")
+                    .bind(k)
+                    .bind(v)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            return Ok(());
+        };
+        for key in saved.keys().filter(|k| !values.contains_key(*k)) {
+            sqlx::query("DELETE FROM mls_kv WHERE key = ?")
+                .bind(key)
+                .execute(&mut **tx)
+                .await?;
+        }
+        for (k, v) in values {
+            if saved.get(k) != Some(v) {
+                sqlx::query(
+                    "INSERT INTO mls_kv (key, value) VALUES (?, ?) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(k)
+                .bind(v)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+        Ok(())
     }
 
     /// Replace the stored openmls state with `values`, atomically.
     pub async fn save_mls(&self, values: &HashMap<Vec<u8>, Vec<u8>>) -> Result<(), ClientError> {
         let mut tx = self.pool.begin().await?;
-        write_mls(&mut tx, values).await?;
+        self.write_mls(&mut tx, values).await?;
         tx.commit().await?;
+        self.mls_committed(values);
         Ok(())
     }
 
@@ -1067,7 +1129,7 @@ impl Store {
         outgoing: &NewOutgoing<'_>,
     ) -> Result<i64, ClientError> {
         let mut tx = self.pool.begin().await?;
-        write_mls(&mut tx, values).await?;
+        self.write_mls(&mut tx, values).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO outgoing (group_id, operation, body, kind, detail, group_info, created_at)
              VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
@@ -1082,6 +1144,7 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.mls_committed(values);
         Ok(id)
     }
 
@@ -1093,12 +1156,13 @@ impl Store {
         outgoing: i64,
     ) -> Result<(), ClientError> {
         let mut tx = self.pool.begin().await?;
-        write_mls(&mut tx, values).await?;
+        self.write_mls(&mut tx, values).await?;
         sqlx::query("DELETE FROM outgoing WHERE id = ?")
             .bind(outgoing)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.mls_committed(values);
         Ok(())
     }
 
@@ -1112,7 +1176,7 @@ impl Store {
         m: &StoredMessage,
     ) -> Result<(), ClientError> {
         let mut tx = self.pool.begin().await?;
-        write_mls(&mut tx, values).await?;
+        self.write_mls(&mut tx, values).await?;
         sqlx::query("DELETE FROM outgoing WHERE id = ?")
             .bind(outgoing)
             .execute(&mut *tx)
@@ -1130,6 +1194,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.mls_committed(values);
         Ok(())
     }
 
@@ -1195,21 +1260,6 @@ impl Store {
     }
 }
 
-async fn write_mls(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    values: &HashMap<Vec<u8>, Vec<u8>>,
-) -> Result<(), ClientError> {
-    sqlx::query("DELETE FROM mls_kv").execute(&mut **tx).await?;
-    for (k, v) in values {
-        sqlx::query("INSERT INTO mls_kv (key, value) VALUES (?, ?)")
-            .bind(k)
-            .bind(v)
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
-}
-
 fn contact_from_row(r: sqlx::sqlite::SqliteRow) -> Result<Contact, ClientError> {
     let token: Option<Vec<u8>> = r.try_get("friendship_token")?;
     let key: Option<Vec<u8>> = r.try_get("friendship_key")?;
@@ -1233,4 +1283,54 @@ fn group_from_row(r: sqlx::sqlite::SqliteRow) -> Result<Group, ClientError> {
         contact: r.try_get("contact")?,
         active: r.try_get("active")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    /// The rows of `mls_kv`, and how many rows the last statements changed in all.
+    async fn stored(store: &Store) -> MlsValues {
+        let rows = sqlx::query("SELECT key, value FROM mls_kv")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+        rows.into_iter()
+            .map(|r| (r.get("key"), r.get("value")))
+            .collect()
+    }
+
+    async fn total_changes(store: &Store) -> i64 {
+        sqlx::query_scalar("SELECT total_changes()")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap()
+    }
+
+    // Requirement: PERF-CL-1
+    #[tokio::test]
+    async fn a_save_writes_only_the_entries_that_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let mut values: MlsValues = (0u16..500)
+            .map(|i| (i.to_be_bytes().to_vec(), vec![1; 100]))
+            .collect();
+        store.save_mls(&values).await.unwrap();
+        assert_eq!(stored(&store).await, values);
+        // One entry changed, one added, one removed: three rows written, not 500.
+        values.insert(7u16.to_be_bytes().to_vec(), vec![2; 100]);
+        values.insert(1000u16.to_be_bytes().to_vec(), vec![3]);
+        values.remove(&9u16.to_be_bytes().to_vec());
+        let before = total_changes(&store).await;
+        store.save_mls(&values).await.unwrap();
+        assert_eq!(total_changes(&store).await - before, 3);
+        assert_eq!(stored(&store).await, values);
+        // A store opened afresh (another process) knows what is stored once it loaded it.
+        let again = Store::open(dir.path()).await.unwrap();
+        assert_eq!(again.load_mls().await.unwrap(), values);
+        values.remove(&1000u16.to_be_bytes().to_vec());
+        again.save_mls(&values).await.unwrap();
+        assert_eq!(stored(&again).await, values);
+    }
 }

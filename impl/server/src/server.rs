@@ -116,6 +116,8 @@ pub struct Server {
     pub metrics: Metrics,
     /// Woken when new outbox entries were written.
     pub outbox_wakeup: Notify,
+    /// Queue configs opened by this process ([`crate::qs::QueueConfigCache`]).
+    pub queue_configs: crate::qs::QueueConfigCache,
     /// The test-only observation tap (off until a test starts it; see [`crate::observe`]).
     #[cfg(feature = "observe")]
     pub observer: crate::observe::Observer,
@@ -228,6 +230,7 @@ impl Server {
             ca_cache: Default::default(),
             metrics: Metrics::default(),
             outbox_wakeup: Notify::new(),
+            queue_configs: Default::default(),
             #[cfg(feature = "observe")]
             observer: crate::observe::Observer::default(),
         }))

@@ -92,6 +92,7 @@ fn target(server: &Server, entry: &OutboxEntry) -> Result<phoenix_types::ids::Qs
 #[cfg(test)]
 mod tests {
     use phoenix_types::crypto::{self, hpke_info};
+    use phoenix_types::error::ErrorCode;
     use phoenix_types::ids::Domain;
     use phoenix_types::messages::qs::QueueConfig;
 
@@ -156,5 +157,35 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(retry, vec![EnqueueOutcome::Duplicate]);
+    }
+
+    // Requirement: PERF-QS-1
+    /// A sealed queue config is opened once: the second lookup is answered from the cache
+    /// with the same id; one that does not open, or is for another QS, is refused every
+    /// time and not cached.
+    #[tokio::test]
+    async fn queue_configs_are_opened_once_and_failures_are_not_cached() {
+        let store = Store::connect("sqlite::memory:").await.unwrap();
+        let server = Server::start(Domain::parse("a.test").unwrap(), store, Limits::default())
+            .await
+            .unwrap();
+        let good = entry(&server, [5; 16], 1);
+        let sealed: SealedQueueConfig = codec::decode(&good.queue_config, 1024).unwrap();
+        let digest = crypto::sha256(&good.queue_config);
+        assert_eq!(server.queue_configs.get(&digest), None);
+        assert_eq!(open_queue_config(&server, &sealed).unwrap(), [5; 16]);
+        assert_eq!(server.queue_configs.get(&digest), Some([5; 16]));
+        assert_eq!(open_queue_config(&server, &sealed).unwrap(), [5; 16]);
+
+        let mut broken = sealed.clone();
+        broken.sealed.ciphertext = vec![0u8; 40].into();
+        for _ in 0..2 {
+            let refused = open_queue_config(&server, &broken).unwrap_err();
+            assert_eq!(refused.code, ErrorCode::UnknownQueue);
+        }
+        let mut elsewhere = sealed;
+        elsewhere.qs_domain = "b.test".into();
+        let refused = open_queue_config(&server, &elsewhere).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::WrongDomain);
     }
 }
