@@ -8,7 +8,8 @@ writes docs/spec/traceability.md: per requirement, whether it is
 
 - modelled:    cited in the model (model/src),
 - implemented: cited in the server or client sources (impl/*/src, impl/*/migrations),
-- tested:      cited in a test: the model checker and scenarios (model/tests), the
+- tested:      cited in a test: a unit-test module of the sources (`#[cfg(test)] mod`),
+               the model checker and scenarios (model/tests), the
                conformance suites (conformance/), the server's and client's tests
                (impl/*/tests), the end-to-end and threat-model tests (tests/,
                threat-model-tests/), or a fuzz target (fuzz/),
@@ -88,14 +89,25 @@ def scan(ids):
             except (UnicodeDecodeError, OSError):
                 continue
             continued = False
+            in_tests = False
             for number, line in enumerate(lines, 1):
+                # A unit-test module of the sources (`#[cfg(test)]` then `mod ...`, by
+                # convention at the end of the file): its citations count as tests.
+                if (
+                    column == "implemented"
+                    and line.strip().startswith("mod ")
+                    and number >= 2
+                    and lines[number - 2].strip() == "#[cfg(test)]"
+                ):
+                    in_tests = True
+                line_column = "tested" if in_tests else column
                 # A citation: an id on a line that says "Requirement:" or continues such a
                 # line's list (it ended with a comma), or an id as a string literal (the
                 # conformance suites' requirement tables).
                 cites = "Requirement:" in line or continued
                 for token in set(TOKEN.findall(line)):
                     if token in found and (cites or '"%s"' % token in line):
-                        found[token][column].append("%s:%d" % (rel, number))
+                        found[token][line_column].append("%s:%d" % (rel, number))
                         # The process requirements (MODEL-*) are implemented by the model
                         # checker and the conformance harness themselves, the auditor
                         # tool's (AUD-*) by the harness's sources.

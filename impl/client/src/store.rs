@@ -1068,6 +1068,7 @@ impl Store {
         }
     }
 
+    // Requirement: PERF-CL-1
     /// Within `tx`, make the stored openmls entries `values`: only the entries that
     /// changed since the last load or commit are written (PERF-CL-1; a user in 100 groups
     /// has about 1,200 entries, of which an operation changes a few), or all of them when
