@@ -34,21 +34,25 @@ pub enum Signer<'a> {
     },
 }
 
-/// CA certificates trusted besides the public web roots (`phoenix --ca-cert`).
-static EXTRA_ROOTS: std::sync::OnceLock<Vec<reqwest::Certificate>> = std::sync::OnceLock::new();
+/// CA certificates (DER) trusted besides the public web roots (`phoenix --ca-cert`).
+static EXTRA_ROOTS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
 
 /// Trust the CA certificates of the PEM file `path` (a private CA, or tests) for every
 /// server this process talks to. Call once, before the first request.
 pub fn trust_extra_roots(path: &std::path::Path) -> Result<(), ClientError> {
-    let pem = std::fs::read(path).map_err(|e| {
-        ClientError::Usage(format!(
-            "cannot read CA certificates from {}: {e}",
-            path.display()
-        ))
-    })?;
-    let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-        ClientError::Usage(format!("{}: not PEM CA certificates: {e}", path.display()))
-    })?;
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let roots: Vec<Vec<u8>> = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            ClientError::Usage(format!(
+                "cannot read PEM CA certificates from {}: {e:?}",
+                path.display()
+            ))
+        })?
+        .into_iter()
+        .map(|der| der.to_vec())
+        .collect();
     if roots.is_empty() {
         return Err(ClientError::Usage(format!(
             "{} holds no PEM certificate",
@@ -57,6 +61,26 @@ pub fn trust_extra_roots(path: &std::path::Path) -> Result<(), ClientError> {
     }
     let _ = EXTRA_ROOTS.set(roots);
     Ok(())
+}
+
+/// The TLS configuration of the listen stream (WebSocket): the public web roots and the
+/// extra roots, ring provider.
+pub(crate) fn websocket_tls() -> Result<std::sync::Arc<rustls::ClientConfig>, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for der in EXTRA_ROOTS.get().into_iter().flatten() {
+        roots
+            .add(rustls_pki_types::CertificateDer::from(der.clone()))
+            .map_err(|e| ClientError::Usage(format!("unusable CA certificate: {e}")))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ClientError::Transport(format!("TLS configuration: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
 }
 
 /// An API client for one server.
@@ -79,8 +103,10 @@ impl Api {
         let mut builder = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none());
-        for root in EXTRA_ROOTS.get().into_iter().flatten() {
-            builder = builder.add_root_certificate(root.clone());
+        for der in EXTRA_ROOTS.get().into_iter().flatten() {
+            let root = reqwest::Certificate::from_der(der)
+                .map_err(|e| ClientError::Usage(format!("unusable CA certificate: {e}")))?;
+            builder = builder.add_root_certificate(root);
         }
         let http = builder
             .build()

@@ -40,10 +40,12 @@ use phoenix_types::messages::qs::{
 use phoenix_types::messages::{DequeueRequest, DequeueResponse, Empty};
 
 use crate::api::{Api, Signer};
+pub use listen::ListenEnd;
 pub use overview::GroupSummary;
 use recovery::CommitAftermath;
 
 mod group_tokens;
+mod listen;
 mod overview;
 mod recovery;
 mod registration;
@@ -64,6 +66,16 @@ const KEY_PACKAGES: usize = 5;
 const KEY_PACKAGES_LOW: u64 = 2;
 /// How long published connection packages are valid (seconds).
 const CONNECTION_PACKAGE_LIFETIME: u64 = 30 * 24 * 3600;
+/// What processing queue messages produced so far (one `sync`, or one listen session).
+#[derive(Debug, Default)]
+pub(crate) struct QueueProgress {
+    pub(crate) events: Vec<serde_json::Value>,
+    /// A Welcome was processed: publish fresh key packages afterwards.
+    pub(crate) joined: bool,
+    /// Groups resynced already (at most once each).
+    pub(crate) resynced: BTreeSet<Vec<u8>>,
+}
+
 /// Messages fetched per dequeue round.
 const DEQUEUE_BATCH: u16 = 100;
 /// Prefix of the local names of connection groups (user group names may not start with it).
@@ -2646,9 +2658,10 @@ impl Client {
             .map(|i| i.qs_next_seq)
             .unwrap_or(id.qs_next_seq);
         // Requirement: CL-AMBIG-1 (what an earlier command could not settle, first)
-        let mut events = self.flush_outgoing(id).await?;
-        let mut joined = false;
-        let mut resynced = BTreeSet::new();
+        let mut progress = QueueProgress {
+            events: self.flush_outgoing(id).await?,
+            ..QueueProgress::default()
+        };
         loop {
             // A dequeue only reads from `start` (and drops what is below it): asking again
             // after a lost answer is safe, so a transport failure is retried a few times.
@@ -2676,8 +2689,8 @@ impl Client {
                     }
                     // What was processed is acknowledged already: its events must reach
                     // the user even though the next batch cannot be fetched now.
-                    Err(e) if !events.is_empty() => {
-                        events.push(json!({"kind": "error",
+                    Err(e) if !progress.events.is_empty() => {
+                        progress.events.push(json!({"kind": "error",
                             "detail": format!("could not fetch the rest of the queue: {e}")}));
                         break None;
                     }
@@ -2686,55 +2699,79 @@ impl Client {
             };
             let Some(batch) = batch else { break };
             for message in &batch.messages {
-                match self
-                    .handle_queue_message(id, message.payload.as_slice())
-                    .await
-                {
-                    Ok(Some(event)) => {
-                        if event.get("kind").and_then(|k| k.as_str()) == Some("joined") {
-                            joined = true;
-                        }
-                        events.push(event);
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        events.push(self.unprocessed_event(message.payload.as_slice(), &e).await);
-                        // Requirement: CL-RESYNC-1 (a message from a future epoch: we fell
-                        // behind; at most one resync per group and sync)
-                        if let Some(record) = self.behind_in(message.payload.as_slice()).await
-                            && resynced.insert(record.group_id.clone())
-                        {
-                            match self.resync_group(id, &record).await {
-                                Ok(event) => events.push(event),
-                                Err(e) => {
-                                    // Back to the state saved after the previous message.
-                                    self.rollback().await?;
-                                    events.push(json!({"kind": "error", "group": record.name,
-                                        "detail": format!("fell behind and could not resync: {e}")}));
-                                }
-                            }
-                        }
-                    }
-                }
-                // Persist the MLS state before acknowledging the message.
-                self.save().await?;
+                self.process_queue_message(id, message, &mut progress)
+                    .await?;
                 start = message.sequence_number.saturating_add(1);
-                self.store.set_qs_next_seq(start).await?;
             }
             if batch.remaining == 0 || batch.messages.is_empty() {
                 break;
             }
         }
-        if joined {
-            // Joining consumed one of our key packages: publish a fresh set. A failure
-            // must not lose the events of what was already processed (and acknowledged):
-            // it is reported, and the last-resort package keeps us invitable meanwhile.
-            if let Err(e) = self.publish_key_packages(id).await {
-                events.push(json!({"kind": "error",
-                    "detail": format!("could not publish new key packages (the next join publishes them): {e}")}));
+        self.after_queue(id, &mut progress).await;
+        Ok(progress.events)
+    }
+
+    /// What follows processing queue messages: a join consumed one of our key packages,
+    /// so a fresh set is published. A failure must not lose the events of what was already
+    /// processed (and acknowledged): it is reported, and the last-resort package keeps us
+    /// invitable meanwhile.
+    pub(crate) async fn after_queue(&mut self, id: &Identity, progress: &mut QueueProgress) {
+        if std::mem::take(&mut progress.joined)
+            && let Err(e) = self.publish_key_packages(id).await
+        {
+            progress.events.push(json!({"kind": "error",
+                "detail": format!("could not publish new key packages (the next join publishes them): {e}")}));
+        }
+    }
+
+    /// Process one message of our QS queue (from `dequeue` or the listen stream), then
+    /// persist the MLS state and the next sequence number before anything acknowledges it.
+    pub(crate) async fn process_queue_message(
+        &mut self,
+        id: &Identity,
+        message: &phoenix_types::messages::QueueMessage,
+        progress: &mut QueueProgress,
+    ) -> Result<(), ClientError> {
+        match self
+            .handle_queue_message(id, message.payload.as_slice())
+            .await
+        {
+            Ok(Some(event)) => {
+                if event.get("kind").and_then(|k| k.as_str()) == Some("joined") {
+                    progress.joined = true;
+                }
+                progress.events.push(event);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                progress
+                    .events
+                    .push(self.unprocessed_event(message.payload.as_slice(), &e).await);
+                // Requirement: CL-RESYNC-1 (a message from a future epoch: we fell
+                // behind; at most one resync per group and sync)
+                if let Some(record) = self.behind_in(message.payload.as_slice()).await
+                    && progress.resynced.insert(record.group_id.clone())
+                {
+                    match self.resync_group(id, &record).await {
+                        Ok(event) => progress.events.push(event),
+                        Err(e) => {
+                            // Back to the state saved after the previous message.
+                            self.rollback().await?;
+                            progress
+                                .events
+                                .push(json!({"kind": "error", "group": record.name,
+                                "detail": format!("fell behind and could not resync: {e}")}));
+                        }
+                    }
+                }
             }
         }
-        Ok(events)
+        // Persist the MLS state before acknowledging the message.
+        self.save().await?;
+        self.store
+            .set_qs_next_seq(message.sequence_number.saturating_add(1))
+            .await?;
+        Ok(())
     }
 
     // Requirement: CL-LOSS-1

@@ -104,6 +104,10 @@ enum Command {
     /// Fetch and process new messages, invitations, connection requests and confirmations
     /// (renews this client's certificate first when a third of its lifetime is left).
     Sync,
+    /// Stay connected and print each event as it arrives (messages, joins, connection
+    /// requests), from the server's live stream; reconnects with backoff when the server
+    /// goes away; Ctrl-C stops (between two messages). With --json, one event per line.
+    Listen,
     /// Renew this client's certificate (new key) and announce it in every group.
     Renew,
     /// Show a group's messages, yours included, each re-verified as of when it arrived;
@@ -200,6 +204,7 @@ impl Command {
             },
             Command::Send { group, .. } => format!("send to {group}"),
             Command::Sync => "sync".to_owned(),
+            Command::Listen => "listen".to_owned(),
             Command::Renew => "renew the certificate".to_owned(),
             Command::History { group } => format!("show the history of {group}"),
             Command::Certificates { fid } => format!("look up {fid}'s certificates"),
@@ -517,6 +522,54 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
             let text = format!("{} verified: the code matches ({})", view.fid, view.code);
             (serde_json::to_value(&view).unwrap_or(Value::Null), text)
         }
+        // Requirement: CLI-LISTEN-1
+        Command::Listen => {
+            let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    let _ = stop_tx.send(true);
+                }
+                // Keep the sender alive: a dropped one would read as a stop.
+                std::future::pending::<()>().await;
+            });
+            let json_out = cli.json;
+            let mut print = move |events: Vec<Value>| {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                for event in &events {
+                    let line = if json_out {
+                        event.to_string()
+                    } else {
+                        describe(event)
+                    };
+                    let _ = writeln!(out, "{line}");
+                }
+                let _ = out.flush();
+            };
+            let mut backoff = std::time::Duration::from_secs(1);
+            loop {
+                match client.listen_once(&mut print, &mut stop).await {
+                    Ok(phoenix_client::client::ListenEnd::Stopped) => break,
+                    Ok(phoenix_client::client::ListenEnd::Closed) => {
+                        eprintln!("phoenix: the server closed the stream; reconnecting");
+                        backoff = std::time::Duration::from_secs(1);
+                    }
+                    Err(e @ (ClientError::Transport(_) | ClientError::NotSent(_))) => {
+                        eprintln!(
+                            "phoenix: listen: {e}; trying again in {} s",
+                            backoff.as_secs()
+                        );
+                    }
+                    Err(e) => return Err(e),
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => break,
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+            }
+            (json!({"kind": "stopped"}), String::new())
+        }
         Command::Sync => {
             // Requirement: CLI-SYNC-1 (text only: the JSON stays `{"events": []}`)
             let events = client.sync().await?;
@@ -655,6 +708,7 @@ fn describe(event: &Value) -> String {
             s("text")
         ),
         "connected" => format!("connected with {}", s("contact")),
+        "listening" => format!("listening at {} (Ctrl-C to stop)", s("server")),
         "connection_request" if field("warning").is_string() => {
             format!("{} wants to connect. WARNING: {}", s("fid"), s("warning"))
         }

@@ -71,6 +71,17 @@ pub fn routes(
             )
             .into_response()
         });
+    // Requirement: QS-LISTEN-1
+    let listen = warp::path!("phoenix" / "v1" / "qs" / "listen")
+        .and(warp::get())
+        .and(warp::ws())
+        .and(with_server.clone())
+        .map(|ws: warp::ws::Ws, server: Arc<Server>| {
+            ws.max_message_size(phoenix_types::messages::qs::MAX_LISTEN_CLIENT_FRAME)
+                .max_frame_size(phoenix_types::messages::qs::MAX_LISTEN_CLIENT_FRAME)
+                .on_upgrade(move |socket| listen_socket(server, socket))
+                .into_response()
+        });
     // Rate limits (per client IP, per target, per peer) before anything is decoded for
     // the operation; see `ratelimit`.
     let limiter = RateLimiter::new(&server.limits.rate_limits);
@@ -167,6 +178,8 @@ pub fn routes(
         .unify()
         .or(metrics)
         .unify()
+        .or(listen)
+        .unify()
         .or(operations)
         .unify()
         .or(crate::polyproto::routes(server, polyproto_limiter))
@@ -189,6 +202,36 @@ pub fn routes(
                 "request"
             );
         }))
+}
+
+/// A `qs/listen` WebSocket: warp's messages to and from [`qs::listen`]'s frames.
+async fn listen_socket(server: Arc<Server>, socket: warp::ws::WebSocket) {
+    use futures_util::{SinkExt, StreamExt};
+    use qs::listen::Inbound;
+    let (sink, stream) = socket.split();
+    let incoming = stream.map(|message| match message {
+        Ok(m) if m.is_binary() => Inbound::Frame(m.into_bytes().to_vec()),
+        Ok(m) if m.is_close() => Inbound::Closed,
+        Ok(m) if m.is_text() => Inbound::Invalid,
+        Ok(_) => Inbound::Ignored,
+        Err(_) => Inbound::Closed,
+    });
+    let outgoing = sink.with(|frame: qs::listen::Outbound| async move {
+        Ok::<_, warp::Error>(match frame {
+            qs::listen::Outbound::Frame(bytes) => warp::ws::Message::binary(bytes),
+            qs::listen::Outbound::Close => warp::ws::Message::close(),
+        })
+    });
+    server
+        .metrics
+        .listen_streams
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ended = qs::listen::run(&server, Box::pin(incoming), Box::pin(outgoing)).await;
+    server
+        .metrics
+        .listen_streams
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::debug!(?ended, "listen stream ended");
 }
 
 /// Serve `server` on `listener` until `shutdown` completes, with the outbox worker running
@@ -473,7 +516,8 @@ async fn metrics(server: &Server) -> String {
     }
     let _ = writeln!(
         out,
-        "# HELP phoenix_connections_open Open HTTP connections.\n# TYPE phoenix_connections_open gauge\nphoenix_connections_open {}\n# HELP phoenix_accept_errors_total Failed accepts (e.g. out of file descriptors).\n# TYPE phoenix_accept_errors_total counter\nphoenix_accept_errors_total {}",
+        "# HELP phoenix_listen_streams Open qs/listen streams.\n# TYPE phoenix_listen_streams gauge\nphoenix_listen_streams {}\n# HELP phoenix_connections_open Open HTTP connections.\n# TYPE phoenix_connections_open gauge\nphoenix_connections_open {}\n# HELP phoenix_accept_errors_total Failed accepts (e.g. out of file descriptors).\n# TYPE phoenix_accept_errors_total counter\nphoenix_accept_errors_total {}",
+        m.listen_streams.load(Ordering::Relaxed),
         edge.open.load(Ordering::Relaxed),
         edge.accept_errors.load(Ordering::Relaxed)
     );

@@ -52,6 +52,8 @@ fn latency_histogram() -> Histogram {
 pub struct OpsState {
     pub started: Instant,
     shutting_down: AtomicBool,
+    /// Woken when the shutdown begins (long-lived streams end then).
+    stop: tokio::sync::Notify,
     registry: Registry,
     requests: Family<Outcome, Counter>,
     latency: Latency,
@@ -96,6 +98,7 @@ impl Default for OpsState {
         Self {
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
+            stop: tokio::sync::Notify::new(),
             registry,
             requests,
             latency,
@@ -138,6 +141,20 @@ impl OpsState {
     // Requirement: OPS-HEALTH-2
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+        self.stop.notify_waiters();
+    }
+
+    /// Completes once the shutdown has begun.
+    pub async fn stopping(&self) {
+        loop {
+            let notified = self.stop.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.shutting_down() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     pub fn shutting_down(&self) -> bool {

@@ -118,6 +118,8 @@ pub struct Server {
     pub outbox_wakeup: Notify,
     /// Queue configs opened by this process ([`crate::qs::QueueConfigCache`]).
     pub queue_configs: crate::qs::QueueConfigCache,
+    /// Wakes the live streams of a queue after an enqueue committed (`qs/listen`).
+    pub queue_wakeup: Arc<dyn crate::qs::wakeup::QueueWakeup>,
     /// The test-only observation tap (off until a test starts it; see [`crate::observe`]).
     #[cfg(feature = "observe")]
     pub observer: crate::observe::Observer,
@@ -126,6 +128,8 @@ pub struct Server {
 /// Counters exported at `GET /metrics` (gauges come from the database).
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Open `qs/listen` streams.
+    pub listen_streams: AtomicU64,
     pub federation_sent: AtomicU64,
     pub federation_retried: AtomicU64,
     pub federation_dropped: AtomicU64,
@@ -231,6 +235,7 @@ impl Server {
             metrics: Metrics::default(),
             outbox_wakeup: Notify::new(),
             queue_configs: Default::default(),
+            queue_wakeup: Arc::new(crate::qs::wakeup::InProcess::default()),
             #[cfg(feature = "observe")]
             observer: crate::observe::Observer::default(),
         }))

@@ -705,6 +705,79 @@ pub struct Cli {
     ca_cert: Option<PathBuf>,
 }
 
+/// A running `phoenix listen` ([`Cli::listen`]); interrupted (SIGINT) on drop.
+pub struct Listener {
+    name: String,
+    child: Option<Child>,
+    /// stdout lines (`Ok`) and stderr lines (`Err`), as they are printed.
+    lines: mpsc::Receiver<Result<String, String>>,
+    stderr: Vec<String>,
+}
+
+impl Listener {
+    /// The first event printed from now on that matches `wanted`, within `timeout`
+    /// (earlier events are skipped); panics with what was printed meanwhile.
+    pub fn wait_for(&mut self, timeout: Duration, wanted: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(Ok(line)) => {
+                    let event: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+                        panic!("{}: `phoenix listen` printed {line:?}: {e}", self.name)
+                    });
+                    if wanted(&event) {
+                        return event;
+                    }
+                    seen.push(event);
+                }
+                Ok(Err(line)) => self.stderr.push(line),
+                Err(_) => panic!(
+                    "{}: the expected event did not arrive within {timeout:?}; events: {}; stderr: {}",
+                    self.name,
+                    Value::Array(seen),
+                    self.stderr.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// What `phoenix listen` wrote to stderr so far.
+    pub fn stderr(&mut self) -> String {
+        while let Ok(line) = self.lines.try_recv() {
+            if let Err(line) = line {
+                self.stderr.push(line);
+            }
+        }
+        self.stderr.join("\n")
+    }
+
+    /// Stop it as a user does (Ctrl-C, SIGINT) and return its exit status.
+    pub fn interrupt(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("sh")
+            .args(["-c", &format!("kill -INT {}", child.id())])
+            .status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok();
+        None
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.interrupt();
+    }
+}
+
 /// A finished CLI command.
 #[derive(Debug)]
 pub struct Output {
@@ -798,6 +871,53 @@ impl Cli {
             status,
             stdout: fs::read_to_string(&stdout_path).unwrap_or_default(),
             stderr: fs::read_to_string(&stderr_path).unwrap_or_default(),
+        }
+    }
+
+    /// Start `phoenix --home <home> --json listen` in the background: each event it prints
+    /// is read as it comes ([`Listener::wait_for`]).
+    pub fn listen(&self) -> Listener {
+        let mut child = Command::new(binary("phoenix"))
+            .arg("--home")
+            .arg(self.home.path())
+            .arg("--json")
+            .arg("listen")
+            .env("NO_COLOR", "1")
+            .env_remove("PHOENIX_HOME")
+            .env_remove("PHOENIX_CA_CERT")
+            .envs(
+                self.ca_cert
+                    .iter()
+                    .map(|p| ("PHOENIX_CA_CERT", p.as_os_str())),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary("phoenix").display()));
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let events = tx.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if events.send(Ok(line)).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = child.stderr.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(Err(line)).is_err() {
+                    break;
+                }
+            }
+        });
+        Listener {
+            name: self.name.clone(),
+            child: Some(child),
+            lines: rx,
+            stderr: Vec::new(),
         }
     }
 

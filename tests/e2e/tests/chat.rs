@@ -366,3 +366,72 @@ fn a_new_user_meets_no_walls() {
         "{stderr}"
     );
 }
+
+// Requirement: QS-LISTEN-1, QS-LISTEN-2, QS-LISTEN-3, CLI-LISTEN-1
+/// `phoenix listen`: bob, connected to the live stream, gets alice's message without any
+/// `sync` (the time it took is printed); the server restarts, the listener reconnects by
+/// itself and gets the next one; Ctrl-C stops it cleanly (exit 0). Nothing is shown twice:
+/// after the restart the first message is not delivered again.
+fn listen_delivers_live_through_a_restart(mut server: TestServer) {
+    let url = server.url().to_owned();
+    let alice = Cli::for_server("alice", &server);
+    let bob = Cli::for_server("bob", &server);
+    alice.run(&["register", "alice@a.test", "--server", &url]);
+    bob.run(&["register", "bob@a.test", "--server", &url]);
+    alice.run(&["connect", "bob@a.test"]);
+    bob.run(&["accept", "alice@a.test"]);
+    alice.sync_until(Duration::from_secs(30), |e| e["kind"] == "connected");
+    alice.run(&["group", "create", "live"]);
+    alice.run(&["group", "invite", "live", "bob@a.test"]);
+    bob.sync_until(Duration::from_secs(30), |e| e["kind"] == "joined");
+
+    let mut listener = bob.listen();
+    listener.wait_for(Duration::from_secs(30), |e| e["kind"] == "listening");
+    let sent = std::time::Instant::now();
+    alice.run(&["send", "live", "first, live"]);
+    let event = listener.wait_for(Duration::from_secs(10), |e| e["kind"] == "message");
+    let took = sent.elapsed();
+    eprintln!("listen: the message arrived {took:?} after `phoenix send` began");
+    assert_eq!(event["text"], "first, live", "{event}");
+    assert_eq!(event["sender"], "alice@a.test", "{event}");
+    assert_eq!(event["verified"], true, "{event}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+
+    server.restart();
+    listener.wait_for(Duration::from_secs(30), |e| e["kind"] == "listening");
+    alice.run(&["send", "live", "after the restart"]);
+    let event = listener.wait_for(Duration::from_secs(10), |e| e["kind"] == "message");
+    assert_eq!(event["text"], "after the restart", "{event}");
+    let status = listener.interrupt().expect("listen did not stop on Ctrl-C");
+    assert!(status.success(), "{status:?}: {}", listener.stderr());
+    // Everything was acknowledged: a sync finds nothing new.
+    let after = bob.run(&["sync"]);
+    assert!(
+        after["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["kind"] != "message"),
+        "{after}"
+    );
+}
+
+#[test]
+fn listen_delivers_live_through_a_restart_on_sqlite() {
+    // A fixed port: the restarted server must be where the client knows it.
+    let listen = format!("127.0.0.1:{}", phoenix_e2e::free_port());
+    listen_delivers_live_through_a_restart(TestServer::start_with("a.test", None, &listen, &[]));
+}
+
+#[test]
+fn listen_delivers_live_through_a_restart_on_postgres() {
+    if let Some(database) = phoenix_e2e::TestDatabase::for_test() {
+        let listen = format!("127.0.0.1:{}", phoenix_e2e::free_port());
+        listen_delivers_live_through_a_restart(TestServer::start_with(
+            "a.test",
+            Some(database),
+            &listen,
+            &[],
+        ));
+    }
+}

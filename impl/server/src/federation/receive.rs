@@ -88,6 +88,8 @@ pub async fn enqueue(server: &Server, body: &[u8], now: u64) -> Result<Vec<u8>, 
         )),
         Stored::Enqueued(None) => Err(WireError::new(ErrorCode::UnknownQueue, "no such queue")),
         Stored::Enqueued(Some(_)) => {
+            // Requirement: QS-LISTEN-2 (after the commit)
+            server.queue_wakeup.wake(&client_id);
             server
                 .metrics
                 .federation_received

@@ -65,7 +65,11 @@ async fn deliver(
     let results = server.store.enqueue(&batch).await?;
     for ((i, result), entry) in batch_index.into_iter().zip(results).zip(&batch) {
         let outcome = match result {
-            Some(seq) => EnqueueOutcome::Delivered(seq),
+            Some(seq) => {
+                // Requirement: QS-LISTEN-2 (after the commit)
+                server.queue_wakeup.wake(&entry.client_id);
+                EnqueueOutcome::Delivered(seq)
+            }
             // The store answers `None` both for a duplicate and for a client record that
             // does not exist (any more): only the first is a delivery (found by fuzzing:
             // entries for deleted clients were counted as delivered).

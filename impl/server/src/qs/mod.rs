@@ -7,7 +7,9 @@ pub mod dequeue;
 pub mod enqueue;
 pub mod fetch_key_packages;
 pub mod key_package_status;
+pub mod listen;
 pub mod publish_key_packages;
+pub mod wakeup;
 
 use openmls::prelude::KeyPackage;
 use tls_codec::VLBytes;

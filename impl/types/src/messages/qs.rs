@@ -146,3 +146,74 @@ pub(crate) fn arbitrary_hpke_ciphertext(
         ciphertext: u.arbitrary()?,
     })
 }
+
+// ----- listen: the live stream of a client's queue ----------------------------------------
+//
+// A WebSocket at `GET /phoenix/v1/qs/listen`; every frame is one binary WebSocket message
+// holding one TLS-encoded value:
+//
+// 1. server → client: [`ListenChallenge`] (a fresh random nonce);
+// 2. client → server: [`ListenInit`]: the client record, where to start, the nonce, and a
+//    signature by the client record's auth key (label [`LISTEN_LABEL`]) over
+//    [`ListenInitTbs`];
+// 3. server → client: [`ListenFrame::Message`] for each queued message from the start on,
+//    at most [`LISTEN_WINDOW`] before the client acknowledges; [`ListenFrame::Empty`] once
+//    the queue is drained (then each new message as soon as its enqueue committed);
+//    [`ListenFrame::Refused`] (and the close) when the init does not authenticate;
+// 4. client → server: [`ListenAck`]: every message below `up_to` is processed (deleted).
+
+/// The path of the listen stream.
+pub const LISTEN_PATH: &str = "/phoenix/v1/qs/listen";
+/// Signature label of [`ListenInitTbs`].
+pub const LISTEN_LABEL: &str = "qs/listen";
+/// Most messages the server sends before the client acknowledges them.
+pub const LISTEN_WINDOW: u16 = 64;
+/// Largest frame the server accepts from a client (bytes).
+pub const MAX_LISTEN_CLIENT_FRAME: usize = 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct ListenChallenge {
+    pub nonce: [u8; 32],
+}
+
+/// What [`ListenInit::signature`] signs: the server's domain too, so a signature for one
+/// QS is no good at another.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+pub struct ListenInitTbs {
+    pub qs_domain: VLBytes,
+    pub client_id: QsId,
+    pub sequence_number_start: u64,
+    pub nonce: [u8; 32],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct ListenInit {
+    pub client_id: QsId,
+    /// Every message below this number is processed: deleted before the stream starts.
+    pub sequence_number_start: u64,
+    pub nonce: [u8; 32],
+    pub signature: VLBytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct ListenAck {
+    /// Every message below this number is processed.
+    pub up_to: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[repr(u8)]
+pub enum ListenFrame {
+    #[tls_codec(discriminant = 1)]
+    Message(crate::messages::QueueMessage),
+    /// The queue holds nothing from `next` on (yet).
+    #[tls_codec(discriminant = 2)]
+    Empty { next: u64 },
+    /// The init was refused: the error code's name and a detail.
+    #[tls_codec(discriminant = 3)]
+    Refused { code: VLBytes, detail: VLBytes },
+}
