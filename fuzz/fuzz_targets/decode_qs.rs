@@ -1,4 +1,5 @@
-//! Every Queuing Service request and response type, chosen by the first byte.
+//! Every Queuing Service request and response type and listen-stream frame, chosen by the
+//! first byte.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -23,6 +24,12 @@ fuzz_target!(|data: &[u8]| {
             decodes::<QueueMessage>,
             decodes::<KeyPackageStatusRequest>,
             decodes::<KeyPackageStatusResponse>,
+            // The listen stream's frames (appended: earlier corpus entries keep their type).
+            decodes::<ListenChallenge>,
+            decodes::<ListenInit>,
+            decodes::<ListenInitTbs>,
+            decodes::<ListenAck>,
+            decodes::<ListenFrame>,
         ],
         data,
     );

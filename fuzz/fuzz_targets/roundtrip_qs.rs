@@ -25,6 +25,11 @@ enum Value {
     KeyPackageStatusResponse(KeyPackageStatusResponse),
     FederatedEnqueueTbs(FederatedEnqueueTbs),
     FederatedEnqueue(FederatedEnqueue),
+    ListenChallenge(ListenChallenge),
+    ListenInit(ListenInit),
+    ListenInitTbs(ListenInitTbs),
+    ListenAck(ListenAck),
+    ListenFrame(ListenFrame),
 }
 
 fuzz_target!(|value: Value| {
@@ -42,5 +47,10 @@ fuzz_target!(|value: Value| {
         Value::KeyPackageStatusResponse(v) => roundtrip(&v),
         Value::FederatedEnqueueTbs(v) => roundtrip(&v),
         Value::FederatedEnqueue(v) => roundtrip(&v),
+        Value::ListenChallenge(v) => roundtrip(&v),
+        Value::ListenInit(v) => roundtrip(&v),
+        Value::ListenInitTbs(v) => roundtrip(&v),
+        Value::ListenAck(v) => roundtrip(&v),
+        Value::ListenFrame(v) => roundtrip(&v),
     }
 });

@@ -121,6 +121,7 @@ on_both_backends!(
     group_id_reservations_that_expire_unused_are_purged,
     group_ids_are_only_for_clients_of_this_server_with_a_token,
     group_id_requests_are_rate_limited_per_address,
+    the_listen_stream_authenticates_windows_acknowledges_and_resumes,
 );
 
 // ----- building valid requests ------------------------------------------------------
@@ -1628,5 +1629,225 @@ async fn group_id_requests_are_rate_limited_per_address(backend: Backend) {
             Some("RATE_LIMITED".to_owned())
         ]
     );
+    server.stop().await;
+}
+
+// ----- qs/listen ----------------------------------------------------------------------
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next binary frame within 10 s; `None` once the server closed the stream.
+async fn next_binary(ws: &mut Ws) -> Option<Vec<u8>> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+            .await
+            .expect("no frame within 10 s");
+        match next {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return None,
+            Some(Ok(Message::Binary(bytes))) => return Some(bytes.to_vec()),
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+async fn frame(ws: &mut Ws) -> qs::ListenFrame {
+    codec::decode(&next_binary(ws).await.expect("closed"), 1 << 20).unwrap()
+}
+
+async fn send_frame(ws: &mut Ws, bytes: Vec<u8>) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::binary(bytes))
+        .await
+        .unwrap();
+}
+
+/// Open a listen stream: the socket and the server's challenge.
+async fn listen_connect(server: &TestServer) -> (Ws, [u8; 32]) {
+    let url = format!(
+        "{}{}",
+        server.url.replacen("http://", "ws://", 1),
+        qs::LISTEN_PATH
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let challenge: qs::ListenChallenge =
+        codec::decode(&next_binary(&mut ws).await.unwrap(), 1024).unwrap();
+    (ws, challenge.nonce)
+}
+
+fn listen_init(
+    client_id: [u8; 16],
+    key: &ed25519_dalek::SigningKey,
+    start: u64,
+    nonce: [u8; 32],
+) -> Vec<u8> {
+    let tbs = codec::encode(&qs::ListenInitTbs {
+        qs_domain: VLBytes::new(DOMAIN.as_bytes().to_vec()),
+        client_id,
+        sequence_number_start: start,
+        nonce,
+    })
+    .unwrap();
+    codec::encode(&qs::ListenInit {
+        client_id,
+        sequence_number_start: start,
+        nonce,
+        signature: VLBytes::new(crypto::sign(key, qs::LISTEN_LABEL, &tbs).to_vec()),
+    })
+    .unwrap()
+}
+
+fn assert_refused(frame: &qs::ListenFrame, code: &str) {
+    match frame {
+        qs::ListenFrame::Refused { code: got, .. } => {
+            assert_eq!(String::from_utf8_lossy(got.as_slice()), code, "{frame:?}");
+        }
+        other => panic!("expected a refusal ({code}), got {other:?}"),
+    }
+}
+
+/// A QS client record: its id and auth key.
+async fn qs_client(server: &TestServer) -> ([u8; 16], ed25519_dalek::SigningKey) {
+    let client_key = crypto::generate_signing_key(&mut OsRng);
+    let user_key = crypto::generate_signing_key(&mut OsRng);
+    let mut token = [0u8; 32];
+    OsRng.fill_bytes(&mut token);
+    let created: qs::CreateUserResponse = server
+        .api()
+        .call(
+            "qs",
+            qs::CREATE_USER,
+            &qs::CreateUserRequest {
+                user_auth_key: VLBytes::new(user_key.verifying_key().to_bytes().to_vec()),
+                friendship_token: token,
+                client_auth_key: VLBytes::new(client_key.verifying_key().to_bytes().to_vec()),
+            },
+            Signer::Anonymous,
+        )
+        .await
+        .unwrap();
+    (created.client_id, client_key)
+}
+
+/// Enqueue `n` messages for `client` the way the outbox does (waking its streams).
+async fn enqueue_for(server: &TestServer, client: [u8; 16], n: u8, tag: u8) {
+    let queue_config = codec::encode(&sealed_queue_config(&server.server, client)).unwrap();
+    let entries: Vec<phoenix_server::store::OutboxEntry> = (0..n)
+        .map(|i| phoenix_server::store::OutboxEntry {
+            destination: DOMAIN.into(),
+            queue_config: queue_config.clone(),
+            payload: vec![tag, i],
+            dedup: [tag ^ i; 16].map(|b| b.wrapping_add(i)),
+        })
+        .collect();
+    let outcomes = phoenix_server::qs::enqueue::enqueue_local(&server.server, &entries)
+        .await
+        .unwrap();
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, phoenix_server::qs::enqueue::EnqueueOutcome::Delivered(_))),
+        "{outcomes:?}"
+    );
+}
+
+fn sequence(frame: &qs::ListenFrame) -> u64 {
+    match frame {
+        qs::ListenFrame::Message(m) => m.sequence_number,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+// Requirement: QS-LISTEN-1, QS-LISTEN-2, QS-LISTEN-3
+/// `qs/listen` refuses an init signed by another key, one answering another connection's
+/// challenge, an unknown client and a text frame; sends at most a window of 64 messages
+/// before an acknowledgement; an acknowledgement deletes what it covers and opens the
+/// window; the drained queue is marked `Empty`; a message enqueued while the stream waits
+/// arrives at once; acknowledging what was not sent is refused; a new stream resumes from
+/// its start. Each refusal changes nothing.
+async fn the_listen_stream_authenticates_windows_acknowledges_and_resumes(backend: Backend) {
+    use phoenix_server::store::QsStore;
+    let Some(server) = TestServer::start(backend, unlimited()).await else {
+        return;
+    };
+    let (client, key) = qs_client(&server).await;
+    enqueue_for(&server, client, 100, 1).await;
+
+    // Signed by another key.
+    let (mut ws, nonce) = listen_connect(&server).await;
+    let impostor = crypto::generate_signing_key(&mut OsRng);
+    send_frame(&mut ws, listen_init(client, &impostor, 0, nonce)).await;
+    assert_refused(&frame(&mut ws).await, "BAD_SIGNATURE");
+    assert!(next_binary(&mut ws).await.is_none(), "not closed");
+    // An init that answers another connection's challenge.
+    let (_first, first_nonce) = listen_connect(&server).await;
+    let (mut ws, _) = listen_connect(&server).await;
+    send_frame(&mut ws, listen_init(client, &key, 0, first_nonce)).await;
+    assert_refused(&frame(&mut ws).await, "BAD_SIGNATURE");
+    // No such client.
+    let (mut ws, nonce) = listen_connect(&server).await;
+    send_frame(&mut ws, listen_init([7; 16], &key, 0, nonce)).await;
+    assert_refused(&frame(&mut ws).await, "UNKNOWN_CLIENT");
+    // Text instead of a binary frame.
+    let (mut ws, _) = listen_connect(&server).await;
+    {
+        use futures_util::SinkExt;
+        ws.send(tokio_tungstenite::tungstenite::Message::text("hello"))
+            .await
+            .unwrap();
+    }
+    assert_refused(&frame(&mut ws).await, "MALFORMED");
+    // None of that deleted anything.
+    let (kept, _) = QsStore::dequeue(&server.server.store, &client, 0, 500)
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 100);
+
+    // The window: 64 messages, then nothing until an acknowledgement.
+    let (mut ws, nonce) = listen_connect(&server).await;
+    send_frame(&mut ws, listen_init(client, &key, 0, nonce)).await;
+    for expected in 0..64 {
+        assert_eq!(sequence(&frame(&mut ws).await), expected);
+    }
+    {
+        use futures_util::StreamExt;
+        let more = tokio::time::timeout(std::time::Duration::from_millis(700), ws.next()).await;
+        assert!(more.is_err(), "a 65th message before any acknowledgement: {more:?}");
+    }
+    send_frame(&mut ws, codec::encode(&qs::ListenAck { up_to: 10 }).unwrap()).await;
+    for expected in 64..74 {
+        assert_eq!(sequence(&frame(&mut ws).await), expected);
+    }
+    send_frame(&mut ws, codec::encode(&qs::ListenAck { up_to: 74 }).unwrap()).await;
+    for expected in 74..100 {
+        assert_eq!(sequence(&frame(&mut ws).await), expected);
+    }
+    assert_eq!(frame(&mut ws).await, qs::ListenFrame::Empty { next: 100 });
+    // Acknowledged messages are gone.
+    let (left, _) = QsStore::dequeue(&server.server.store, &client, 0, 500)
+        .await
+        .unwrap();
+    assert_eq!(left.first().map(|m| m.sequence_number), Some(74));
+    // Live: a message enqueued now arrives at once.
+    enqueue_for(&server, client, 1, 2).await;
+    assert_eq!(sequence(&frame(&mut ws).await), 100);
+    // Acknowledging more than was sent is refused.
+    send_frame(&mut ws, codec::encode(&qs::ListenAck { up_to: 500 }).unwrap()).await;
+    assert_refused(&frame(&mut ws).await, "MALFORMED");
+
+    // A new stream resumes from its start, deleting what lies below it.
+    let (mut ws, nonce) = listen_connect(&server).await;
+    send_frame(&mut ws, listen_init(client, &key, 90, nonce)).await;
+    for expected in 90..=100 {
+        assert_eq!(sequence(&frame(&mut ws).await), expected);
+    }
+    assert_eq!(frame(&mut ws).await, qs::ListenFrame::Empty { next: 101 });
+    let (left, _) = QsStore::dequeue(&server.server.store, &client, 0, 500)
+        .await
+        .unwrap();
+    assert_eq!(left.first().map(|m| m.sequence_number), Some(90));
+    assert!(server.healthy().await);
     server.stop().await;
 }

@@ -463,10 +463,19 @@ fn two_servers_federate_over_tls_with_keys_sealed_at_rest() {
     alice.run(&["group", "create", "tls"]);
     alice.run(&["group", "invite", "tls", "bob@b.test"]);
     bob.sync_until(WAIT, |e| e["kind"] == "joined" && e["group"] == "tls");
+    // Requirement: QS-LISTEN-2, CLI-LISTEN-1
+    // bob listens on b.test (a WebSocket over TLS) and gets alice's message from a.test,
+    // forwarded QS to QS, as soon as it is enqueued.
+    let mut listener = bob.listen();
+    listener.wait_for(WAIT, |e| e["kind"] == "listening");
+    let sent = Instant::now();
     alice.run(&["send", "tls", "over https, across servers"]);
-    bob.sync_until(WAIT, |e| {
-        e["kind"] == "message" && e["text"] == "over https, across servers" && e["verified"] == true
-    });
+    let event = listener.wait_for(WAIT, |e| e["kind"] == "message");
+    eprintln!("listen across servers over TLS: {:?} after `send` began", sent.elapsed());
+    assert_eq!(event["text"], "over https, across servers", "{event}");
+    assert_eq!(event["verified"], true, "{event}");
+    let stopped = listener.interrupt().expect("listen did not stop");
+    assert!(stopped.success(), "{}", listener.stderr());
 
     // A client that does not trust the test CA: a TLS failure, said so.
     let stranger = Cli::new("stranger");

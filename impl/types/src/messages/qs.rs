@@ -180,6 +180,7 @@ pub struct ListenChallenge {
 /// What [`ListenInit::signature`] signs: the server's domain too, so a signature for one
 /// QS is no good at another.
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct ListenInitTbs {
     pub qs_domain: VLBytes,
     pub client_id: QsId,
