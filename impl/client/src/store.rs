@@ -1322,7 +1322,7 @@ mod tests {
         // One entry changed, one added, one removed: three rows written, not 500.
         values.insert(7u16.to_be_bytes().to_vec(), vec![2; 100]);
         values.insert(1000u16.to_be_bytes().to_vec(), vec![3]);
-        values.remove(&9u16.to_be_bytes().to_vec());
+        values.remove(9u16.to_be_bytes().as_slice());
         let before = total_changes(&store).await;
         store.save_mls(&values).await.unwrap();
         assert_eq!(total_changes(&store).await - before, 3);
@@ -1330,7 +1330,7 @@ mod tests {
         // A store opened afresh (another process) knows what is stored once it loaded it.
         let again = Store::open(dir.path()).await.unwrap();
         assert_eq!(again.load_mls().await.unwrap(), values);
-        values.remove(&1000u16.to_be_bytes().to_vec());
+        values.remove(1000u16.to_be_bytes().as_slice());
         again.save_mls(&values).await.unwrap();
         assert_eq!(stored(&again).await, values);
     }

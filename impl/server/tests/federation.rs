@@ -423,7 +423,7 @@ async fn peers_redirects_are_not_followed() {
         ..FederationSettings::default()
     };
     let redirected = Peers::new(&via(&ur)).unwrap().peer(&b, false).await;
-    let refused = redirected.err().expect("a redirect was followed");
+    let refused = redirected.expect_err("a redirect was followed");
     assert!(refused.detail.contains("HTTP 307"), "{}", refused.detail);
     let direct = Peers::new(&via(&ub)).unwrap().peer(&b, false).await;
     assert!(direct.is_ok(), "{direct:?}");

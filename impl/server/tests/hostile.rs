@@ -1739,7 +1739,12 @@ async fn enqueue_for(server: &TestServer, client: [u8; 16], n: u8, tag: u8) {
             destination: DOMAIN.into(),
             queue_config: queue_config.clone(),
             payload: vec![tag, i],
-            dedup: [tag ^ i; 16].map(|b| b.wrapping_add(i)),
+            dedup: {
+                let mut dedup = [0u8; 16];
+                dedup[0] = tag;
+                dedup[1] = i;
+                dedup
+            },
         })
         .collect();
     let outcomes = phoenix_server::qs::enqueue::enqueue_local(&server.server, &entries)
@@ -1814,13 +1819,24 @@ async fn the_listen_stream_authenticates_windows_acknowledges_and_resumes(backen
     {
         use futures_util::StreamExt;
         let more = tokio::time::timeout(std::time::Duration::from_millis(700), ws.next()).await;
-        assert!(more.is_err(), "a 65th message before any acknowledgement: {more:?}");
+        assert!(
+            more.is_err(),
+            "a 65th message before any acknowledgement: {more:?}"
+        );
     }
-    send_frame(&mut ws, codec::encode(&qs::ListenAck { up_to: 10 }).unwrap()).await;
+    send_frame(
+        &mut ws,
+        codec::encode(&qs::ListenAck { up_to: 10 }).unwrap(),
+    )
+    .await;
     for expected in 64..74 {
         assert_eq!(sequence(&frame(&mut ws).await), expected);
     }
-    send_frame(&mut ws, codec::encode(&qs::ListenAck { up_to: 74 }).unwrap()).await;
+    send_frame(
+        &mut ws,
+        codec::encode(&qs::ListenAck { up_to: 74 }).unwrap(),
+    )
+    .await;
     for expected in 74..100 {
         assert_eq!(sequence(&frame(&mut ws).await), expected);
     }
@@ -1833,8 +1849,13 @@ async fn the_listen_stream_authenticates_windows_acknowledges_and_resumes(backen
     // Live: a message enqueued now arrives at once.
     enqueue_for(&server, client, 1, 2).await;
     assert_eq!(sequence(&frame(&mut ws).await), 100);
+    assert_eq!(frame(&mut ws).await, qs::ListenFrame::Empty { next: 101 });
     // Acknowledging more than was sent is refused.
-    send_frame(&mut ws, codec::encode(&qs::ListenAck { up_to: 500 }).unwrap()).await;
+    send_frame(
+        &mut ws,
+        codec::encode(&qs::ListenAck { up_to: 500 }).unwrap(),
+    )
+    .await;
     assert_refused(&frame(&mut ws).await, "MALFORMED");
 
     // A new stream resumes from its start, deleting what lies below it.

@@ -471,7 +471,10 @@ fn two_servers_federate_over_tls_with_keys_sealed_at_rest() {
     let sent = Instant::now();
     alice.run(&["send", "tls", "over https, across servers"]);
     let event = listener.wait_for(WAIT, |e| e["kind"] == "message");
-    eprintln!("listen across servers over TLS: {:?} after `send` began", sent.elapsed());
+    eprintln!(
+        "listen across servers over TLS: {:?} after `send` began",
+        sent.elapsed()
+    );
     assert_eq!(event["text"], "over https, across servers", "{event}");
     assert_eq!(event["verified"], true, "{event}");
     let stopped = listener.interrupt().expect("listen did not stop");

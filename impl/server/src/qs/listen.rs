@@ -187,7 +187,9 @@ where
             }
             if new {
                 empty_sent = false;
-            } else if remaining == 0 && !empty_sent {
+            }
+            // Nothing beyond what was sent: the client has everything (once acknowledged).
+            if remaining == 0 && !empty_sent {
                 send!(ListenFrame::Empty { next: sent });
                 empty_sent = true;
             }
