@@ -108,6 +108,12 @@ enum Command {
     /// requests), from the server's live stream; reconnects with backoff when the server
     /// goes away; Ctrl-C stops (between two messages). With --json, one event per line.
     Listen,
+    /// A terminal chat in one group: shows its recent messages, then each new one as it
+    /// arrives (as `listen` does), and sends each line you type; Ctrl-D or Ctrl-C ends it.
+    Chat {
+        /// The group's name.
+        group: String,
+    },
     /// Renew this client's certificate (new key) and announce it in every group.
     Renew,
     /// Show a group's messages, yours included, each re-verified as of when it arrived;
@@ -205,6 +211,7 @@ impl Command {
             Command::Send { group, .. } => format!("send to {group}"),
             Command::Sync => "sync".to_owned(),
             Command::Listen => "listen".to_owned(),
+            Command::Chat { group } => format!("chat in {group}"),
             Command::Renew => "renew the certificate".to_owned(),
             Command::History { group } => format!("show the history of {group}"),
             Command::Certificates { fid } => format!("look up {fid}'s certificates"),
@@ -263,6 +270,80 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Messages of the group shown when `chat` starts.
+const CHAT_RECENT: usize = 20;
+
+/// `listen` (and `chat`, with the lines to send): stream until Ctrl-C (or the end of the
+/// lines), printing each event; reconnect with backoff when the server goes away.
+async fn listen(
+    client: &mut Client,
+    json_out: bool,
+    mut chat: Option<(&str, &mut tokio::sync::mpsc::Receiver<String>)>,
+) -> Result<(), ClientError> {
+    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = stop_tx.send(true);
+        }
+        // Keep the sender alive: a dropped one would read as a stop.
+        std::future::pending::<()>().await;
+    });
+    let group = chat.as_ref().map(|(g, _)| (*g).to_owned());
+    let mut print = move |events: Vec<Value>| {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for event in &events {
+            let line = if json_out {
+                event.to_string()
+            } else if event["kind"] == "sent" {
+                format!(
+                    "[{}] you: {}",
+                    event["group"].as_str().unwrap_or("?"),
+                    event["text"].as_str().unwrap_or("")
+                )
+            } else if group.is_some() && event["kind"] == "listening" {
+                format!(
+                    "chatting in {} (Ctrl-D or Ctrl-C to leave)",
+                    group.as_deref().unwrap_or("?")
+                )
+            } else {
+                describe(event)
+            };
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = out.flush();
+    };
+    let mut backoff = std::time::Duration::from_secs(1);
+    loop {
+        let session = client
+            .listen_and_send(
+                &mut print,
+                &mut stop,
+                chat.as_mut().map(|(g, l)| (*g, &mut **l)),
+            )
+            .await;
+        match session {
+            Ok(phoenix_client::client::ListenEnd::Stopped) => return Ok(()),
+            Ok(phoenix_client::client::ListenEnd::Closed) => {
+                eprintln!("phoenix: the server closed the stream; reconnecting");
+                backoff = std::time::Duration::from_secs(1);
+            }
+            Err(e @ (ClientError::Transport(_) | ClientError::NotSent(_))) => {
+                eprintln!(
+                    "phoenix: listen: {e}; trying again in {} s",
+                    backoff.as_secs()
+                );
+            }
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return Ok(()),
+        }
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
     }
 }
 
@@ -524,50 +605,33 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
         }
         // Requirement: CLI-LISTEN-1
         Command::Listen => {
-            let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    let _ = stop_tx.send(true);
-                }
-                // Keep the sender alive: a dropped one would read as a stop.
-                std::future::pending::<()>().await;
-            });
-            let json_out = cli.json;
-            let mut print = move |events: Vec<Value>| {
-                use std::io::Write;
-                let mut out = std::io::stdout().lock();
-                for event in &events {
-                    let line = if json_out {
-                        event.to_string()
-                    } else {
-                        describe(event)
-                    };
-                    let _ = writeln!(out, "{line}");
-                }
-                let _ = out.flush();
-            };
-            let mut backoff = std::time::Duration::from_secs(1);
-            loop {
-                match client.listen_once(&mut print, &mut stop).await {
-                    Ok(phoenix_client::client::ListenEnd::Stopped) => break,
-                    Ok(phoenix_client::client::ListenEnd::Closed) => {
-                        eprintln!("phoenix: the server closed the stream; reconnecting");
-                        backoff = std::time::Duration::from_secs(1);
-                    }
-                    Err(e @ (ClientError::Transport(_) | ClientError::NotSent(_))) => {
-                        eprintln!(
-                            "phoenix: listen: {e}; trying again in {} s",
-                            backoff.as_secs()
-                        );
-                    }
-                    Err(e) => return Err(e),
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => break,
-                }
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+            listen(&mut client, cli.json, None).await?;
+            (json!({"kind": "stopped"}), String::new())
+        }
+        // Requirement: CLI-CHAT-1
+        Command::Chat { group } => {
+            // The group must exist; its recent messages first.
+            let recent = client.history(&group).await?;
+            let start = recent.len().saturating_sub(CHAT_RECENT);
+            for m in recent.get(start..).unwrap_or_default() {
+                let sender = if m["own"] == true {
+                    "you".to_owned()
+                } else {
+                    m["sender"].as_str().unwrap_or("?").to_owned()
+                };
+                println!("[{group}] {sender}: {}", m["text"].as_str().unwrap_or(""));
             }
+            // Lines typed, read on a thread of their own (stdin blocks).
+            let (tx, mut lines) = tokio::sync::mpsc::channel::<String>(16);
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+                    if !line.trim().is_empty() && tx.blocking_send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            listen(&mut client, cli.json, Some((&group, &mut lines))).await?;
             (json!({"kind": "stopped"}), String::new())
         }
         Command::Sync => {

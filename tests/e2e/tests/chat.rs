@@ -435,3 +435,99 @@ fn listen_delivers_live_through_a_restart_on_postgres() {
         ));
     }
 }
+
+// Requirement: CLI-CHAT-1
+/// `phoenix chat GROUP` in a real terminal (a pseudo-terminal made by `script`): it shows
+/// the group's recent messages, then a message as it arrives, and sends each line typed;
+/// Ctrl-D leaves it (exit 0).
+#[test]
+fn chat_mode_in_a_terminal() {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    let server = TestServer::sqlite("a.test");
+    let url = server.url().to_owned();
+    let alice = Cli::for_server("alice", &server);
+    let bob = Cli::for_server("bob", &server);
+    alice.run(&["register", "alice@a.test", "--server", &url]);
+    bob.run(&["register", "bob@a.test", "--server", &url]);
+    alice.run(&["connect", "bob@a.test"]);
+    bob.run(&["accept", "alice@a.test"]);
+    alice.sync_until(Duration::from_secs(30), |e| e["kind"] == "connected");
+    alice.run(&["group", "create", "team"]);
+    alice.run(&["group", "invite", "team", "bob@a.test"]);
+    bob.sync_until(Duration::from_secs(30), |e| e["kind"] == "joined");
+    alice.run(&["send", "team", "an earlier message"]);
+    bob.sync_until(Duration::from_secs(30), |e| e["kind"] == "message");
+
+    let command = format!(
+        "{} --home {} chat team",
+        phoenix_e2e::binary("phoenix").display(),
+        bob.home().display()
+    );
+    let mut script = std::process::Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env("NO_COLOR", "1")
+        .env_remove("PHOENIX_HOME")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("`script` (util-linux) runs the chat in a pseudo-terminal");
+    let screen = Arc::new(Mutex::new(String::new()));
+    let mut stdout = script.stdout.take().unwrap();
+    let shown = screen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            shown
+                .lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let wait_for = |text: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !screen.lock().unwrap().contains(text) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{text:?} not shown; the screen:\n{}",
+                screen.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for("[team] alice@a.test: an earlier message");
+    wait_for("chatting in team");
+    alice.run(&["send", "team", "hello from alice"]);
+    wait_for("[team] alice@a.test: hello from alice");
+    let mut stdin = script.stdin.take().unwrap();
+    stdin.write_all(b"hi alice, typed\n").unwrap();
+    stdin.flush().unwrap();
+    wait_for("[team] you: hi alice, typed");
+    alice.sync_until(Duration::from_secs(30), |e| {
+        e["kind"] == "message" && e["text"] == "hi alice, typed" && e["sender"] == "bob@a.test"
+    });
+    // Ctrl-D: the end of the input.
+    stdin.write_all(b"\x04").unwrap();
+    stdin.flush().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = script.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "chat did not end on Ctrl-D; the screen:\n{}",
+            screen.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "{status:?}; the screen:\n{}",
+        screen.lock().unwrap()
+    );
+}

@@ -46,6 +46,20 @@ impl Client {
         on_events: &mut (dyn FnMut(Vec<serde_json::Value>) + Send),
         stop: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Result<ListenEnd, ClientError> {
+        self.listen_and_send(on_events, stop, None).await
+    }
+
+    // Requirement: CLI-CHAT-1
+    /// [`Client::listen_once`], and meanwhile send each line of `lines` to the group
+    /// `chat.0` (between two received messages, never within one); a `sent` event (with
+    /// the text) or an `error` event for each. The end of `lines` ends the session
+    /// ([`ListenEnd::Stopped`]).
+    pub async fn listen_and_send(
+        &mut self,
+        on_events: &mut (dyn FnMut(Vec<serde_json::Value>) + Send),
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+        mut chat: Option<(&str, &mut tokio::sync::mpsc::Receiver<String>)>,
+    ) -> Result<ListenEnd, ClientError> {
         let caught_up = self.sync().await?;
         if !caught_up.is_empty() {
             on_events(caught_up);
@@ -115,6 +129,21 @@ impl Client {
                     let _ = socket.close(None).await;
                     return Ok(ListenEnd::Stopped);
                 }
+                line = next_line(&mut chat) => {
+                    let Some(line) = line else {
+                        let _ = socket.close(None).await;
+                        return Ok(ListenEnd::Stopped);
+                    };
+                    let Some((group, _)) = &chat else { continue };
+                    let group = (*group).to_owned();
+                    let event = match self.send(&group, &line).await {
+                        Ok(()) => json!({"kind": "sent", "group": group, "text": line}),
+                        Err(e) => json!({"kind": "error", "group": group,
+                            "detail": format!("not sent: {e}")}),
+                    };
+                    on_events(vec![event]);
+                    continue;
+                }
             };
             let frame: ListenFrame =
                 codec::decode(&bytes, MAX_FRAME).map_err(ClientError::Server)?;
@@ -176,6 +205,17 @@ impl Client {
                 }
             }
         }
+    }
+}
+
+/// The next line to send in chat mode; never completes without one (`None`: the lines
+/// ended).
+async fn next_line(
+    chat: &mut Option<(&str, &mut tokio::sync::mpsc::Receiver<String>)>,
+) -> Option<String> {
+    match chat {
+        Some((_, lines)) => lines.recv().await,
+        None => std::future::pending().await,
     }
 }
 
