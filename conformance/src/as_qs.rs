@@ -431,6 +431,34 @@ fn transitions(state: &RefState) -> BoxedStrategy<Call> {
                 })
             })
         });
+    // Requirement: QS-LISTEN-1, QS-LISTEN-2
+    // A listen stream always names a client record (there is no anonymous stream): an
+    // anonymous signer stands for an unknown record.
+    let pool_for_qs_listen = p.clone();
+    let qs_listen = qs_signer(&p, fresh).prop_flat_map(move |signer| {
+        let signer = match signer {
+            QsSigner::Anonymous => QsSigner::Client {
+                id: QsCid(900),
+                key: KeyId(fresh),
+            },
+            client => client,
+        };
+        let (low, high) = match &signer {
+            QsSigner::Client { id, .. } => pool_for_qs_listen
+                .qs_clients
+                .iter()
+                .find(|(c, ..)| c == id)
+                .map(|(_, _, l, h)| (*l, *h))
+                .unwrap_or((0, 0)),
+            QsSigner::Anonymous => (0, 0),
+        };
+        window(low, high).prop_map(move |(start, _)| {
+            Call::Qs(QsCall::Listen {
+                signer: signer.clone(),
+                start,
+            })
+        })
+    });
     prop_oneof![
         3 => register,
         3 => publish_cp,
@@ -443,6 +471,7 @@ fn transitions(state: &RefState) -> BoxedStrategy<Call> {
         3 => publish_kp,
         4 => fetch_kp,
         2 => qs_dequeue,
+        2 => qs_listen,
     ]
     .boxed()
 }
@@ -530,6 +559,12 @@ pub fn requirements(call: &Call, outcome: &Outcome) -> Vec<&'static str> {
                 out.push(if auth { "QS-AUTH-1" } else { "QS-DEQ-1" });
                 if err.is_none() {
                     out.extend(["QS-DEQ-2", "QS-DEQ-3"]);
+                }
+            }
+            QsCall::Listen { .. } => {
+                out.push("QS-LISTEN-1");
+                if err.is_none() {
+                    out.extend(["QS-LISTEN-2", "QS-LISTEN-3"]);
                 }
             }
         },
@@ -1110,6 +1145,25 @@ impl AsQsSut {
                     },
                 })
             }
+            QsCall::Listen { signer, start } => {
+                let (id, key) = self.qs_signer_parts(signer);
+                Ok(self.listen(id, &key, *start).await)
+            }
+        }
+    }
+
+    // Requirement: QS-LISTEN-1, QS-LISTEN-2
+    /// Open a `qs/listen` stream at `start` straight to the server (the recording proxy
+    /// speaks plain HTTP requests only), read its first window and whether `Empty` follows,
+    /// then close it.
+    async fn listen(&self, id: QsId, key: &ed25519_dalek::SigningKey, start: u64) -> Observed {
+        match crate::listen::first_window(&self.server, &self.names.domain, id, key, start).await {
+            Ok(Ok((messages, drained))) => Observed::Streamed {
+                messages: messages.iter().map(|m| (m.sequence_number, 0)).collect(),
+                drained,
+            },
+            Ok(Err(code)) => Observed::Error(code),
+            Err(e) => Observed::Error(format!("(harness: {e})")),
         }
     }
 

@@ -31,6 +31,7 @@ pub mod as_qs;
 pub mod ds;
 pub mod federation;
 pub mod fixtures;
+pub mod listen;
 pub mod names;
 pub mod observed;
 pub mod peer;

@@ -26,6 +26,12 @@ pub enum Observed {
         messages: Vec<(u64, u32)>,
         remaining: u64,
     },
+    /// The first window of a listen stream as (sequence number, message id), and whether
+    /// the stream said it was everything (`Empty`).
+    Streamed {
+        messages: Vec<(u64, u32)>,
+        drained: bool,
+    },
     Certificates {
         count: u32,
     },
@@ -80,6 +86,13 @@ pub fn expected(outcome: &Outcome) -> Observed {
                     .map(|(seq, item)| (*seq, message_id(item)))
                     .collect(),
                 remaining: *remaining,
+            },
+            Reply::Streamed { messages, drained } => Observed::Streamed {
+                messages: messages
+                    .iter()
+                    .map(|(seq, item)| (*seq, message_id(item)))
+                    .collect(),
+                drained: *drained,
             },
             Reply::Certificates { count } => Observed::Certificates { count: *count },
             Reply::QsUserCreated { .. } => Observed::QsUserCreated,

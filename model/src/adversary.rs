@@ -471,7 +471,9 @@ pub fn observe(domain: DomainId, call: &Call) -> Observation {
         },
         Call::Qs(c) => match c {
             QsCall::CreateUser { .. } | QsCall::FetchKeyPackages { .. } => {}
-            QsCall::PublishKeyPackages { signer, .. } | QsCall::Dequeue { signer, .. } => {
+            QsCall::PublishKeyPackages { signer, .. }
+            | QsCall::Dequeue { signer, .. }
+            | QsCall::Listen { signer, .. } => {
                 if let QsSigner::Client { id, .. } = signer {
                     o.qs_ids.insert(id.0);
                 }

@@ -152,7 +152,19 @@ pub enum QsCall {
         start: Seq,
         max: u16,
     },
+    /// Open a `qs/listen` stream at `start` (the init signed over a fresh server
+    /// challenge, so there is no timestamp to be stale) and read its first window: what
+    /// lies below `start` is deleted, up to [`LISTEN_WINDOW`] messages are sent, and the
+    /// stream says whether that was everything (`Empty`).
+    Listen {
+        signer: QsSigner,
+        start: Seq,
+    },
 }
+
+/// Most messages a listen stream sends before an acknowledgement
+/// (`phoenix_types::messages::qs::LISTEN_WINDOW`).
+pub const LISTEN_WINDOW: u16 = 64;
 
 /// A member's entry as the DS receives it: the leaf's signature key (its per-group
 /// pseudonym), the sealed queue config, and the encrypted credential binding the leaf to
@@ -278,6 +290,11 @@ pub enum Reply {
     Dequeued {
         messages: Vec<(Seq, QueueItem)>,
         remaining: u64,
+    },
+    /// The first window of a listen stream, and whether the queue held nothing more.
+    Streamed {
+        messages: Vec<(Seq, QueueItem)>,
+        drained: bool,
     },
     Certificates {
         count: u32,

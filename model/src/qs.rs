@@ -192,6 +192,21 @@ fn handle_call(state: &mut QsState, ghost: &mut Ghost, config: &Config, call: &Q
                 remaining: d.remaining,
             })
         }
+        // Requirement: QS-LISTEN-1, QS-LISTEN-2, QS-LISTEN-3
+        QsCall::Listen { signer, start } => {
+            let (id, key) = authenticate(state, signer)?;
+            let Some(record) = state.clients.get_mut(&id) else {
+                return Err(ErrorCode::Internal);
+            };
+            let window = u32::from(crate::call::LISTEN_WINDOW);
+            let d = queue::dequeue(&record.queue, *start, window, window);
+            record.queue = d.queue;
+            ghost.dequeues.insert((QueueRef::Qs(id), key));
+            Ok(Reply::Streamed {
+                messages: d.messages,
+                drained: d.remaining == 0,
+            })
+        }
     }
 }
 

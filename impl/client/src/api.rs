@@ -65,7 +65,7 @@ pub fn trust_extra_roots(path: &std::path::Path) -> Result<(), ClientError> {
 
 /// The TLS configuration of the listen stream (WebSocket): the public web roots and the
 /// extra roots, ring provider.
-pub(crate) fn websocket_tls() -> Result<std::sync::Arc<rustls::ClientConfig>, ClientError> {
+pub fn websocket_tls() -> Result<std::sync::Arc<rustls::ClientConfig>, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for der in EXTRA_ROOTS.get().into_iter().flatten() {

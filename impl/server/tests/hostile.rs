@@ -1708,29 +1708,6 @@ fn assert_refused(frame: &qs::ListenFrame, code: &str) {
     }
 }
 
-/// A QS client record: its id and auth key.
-async fn qs_client(server: &TestServer) -> ([u8; 16], ed25519_dalek::SigningKey) {
-    let client_key = crypto::generate_signing_key(&mut OsRng);
-    let user_key = crypto::generate_signing_key(&mut OsRng);
-    let mut token = [0u8; 32];
-    OsRng.fill_bytes(&mut token);
-    let created: qs::CreateUserResponse = server
-        .api()
-        .call(
-            "qs",
-            qs::CREATE_USER,
-            &qs::CreateUserRequest {
-                user_auth_key: VLBytes::new(user_key.verifying_key().to_bytes().to_vec()),
-                friendship_token: token,
-                client_auth_key: VLBytes::new(client_key.verifying_key().to_bytes().to_vec()),
-            },
-            Signer::Anonymous,
-        )
-        .await
-        .unwrap();
-    (created.client_id, client_key)
-}
-
 /// Enqueue `n` messages for `client` the way the outbox does (waking its streams).
 async fn enqueue_for(server: &TestServer, client: [u8; 16], n: u8, tag: u8) {
     let queue_config = codec::encode(&sealed_queue_config(&server.server, client)).unwrap();
@@ -1777,7 +1754,11 @@ async fn the_listen_stream_authenticates_windows_acknowledges_and_resumes(backen
     let Some(server) = TestServer::start(backend, unlimited()).await else {
         return;
     };
-    let (client, key) = qs_client(&server).await;
+    let QsIdentity {
+        client_id: client,
+        key,
+        ..
+    } = QsIdentity::create(&server.api()).await;
     enqueue_for(&server, client, 100, 1).await;
 
     // Signed by another key.

@@ -367,23 +367,30 @@ fn a_new_user_meets_no_walls() {
     );
 }
 
+/// alice@a.test and bob@a.test registered on `server`, connected, both in alice's group
+/// `group`.
+fn alice_and_bob_in(server: &TestServer, group: &str) -> (Cli, Cli) {
+    let url = server.url().to_owned();
+    let alice = Cli::for_server("alice", server);
+    let bob = Cli::for_server("bob", server);
+    alice.run(&["register", "alice@a.test", "--server", &url]);
+    bob.run(&["register", "bob@a.test", "--server", &url]);
+    alice.run(&["connect", "bob@a.test"]);
+    bob.run(&["accept", "alice@a.test"]);
+    alice.sync_until(Duration::from_secs(30), |e| e["kind"] == "connected");
+    alice.run(&["group", "create", group]);
+    alice.run(&["group", "invite", group, "bob@a.test"]);
+    bob.sync_until(Duration::from_secs(30), |e| e["kind"] == "joined");
+    (alice, bob)
+}
+
 // Requirement: QS-LISTEN-1, QS-LISTEN-2, QS-LISTEN-3, CLI-LISTEN-1
 /// `phoenix listen`: bob, connected to the live stream, gets alice's message without any
 /// `sync` (the time it took is printed); the server restarts, the listener reconnects by
 /// itself and gets the next one; Ctrl-C stops it cleanly (exit 0). Nothing is shown twice:
 /// after the restart the first message is not delivered again.
 fn listen_delivers_live_through_a_restart(mut server: TestServer) {
-    let url = server.url().to_owned();
-    let alice = Cli::for_server("alice", &server);
-    let bob = Cli::for_server("bob", &server);
-    alice.run(&["register", "alice@a.test", "--server", &url]);
-    bob.run(&["register", "bob@a.test", "--server", &url]);
-    alice.run(&["connect", "bob@a.test"]);
-    bob.run(&["accept", "alice@a.test"]);
-    alice.sync_until(Duration::from_secs(30), |e| e["kind"] == "connected");
-    alice.run(&["group", "create", "live"]);
-    alice.run(&["group", "invite", "live", "bob@a.test"]);
-    bob.sync_until(Duration::from_secs(30), |e| e["kind"] == "joined");
+    let (alice, bob) = alice_and_bob_in(&server, "live");
 
     let mut listener = bob.listen();
     listener.wait_for(Duration::from_secs(30), |e| e["kind"] == "listening");
@@ -445,17 +452,7 @@ fn chat_mode_in_a_terminal() {
     use std::io::{Read, Write};
     use std::sync::{Arc, Mutex};
     let server = TestServer::sqlite("a.test");
-    let url = server.url().to_owned();
-    let alice = Cli::for_server("alice", &server);
-    let bob = Cli::for_server("bob", &server);
-    alice.run(&["register", "alice@a.test", "--server", &url]);
-    bob.run(&["register", "bob@a.test", "--server", &url]);
-    alice.run(&["connect", "bob@a.test"]);
-    bob.run(&["accept", "alice@a.test"]);
-    alice.sync_until(Duration::from_secs(30), |e| e["kind"] == "connected");
-    alice.run(&["group", "create", "team"]);
-    alice.run(&["group", "invite", "team", "bob@a.test"]);
-    bob.sync_until(Duration::from_secs(30), |e| e["kind"] == "joined");
+    let (alice, bob) = alice_and_bob_in(&server, "team");
     alice.run(&["send", "team", "an earlier message"]);
     bob.sync_until(Duration::from_secs(30), |e| e["kind"] == "message");
 
