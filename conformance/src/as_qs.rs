@@ -1000,6 +1000,10 @@ impl AsQsSut {
                                         .to_bytes()
                                         .to_vec(),
                                 ),
+                                // The suite's queues stay empty (no DS fans out to them):
+                                // one queue key serves every record.
+                                queue_key: VLBytes::new(vec![9; 32]),
+                                queue_ratchet_secret: [7; 32],
                             },
                             Signer::Anonymous,
                         )

@@ -572,6 +572,8 @@ struct Member {
     qs_key: ed25519_dalek::SigningKey,
     /// The server's sequence number that the model's 0 stands for.
     base: u64,
+    /// Opens the sealed entries of its queue.
+    cursor: crate::queue_cursor::QueueCursor,
 }
 
 /// The server under test for one case of the DS suite.
@@ -652,6 +654,8 @@ impl DsSut {
         let mut members = Vec::new();
         for (mut client, home, fid) in [(alice, ah, af), (bob, bh, bf), (carol, ch, cf)] {
             let id = settled_identity(&mut client, &home, &fid).await?;
+            let cursor =
+                crate::queue_cursor::QueueCursor::of_client(&id, home.path().to_path_buf())?;
             members.push(Member {
                 client,
                 home,
@@ -659,6 +663,7 @@ impl DsSut {
                 qs_id: id.qs_client_id,
                 qs_key: ed25519_dalek::SigningKey::from_bytes(&id.qs_client_key),
                 base: id.qs_next_seq,
+                cursor,
             });
         }
         let sut = Self {
@@ -730,12 +735,19 @@ impl DsSut {
 
     /// Client `i`'s queue as (relative number, kind), and what remains.
     async fn queue(&self, i: usize, start: u64, max: u16) -> Result<Observed, HarnessError> {
-        let base = self.members.get(i).map_or(0, |m| m.base);
+        let member = self
+            .members
+            .get(i)
+            .ok_or_else(|| HarnessError::Setup(format!("no client {i}")))?;
         let resp = self.dequeue(i, start, max).await?;
+        let payloads = member.cursor.open_all(&resp.messages).await?;
         let mut messages = Vec::new();
-        for m in resp.messages {
-            let kind = payload_kind(m.payload.as_slice())?;
-            messages.push((m.sequence_number.saturating_sub(base), kind.to_owned()));
+        for (m, payload) in resp.messages.iter().zip(&payloads) {
+            let kind = payload_kind(payload)?;
+            messages.push((
+                m.sequence_number.saturating_sub(member.base),
+                kind.to_owned(),
+            ));
         }
         Ok(Observed::Queue {
             items: messages,

@@ -361,6 +361,8 @@ struct QueueRef {
     model: QsCid,
     /// The server's sequence number that the model's 0 stands for.
     base: u64,
+    /// Opens the sealed entries of the queue.
+    cursor: crate::queue_cursor::QueueCursor,
 }
 
 struct Member {
@@ -518,6 +520,10 @@ impl FedSut {
                 key: ed25519_dalek::SigningKey::from_bytes(&id.qs_client_key),
                 model,
                 base: id.qs_next_seq,
+                cursor: crate::queue_cursor::QueueCursor::of_client(
+                    &id,
+                    home.path().to_path_buf(),
+                )?,
             });
             members.push(Member { client, home, fid });
         }
@@ -526,6 +532,9 @@ impl FedSut {
         for (i, (url, d)) in [&target.url, &b.url].into_iter().zip([A, B]).enumerate() {
             let (user_key, token, client_key) = world::victim_keys(d);
             let api = Api::new(url).map_err(|e| HarnessError::Setup(e.to_string()))?;
+            let queue_key = phoenix_types::crypto::HpkeKeyPair::generate(&mut rand_core::OsRng)
+                .map_err(|e| HarnessError::Setup(format!("queue key: {e}")))?;
+            let secret = phoenix_types::queue_ratchet::QueueRatchet::random(&mut rand_core::OsRng);
             let created: qs::CreateUserResponse = api
                 .call(
                     "qs",
@@ -538,6 +547,8 @@ impl FedSut {
                         client_auth_key: VLBytes::new(
                             names.key(client_key).verifying_key().to_bytes().to_vec(),
                         ),
+                        queue_key: VLBytes::new(queue_key.public.clone()),
+                        queue_ratchet_secret: *secret.secret(),
                     },
                     Signer::Anonymous,
                 )
@@ -553,6 +564,11 @@ impl FedSut {
                 key: names.key(client_key),
                 model: init.victims.get(i).copied().unwrap_or(QsCid(0)),
                 base: 0,
+                cursor: crate::queue_cursor::QueueCursor::new(
+                    created.client_id,
+                    queue_key.private.clone(),
+                    *secret.secret(),
+                ),
             });
         }
         let sut = Self {
@@ -601,9 +617,9 @@ impl FedSut {
     /// A queue as (relative number, kind), read from `start` without deleting anything.
     async fn queue(&self, q: &QueueRef, start: u64) -> Result<Vec<(u64, String)>, HarnessError> {
         let resp = self.dequeue(q, start, 500).await?;
+        let payloads = q.cursor.open_all(&resp.messages).await?;
         let mut items = Vec::new();
-        for m in resp.messages {
-            let bytes = m.payload.as_slice();
+        for (m, bytes) in resp.messages.iter().zip(&payloads) {
             let kind = match self.names.message_back(bytes) {
                 Some(id) => format!("opaque:{}", id.0),
                 None => payload_kind(bytes)?.to_owned(),

@@ -36,6 +36,7 @@ pub mod names;
 pub mod observed;
 pub mod peer;
 pub mod proxy;
+mod queue_cursor;
 pub mod report;
 pub mod runner;
 pub mod target;

@@ -324,6 +324,8 @@ fn main() {
             user_auth_key: b(&key(3).verifying_key().to_bytes()),
             friendship_token: [5; 32],
             client_auth_key: b(&key(4).verifying_key().to_bytes()),
+            queue_key: b(&[9; 32]),
+            queue_ratchet_secret: [7; 32],
         },
     );
     c.select(

@@ -1,5 +1,5 @@
-//! Every Queuing Service request and response type and listen-stream frame, chosen by the
-//! first byte.
+//! Every Queuing Service request and response type, listen-stream frame and queue entry at
+//! rest, chosen by the first byte.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -7,6 +7,14 @@ use libfuzzer_sys::fuzz_target;
 use phoenix_fuzz::check::{decodes, dispatch};
 use phoenix_types::messages::qs::*;
 use phoenix_types::messages::{DequeueRequest, DequeueResponse, QueueMessage};
+use phoenix_types::queue_ratchet::{QueueEntry, QueueReader, SealedQueueEntry};
+
+/// A queue owner opens whatever its QS served as entry 0: an error, never a panic, and
+/// nothing opens without the chain's key.
+fn opens(data: &[u8]) {
+    let mut reader = QueueReader::new([1; 16], vec![2; 32], 0, [3; 32]);
+    assert!(reader.open(0, data).is_err(), "an entry opened without its key");
+}
 
 fuzz_target!(|data: &[u8]| {
     dispatch(
@@ -30,6 +38,10 @@ fuzz_target!(|data: &[u8]| {
             decodes::<ListenInitTbs>,
             decodes::<ListenAck>,
             decodes::<ListenFrame>,
+            // Queue entries at rest (QS-ENC-1): decoded, and opened by a queue owner.
+            decodes::<QueueEntry>,
+            decodes::<SealedQueueEntry>,
+            opens,
         ],
         data,
     );

@@ -30,6 +30,7 @@ enum Value {
     ListenInitTbs(ListenInitTbs),
     ListenAck(ListenAck),
     ListenFrame(ListenFrame),
+    QueueEntry(phoenix_types::queue_ratchet::QueueEntry),
 }
 
 fuzz_target!(|value: Value| {
@@ -52,5 +53,6 @@ fuzz_target!(|value: Value| {
         Value::ListenInitTbs(v) => roundtrip(&v),
         Value::ListenAck(v) => roundtrip(&v),
         Value::ListenFrame(v) => roundtrip(&v),
+        Value::QueueEntry(v) => roundtrip(&v),
     }
 });

@@ -152,6 +152,8 @@ impl Run<'_> {
                 user_auth_key: VLBytes::new(key(user_key % 8).verifying_key().to_bytes().to_vec()),
                 friendship_token: self.token(token),
                 client_auth_key: VLBytes::new(client_key_bytes.to_vec()),
+                queue_key: VLBytes::new(vec![9; 32]),
+                queue_ratchet_secret: [7; 32],
             },
             &Signer::Anonymous,
             m,

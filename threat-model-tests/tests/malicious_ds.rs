@@ -12,6 +12,7 @@
 
 use tls_codec::VLBytes;
 
+use phoenix_server::store::queue_sealing::QueueSealer;
 use phoenix_server::store::{EnqueueEntry, QsStore};
 use phoenix_threat_model_tests::{Backend, Homeserver, User, group_of_two, listener};
 use phoenix_types::codec;
@@ -35,7 +36,13 @@ async fn a_tampered_message_is_refused() {
     let (messages, _) = QsStore::dequeue(&a.server.store, &bob_queue, 0, 100)
         .await
         .unwrap();
-    let genuine = messages.last().unwrap().payload.as_slice().to_vec();
+    // Sealed under bob's queue chain (QS-ENC-1): the adversary, which fanned the message
+    // out, knows what it was; the test opens it as bob would.
+    let bob_id = bob.local().await.identity().await.unwrap().unwrap();
+    let genuine = phoenix_client::client::queue_entry::open_in_order(&bob_id, &messages)
+        .pop()
+        .unwrap()
+        .unwrap();
     let QueuePayload::GroupMessage(mut message) =
         codec::decode::<QueuePayload>(&genuine, usize::MAX).unwrap()
     else {
@@ -52,7 +59,7 @@ async fn a_tampered_message_is_refused() {
             client_id: bob_queue,
             payload: tampered,
             dedup: None,
-        }])
+        }], &QueueSealer::default())
         .await
         .unwrap();
 

@@ -47,6 +47,7 @@ use recovery::CommitAftermath;
 mod group_tokens;
 mod listen;
 mod overview;
+pub mod queue_entry;
 mod recovery;
 mod registration;
 mod resync;
@@ -2732,10 +2733,25 @@ impl Client {
         message: &phoenix_types::messages::QueueMessage,
         progress: &mut QueueProgress,
     ) -> Result<(), ClientError> {
-        match self
-            .handle_queue_message(id, message.payload.as_slice())
-            .await
-        {
+        // Requirement: QS-ENC-1 (the entry is sealed under our queue's chain; the
+        // position is read afresh: the previous message moved it)
+        let position = self.identity().await?;
+        let (opened, ratchet) = queue_entry::open(&position, message);
+        let next_seq = message.sequence_number.saturating_add(1);
+        let payload = match opened {
+            queue_entry::Opened::Payload(payload) => payload,
+            queue_entry::Opened::Processed => return Ok(()),
+            queue_entry::Opened::Lost(detail) => {
+                progress
+                    .events
+                    .push(json!({"kind": "error", "detail": detail}));
+                self.store
+                    .set_qs_position(next_seq, ratchet.as_ref())
+                    .await?;
+                return Ok(());
+            }
+        };
+        match self.handle_queue_message(id, &payload).await {
             Ok(Some(event)) => {
                 if event.get("kind").and_then(|k| k.as_str()) == Some("joined") {
                     progress.joined = true;
@@ -2746,10 +2762,10 @@ impl Client {
             Err(e) => {
                 progress
                     .events
-                    .push(self.unprocessed_event(message.payload.as_slice(), &e).await);
+                    .push(self.unprocessed_event(&payload, &e).await);
                 // Requirement: CL-RESYNC-1 (a message from a future epoch: we fell
                 // behind; at most one resync per group and sync)
-                if let Some(record) = self.behind_in(message.payload.as_slice()).await
+                if let Some(record) = self.behind_in(&payload).await
                     && progress.resynced.insert(record.group_id.clone())
                 {
                     match self.resync_group(id, &record).await {
@@ -2769,7 +2785,7 @@ impl Client {
         // Persist the MLS state before acknowledging the message.
         self.save().await?;
         self.store
-            .set_qs_next_seq(message.sequence_number.saturating_add(1))
+            .set_qs_position(next_seq, ratchet.as_ref())
             .await?;
         Ok(())
     }

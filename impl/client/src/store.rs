@@ -28,6 +28,11 @@ pub struct Identity {
     pub queue_config_key: Vec<u8>,
     pub qs_next_seq: u64,
     pub as_next_seq: u64,
+    /// The private HPKE key of this client's queue (QS-ENC-1); `None` for a client
+    /// registered before queue encryption.
+    pub queue_private_key: Option<Vec<u8>>,
+    /// The queue chain's secret for the entry `qs_next_seq`.
+    pub queue_ratchet: Option<[u8; 32]>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -235,6 +240,11 @@ impl Store {
             queue_config_key: r.try_get("queue_config_key")?,
             qs_next_seq: u(r.try_get("qs_next_seq")?)?,
             as_next_seq: u(r.try_get("as_next_seq")?)?,
+            queue_private_key: r.try_get("queue_private_key")?,
+            queue_ratchet: r
+                .try_get::<Option<Vec<u8>>, _>("queue_ratchet")?
+                .map(arr)
+                .transpose()?,
         }))
     }
 
@@ -323,8 +333,9 @@ impl Store {
     pub async fn insert_identity(&self, id: &Identity) -> Result<(), ClientError> {
         sqlx::query(
             "INSERT INTO identity (id, fid, client_id, server_url, certificate, signing_key, qs_user_id, qs_client_id,
-             qs_user_key, qs_client_key, friendship_token, friendship_key, qs_domain, queue_config_key, qs_next_seq, as_next_seq)
-             VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             qs_user_key, qs_client_key, friendship_token, friendship_key, qs_domain, queue_config_key, qs_next_seq, as_next_seq,
+             queue_private_key, queue_ratchet)
+             VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&id.fid)
         .bind(&id.client_id)
@@ -341,14 +352,24 @@ impl Store {
         .bind(&id.queue_config_key)
         .bind(i(id.qs_next_seq)?)
         .bind(i(id.as_next_seq)?)
+        .bind(&id.queue_private_key)
+        .bind(id.queue_ratchet.as_ref().map(|r| r.as_slice()))
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    pub async fn set_qs_next_seq(&self, seq: u64) -> Result<(), ClientError> {
-        sqlx::query("UPDATE identity SET qs_next_seq = ? WHERE id = 1")
+    // Requirement: QS-Q-2, QS-ENC-1
+    /// The queue is processed up to `seq` (exclusive), and its chain stands at `ratchet`
+    /// for that entry: both in one statement, so they never disagree.
+    pub async fn set_qs_position(
+        &self,
+        seq: u64,
+        ratchet: Option<&[u8; 32]>,
+    ) -> Result<(), ClientError> {
+        sqlx::query("UPDATE identity SET qs_next_seq = ?, queue_ratchet = ? WHERE id = 1")
             .bind(i(seq)?)
+            .bind(ratchet.map(|r| r.as_slice()))
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -25,6 +25,7 @@
 //! | `--max-connection-packages` | `PHOENIX_MAX_CONNECTION_PACKAGES` | `max_connection_packages` | 100 |
 //! | `--max-group-size` | `PHOENIX_MAX_GROUP_SIZE` | `max_group_size` | 1024 |
 //! | `--group-tokens-per-day` | `PHOENIX_GROUP_TOKENS_PER_DAY` | `group_tokens_per_day` | 100 |
+//! | `--queue-ratchet-interval` | `PHOENIX_QUEUE_RATCHET_INTERVAL` | `queue_ratchet_interval` | 64 |
 //! | `--max-csr-bytes` | `PHOENIX_MAX_CSR_BYTES` | `max_csr_bytes` | 4096 |
 //! | `--max-connections` | `PHOENIX_MAX_CONNECTIONS` | `max_connections` | 512 |
 //! | `--max-connections-per-ip` | `PHOENIX_MAX_CONNECTIONS_PER_IP` | `max_connections_per_ip` | 32 |
@@ -146,6 +147,10 @@ pub struct Args {
     /// connecting to a contact creates one too).
     #[arg(long, env = "PHOENIX_GROUP_TOKENS_PER_DAY")]
     pub group_tokens_per_day: Option<u32>,
+    /// Fresh randomness is mixed into each client queue's encryption chain every this many
+    /// entries (post-compromise security of queues at rest).
+    #[arg(long, env = "PHOENIX_QUEUE_RATCHET_INTERVAL")]
+    pub queue_ratchet_interval: Option<u64>,
     /// Largest CSR accepted at registration (bytes, at most 4096).
     #[arg(long, env = "PHOENIX_MAX_CSR_BYTES")]
     pub max_csr_bytes: Option<usize>,
@@ -234,6 +239,7 @@ pub struct FileConfig {
     pub max_connection_packages: Option<usize>,
     pub max_group_size: Option<usize>,
     pub group_tokens_per_day: Option<u32>,
+    pub queue_ratchet_interval: Option<u64>,
     pub max_csr_bytes: Option<usize>,
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
@@ -411,6 +417,9 @@ impl Settings {
         }
         if let Some(v) = args.group_tokens_per_day.or(file.group_tokens_per_day) {
             limits.group_tokens_per_day = nonzero(v, "group_tokens_per_day")?;
+        }
+        if let Some(v) = args.queue_ratchet_interval.or(file.queue_ratchet_interval) {
+            limits.queue_sealer.update_interval = nonzero(v, "queue_ratchet_interval")?;
         }
         if let Some(v) = args.max_csr_bytes.or(file.max_csr_bytes) {
             limits.max_csr_bytes =
@@ -843,6 +852,7 @@ pub const KEYS: &[&str] = &[
     "max_connection_packages",
     "max_group_size",
     "group_tokens_per_day",
+    "queue_ratchet_interval",
     "max_csr_bytes",
     "max_connections",
     "max_connections_per_ip",
@@ -931,6 +941,7 @@ pub fn explain(
             "max_connection_packages" => l.max_connection_packages.to_string(),
             "max_group_size" => l.max_group_size.to_string(),
             "group_tokens_per_day" => l.group_tokens_per_day.to_string(),
+            "queue_ratchet_interval" => l.queue_sealer.update_interval.to_string(),
             "max_csr_bytes" => l.max_csr_bytes.to_string(),
             "max_connections" => l.edge.max_connections.to_string(),
             "max_connections_per_ip" => l.edge.max_connections_per_ip.to_string(),

@@ -47,6 +47,9 @@ pub struct Limits {
     pub max_connection_packages: usize,
     /// Most members a group may have (`GROUP_FULL` beyond).
     pub max_group_size: usize,
+    /// How queue entries are sealed at rest (Requirement: QS-ENC-3: how often fresh
+    /// randomness enters each queue's chain).
+    pub queue_sealer: crate::store::queue_sealing::QueueSealer,
     /// Largest CSR `as/register` parses (bytes; at most `certs::MAX_CERT_LEN`).
     pub max_csr_bytes: usize,
     /// Rate limits of the anonymous operations and the key-package claim quota.
@@ -73,6 +76,7 @@ impl Default for Limits {
             max_key_packages: phoenix_types::messages::qs::MAX_KEY_PACKAGES,
             max_connection_packages: phoenix_types::messages::as_::MAX_CONNECTION_PACKAGES,
             max_group_size: phoenix_types::messages::ds::MAX_GROUP_SIZE,
+            queue_sealer: Default::default(),
             max_csr_bytes: phoenix_types::certs::MAX_CERT_LEN,
             rate_limits: crate::ratelimit::RateLimitConfig::default(),
             edge: crate::edge::EdgeLimits::default(),

@@ -406,6 +406,8 @@ async fn create_user_repeated_gets_the_same_ids(server: &TestServer) {
             user_auth_key: VLBytes::new(user.verifying_key().to_bytes().to_vec()),
             friendship_token: token,
             client_auth_key: VLBytes::new(client.verifying_key().to_bytes().to_vec()),
+            queue_key: VLBytes::new(vec![9; 32]),
+            queue_ratchet_secret: [7; 32],
         };
         async move {
             api.call::<_, qs::CreateUserResponse>(

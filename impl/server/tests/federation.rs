@@ -130,6 +130,8 @@ async fn queue_on(b: &Running) -> (QsId, ed25519_dalek::SigningKey) {
                 user_auth_key: VLBytes::new(user_key.verifying_key().to_bytes().to_vec()),
                 friendship_token: token,
                 client_auth_key: VLBytes::new(client_key.verifying_key().to_bytes().to_vec()),
+                queue_key: VLBytes::new(vec![9; 32]),
+                queue_ratchet_secret: [7; 32],
             },
             Signer::Anonymous,
         )

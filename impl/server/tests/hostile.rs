@@ -285,6 +285,8 @@ impl QsIdentity {
                     user_auth_key: VLBytes::new(user_key.verifying_key().to_bytes().to_vec()),
                     friendship_token: token,
                     client_auth_key: VLBytes::new(key.verifying_key().to_bytes().to_vec()),
+                    queue_key: VLBytes::new(vec![9; 32]),
+                    queue_ratchet_secret: [7; 32],
                 },
                 Signer::Anonymous,
             )
@@ -718,6 +720,8 @@ async fn valid_bodies(server: &TestServer) -> BTreeMap<String, Vec<Vec<u8>>> {
                 user_auth_key: VLBytes::new(key.verifying_key().to_bytes().to_vec()),
                 friendship_token: token,
                 client_auth_key: VLBytes::new(key.verifying_key().to_bytes().to_vec()),
+                queue_key: VLBytes::new(vec![9; 32]),
+                queue_ratchet_secret: [7; 32],
             })
             .unwrap(),
         ),

@@ -1251,7 +1251,13 @@ async fn cache_and_replay_records_are_bounded(backend: Backend) {
     };
     let enqueue = async || {
         store
-            .enqueue_federated("b.test", &message_id, now, &entry)
+            .enqueue_federated(
+                "b.test",
+                &message_id,
+                now,
+                &entry,
+                &phoenix_server::store::queue_sealing::QueueSealer::default(),
+            )
             .await
             .unwrap()
     };

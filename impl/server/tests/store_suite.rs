@@ -39,8 +39,12 @@ use phoenix_server::store::{
     ReplayRecord, ReplayService, Store, StoreError, StoredConnectionPackage, StoredGroup,
     StoredKeyPackage,
 };
+use phoenix_server::store::QueueKeys;
+use phoenix_server::store::queue_sealing::QueueSealer;
+use phoenix_types::crypto::HpkeKeyPair;
 use phoenix_types::ids::QsId;
 use phoenix_types::messages::QueueMessage;
+use phoenix_types::queue_ratchet::{QueueRatchet, QueueReader};
 
 const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -598,9 +602,13 @@ async fn qs_create_user_rejects_duplicate_friendship_token(db: &TestDb) {
             .unwrap(),
         Some(user.clone())
     );
+    // A read leaves out the queue's chain (only an enqueue, which locks it, reads it).
     assert_eq!(
         QsStore::client(store, &client.client_id).await.unwrap(),
-        Some(client.clone())
+        Some(QsClientRecord {
+            queue: None,
+            ..client.clone()
+        })
     );
 
     // Same friendship token, different ids: rejected, and nothing of it is stored.
@@ -815,13 +823,13 @@ async fn enqueue_is_monotonic_and_gapless_under_concurrency(db: &TestDb) {
                         dedup: None,
                     })
                     .collect();
-                let seqs = store.enqueue(&entries).await.unwrap();
+                let seqs = store.enqueue(&entries, &CHAIN).await.unwrap();
                 let single = EnqueueEntry {
                     client_id: order[0],
                     payload: format!("single {i}").into_bytes(),
                     dedup: None,
                 };
-                let single_seq = store.enqueue(std::slice::from_ref(&single)).await.unwrap();
+                let single_seq = store.enqueue(std::slice::from_ref(&single), &CHAIN).await.unwrap();
                 entries
                     .into_iter()
                     .chain([single])
@@ -851,7 +859,7 @@ async fn enqueue_is_monotonic_and_gapless_under_concurrency(db: &TestDb) {
             (0..n).collect::<Vec<_>>(),
             "gapless from 0"
         );
-        let (messages, remaining) = store.dequeue(client, 0, 1_000).await.unwrap();
+        let (messages, remaining) = db.read(client, 0, 1_000).await;
         assert_eq!(remaining, 0);
         let expected: Vec<_> = assigned
             .iter()
@@ -878,26 +886,26 @@ async fn enqueue_dedup_is_a_no_op(db: &TestDb) {
         dedup: dedup.map(|d| [d; 16]),
     };
 
-    assert_eq!(store.enqueue(&[]).await.unwrap(), vec![]);
+    assert_eq!(store.enqueue(&[], &SEALER).await.unwrap(), vec![]);
     assert_eq!(
-        store.enqueue(&[entry(c1, b"a", Some(1))]).await.unwrap(),
+        store.enqueue(&[entry(c1, b"a", Some(1))], &SEALER).await.unwrap(),
         vec![Some(0)]
     );
     // A repeated delivery is a no-op: no new number, no new message.
     assert_eq!(
         store
-            .enqueue(&[entry(c1, b"a again", Some(1))])
+            .enqueue(&[entry(c1, b"a again", Some(1))], &SEALER)
             .await
             .unwrap(),
         vec![None]
     );
     assert_eq!(
-        store.enqueue(&[entry(c1, b"b", Some(2))]).await.unwrap(),
+        store.enqueue(&[entry(c1, b"b", Some(2))], &SEALER).await.unwrap(),
         vec![Some(1)]
     );
     // Keys are per queue.
     assert_eq!(
-        store.enqueue(&[entry(c2, b"a", Some(1))]).await.unwrap(),
+        store.enqueue(&[entry(c2, b"a", Some(1))], &SEALER).await.unwrap(),
         vec![Some(0)]
     );
     // Within one batch too; unknown clients get None; entries without a key never collide.
@@ -910,20 +918,22 @@ async fn enqueue_dedup_is_a_no_op(db: &TestDb) {
                 entry([9; 16], b"lost", None),
                 entry(c1, b"e", None),
                 entry(c2, b"f", Some(2)),
-            ])
+                ],
+                &SEALER,
+            )
             .await
             .unwrap(),
         vec![Some(2), None, Some(3), None, Some(4), Some(1)]
     );
     assert_eq!(
         store
-            .enqueue(&[entry([9; 16], b"lost", Some(4))])
+            .enqueue(&[entry([9; 16], b"lost", Some(4))], &SEALER)
             .await
             .unwrap(),
         vec![None]
     );
 
-    let (messages, remaining) = store.dequeue(&c1, 0, 100).await.unwrap();
+    let (messages, remaining) = db.read(&c1, 0, 100).await;
     assert_eq!(remaining, 0);
     assert_eq!(
         messages,
@@ -936,7 +946,7 @@ async fn enqueue_dedup_is_a_no_op(db: &TestDb) {
         ]
     );
     assert_eq!(
-        store.dequeue(&c2, 0, 100).await.unwrap(),
+        db.read(&c2, 0, 100).await,
         (vec![message(0, b"a"), message(1, b"f")], 0)
     );
 
@@ -945,7 +955,7 @@ async fn enqueue_dedup_is_a_no_op(db: &TestDb) {
         .map(|_| {
             let store = store.clone();
             tokio::spawn(
-                async move { store.enqueue(&[entry(c2, b"once", Some(7))]).await.unwrap() },
+                async move { store.enqueue(&[entry(c2, b"once", Some(7))], &SEALER).await.unwrap() },
             )
         })
         .collect();
@@ -960,10 +970,10 @@ async fn enqueue_dedup_is_a_no_op(db: &TestDb) {
     // delivered again (an outbox entry whose delete was lost to a crash, claimed again
     // once its lease ran out) is still a duplicate. Before the QS kept its own records,
     // the check looked only at the queue rows, and this delivered the message twice.
-    assert_eq!(store.dequeue(&c2, 3, 100).await.unwrap(), (vec![], 0));
+    assert_eq!(db.read(&c2, 3, 100).await, (vec![], 0));
     assert_eq!(
         store
-            .enqueue(&[entry(c2, b"once", Some(7)), entry(c2, b"new", Some(8))])
+            .enqueue(&[entry(c2, b"once", Some(7)), entry(c2, b"new", Some(8))], &SEALER)
             .await
             .unwrap(),
         vec![None, Some(3)]
@@ -986,11 +996,11 @@ async fn dequeue_semantics(db: &TestDb) {
             dedup: None,
         };
         assert_eq!(
-            store.enqueue(&[entry]).await.unwrap(),
+            store.enqueue(&[entry], &SEALER).await.unwrap(),
             vec![Some(u64::from(i))]
         );
     }
-    let dequeue = |start, max| async move { store.dequeue(&client, start, max).await.unwrap() };
+    let dequeue = |start, max| async move { db.read(&client, start, max).await };
     assert_eq!(dequeue(0, 0).await, (vec![], 5));
     assert_eq!(
         dequeue(0, 2).await,
@@ -1015,11 +1025,11 @@ async fn dequeue_semantics(db: &TestDb) {
         dedup: None,
     };
     assert_eq!(
-        store.enqueue(&[entry]).await.unwrap(),
+        store.enqueue(&[entry], &SEALER).await.unwrap(),
         vec![Some(5)],
         "numbers are never reused"
     );
-    assert_eq!(store.dequeue(&[9; 16], 0, 10).await.unwrap(), (vec![], 0));
+    assert_eq!(db.read(&[9; 16], 0, 10).await, (vec![], 0));
 }
 
 // Delivery Service ----------------------------------------------------------------------
@@ -1446,6 +1456,8 @@ async fn postgres_schema_names_are_validated() {
 struct TestDb {
     store: Store,
     raw: Raw,
+    /// The owners' reading of the sealed QS queues (QS-ENC-1), by client.
+    readers: std::sync::Mutex<BTreeMap<QsId, Reader>>,
     /// The SQLite file's directory, removed on drop.
     _dir: Option<TempDir>,
     /// The Postgres URL and schema, dropped by [`TestDb::drop_schema`].
@@ -1475,6 +1487,7 @@ impl TestDb {
         Self {
             store,
             raw: Raw::Sqlite(raw),
+            readers: Default::default(),
             _dir: Some(dir),
             postgres: None,
         }
@@ -1513,6 +1526,7 @@ impl TestDb {
         Some(Self {
             store,
             raw: Raw::Postgres(raw),
+            readers: Default::default(),
             _dir: None,
             postgres: Some((url, schema)),
         })
@@ -1632,8 +1646,62 @@ fn qs_user(user: u8, client: u8) -> (QsUserRecord, QsClientRecord) {
             client_id: [client; 16],
             user_id: [user; 16],
             auth_key: [client ^ 0x40; 32],
+            queue: Some(QueueKeys {
+                queue_key: QUEUE_KEY.public.clone(),
+                ratchet: QueueRatchet::from_secret([client; 32]),
+            }),
         },
     )
+}
+
+/// The queue key of every test client record (its private half opens the ratchet updates).
+static QUEUE_KEY: std::sync::LazyLock<HpkeKeyPair> =
+    std::sync::LazyLock::new(|| HpkeKeyPair::generate(&mut OsRng).unwrap());
+
+/// How the tests seal queue entries: the server's default.
+const SEALER: QueueSealer = QueueSealer {
+    update_interval: phoenix_server::store::queue_sealing::DEFAULT_UPDATE_INTERVAL,
+};
+
+/// A short interval, so that concurrent enqueues cross many ratchet updates.
+const CHAIN: QueueSealer = QueueSealer { update_interval: 3 };
+
+/// A test client's reading of its queue: the chain, and what it opened so far.
+struct Reader {
+    reader: QueueReader,
+    opened: BTreeMap<u64, Vec<u8>>,
+}
+
+impl TestDb {
+    // Requirement: QS-ENC-1
+    /// A dequeue, with each entry opened as its owner would (entries read before are
+    /// remembered: a dequeue may return them again). Every entry must open: a queue whose
+    /// chain forked, or an entry stored unsealed, fails here.
+    async fn read(&self, client: &QsId, start: u64, max: u32) -> (Vec<QueueMessage>, u64) {
+        let (messages, remaining) = self.store.dequeue(client, start, max).await.unwrap();
+        let mut readers = self.readers.lock().unwrap();
+        let reader = readers.entry(*client).or_insert_with(|| Reader {
+            reader: QueueReader::new(*client, QUEUE_KEY.private.clone(), 0, [client[0]; 32]),
+            opened: BTreeMap::new(),
+        });
+        let mut opened = Vec::new();
+        for m in messages {
+            let seq = m.sequence_number;
+            let payload = match reader.opened.get(&seq) {
+                Some(payload) => payload.clone(),
+                None => {
+                    let payload = reader
+                        .reader
+                        .open(seq, m.payload.as_slice())
+                        .unwrap_or_else(|e| panic!("entry {seq} of {client:?}: {e}"));
+                    reader.opened.insert(seq, payload.clone());
+                    payload
+                }
+            };
+            opened.push(message(seq, &payload));
+        }
+        (opened, remaining)
+    }
 }
 
 fn key_package(add_package: &[u8], last_resort: bool) -> StoredKeyPackage {

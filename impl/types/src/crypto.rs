@@ -159,6 +159,39 @@ pub fn open_aead(key: &SymmetricKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8
         .map_err(|_| CryptoError::Decrypt)
 }
 
+/// AES-256-GCM under a key that seals exactly one message (so a fixed nonce is safe), the
+/// nonce given by the caller; the output is ciphertext and tag only.
+pub fn seal_aead_with_nonce(
+    key: &SymmetricKey,
+    nonce: &[u8; NONCE_LEN],
+    aad: &[u8],
+    plaintext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    let cipher = Aes256Gcm::new_from_slice(&key.0).map_err(|_| CryptoError::Encrypt)?;
+    cipher
+        .encrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .map_err(|_| CryptoError::Encrypt)
+}
+
+/// Inverse of [`seal_aead_with_nonce`].
+pub fn open_aead_with_nonce(
+    key: &SymmetricKey,
+    nonce: &[u8; NONCE_LEN],
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    let cipher = Aes256Gcm::new_from_slice(&key.0).map_err(|_| CryptoError::Decrypt)?;
+    cipher
+        .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad })
+        .map_err(|_| CryptoError::Decrypt)
+}
+
 // Requirement: DS-EAR-1
 // The AES key schedule inside every AES-GCM instance (whose first round keys are the key
 // itself) is zeroized when the instance is dropped: this does not compile without the

@@ -6,6 +6,8 @@
 //! - [`codec`]: bounded, exact TLS-codec decoding of untrusted bytes.
 //! - [`crypto`]: labelled Ed25519 signatures, AEAD for data at rest (group-state EAR,
 //!   credential encryption), HPKE sealing (queue configs, connection establishment).
+//! - [`queue_ratchet`]: queue encryption at rest, the HKDF chain the QS seals each queue
+//!   entry under and the client follows.
 //! - [`certs`]: the X.509 PKI: the home server's CA certificate, client CSRs and ID-Certs.
 //! - [`cacheable`]: polyproto cacheable ID-Certs (a certificate with its home server's
 //!   signed cache window), as servers serve and cache them and clients verify them.
@@ -28,6 +30,7 @@ pub mod crypto;
 pub mod discovery;
 pub mod error;
 pub mod ids;
+pub mod queue_ratchet;
 pub mod messages;
 pub mod mls_profile;
 pub mod tokens;

@@ -47,6 +47,12 @@ struct Pending {
     qs_client_key: Vec<u8>,
     friendship_token: Vec<u8>,
     friendship_key: Vec<u8>,
+    /// The private HPKE key of the queue and the chain's first secret (QS-ENC-1); empty in
+    /// a registration saved before queue encryption.
+    #[serde(default)]
+    queue_private_key: Vec<u8>,
+    #[serde(default)]
+    queue_ratchet: Vec<u8>,
     /// The exact `qs/create_user` request.
     create_user_request: Vec<u8>,
     /// The AS's answer, once received and checked: (client certificate, CA certificate).
@@ -83,6 +89,10 @@ impl Pending {
         let user_key = crypto::generate_signing_key(&mut OsRng);
         let client_key = crypto::generate_signing_key(&mut OsRng);
         let friendship_token = random32();
+        // Requirement: QS-ENC-1
+        let queue_key = crypto::HpkeKeyPair::generate(&mut OsRng)
+            .map_err(|e| usage(format!("cannot generate the queue key: {e}")))?;
+        let queue_ratchet = random32();
         let create_user_request = seal(
             "qs",
             qs::CREATE_USER,
@@ -90,6 +100,8 @@ impl Pending {
                 user_auth_key: VLBytes::new(user_key.verifying_key().to_bytes().to_vec()),
                 friendship_token,
                 client_auth_key: VLBytes::new(client_key.verifying_key().to_bytes().to_vec()),
+                queue_key: VLBytes::new(queue_key.public.clone()),
+                queue_ratchet_secret: queue_ratchet,
             },
             Signer::Anonymous,
         )?;
@@ -103,6 +115,8 @@ impl Pending {
             qs_client_key: client_key.to_bytes().to_vec(),
             friendship_token: friendship_token.to_vec(),
             friendship_key: random32().to_vec(),
+            queue_private_key: queue_key.private.clone(),
+            queue_ratchet: queue_ratchet.to_vec(),
             create_user_request,
             certificates: None,
             qs: None,
@@ -309,6 +323,11 @@ impl Client {
             queue_config_key: queue_config_key.clone(),
             qs_next_seq: 0,
             as_next_seq: 0,
+            queue_private_key: (!p.queue_private_key.is_empty())
+                .then(|| p.queue_private_key.clone()),
+            queue_ratchet: (!p.queue_ratchet.is_empty())
+                .then(|| arr(&p.queue_ratchet, "queue ratchet"))
+                .transpose()?,
         };
         self.store.put_ca(fid.domain().as_str(), ca).await?;
         self.store.insert_identity(&identity).await?;

@@ -78,7 +78,13 @@ pub async fn enqueue(server: &Server, body: &[u8], now: u64) -> Result<Vec<u8>, 
     // Requirement: FED-3
     match server
         .store
-        .enqueue_federated(sender.as_str(), &tbs.message_id, now, &entry)
+        .enqueue_federated(
+            sender.as_str(),
+            &tbs.message_id,
+            now,
+            &entry,
+            &server.limits.queue_sealer,
+        )
         .await
         .map_err(server.internal())?
     {

@@ -11,7 +11,9 @@ use phoenix_types::messages::qs::{CreateUserRequest, CreateUserResponse};
 
 use crate::auth::Request;
 use crate::server::Server;
-use crate::store::{CreateQsUser, QsClientRecord, QsStore, QsUserRecord};
+use phoenix_types::queue_ratchet::QueueRatchet;
+
+use crate::store::{CreateQsUser, QsClientRecord, QsStore, QsUserRecord, QueueKeys};
 
 fn auth_key(bytes: &[u8]) -> Result<[u8; 32], WireError> {
     crypto::verifying_key(bytes)
@@ -22,6 +24,17 @@ fn auth_key(bytes: &[u8]) -> Result<[u8; 32], WireError> {
                 "auth keys must be Ed25519 public keys",
             )
         })
+}
+
+/// An X25519 public key (any 32 bytes are one).
+fn queue_key(bytes: &[u8]) -> Result<Vec<u8>, WireError> {
+    if bytes.len() != 32 {
+        return Err(WireError::new(
+            ErrorCode::Malformed,
+            "the queue key must be an X25519 public key (32 bytes)",
+        ));
+    }
+    Ok(bytes.to_vec())
 }
 
 // Requirement: QS-USER-1, QS-USER-2, CL-AMBIG-2
@@ -41,6 +54,11 @@ pub async fn create_user(server: &Server, request: &Request) -> Result<Vec<u8>, 
         client_id,
         user_id,
         auth_key: auth_key(req.client_auth_key.as_slice())?,
+        // Requirement: QS-ENC-1
+        queue: Some(QueueKeys {
+            queue_key: queue_key(req.queue_key.as_slice())?,
+            ratchet: QueueRatchet::from_secret(req.queue_ratchet_secret),
+        }),
     };
     // Requirement: ADV-OP-1
     observe!([

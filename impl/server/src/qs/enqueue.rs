@@ -62,7 +62,10 @@ async fn deliver(
             Err(e) => outcomes.push(Some(EnqueueOutcome::Undeliverable(e.detail))),
         }
     }
-    let results = server.store.enqueue(&batch).await?;
+    let results = server
+        .store
+        .enqueue(&batch, &server.limits.queue_sealer)
+        .await?;
     for ((i, result), entry) in batch_index.into_iter().zip(results).zip(&batch) {
         let outcome = match result {
             Some(seq) => {
@@ -149,6 +152,7 @@ mod tests {
             client_id: [9; 16],
             user_id: [1; 16],
             auth_key: [4; 32],
+            queue: None,
         };
         QsStore::create_user(&server.store, &user, &client)
             .await

@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod ephemeral;
 pub mod postgres;
+pub mod queue_sealing;
 pub mod sessions;
 pub mod sqlite;
 pub mod tokens;
@@ -218,6 +219,17 @@ pub struct QsClientRecord {
     pub client_id: QsId,
     pub user_id: QsId,
     pub auth_key: [u8; 32],
+    /// The queue's encryption keys, as [`QsStore::create_user`] stores them; reads leave
+    /// this `None` (the chain is read only by the enqueue that locks it).
+    pub queue: Option<QueueKeys>,
+}
+
+/// What a client record's queue is sealed with (Requirement: QS-ENC-1): the client's
+/// HPKE public key (for ratchet updates) and the first secret of the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueKeys {
+    pub queue_key: Vec<u8>,
+    pub ratchet: phoenix_types::queue_ratchet::QueueRatchet,
 }
 
 /// A stored key package (the encoded `AddPackage`).
@@ -311,9 +323,12 @@ pub trait QsStore {
     /// Append each entry to its client's queue in one transaction; sequence numbers are
     /// assigned atomically per queue. Returns, per entry, the sequence number, or `None`
     /// if the client is unknown (or the entry was a duplicate by `dedup`).
+    /// Each entry is sealed under its queue's chain as `sealer` says (Requirement:
+    /// QS-ENC-1), while the queue is locked, so concurrent enqueues never fork the chain.
     fn enqueue(
         &self,
         entries: &[EnqueueEntry],
+        sealer: &queue_sealing::QueueSealer,
     ) -> impl Future<Output = StoreResult<Vec<Option<u64>>>> + Send;
     /// How a client's key packages stand; `Ok(None)` if the client is unknown.
     fn key_package_status(
@@ -350,6 +365,7 @@ pub trait QsStore {
         message_id: &[u8; 16],
         now: u64,
         entry: &EnqueueEntry,
+        sealer: &queue_sealing::QueueSealer,
     ) -> impl Future<Output = StoreResult<FederatedEnqueue>> + Send;
 }
 
@@ -761,8 +777,12 @@ impl QsStore for Store {
         delegate!(self, QsStore::take_key_packages(user_id))
     }
 
-    async fn enqueue(&self, entries: &[EnqueueEntry]) -> StoreResult<Vec<Option<u64>>> {
-        delegate!(self, QsStore::enqueue(entries))
+    async fn enqueue(
+        &self,
+        entries: &[EnqueueEntry],
+        sealer: &queue_sealing::QueueSealer,
+    ) -> StoreResult<Vec<Option<u64>>> {
+        delegate!(self, QsStore::enqueue(entries, sealer))
     }
 
     async fn key_package_status(&self, client_id: &QsId) -> StoreResult<Option<KeyPackageStatus>> {
@@ -797,10 +817,11 @@ impl QsStore for Store {
         message_id: &[u8; 16],
         now: u64,
         entry: &EnqueueEntry,
+        sealer: &queue_sealing::QueueSealer,
     ) -> StoreResult<FederatedEnqueue> {
         delegate!(
             self,
-            QsStore::enqueue_federated(sender, message_id, now, entry)
+            QsStore::enqueue_federated(sender, message_id, now, entry, sealer)
         )
     }
 }

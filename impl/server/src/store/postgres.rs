@@ -13,12 +13,9 @@
 //! - compare-and-swap updates re-check their `WHERE` clause after waiting for a
 //!   concurrent writer, so only one of two racing updates matches.
 //!
-//! The one retry is in the fan-out enqueue, when a concurrent delivery of the same entry
-//! trips the dedup constraint (see the `ENQUEUE` statement).
-//!
-//! Writes that the hot path makes often (enqueue, fan-out enqueue) are single statements
-//! in an implicit transaction, one round trip each; a fan-out passes its entries as
-//! arrays (`UNNEST`), so it is one statement whatever its size.
+//! A fan-out passes its entries as arrays (`UNNEST`), so its statements are as many
+//! whatever its size: lock the queues, record the dedup keys, append the sealed rows (see
+//! `store::queue_sealing`; the sealing runs in between, while the queues are locked).
 //!
 //! This module is responsible for SQL and transactions only; the record types, the
 //! integer conversions and row decoding are shared with the SQLite backend.
@@ -39,57 +36,33 @@ use super::{
     StoredConnectionPackage, StoredGroup, StoredKeyPackage, after_page, bound, fixed, from_db,
     month, rows, to_db,
 };
+use super::queue_sealing::{self, QueueChain, QueueSealer};
 
 /// Pool size for [`PgStore::connect_with_schema`]: it serves tests, many of which run
 /// at once against one server, so each takes few connections.
 const SCHEMA_POOL_CONNECTIONS: u32 = 4;
 
-/// How often [`QsStore::enqueue`] runs its statement when a concurrent delivery of the
-/// same entry makes it fail on the dedup constraint.
-const ENQUEUE_ATTEMPTS: u32 = 4;
+/// Lock the destination queues' client rows in client id order (two fan-outs over
+/// overlapping clients cannot deadlock) and read their chains. `FOR NO KEY UPDATE` waits for
+/// a concurrent enqueue and then returns the row as that one committed it.
+const LOCK_QUEUES: &str = "SELECT client_id, next_seq, ratchet_secret, queue_key FROM qs_clients \
+    WHERE client_id = ANY($1::bytea[]) ORDER BY client_id FOR NO KEY UPDATE";
 
-/// Fan-out enqueue as one statement: one round trip and one implicit transaction, however
-/// many entries. Parameters: client ids, payloads and dedup keys (NULL for none), one
-/// array element per entry. Returns (1-based position, sequence number) for every entry
-/// that was enqueued; the others were for unknown clients or duplicates.
-///
-/// - `counters` locks the destination queues' counter rows in client id order, so two
-///   fan-outs over overlapping clients cannot deadlock; `FOR NO KEY UPDATE` waits for a
-///   concurrent enqueue and then returns the row as that one committed it.
-/// - `fresh` drops entries whose key is already in the queue, or is a repeat (`copy` >
-///   1) of an earlier entry of the batch.
-/// - `numbered` numbers the rest per queue, in batch order, from the counter on.
-/// - `inserted` and `moved` write the rows and the new counters; `recorded` keeps each
-///   dedup key in `qs_delivered` beyond the row's life (Requirement: QS-DEDUP-1).
-const ENQUEUE: &str = "\
-    WITH entries AS MATERIALIZED (\
-        SELECT e.*, row_number() OVER (PARTITION BY e.client_id, e.dedup ORDER BY e.position) AS copy \
-        FROM UNNEST($1::bytea[], $2::bytea[], $3::bytea[]) \
-            WITH ORDINALITY AS e(client_id, payload, dedup, position)), \
-    counters AS MATERIALIZED (\
-        SELECT client_id, next_seq FROM qs_clients WHERE client_id = ANY($1::bytea[]) \
-        ORDER BY client_id FOR NO KEY UPDATE), \
-    fresh AS (\
-        SELECT e.* FROM entries e JOIN counters c ON c.client_id = e.client_id \
-        WHERE e.dedup IS NULL OR (e.copy = 1 AND NOT EXISTS (\
-            SELECT 1 FROM qs_queue q WHERE q.client_id = e.client_id AND q.dedup = e.dedup) \
-            AND NOT EXISTS (\
-            SELECT 1 FROM qs_delivered d WHERE d.client_id = e.client_id AND d.dedup = e.dedup))), \
-    numbered AS MATERIALIZED (\
-        SELECT f.position, f.client_id, f.payload, f.dedup, \
-            c.next_seq + row_number() OVER (PARTITION BY f.client_id ORDER BY f.position) - 1 AS seq \
-        FROM fresh f JOIN counters c ON c.client_id = f.client_id), \
-    inserted AS (\
-        INSERT INTO qs_queue (client_id, seq, payload, dedup) \
-        SELECT client_id, seq, payload, dedup FROM numbered), \
-    recorded AS (\
-        INSERT INTO qs_delivered (client_id, dedup, delivered_at) \
-        SELECT client_id, dedup, $4::bigint FROM numbered WHERE dedup IS NOT NULL), \
-    moved AS (\
-        UPDATE qs_clients SET next_seq = n.next_seq \
-        FROM (SELECT client_id, max(seq) + 1 AS next_seq FROM numbered GROUP BY client_id) n \
-        WHERE qs_clients.client_id = n.client_id) \
-    SELECT position, seq FROM numbered";
+/// Record the dedup keys of the entries (Requirement: QS-DEDUP-1); returns those that were
+/// new. Run while the queues are locked: a concurrent delivery of the same entry has
+/// committed its key by then (or waits for ours), and `ON CONFLICT` sees committed keys
+/// whatever the statement's snapshot; a key repeated within the batch is new only once.
+const RECORD_DEDUPS: &str = "INSERT INTO qs_delivered (client_id, dedup, delivered_at) \
+    SELECT client_id, dedup, $3::bigint FROM UNNEST($1::bytea[], $2::bytea[]) AS e(client_id, dedup) \
+    ON CONFLICT (client_id, dedup) DO NOTHING RETURNING client_id, dedup";
+
+/// Append the sealed rows and move each queue's counter and chain on, in one statement.
+const APPEND_ROWS: &str = "WITH inserted AS (\
+        INSERT INTO qs_queue (client_id, seq, payload, dedup, sealed) \
+        SELECT * FROM UNNEST($1::bytea[], $2::bigint[], $3::bytea[], $4::bytea[], $5::boolean[])) \
+    UPDATE qs_clients SET next_seq = n.next_seq, ratchet_secret = n.ratchet_secret \
+    FROM UNNEST($6::bytea[], $7::bigint[], $8::bytea[]) AS n(client_id, next_seq, ratchet_secret) \
+    WHERE qs_clients.client_id = n.client_id";
 
 #[derive(Debug, Clone)]
 pub struct PgStore {
@@ -539,10 +512,12 @@ impl QsStore for PgStore {
             tx.rollback().await?;
             return Ok(CreateQsUser::DuplicateFriendshipToken);
         }
-        sqlx::query("INSERT INTO qs_clients (client_id, user_id, auth_key) VALUES ($1, $2, $3)")
+        sqlx::query("INSERT INTO qs_clients (client_id, user_id, auth_key, queue_key, ratchet_secret) VALUES ($1, $2, $3, $4, $5)")
             .bind(client.client_id.as_slice())
             .bind(client.user_id.as_slice())
             .bind(client.auth_key.as_slice())
+            .bind(client.queue.as_ref().map(|q| q.queue_key.as_slice()))
+            .bind(client.queue.as_ref().map(|q| q.ratchet.secret().as_slice()))
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -690,58 +665,17 @@ impl QsStore for PgStore {
         .transpose()
     }
 
-    async fn enqueue(&self, entries: &[EnqueueEntry]) -> StoreResult<Vec<Option<u64>>> {
+    async fn enqueue(
+        &self,
+        entries: &[EnqueueEntry],
+        sealer: &QueueSealer,
+    ) -> StoreResult<Vec<Option<u64>>> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        let client_ids: Vec<&[u8]> = entries
-            .iter()
-            .map(|entry| entry.client_id.as_slice())
-            .collect();
-        let payloads: Vec<&[u8]> = entries
-            .iter()
-            .map(|entry| entry.payload.as_slice())
-            .collect();
-        let dedups: Vec<Option<&[u8]>> = entries
-            .iter()
-            .map(|entry| entry.dedup.as_ref().map(|dedup| dedup.as_slice()))
-            .collect();
-        // The statement takes the counter locks, then checks dedup keys with a snapshot
-        // from before it waited for them. A duplicate committed in between is therefore
-        // missed by the check but caught by the unique constraint, which aborts the whole
-        // statement; running it again (a new snapshot) sees the duplicate. Each retry needs
-        // another concurrent delivery of the same entry, so a few are plenty.
-        let mut attempts = 0;
-        let numbered: Vec<(i64, i64)> = loop {
-            attempts += 1;
-            let result = sqlx::query_as(ENQUEUE)
-                .bind(&client_ids)
-                .bind(&payloads)
-                .bind(&dedups)
-                .bind(bound(crate::server::now()))
-                .fetch_all(&self.pool)
-                .await;
-            match result {
-                Err(sqlx::Error::Database(error))
-                    if matches!(
-                        error.constraint(),
-                        Some("qs_queue_dedup" | "qs_delivered_pkey")
-                    ) && attempts < ENQUEUE_ATTEMPTS => {}
-                result => break result?,
-            }
-        };
-        let mut assigned = vec![None; entries.len()];
-        for (position, seq) in numbered {
-            // `position` is the entry's 1-based ordinality in the arrays we sent.
-            let slot = usize::try_from(position)
-                .ok()
-                .and_then(|position| position.checked_sub(1))
-                .and_then(|index| assigned.get_mut(index))
-                .ok_or(StoreError::Corrupt(
-                    "enqueue returned an unknown entry position",
-                ))?;
-            *slot = Some(from_db(seq)?);
-        }
+        let mut tx = self.begin().await?;
+        let assigned = enqueue_in(&mut tx, entries, sealer).await?;
+        tx.commit().await?;
         Ok(assigned)
     }
 
@@ -759,14 +693,14 @@ impl QsStore for PgStore {
             .execute(&mut *tx)
             .await?;
         let messages =
-            sqlx::query("SELECT seq, payload FROM qs_queue WHERE client_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3")
+            sqlx::query("SELECT seq, payload, sealed FROM qs_queue WHERE client_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3")
                 .bind(client_id.as_slice())
                 .bind(start)
                 .bind(i64::from(max))
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()
-                .map(rows::queue_message)
+                .map(rows::qs_queue_message)
                 .collect::<StoreResult<Vec<_>>>()?;
         let after = after_page(&messages, start)?;
         let remaining: i64 =
@@ -813,6 +747,7 @@ impl QsStore for PgStore {
         message_id: &[u8; 16],
         now: u64,
         entry: &EnqueueEntry,
+        sealer: &QueueSealer,
     ) -> StoreResult<FederatedEnqueue> {
         let mut tx = self.begin().await?;
         // A concurrent delivery of the same message waits on this row and then sees it.
@@ -829,27 +764,11 @@ impl QsStore for PgStore {
             tx.rollback().await?;
             return Ok(FederatedEnqueue::Replayed);
         }
-        let seq: Option<i64> = sqlx::query_scalar(
-            "UPDATE qs_clients SET next_seq = next_seq + 1 WHERE client_id = $1 RETURNING next_seq - 1",
-        )
-        .bind(entry.client_id.as_slice())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let assigned = match seq {
-            Some(seq) => {
-                sqlx::query(
-                    "INSERT INTO qs_queue (client_id, seq, payload, dedup) VALUES ($1, $2, $3, $4)",
-                )
-                .bind(entry.client_id.as_slice())
-                .bind(seq)
-                .bind(entry.payload.as_slice())
-                .bind(entry.dedup.as_ref().map(|dedup| dedup.as_slice()))
-                .execute(&mut *tx)
-                .await?;
-                Some(from_db(seq)?)
-            }
-            None => None,
-        };
+        let assigned = enqueue_in(&mut tx, std::slice::from_ref(entry), sealer)
+            .await?
+            .into_iter()
+            .next()
+            .flatten();
         tx.commit().await?;
         Ok(FederatedEnqueue::Enqueued(assigned))
     }
@@ -1226,4 +1145,98 @@ fn is_plain_identifier(name: &str) -> bool {
     name.len() <= 63
         && (first.is_ascii_lowercase() || first == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+// Requirement: QS-Q-1, QS-DEDUP-1, QS-ENC-1, QS-ENC-2, QS-ENC-3
+/// Enqueue within `tx`: lock the queues, keep the entries whose dedup keys are new, seal
+/// and number them ([`queue_sealing::plan`]), append the rows and store the chains.
+async fn enqueue_in(
+    tx: &mut Transaction<'static, Postgres>,
+    entries: &[EnqueueEntry],
+    sealer: &QueueSealer,
+) -> StoreResult<Vec<Option<u64>>> {
+    let client_ids: Vec<&[u8]> = entries.iter().map(|e| e.client_id.as_slice()).collect();
+    let mut chains = BTreeMap::new();
+    for row in sqlx::query(LOCK_QUEUES)
+        .bind(&client_ids)
+        .fetch_all(&mut **tx)
+        .await?
+    {
+        let client_id: Vec<u8> = row.try_get("client_id")?;
+        chains.insert(
+            fixed::<16>(&client_id, "QS client id is not 16 bytes")?,
+            QueueChain {
+                next_seq: from_db(row.try_get::<i64, _>("next_seq")?)?,
+                ratchet: queue_sealing::ratchet_from_column(row.try_get("ratchet_secret")?)?,
+                queue_key: row.try_get("queue_key")?,
+            },
+        );
+    }
+    // Dedup keys of entries for known queues only: nothing is recorded for an unknown one.
+    let keyed: Vec<(&[u8], &[u8])> = entries
+        .iter()
+        .filter(|e| chains.contains_key(&e.client_id))
+        .filter_map(|e| e.dedup.as_ref().map(|d| (e.client_id.as_slice(), d.as_slice())))
+        .collect();
+    let mut new_keys = std::collections::BTreeSet::new();
+    if !keyed.is_empty() {
+        let (ids, keys): (Vec<&[u8]>, Vec<&[u8]>) = keyed.into_iter().unzip();
+        for (client_id, dedup) in sqlx::query_as::<_, (Vec<u8>, Vec<u8>)>(RECORD_DEDUPS)
+            .bind(&ids)
+            .bind(&keys)
+            .bind(bound(crate::server::now()))
+            .fetch_all(&mut **tx)
+            .await?
+        {
+            new_keys.insert((client_id, dedup));
+        }
+    }
+    let fresh: Vec<bool> = entries
+        .iter()
+        .map(|e| match &e.dedup {
+            None => true,
+            // The first entry with a new key takes it; repeats within the batch do not.
+            Some(dedup) => new_keys.remove(&(e.client_id.to_vec(), dedup.to_vec())),
+        })
+        .collect();
+    let (assigned, rows) = queue_sealing::plan(
+        sealer,
+        &mut chains,
+        entries,
+        &fresh,
+        &mut rand_core::OsRng,
+    )?;
+    if rows.is_empty() {
+        return Ok(assigned);
+    }
+    let mut seqs = Vec::with_capacity(rows.len());
+    for row in &rows {
+        seqs.push(to_db(row.seq)?);
+    }
+    let moved: Vec<(&QsId, &QueueChain)> = chains.iter().collect();
+    let mut next_seqs = Vec::with_capacity(moved.len());
+    for (_, chain) in &moved {
+        next_seqs.push(to_db(chain.next_seq)?);
+    }
+    sqlx::query(APPEND_ROWS)
+        .bind(rows.iter().map(|r| r.client_id.as_slice()).collect::<Vec<_>>())
+        .bind(&seqs)
+        .bind(rows.iter().map(|r| r.payload.as_slice()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.dedup.as_ref().map(|d| d.as_slice()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.sealed).collect::<Vec<_>>())
+        .bind(moved.iter().map(|(id, _)| id.as_slice()).collect::<Vec<_>>())
+        .bind(&next_seqs)
+        .bind(
+            moved
+                .iter()
+                .map(|(_, chain)| chain.ratchet.as_ref().map(|r| r.secret().as_slice()))
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut **tx)
+        .await?;
+    Ok(assigned)
 }

@@ -23,6 +23,7 @@ pub(super) trait Columns {
     fn bytes(&self, column: &str) -> StoreResult<Vec<u8>>;
     fn int(&self, column: &str) -> StoreResult<i64>;
     fn text(&self, column: &str) -> StoreResult<String>;
+    fn flag(&self, column: &str) -> StoreResult<bool>;
 
     fn unsigned(&self, column: &str) -> StoreResult<u64> {
         from_db(self.int(column)?)
@@ -49,6 +50,10 @@ macro_rules! impl_columns {
             }
 
             fn text(&self, column: &str) -> StoreResult<String> {
+                Ok(self.try_get(column)?)
+            }
+
+            fn flag(&self, column: &str) -> StoreResult<bool> {
                 Ok(self.try_get(column)?)
             }
         }
@@ -100,6 +105,18 @@ pub(super) fn queue_message(row: &impl Columns) -> StoreResult<QueueMessage> {
     })
 }
 
+/// Columns: seq, payload, sealed (of `qs_queue`): the payload as the QS serves it, an
+/// encoded `QueueEntry`.
+pub(super) fn qs_queue_message(row: &impl Columns) -> StoreResult<QueueMessage> {
+    Ok(QueueMessage {
+        sequence_number: row.unsigned("seq")?,
+        payload: VLBytes::new(super::queue_sealing::served(
+            row.bytes("payload")?,
+            row.flag("sealed")?,
+        )?),
+    })
+}
+
 /// Columns: user_id, auth_key, friendship_token_hash.
 pub(super) fn qs_user(row: &impl Columns) -> StoreResult<QsUserRecord> {
     Ok(QsUserRecord {
@@ -118,6 +135,7 @@ pub(super) fn qs_client(row: &impl Columns) -> StoreResult<QsClientRecord> {
         client_id: row.qs_id("client_id")?,
         user_id: row.qs_id("user_id")?,
         auth_key: row.array("auth_key", "QS client auth key is not 32 bytes")?,
+        queue: None,
     })
 }
 

@@ -11,7 +11,7 @@
 //! This module is responsible for SQL and transactions only; the record types, the
 //! integer conversions and row decoding are shared with the Postgres backend.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -27,6 +27,7 @@ use super::{
     QsStore, QsUserRecord, ReplayRecord, ReplayService, StoreResult, StoredConnectionPackage,
     StoredGroup, StoredKeyPackage, after_page, bound, fixed, from_db, month, rows, to_db,
 };
+use super::queue_sealing::{self, QueueChain, QueueSealer};
 
 /// How long a writer waits for the write lock before giving up with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,7 +45,10 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Requirement: QS-ENC-2 (a replaced queue ratchet secret, a deleted queue row
+            // or key is overwritten in the file, not left in a free page)
+            .pragma("secure_delete", "ON");
         let mut pool_options = SqlitePoolOptions::new();
         if url.contains(":memory:") || url.contains("mode=memory") {
             // An in-memory database is shared between connections only through SQLite's
@@ -438,10 +442,12 @@ impl QsStore for SqliteStore {
             tx.rollback().await?;
             return Ok(CreateQsUser::DuplicateFriendshipToken);
         }
-        sqlx::query("INSERT INTO qs_clients (client_id, user_id, auth_key) VALUES (?, ?, ?)")
+        sqlx::query("INSERT INTO qs_clients (client_id, user_id, auth_key, queue_key, ratchet_secret) VALUES (?, ?, ?, ?, ?)")
             .bind(client.client_id.as_slice())
             .bind(client.user_id.as_slice())
             .bind(client.auth_key.as_slice())
+            .bind(client.queue.as_ref().map(|q| q.queue_key.as_slice()))
+            .bind(client.queue.as_ref().map(|q| q.ratchet.secret().as_slice()))
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -585,63 +591,19 @@ impl QsStore for SqliteStore {
         .transpose()
     }
 
-    async fn enqueue(&self, entries: &[EnqueueEntry]) -> StoreResult<Vec<Option<u64>>> {
+    async fn enqueue(
+        &self,
+        entries: &[EnqueueEntry],
+        sealer: &QueueSealer,
+    ) -> StoreResult<Vec<Option<u64>>> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        // One transaction holding the write lock: no other enqueue can take a number or
-        // insert a dedup key between our check and our insert. SQLite statements are
-        // in-process calls, so one statement per entry costs no network round trips.
+        // One transaction holding the write lock: no other enqueue can take a number,
+        // move a chain or insert a dedup key between our read and our write. SQLite
+        // statements are in-process calls, so one statement per entry costs no round trips.
         let mut tx = self.write().await?;
-        let mut assigned = Vec::with_capacity(entries.len());
-        let delivered_at = bound(crate::server::now());
-        for entry in entries {
-            let seq: Option<i64> = sqlx::query_scalar(
-                "UPDATE qs_clients SET next_seq = next_seq + 1 WHERE client_id = ? RETURNING next_seq - 1",
-            )
-            .bind(entry.client_id.as_slice())
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(seq) = seq else {
-                assigned.push(None);
-                continue;
-            };
-            // Requirement: QS-DEDUP-1 (the key outlives the queue row: a delivery of the
-            // same entry after the recipient acknowledged it is still a duplicate)
-            if let Some(dedup) = &entry.dedup {
-                let recorded = sqlx::query(
-                    "INSERT INTO qs_delivered (client_id, dedup, delivered_at) VALUES (?, ?, ?) \
-                     ON CONFLICT (client_id, dedup) DO NOTHING",
-                )
-                .bind(entry.client_id.as_slice())
-                .bind(dedup.as_slice())
-                .bind(delivered_at)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if recorded == 0 {
-                    // Give the number back: nothing was enqueued under it.
-                    sqlx::query(
-                        "UPDATE qs_clients SET next_seq = next_seq - 1 WHERE client_id = ?",
-                    )
-                    .bind(entry.client_id.as_slice())
-                    .execute(&mut *tx)
-                    .await?;
-                    assigned.push(None);
-                    continue;
-                }
-            }
-            sqlx::query(
-                "INSERT INTO qs_queue (client_id, seq, payload, dedup) VALUES (?, ?, ?, ?)",
-            )
-            .bind(entry.client_id.as_slice())
-            .bind(seq)
-            .bind(entry.payload.as_slice())
-            .bind(entry.dedup.as_ref().map(|dedup| dedup.as_slice()))
-            .execute(&mut *tx)
-            .await?;
-            assigned.push(Some(from_db(seq)?));
-        }
+        let assigned = enqueue_in(&mut tx, entries, sealer).await?;
         tx.commit().await?;
         Ok(assigned)
     }
@@ -660,14 +622,14 @@ impl QsStore for SqliteStore {
             .execute(&mut *tx)
             .await?;
         let messages =
-            sqlx::query("SELECT seq, payload FROM qs_queue WHERE client_id = ? AND seq >= ? ORDER BY seq LIMIT ?")
+            sqlx::query("SELECT seq, payload, sealed FROM qs_queue WHERE client_id = ? AND seq >= ? ORDER BY seq LIMIT ?")
                 .bind(client_id.as_slice())
                 .bind(start)
                 .bind(i64::from(max))
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()
-                .map(rows::queue_message)
+                .map(rows::qs_queue_message)
                 .collect::<StoreResult<Vec<_>>>()?;
         let after = after_page(&messages, start)?;
         let remaining: i64 =
@@ -714,6 +676,7 @@ impl QsStore for SqliteStore {
         message_id: &[u8; 16],
         now: u64,
         entry: &EnqueueEntry,
+        sealer: &QueueSealer,
     ) -> StoreResult<FederatedEnqueue> {
         let mut tx = self.write().await?;
         let recorded = sqlx::query(
@@ -729,27 +692,11 @@ impl QsStore for SqliteStore {
             tx.rollback().await?;
             return Ok(FederatedEnqueue::Replayed);
         }
-        let seq: Option<i64> = sqlx::query_scalar(
-            "UPDATE qs_clients SET next_seq = next_seq + 1 WHERE client_id = ? RETURNING next_seq - 1",
-        )
-        .bind(entry.client_id.as_slice())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let assigned = match seq {
-            Some(seq) => {
-                sqlx::query(
-                    "INSERT INTO qs_queue (client_id, seq, payload, dedup) VALUES (?, ?, ?, ?)",
-                )
-                .bind(entry.client_id.as_slice())
-                .bind(seq)
-                .bind(entry.payload.as_slice())
-                .bind(entry.dedup.as_ref().map(|dedup| dedup.as_slice()))
-                .execute(&mut *tx)
-                .await?;
-                Some(from_db(seq)?)
-            }
-            None => None,
-        };
+        let assigned = enqueue_in(&mut tx, std::slice::from_ref(entry), sealer)
+            .await?
+            .into_iter()
+            .next()
+            .flatten();
         tx.commit().await?;
         Ok(FederatedEnqueue::Enqueued(assigned))
     }
@@ -1082,4 +1029,88 @@ fn claimed(rows: &[sqlx::sqlite::SqliteRow]) -> StoreResult<Vec<(i64, OutboxEntr
         .collect::<StoreResult<Vec<_>>>()?;
     entries.sort_by_key(|(id, _)| *id);
     Ok(entries)
+}
+
+// Requirement: QS-Q-1, QS-DEDUP-1, QS-ENC-1, QS-ENC-2, QS-ENC-3
+/// Enqueue within `tx` (which holds the write lock): read the queues' chains, keep the
+/// entries whose dedup keys are new, seal and number them ([`queue_sealing::plan`]),
+/// append the rows and store the chains.
+async fn enqueue_in(
+    tx: &mut Transaction<'static, Sqlite>,
+    entries: &[EnqueueEntry],
+    sealer: &QueueSealer,
+) -> StoreResult<Vec<Option<u64>>> {
+    let mut chains = BTreeMap::new();
+    for entry in entries {
+        if chains.contains_key(&entry.client_id) {
+            continue;
+        }
+        let row = sqlx::query(
+            "SELECT next_seq, ratchet_secret, queue_key FROM qs_clients WHERE client_id = ?",
+        )
+        .bind(entry.client_id.as_slice())
+        .fetch_optional(&mut **tx)
+        .await?;
+        if let Some(row) = row {
+            chains.insert(
+                entry.client_id,
+                QueueChain {
+                    next_seq: from_db(row.try_get::<i64, _>("next_seq")?)?,
+                    ratchet: queue_sealing::ratchet_from_column(row.try_get("ratchet_secret")?)?,
+                    queue_key: row.try_get("queue_key")?,
+                },
+            );
+        }
+    }
+    // Requirement: QS-DEDUP-1 (the key outlives the queue row: a delivery of the same entry
+    // after the recipient acknowledged it is still a duplicate)
+    let delivered_at = bound(crate::server::now());
+    let mut fresh = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let new = match (&entry.dedup, chains.contains_key(&entry.client_id)) {
+            (Some(dedup), true) => {
+                sqlx::query(
+                    "INSERT INTO qs_delivered (client_id, dedup, delivered_at) VALUES (?, ?, ?) \
+                     ON CONFLICT (client_id, dedup) DO NOTHING",
+                )
+                .bind(entry.client_id.as_slice())
+                .bind(dedup.as_slice())
+                .bind(delivered_at)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected()
+                    == 1
+            }
+            _ => true,
+        };
+        fresh.push(new);
+    }
+    let (assigned, rows) = queue_sealing::plan(
+        sealer,
+        &mut chains,
+        entries,
+        &fresh,
+        &mut rand_core::OsRng,
+    )?;
+    for row in &rows {
+        sqlx::query(
+            "INSERT INTO qs_queue (client_id, seq, payload, dedup, sealed) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(row.client_id.as_slice())
+        .bind(to_db(row.seq)?)
+        .bind(row.payload.as_slice())
+        .bind(row.dedup.as_ref().map(|dedup| dedup.as_slice()))
+        .bind(row.sealed)
+        .execute(&mut **tx)
+        .await?;
+    }
+    for (client_id, chain) in &chains {
+        sqlx::query("UPDATE qs_clients SET next_seq = ?, ratchet_secret = ? WHERE client_id = ?")
+            .bind(to_db(chain.next_seq)?)
+            .bind(chain.ratchet.as_ref().map(|r| r.secret().as_slice()))
+            .bind(client_id.as_slice())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(assigned)
 }

@@ -49,6 +49,11 @@ pub struct CreateUserRequest {
     pub friendship_token: [u8; 32],
     /// Ed25519 key authenticating the first client record.
     pub client_auth_key: VLBytes,
+    /// The client's X25519 HPKE public key for its queue: the QS seals the fresh
+    /// randomness of queue ratchet updates to it ([`crate::queue_ratchet`]).
+    pub queue_key: VLBytes,
+    /// The first secret of the queue's encryption chain, chosen by the client.
+    pub queue_ratchet_secret: [u8; 32],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
