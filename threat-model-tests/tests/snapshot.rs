@@ -179,10 +179,25 @@ async fn snapshot_reveals_nothing(backend: Backend) {
             .tables_containing("ds_groups", &group_id)
             .is_empty()
     );
-    for prefix in ["as_", "qs_users", "qs_clients", "qs_key_packages"] {
+    // Requirement: QS-ENC-1
+    // Every QS table, the queue included: its entries are sealed under each queue's chain,
+    // so nothing links a queue pseudonym to a group. (Before queue encryption, `qs_queue`
+    // held the fanned-out payload with the group id in clear, and was exempt here.)
+    for prefix in ["as_", "qs_"] {
         assert!(
             snapshot.tables_containing(prefix, &group_id).is_empty(),
-            "group id in {prefix}"
+            "group id in {:?}",
+            snapshot.tables_containing(prefix, &group_id)
+        );
+    }
+    // The unread message is in bob's and carol's queues (sealed), and the QS's chain
+    // secret for what comes next is in the snapshot; neither opens what is stored.
+    for user in [&bob, &carol] {
+        let id = user.local().await.identity().await.unwrap().unwrap();
+        assert!(
+            !contains(&snapshot.raw, id.queue_private_key.as_ref().unwrap()),
+            "{}'s queue key is in the database",
+            user.fid
         );
     }
     drop(b);

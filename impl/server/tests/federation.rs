@@ -115,6 +115,11 @@ async fn federation(b_store: Store) -> Federation {
     }
 }
 
+/// The queue key and first chain secret of every QS user these tests create.
+static QUEUE_KEY: std::sync::LazyLock<crypto::HpkeKeyPair> =
+    std::sync::LazyLock::new(|| crypto::HpkeKeyPair::generate(&mut OsRng).unwrap());
+const QUEUE_SECRET: [u8; 32] = [7; 32];
+
 /// A QS user on b.test: its client id and auth key.
 async fn queue_on(b: &Running) -> (QsId, ed25519_dalek::SigningKey) {
     let api = Api::new(&b.url).unwrap();
@@ -130,8 +135,8 @@ async fn queue_on(b: &Running) -> (QsId, ed25519_dalek::SigningKey) {
                 user_auth_key: VLBytes::new(user_key.verifying_key().to_bytes().to_vec()),
                 friendship_token: token,
                 client_auth_key: VLBytes::new(client_key.verifying_key().to_bytes().to_vec()),
-                queue_key: VLBytes::new(vec![9; 32]),
-                queue_ratchet_secret: [7; 32],
+                queue_key: VLBytes::new(QUEUE_KEY.public.clone()),
+                queue_ratchet_secret: QUEUE_SECRET,
             },
             Signer::Anonymous,
         )
@@ -197,10 +202,17 @@ async fn queue(b: &Running, client: QsId, key: &ed25519_dalek::SigningKey) -> Ve
         )
         .await
         .unwrap();
+    // Requirement: QS-ENC-1 (sealed under the queue's chain; opened as the owner would)
+    let mut reader = phoenix_types::queue_ratchet::QueueReader::new(
+        client,
+        QUEUE_KEY.private.clone(),
+        0,
+        QUEUE_SECRET,
+    );
     response
         .messages
         .into_iter()
-        .map(|m| m.payload.as_slice().to_vec())
+        .map(|m| reader.open(m.sequence_number, m.payload.as_slice()).unwrap())
         .collect()
 }
 
