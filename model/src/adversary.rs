@@ -262,9 +262,10 @@ pub struct Row {
 }
 
 /// Everything a homeserver persists, as the snapshot adversary reads it. Group state is
-/// encrypted under the client-held EAR key, so a group row shows only its id; queue
-/// payloads of the QS are what the DS fanned out (commits and messages are MLS ciphertext,
-/// but the group id travels in clear next to them: see `docs/model.md`, findings).
+/// encrypted under the client-held EAR key, so a group row shows only its id; QS queue
+/// entries are sealed under their queue's chain (QS-ENC-1; until it was, they showed the
+/// group id next to the queue: `docs/model.md`, finding 2). The DS's outbox still holds
+/// what it fans out to other servers, group id included, until it is delivered.
 pub fn snapshot(server: &Homeserver) -> Vec<Row> {
     let mut rows = Vec::new();
     // AS: users, clients (certificate keys), certificates, connection packages, direct
@@ -335,9 +336,15 @@ pub fn snapshot(server: &Homeserver) -> Vec<Row> {
                 idents,
             });
         }
+        // Requirement: QS-ENC-1
+        // Each entry is sealed under the queue's chain (whose secret for what comes next
+        // is in the snapshot, but opens nothing stored before it): the row shows the queue
+        // and ciphertext, whatever the DS fanned out.
         for item in client.queue.messages.values() {
             let mut idents = vec![Ident::QsClient(id.0)];
-            if let Some(group) = group_of(item) {
+            if server.qs.mutant == crate::mutants::ServerMutant::QsStoresQueueUnsealed
+                && let Some(group) = group_of(item)
+            {
                 idents.push(Ident::Group(group));
             }
             idents.push(Ident::Opaque);

@@ -36,6 +36,10 @@ pub fn all(state: &State) -> Vec<(&'static str, bool)> {
         ),
         ("snapshot_unlinkable", inv_snapshot_unlinkable(state)),
         (
+            "snapshot_shows_no_queue_group",
+            inv_snapshot_shows_no_queue_group(state),
+        ),
+        (
             "operator_sees_no_identity_with_pseudonym",
             inv_operator_sees_no_identity_with_pseudonym(state),
         ),
@@ -383,20 +387,20 @@ pub fn inv_snapshot_unlinkable(state: &State) -> bool {
     true
 }
 
-/// Whether a snapshot shows a QS pseudonym next to a group id (reachable: the QS queue
-/// table stores the fanned-out payload with its group id in clear; a finding, see
-/// docs/model.md).
-pub fn snapshot_links_pseudonym_to_group(state: &State) -> bool {
+/// No persisted row shows a QS pseudonym next to a group id (Requirement: QS-ENC-1,
+/// ADV-SNAP-2). Reachable before queue entries were sealed: the QS queue table stored the
+/// fanned-out payload with its group id in clear (`docs/model.md`, finding 2).
+pub fn inv_snapshot_shows_no_queue_group(state: &State) -> bool {
     for server in state.servers.values() {
         for row in adversary::snapshot(server).iter() {
             let client = row.idents.iter().any(|i| matches!(i, Ident::QsClient(_)));
             let group = row.idents.iter().any(|i| matches!(i, Ident::Group(_)));
             if client && group {
-                return true;
+                return false;
             }
         }
     }
-    false
+    true
 }
 
 /// No request shows its handler a real identity together with a QS pseudonym or a group,

@@ -26,11 +26,14 @@ pub enum ServerMutant {
     /// The QS does not check the signature of a dequeue (breaks `only_owner_dequeues`;
     /// Requirement: QS-AUTH-1).
     QsSkipsDequeueSignature,
+    /// The QS stores queue entries as the DS fanned them out, unsealed (breaks
+    /// `snapshot_shows_no_queue_group`; Requirement: QS-ENC-1).
+    QsStoresQueueUnsealed,
 }
 
 impl ServerMutant {
     /// Every seeded bug, with the invariant that must catch it.
-    pub const ALL: [(ServerMutant, &'static str); 5] = [
+    pub const ALL: [(ServerMutant, &'static str); 6] = [
         (ServerMutant::DsSkipsEpochCheck, "one_commit_per_epoch"),
         (
             ServerMutant::DsSkipsMessageReplayRecord,
@@ -45,5 +48,9 @@ impl ServerMutant {
             "one_time_packages_served_once",
         ),
         (ServerMutant::QsSkipsDequeueSignature, "only_owner_dequeues"),
+        (
+            ServerMutant::QsStoresQueueUnsealed,
+            "snapshot_shows_no_queue_group",
+        ),
     ];
 }
