@@ -892,7 +892,9 @@ fn requirements(t: &DsStep, outcome: &Outcome) -> Vec<&'static str> {
             right_key: false, ..
         } => vec!["DS-EAR-1"],
         DsStep::GroupInfo { .. } => vec!["DS-INFO-1"],
-        DsStep::PeekQueue { .. } => vec!["QS-DEQ-1", "QS-DEQ-2", "QS-DEQ-3", "QS-Q-1"],
+        DsStep::PeekQueue { .. } => {
+            vec!["QS-DEQ-1", "QS-DEQ-2", "QS-DEQ-3", "QS-Q-1", "QS-ENC-1"]
+        }
         DsStep::Replay if outcome == &Err(phoenix_types::error::ErrorCode::Replayed) => {
             vec!["ADV-REPLAY-1", "ADV-REPLAY-2", "ADV-REPLAY-3"]
         }

@@ -337,6 +337,7 @@ mod tests {
     use super::*;
     use crate::crypto::HpkeKeyPair;
 
+    // Requirement: QS-ENC-1
     /// The client follows the QS's chain through plain entries and updates; each message
     /// key is used once and the secrets differ from entry to entry.
     #[test]
@@ -368,6 +369,7 @@ mod tests {
         }
     }
 
+    // Requirement: QS-ENC-2, QS-ENC-3
     /// Forward secrecy: the secret the QS holds after an entry opens none of the entries
     /// before it. Post-compromise security: a secret read before an update opens nothing
     /// from the update on, for anyone without the queue key.

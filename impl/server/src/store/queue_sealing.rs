@@ -60,6 +60,7 @@ pub struct QueueRow {
     pub dedup: Option<[u8; 16]>,
 }
 
+// Requirement: QS-ENC-1, QS-ENC-2, QS-ENC-3
 /// Number and seal `entries` in order. `fresh[i]` says whether entry `i` is to be appended
 /// (false: a duplicate by its dedup key). Entries for queues missing from `chains` (unknown
 /// clients) and duplicates get `None`. `chains` is left as the rows leave the queues.
