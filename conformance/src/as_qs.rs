@@ -431,6 +431,34 @@ fn transitions(state: &RefState) -> BoxedStrategy<Call> {
                 })
             })
         });
+    // Requirement: QS-LISTEN-1, QS-LISTEN-2
+    // A listen stream always names a client record (there is no anonymous stream): an
+    // anonymous signer stands for an unknown record.
+    let pool_for_qs_listen = p.clone();
+    let qs_listen = qs_signer(&p, fresh).prop_flat_map(move |signer| {
+        let signer = match signer {
+            QsSigner::Anonymous => QsSigner::Client {
+                id: QsCid(900),
+                key: KeyId(fresh),
+            },
+            client => client,
+        };
+        let (low, high) = match &signer {
+            QsSigner::Client { id, .. } => pool_for_qs_listen
+                .qs_clients
+                .iter()
+                .find(|(c, ..)| c == id)
+                .map(|(_, _, l, h)| (*l, *h))
+                .unwrap_or((0, 0)),
+            QsSigner::Anonymous => (0, 0),
+        };
+        window(low, high).prop_map(move |(start, _)| {
+            Call::Qs(QsCall::Listen {
+                signer: signer.clone(),
+                start,
+            })
+        })
+    });
     prop_oneof![
         3 => register,
         3 => publish_cp,
@@ -443,6 +471,7 @@ fn transitions(state: &RefState) -> BoxedStrategy<Call> {
         3 => publish_kp,
         4 => fetch_kp,
         2 => qs_dequeue,
+        2 => qs_listen,
     ]
     .boxed()
 }

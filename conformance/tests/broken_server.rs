@@ -52,6 +52,7 @@ type Answers = HashMap<Vec<u8>, (Bytes, bool)>;
 /// Start a proxy for `upstream` with `fault`; returns its base URL.
 async fn proxy(upstream: String, fault: Fault) -> String {
     let http = reqwest::Client::new();
+    let upstream_ws = upstream.replacen("http://", "ws://", 1);
     let served: Arc<Mutex<Answers>> = Arc::default();
     let route = warp::method()
         .and(warp::path::full())
@@ -128,8 +129,68 @@ async fn proxy(upstream: String, fault: Fault) -> String {
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(warp::serve(route).incoming(listener).run());
+    tokio::spawn(
+        warp::serve(listen_passthrough(upstream_ws).or(route))
+            .incoming(listener)
+            .run(),
+    );
     url
+}
+
+/// The listen stream (`qs/listen`, a WebSocket) passed through untouched, frame by frame,
+/// so that the AS/QS suite's `Listen` steps reach the real server behind the proxy.
+fn listen_passthrough(
+    upstream: String,
+) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as Up;
+    use warp::ws::Message as Down;
+
+    warp::path!("phoenix" / "v1" / "qs" / "listen")
+        .and(warp::ws())
+        .map(move |ws: warp::ws::Ws| {
+            let upstream = format!("{upstream}/phoenix/v1/qs/listen");
+            ws.on_upgrade(move |client| async move {
+                let Ok((server, _)) = tokio_tungstenite::connect_async(upstream.as_str()).await
+                else {
+                    return;
+                };
+                let (mut server_tx, mut server_rx) = server.split();
+                let (mut client_tx, mut client_rx) = client.split();
+                let down = async {
+                    while let Some(Ok(frame)) = server_rx.next().await {
+                        let frame = match frame {
+                            Up::Binary(bytes) => Down::binary(bytes.to_vec()),
+                            Up::Text(text) => Down::text(text.as_str()),
+                            Up::Close(_) => break,
+                            _ => continue,
+                        };
+                        if client_tx.send(frame).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = client_tx.close().await;
+                };
+                let up = async {
+                    while let Some(Ok(frame)) = client_rx.next().await {
+                        let frame = if frame.is_binary() {
+                            Up::binary(frame.into_bytes())
+                        } else if frame.is_text() {
+                            Up::text(frame.to_str().unwrap_or_default())
+                        } else if frame.is_close() {
+                            break;
+                        } else {
+                            continue;
+                        };
+                        if server_tx.send(frame).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = server_tx.close().await;
+                };
+                tokio::join!(down, up);
+            })
+        })
 }
 
 fn reply(status: StatusCode, content_type: &str, body: Bytes) -> warp::reply::Response {

@@ -13,7 +13,10 @@ use phoenix_types::queue_ratchet::{QueueEntry, QueueReader, SealedQueueEntry};
 /// nothing opens without the chain's key.
 fn opens(data: &[u8]) {
     let mut reader = QueueReader::new([1; 16], vec![2; 32], 0, [3; 32]);
-    assert!(reader.open(0, data).is_err(), "an entry opened without its key");
+    assert!(
+        reader.open(0, data).is_err(),
+        "an entry opened without its key"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -55,11 +55,14 @@ async fn a_tampered_message_is_refused() {
     let tampered = codec::encode(&QueuePayload::GroupMessage(message)).unwrap();
     a.server
         .store
-        .enqueue(&[EnqueueEntry {
-            client_id: bob_queue,
-            payload: tampered,
-            dedup: None,
-        }], &QueueSealer::default())
+        .enqueue(
+            &[EnqueueEntry {
+                client_id: bob_queue,
+                payload: tampered,
+                dedup: None,
+            }],
+            &QueueSealer::default(),
+        )
         .await
         .unwrap();
 

@@ -212,7 +212,11 @@ async fn queue(b: &Running, client: QsId, key: &ed25519_dalek::SigningKey) -> Ve
     response
         .messages
         .into_iter()
-        .map(|m| reader.open(m.sequence_number, m.payload.as_slice()).unwrap())
+        .map(|m| {
+            reader
+                .open(m.sequence_number, m.payload.as_slice())
+                .unwrap()
+        })
         .collect()
 }
 

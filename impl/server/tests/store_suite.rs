@@ -32,15 +32,15 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, SqlitePool};
 use tempfile::TempDir;
 
+use phoenix_server::store::QueueKeys;
 use phoenix_server::store::postgres::PgStore;
+use phoenix_server::store::queue_sealing::QueueSealer;
 use phoenix_server::store::{
     AsClientRecord, AsStore, CaRecord, CachedIdCerts, CreateGroup, CreateQsUser, CreateUser,
     DsStore, EnqueueEntry, EphemeralStore, OutboxEntry, QsClientRecord, QsStore, QsUserRecord,
     ReplayRecord, ReplayService, Store, StoreError, StoredConnectionPackage, StoredGroup,
     StoredKeyPackage,
 };
-use phoenix_server::store::QueueKeys;
-use phoenix_server::store::queue_sealing::QueueSealer;
 use phoenix_types::crypto::HpkeKeyPair;
 use phoenix_types::ids::QsId;
 use phoenix_types::messages::QueueMessage;
@@ -829,7 +829,10 @@ async fn enqueue_is_monotonic_and_gapless_under_concurrency(db: &TestDb) {
                     payload: format!("single {i}").into_bytes(),
                     dedup: None,
                 };
-                let single_seq = store.enqueue(std::slice::from_ref(&single), &CHAIN).await.unwrap();
+                let single_seq = store
+                    .enqueue(std::slice::from_ref(&single), &CHAIN)
+                    .await
+                    .unwrap();
                 entries
                     .into_iter()
                     .chain([single])
@@ -888,7 +891,10 @@ async fn enqueue_dedup_is_a_no_op(db: &TestDb) {
 
     assert_eq!(store.enqueue(&[], &SEALER).await.unwrap(), vec![]);
     assert_eq!(
-        store.enqueue(&[entry(c1, b"a", Some(1))], &SEALER).await.unwrap(),
+        store
+            .enqueue(&[entry(c1, b"a", Some(1))], &SEALER)
+            .await
+            .unwrap(),
         vec![Some(0)]
     );
     // A repeated delivery is a no-op: no new number, no new message.
@@ -900,24 +906,31 @@ async fn enqueue_dedup_is_a_no_op(db: &TestDb) {
         vec![None]
     );
     assert_eq!(
-        store.enqueue(&[entry(c1, b"b", Some(2))], &SEALER).await.unwrap(),
+        store
+            .enqueue(&[entry(c1, b"b", Some(2))], &SEALER)
+            .await
+            .unwrap(),
         vec![Some(1)]
     );
     // Keys are per queue.
     assert_eq!(
-        store.enqueue(&[entry(c2, b"a", Some(1))], &SEALER).await.unwrap(),
+        store
+            .enqueue(&[entry(c2, b"a", Some(1))], &SEALER)
+            .await
+            .unwrap(),
         vec![Some(0)]
     );
     // Within one batch too; unknown clients get None; entries without a key never collide.
     assert_eq!(
         store
-            .enqueue(&[
-                entry(c1, b"c", Some(3)),
-                entry(c1, b"c again", Some(3)),
-                entry(c1, b"d", None),
-                entry([9; 16], b"lost", None),
-                entry(c1, b"e", None),
-                entry(c2, b"f", Some(2)),
+            .enqueue(
+                &[
+                    entry(c1, b"c", Some(3)),
+                    entry(c1, b"c again", Some(3)),
+                    entry(c1, b"d", None),
+                    entry([9; 16], b"lost", None),
+                    entry(c1, b"e", None),
+                    entry(c2, b"f", Some(2)),
                 ],
                 &SEALER,
             )
@@ -954,9 +967,12 @@ async fn enqueue_dedup_is_a_no_op(db: &TestDb) {
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(
-                async move { store.enqueue(&[entry(c2, b"once", Some(7))], &SEALER).await.unwrap() },
-            )
+            tokio::spawn(async move {
+                store
+                    .enqueue(&[entry(c2, b"once", Some(7))], &SEALER)
+                    .await
+                    .unwrap()
+            })
         })
         .collect();
     let mut enqueued = Vec::new();
@@ -973,7 +989,10 @@ async fn enqueue_dedup_is_a_no_op(db: &TestDb) {
     assert_eq!(db.read(&c2, 3, 100).await, (vec![], 0));
     assert_eq!(
         store
-            .enqueue(&[entry(c2, b"once", Some(7)), entry(c2, b"new", Some(8))], &SEALER)
+            .enqueue(
+                &[entry(c2, b"once", Some(7)), entry(c2, b"new", Some(8))],
+                &SEALER
+            )
             .await
             .unwrap(),
         vec![None, Some(3)]

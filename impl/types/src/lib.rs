@@ -30,9 +30,9 @@ pub mod crypto;
 pub mod discovery;
 pub mod error;
 pub mod ids;
-pub mod queue_ratchet;
 pub mod messages;
 pub mod mls_profile;
+pub mod queue_ratchet;
 pub mod tokens;
 
 /// The protocol version spoken on every Phoenix route; carried in every request envelope

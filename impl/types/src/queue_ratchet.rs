@@ -414,9 +414,7 @@ mod tests {
         let queue_key = HpkeKeyPair::generate(&mut OsRng).unwrap();
         let first = QueueRatchet::random(&mut OsRng);
         let mut qs = first.clone();
-        let sealed = qs
-            .seal(&[1; 16], 0, None, b"payload", &mut OsRng)
-            .unwrap();
+        let sealed = qs.seal(&[1; 16], 0, None, b"payload", &mut OsRng).unwrap();
         for (queue, seq) in [([2; 16], 0), ([1; 16], 1)] {
             let mut client = first.clone();
             assert_eq!(

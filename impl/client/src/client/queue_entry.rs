@@ -64,7 +64,9 @@ pub fn open_in_order(id: &Identity, messages: &[QueueMessage]) -> Vec<Result<Vec
             )),
             Opened::Lost(reason) => Err(reason),
         });
-        id.qs_next_seq = id.qs_next_seq.max(message.sequence_number.saturating_add(1));
+        id.qs_next_seq = id
+            .qs_next_seq
+            .max(message.sequence_number.saturating_add(1));
         id.queue_ratchet = next;
     }
     out

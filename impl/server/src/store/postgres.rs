@@ -29,6 +29,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres, Row, Trans
 use phoenix_types::ids::QsId;
 use phoenix_types::messages::QueueMessage;
 
+use super::queue_sealing::{self, QueueChain, QueueSealer};
 use super::{
     AsClientRecord, AsStore, CaRecord, CreateGroup, CreateQsUser, CreateUser, DsStore,
     EnqueueEntry, FederatedEnqueue, KeyPackageStatus, OutboxEntry, OutboxSummary, QsClientRecord,
@@ -36,7 +37,6 @@ use super::{
     StoredConnectionPackage, StoredGroup, StoredKeyPackage, after_page, bound, fixed, from_db,
     month, rows, to_db,
 };
-use super::queue_sealing::{self, QueueChain, QueueSealer};
 
 /// Pool size for [`PgStore::connect_with_schema`]: it serves tests, many of which run
 /// at once against one server, so each takes few connections.
@@ -1176,7 +1176,11 @@ async fn enqueue_in(
     let keyed: Vec<(&[u8], &[u8])> = entries
         .iter()
         .filter(|e| chains.contains_key(&e.client_id))
-        .filter_map(|e| e.dedup.as_ref().map(|d| (e.client_id.as_slice(), d.as_slice())))
+        .filter_map(|e| {
+            e.dedup
+                .as_ref()
+                .map(|d| (e.client_id.as_slice(), d.as_slice()))
+        })
         .collect();
     let mut new_keys = std::collections::BTreeSet::new();
     if !keyed.is_empty() {
@@ -1199,13 +1203,8 @@ async fn enqueue_in(
             Some(dedup) => new_keys.remove(&(e.client_id.to_vec(), dedup.to_vec())),
         })
         .collect();
-    let (assigned, rows) = queue_sealing::plan(
-        sealer,
-        &mut chains,
-        entries,
-        &fresh,
-        &mut rand_core::OsRng,
-    )?;
+    let (assigned, rows) =
+        queue_sealing::plan(sealer, &mut chains, entries, &fresh, &mut rand_core::OsRng)?;
     if rows.is_empty() {
         return Ok(assigned);
     }
@@ -1219,16 +1218,29 @@ async fn enqueue_in(
         next_seqs.push(to_db(chain.next_seq)?);
     }
     sqlx::query(APPEND_ROWS)
-        .bind(rows.iter().map(|r| r.client_id.as_slice()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.client_id.as_slice())
+                .collect::<Vec<_>>(),
+        )
         .bind(&seqs)
-        .bind(rows.iter().map(|r| r.payload.as_slice()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.payload.as_slice())
+                .collect::<Vec<_>>(),
+        )
         .bind(
             rows.iter()
                 .map(|r| r.dedup.as_ref().map(|d| d.as_slice()))
                 .collect::<Vec<_>>(),
         )
         .bind(rows.iter().map(|r| r.sealed).collect::<Vec<_>>())
-        .bind(moved.iter().map(|(id, _)| id.as_slice()).collect::<Vec<_>>())
+        .bind(
+            moved
+                .iter()
+                .map(|(id, _)| id.as_slice())
+                .collect::<Vec<_>>(),
+        )
         .bind(&next_seqs)
         .bind(
             moved

@@ -21,13 +21,13 @@ use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 use phoenix_types::ids::QsId;
 use phoenix_types::messages::QueueMessage;
 
+use super::queue_sealing::{self, QueueChain, QueueSealer};
 use super::{
     AsClientRecord, AsStore, CaRecord, CreateGroup, CreateQsUser, CreateUser, DsStore,
     EnqueueEntry, FederatedEnqueue, KeyPackageStatus, OutboxEntry, OutboxSummary, QsClientRecord,
     QsStore, QsUserRecord, ReplayRecord, ReplayService, StoreResult, StoredConnectionPackage,
     StoredGroup, StoredKeyPackage, after_page, bound, fixed, from_db, month, rows, to_db,
 };
-use super::queue_sealing::{self, QueueChain, QueueSealer};
 
 /// How long a writer waits for the write lock before giving up with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -1067,9 +1067,9 @@ async fn enqueue_in(
     let delivered_at = bound(crate::server::now());
     let mut fresh = Vec::with_capacity(entries.len());
     for entry in entries {
-        let new = match (&entry.dedup, chains.contains_key(&entry.client_id)) {
-            (Some(dedup), true) => {
-                sqlx::query(
+        let new =
+            match (&entry.dedup, chains.contains_key(&entry.client_id)) {
+                (Some(dedup), true) => sqlx::query(
                     "INSERT INTO qs_delivered (client_id, dedup, delivered_at) VALUES (?, ?, ?) \
                      ON CONFLICT (client_id, dedup) DO NOTHING",
                 )
@@ -1079,19 +1079,13 @@ async fn enqueue_in(
                 .execute(&mut **tx)
                 .await?
                 .rows_affected()
-                    == 1
-            }
-            _ => true,
-        };
+                    == 1,
+                _ => true,
+            };
         fresh.push(new);
     }
-    let (assigned, rows) = queue_sealing::plan(
-        sealer,
-        &mut chains,
-        entries,
-        &fresh,
-        &mut rand_core::OsRng,
-    )?;
+    let (assigned, rows) =
+        queue_sealing::plan(sealer, &mut chains, entries, &fresh, &mut rand_core::OsRng)?;
     for row in &rows {
         sqlx::query(
             "INSERT INTO qs_queue (client_id, seq, payload, dedup, sealed) VALUES (?, ?, ?, ?, ?)",
