@@ -431,6 +431,15 @@ fn transitions(state: &RefState) -> BoxedStrategy<Call> {
                 })
             })
         });
+    // Requirement: QS-ENC-4
+    let qs_rekey =
+        (qs_signer(&p, fresh), prop::bool::weighted(0.9)).prop_map(move |(signer, is_fresh)| {
+            Call::Qs(QsCall::RekeyQueue {
+                signer,
+                fresh: is_fresh,
+                queue_key: KeyId(fresh),
+            })
+        });
     // Requirement: QS-LISTEN-1, QS-LISTEN-2
     // A listen stream always names a client record (there is no anonymous stream): an
     // anonymous signer stands for an unknown record.
@@ -472,6 +481,7 @@ fn transitions(state: &RefState) -> BoxedStrategy<Call> {
         4 => fetch_kp,
         2 => qs_dequeue,
         2 => qs_listen,
+        1 => qs_rekey,
     ]
     .boxed()
 }
@@ -560,6 +570,9 @@ pub fn requirements(call: &Call, outcome: &Outcome) -> Vec<&'static str> {
                 if err.is_none() {
                     out.extend(["QS-DEQ-2", "QS-DEQ-3"]);
                 }
+            }
+            QsCall::RekeyQueue { .. } => {
+                out.push(if auth { "QS-AUTH-1" } else { "QS-ENC-4" });
             }
             QsCall::Listen { .. } => {
                 out.push("QS-LISTEN-1");
@@ -1152,6 +1165,36 @@ impl AsQsSut {
             QsCall::Listen { signer, start } => {
                 let (id, key) = self.qs_signer_parts(signer);
                 Ok(self.listen(id, &key, *start).await)
+            }
+            QsCall::RekeyQueue {
+                signer,
+                fresh,
+                queue_key,
+            } => {
+                let (id, key) = self.qs_signer_parts(signer);
+                let new_key = self.names.key(*queue_key).verifying_key().to_bytes();
+                let signer = match signer {
+                    QsSigner::Anonymous => Signer::Anonymous,
+                    QsSigner::Client { .. } => Signer::QsClient { id, key: &key },
+                };
+                let r = answer(
+                    self.api
+                        .call::<_, qs::RekeyQueueResponse>(
+                            "qs",
+                            qs::REKEY_QUEUE,
+                            &qs::RekeyQueueRequest {
+                                timestamp: timestamp(*fresh),
+                                queue_key: VLBytes::new(new_key.to_vec()),
+                                queue_ratchet_secret: crypto::sha256(&new_key),
+                            },
+                            signer,
+                        )
+                        .await,
+                )?;
+                Ok(match r {
+                    Err(code) => Observed::Error(code),
+                    Ok(resp) => Observed::ChainStart(resp.chain_start),
+                })
             }
         }
     }

@@ -35,6 +35,8 @@ pub enum Observed {
     Certificates {
         count: u32,
     },
+    /// Where a re-keyed queue's new chain starts.
+    ChainStart(u64),
     QsUserCreated,
     /// The packages served, by id, sorted.
     KeyPackages {
@@ -95,6 +97,7 @@ pub fn expected(outcome: &Outcome) -> Observed {
                 drained: *drained,
             },
             Reply::Certificates { count } => Observed::Certificates { count: *count },
+            Reply::ChainStart(seq) => Observed::ChainStart(*seq),
             Reply::QsUserCreated { .. } => Observed::QsUserCreated,
             Reply::KeyPackages { packages } => {
                 let mut ids: Vec<u32> = packages.iter().map(|(_, id)| id.0).collect();

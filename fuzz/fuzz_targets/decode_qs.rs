@@ -45,6 +45,8 @@ fuzz_target!(|data: &[u8]| {
             decodes::<QueueEntry>,
             decodes::<SealedQueueEntry>,
             opens,
+            decodes::<RekeyQueueRequest>,
+            decodes::<RekeyQueueResponse>,
         ],
         data,
     );

@@ -31,6 +31,7 @@ enum Value {
     ListenAck(ListenAck),
     ListenFrame(ListenFrame),
     QueueEntry(phoenix_types::queue_ratchet::QueueEntry),
+    RekeyQueueRequest(RekeyQueueRequest),
 }
 
 fuzz_target!(|value: Value| {
@@ -54,5 +55,6 @@ fuzz_target!(|value: Value| {
         Value::ListenAck(v) => roundtrip(&v),
         Value::ListenFrame(v) => roundtrip(&v),
         Value::QueueEntry(v) => roundtrip(&v),
+        Value::RekeyQueueRequest(v) => roundtrip(&v),
     }
 });

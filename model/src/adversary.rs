@@ -480,7 +480,8 @@ pub fn observe(domain: DomainId, call: &Call) -> Observation {
             QsCall::CreateUser { .. } | QsCall::FetchKeyPackages { .. } => {}
             QsCall::PublishKeyPackages { signer, .. }
             | QsCall::Dequeue { signer, .. }
-            | QsCall::Listen { signer, .. } => {
+            | QsCall::Listen { signer, .. }
+            | QsCall::RekeyQueue { signer, .. } => {
                 if let QsSigner::Client { id, .. } = signer {
                     o.qs_ids.insert(id.0);
                 }

@@ -160,6 +160,14 @@ pub enum QsCall {
         signer: QsSigner,
         start: Seq,
     },
+    /// Give the signer's queue a new queue key and chain (QS-ENC-4): the new chain starts
+    /// at the queue's next sequence number, which the reply names.
+    RekeyQueue {
+        signer: QsSigner,
+        fresh: bool,
+        /// The new queue key (each re-key request names a new one).
+        queue_key: KeyId,
+    },
 }
 
 /// Most messages a listen stream sends before an acknowledgement
@@ -299,6 +307,8 @@ pub enum Reply {
     Certificates {
         count: u32,
     },
+    /// Where a re-keyed queue's new chain starts.
+    ChainStart(Seq),
     QsUserCreated {
         user: QsUid,
         client: QsCid,

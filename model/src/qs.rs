@@ -97,7 +97,10 @@ pub fn handle(state: &mut QsState, ghost: &mut Ghost, config: &Config, call: &Qs
 /// request; a replayed dequeue deletes nothing the original did not) (Requirement:
 /// ADV-REPLAY-3).
 pub fn replay_protected(call: &QsCall) -> bool {
-    matches!(call, QsCall::PublishKeyPackages { .. })
+    matches!(
+        call,
+        QsCall::PublishKeyPackages { .. } | QsCall::RekeyQueue { .. }
+    )
 }
 
 fn handle_call(state: &mut QsState, ghost: &mut Ghost, config: &Config, call: &QsCall) -> Outcome {
@@ -191,6 +194,20 @@ fn handle_call(state: &mut QsState, ghost: &mut Ghost, config: &Config, call: &Q
                 messages: d.messages,
                 remaining: d.remaining,
             })
+        }
+        // Requirement: QS-ENC-4
+        // The chain is not in the model (entries are sealed: the snapshot shows them as
+        // ciphertext); what a re-key changes that a caller sees is where the new chain
+        // starts: the queue's next number. Nothing is deleted or renumbered.
+        QsCall::RekeyQueue { signer, fresh, .. } => {
+            let (id, _) = authenticate(state, signer)?;
+            if !fresh {
+                return Err(ErrorCode::StaleRequest);
+            }
+            let Some(record) = state.clients.get(&id) else {
+                return Err(ErrorCode::Internal);
+            };
+            Ok(Reply::ChainStart(record.queue.next_seq))
         }
         // Requirement: QS-LISTEN-1, QS-LISTEN-2, QS-LISTEN-3
         QsCall::Listen { signer, start } => {

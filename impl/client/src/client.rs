@@ -50,6 +50,7 @@ mod overview;
 pub mod queue_entry;
 mod recovery;
 mod registration;
+mod rekey_queue;
 mod resync;
 use crate::error::{ClientError, mls_err, usage, verification};
 use crate::mls::{self, CIPHERSUITE, Provider};
@@ -75,10 +76,18 @@ pub(crate) struct QueueProgress {
     pub(crate) joined: bool,
     /// Groups resynced already (at most once each).
     pub(crate) resynced: BTreeSet<Vec<u8>>,
+    /// The queue's chain broke: re-key it afterwards (QS-ENC-4).
+    pub(crate) rekey: bool,
 }
 
 /// Messages fetched per dequeue round.
 const DEQUEUE_BATCH: u16 = 100;
+
+/// Whether an opened queue entry broke the chain (kept apart from the payload it moved).
+enum OpenedKind {
+    ChainBroken,
+    Other,
+}
 /// Prefix of the local names of connection groups (user group names may not start with it).
 const CONNECTION_GROUP_PREFIX: &str = "@contact:";
 
@@ -2663,6 +2672,11 @@ impl Client {
             events: self.flush_outgoing(id).await?,
             ..QueueProgress::default()
         };
+        // Requirement: QS-ENC-4 (registered before queue encryption: the QS stores our
+        // entries unsealed until we give it a queue key)
+        if self.identity().await?.queue_ratchet.is_none() {
+            self.rekey_queue(id).await?;
+        }
         loop {
             // A dequeue only reads from `start` (and drops what is below it): asking again
             // after a lost answer is safe, so a transport failure is retried a few times.
@@ -2717,6 +2731,13 @@ impl Client {
     /// processed (and acknowledged): it is reported, and the last-resort package keeps us
     /// invitable meanwhile.
     pub(crate) async fn after_queue(&mut self, id: &Identity, progress: &mut QueueProgress) {
+        // Requirement: QS-ENC-4
+        if std::mem::take(&mut progress.rekey)
+            && let Err(e) = self.rekey_queue(id).await
+        {
+            progress.events.push(json!({"kind": "error",
+                "detail": format!("the queue could not be re-keyed (the next sync tries again): {e}")}));
+        }
         if std::mem::take(&mut progress.joined)
             && let Err(e) = self.publish_key_packages(id).await
         {
@@ -2737,11 +2758,18 @@ impl Client {
         // position is read afresh: the previous message moved it)
         let position = self.identity().await?;
         let (opened, ratchet) = queue_entry::open(&position, message);
+        let opened_kind = match &opened {
+            queue_entry::Opened::ChainBroken(_) => OpenedKind::ChainBroken,
+            _ => OpenedKind::Other,
+        };
         let next_seq = message.sequence_number.saturating_add(1);
         let payload = match opened {
             queue_entry::Opened::Payload(payload) => payload,
             queue_entry::Opened::Processed => return Ok(()),
-            queue_entry::Opened::Lost(detail) => {
+            queue_entry::Opened::Lost(detail) | queue_entry::Opened::ChainBroken(detail) => {
+                if matches!(opened_kind, OpenedKind::ChainBroken) {
+                    progress.rekey = true;
+                }
                 progress
                     .events
                     .push(json!({"kind": "error", "detail": detail}));

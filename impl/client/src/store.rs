@@ -31,8 +31,10 @@ pub struct Identity {
     /// The private HPKE key of this client's queue (QS-ENC-1); `None` for a client
     /// registered before queue encryption.
     pub queue_private_key: Option<Vec<u8>>,
-    /// The queue chain's secret for the entry `qs_next_seq`.
+    /// The queue chain's secret for the entry `max(qs_next_seq, queue_chain_start)`.
     pub queue_ratchet: Option<[u8; 32]>,
+    /// The first entry of the current chain (after a re-key, QS-ENC-4; else 0).
+    pub queue_chain_start: u64,
 }
 
 impl std::fmt::Debug for Identity {
@@ -245,6 +247,7 @@ impl Store {
                 .try_get::<Option<Vec<u8>>, _>("queue_ratchet")?
                 .map(arr)
                 .transpose()?,
+            queue_chain_start: u(r.try_get("queue_chain_start")?)?,
         }))
     }
 
@@ -354,6 +357,26 @@ impl Store {
         .bind(i(id.as_next_seq)?)
         .bind(&id.queue_private_key)
         .bind(id.queue_ratchet.as_ref().map(|r| r.as_slice()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    // Requirement: QS-ENC-4
+    /// A new queue key and chain, starting at `chain_start` (the QS's answer to
+    /// `qs/rekey_queue`).
+    pub async fn set_queue_chain(
+        &self,
+        private_key: &[u8],
+        secret: &[u8; 32],
+        chain_start: u64,
+    ) -> Result<(), ClientError> {
+        sqlx::query(
+            "UPDATE identity SET queue_private_key = ?, queue_ratchet = ?, queue_chain_start = ? WHERE id = 1",
+        )
+        .bind(private_key)
+        .bind(secret.as_slice())
+        .bind(i(chain_start)?)
         .execute(&self.pool)
         .await?;
         Ok(())

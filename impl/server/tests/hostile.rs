@@ -122,6 +122,7 @@ on_both_backends!(
     group_ids_are_only_for_clients_of_this_server_with_a_token,
     group_id_requests_are_rate_limited_per_address,
     the_listen_stream_authenticates_windows_acknowledges_and_resumes,
+    a_client_from_before_queue_encryption_rekeys_and_misses_nothing,
 );
 
 // ----- building valid requests ------------------------------------------------------
@@ -900,6 +901,132 @@ async fn random_and_mutated_bodies_get_4xx_problems_and_change_nothing(backend: 
             .any(|e| e["kind"] == "message" && e["text"] == "still works"),
         "{events:?}"
     );
+    server.stop().await;
+}
+
+// Requirement: QS-ENC-4, QS-ENC-1
+/// A client registered before queue encryption (its QS record and its own store without a
+/// queue key, as migration 0015 and 0016 leave them) gets its entries stored unsealed;
+/// its next sync re-keys the queue, reads what was stored unsealed, and what comes after
+/// is sealed under the new chain. A re-key by someone else's key, or a replay of it, is
+/// refused.
+async fn a_client_from_before_queue_encryption_rekeys_and_misses_nothing(backend: Backend) {
+    use phoenix_server::store::QsStore;
+    use phoenix_types::queue_ratchet::QueueEntry;
+    let Some(server) = TestServer::start(backend, unlimited()).await else {
+        return;
+    };
+    let (mut alice, _alice_home) = client(&server, "alice@a.test").await;
+    let (mut bob, bob_home) = client(&server, "bob@a.test").await;
+    alice.connect("bob@a.test").await.unwrap();
+    assert_eq!(bob.requests().await.unwrap().len(), 1);
+    bob.accept("alice@a.test").await.unwrap();
+    alice.sync().await.unwrap();
+    alice.create_group("team").await.unwrap();
+    alice.invite("team", "bob@a.test").await.unwrap();
+    bob.sync().await.unwrap();
+    let bob_id = phoenix_client::store::Store::open(bob_home.path())
+        .await
+        .unwrap()
+        .identity()
+        .await
+        .unwrap()
+        .unwrap();
+    let queue = bob_id.qs_client_id;
+
+    // Back to before queue encryption, on both sides.
+    server
+        ._storage
+        .execute(&format!(
+            "UPDATE qs_clients SET queue_key = NULL, ratchet_secret = NULL WHERE client_id = {}",
+            match backend {
+                Backend::Sqlite => format!("x'{}'", hex::encode(queue)),
+                Backend::Postgres => format!("'\\x{}'::bytea", hex::encode(queue)),
+            }
+        ))
+        .await;
+    {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}", bob_home.path().join("client.db").display());
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("UPDATE identity SET queue_private_key = NULL, queue_ratchet = NULL")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    alice.send("team", "stored unsealed").await.unwrap();
+    let (stored, _) = QsStore::dequeue(&server.server.store, &queue, 0, 100)
+        .await
+        .unwrap();
+    let last = stored.last().unwrap();
+    assert!(matches!(
+        codec::decode::<QueueEntry>(last.payload.as_slice(), usize::MAX).unwrap(),
+        QueueEntry::Clear(_)
+    ));
+    let events = bob.sync().await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "message" && e["text"] == "stored unsealed"),
+        "{events:?}"
+    );
+    let rekeyed = phoenix_client::store::Store::open(bob_home.path())
+        .await
+        .unwrap()
+        .identity()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rekeyed.queue_private_key.is_some() && rekeyed.queue_ratchet.is_some());
+    assert_eq!(rekeyed.queue_chain_start, last.sequence_number + 1);
+
+    alice.send("team", "sealed again").await.unwrap();
+    let (stored, _) = QsStore::dequeue(&server.server.store, &queue, 0, 100)
+        .await
+        .unwrap();
+    assert!(matches!(
+        codec::decode::<QueueEntry>(stored.last().unwrap().payload.as_slice(), usize::MAX).unwrap(),
+        QueueEntry::Sealed(_)
+    ));
+    let events = bob.sync().await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "message" && e["text"] == "sealed again"),
+        "{events:?}"
+    );
+    assert!(!events.iter().any(|e| e["kind"] == "error"), "{events:?}");
+
+    // Only the record's own key re-keys it, once per request.
+    let api = server.api();
+    let stranger = QsIdentity::create(&api).await;
+    let request = qs::RekeyQueueRequest {
+        timestamp: now(),
+        queue_key: VLBytes::new(vec![1; 32]),
+        queue_ratchet_secret: [2; 32],
+    };
+    let forged = api
+        .call::<_, qs::RekeyQueueResponse>(
+            "qs",
+            qs::REKEY_QUEUE,
+            &request,
+            Signer::QsClient {
+                id: queue,
+                key: &stranger.key,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(forged.code(), Some("BAD_SIGNATURE"), "{forged}");
+    let body = stranger.sign(qs::REKEY_QUEUE, &codec::encode(&request).unwrap());
+    let first = api.post_sealed("qs", qs::REKEY_QUEUE, &body, None).await;
+    assert!(first.is_ok(), "{first:?}");
+    let again = api
+        .post_sealed("qs", qs::REKEY_QUEUE, &body, None)
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Some("REPLAYED"), "{again}");
     server.stop().await;
 }
 

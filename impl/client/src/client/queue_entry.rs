@@ -18,6 +18,9 @@ pub(crate) enum Opened {
     Processed,
     /// The entry cannot be read; the reason, for the user.
     Lost(String),
+    /// The chain broke at this entry (a ratchet update that does not open): nothing after
+    /// it opens until the queue is re-keyed (QS-ENC-4).
+    ChainBroken(String),
 }
 
 /// Open `message` at our position in the queue (`id.qs_next_seq`, `id.queue_ratchet`).
@@ -36,12 +39,33 @@ pub(crate) fn open(id: &Identity, message: &QueueMessage) -> (Opened, Option<[u8
             ),
         };
     };
-    let mut reader = QueueReader::new(id.qs_client_id, key.clone(), id.qs_next_seq, secret);
+    if seq < id.qs_next_seq {
+        return (Opened::Processed, Some(secret));
+    }
+    if seq < id.queue_chain_start {
+        // Stored before the queue was re-keyed (QS-ENC-4): unsealed if the record had no
+        // chain then; under a chain this client no longer holds otherwise.
+        return match codec::decode::<QueueEntry>(message.payload.as_slice(), 4 * 1024 * 1024) {
+            Ok(QueueEntry::Clear(payload)) => (Opened::Payload(payload.into()), Some(secret)),
+            _ => (
+                Opened::Lost(format!(
+                    "queue entry {seq} was sealed under the queue's previous chain; not opened"
+                )),
+                Some(secret),
+            ),
+        };
+    }
+    let mut reader = QueueReader::new(
+        id.qs_client_id,
+        key.clone(),
+        id.qs_next_seq.max(id.queue_chain_start),
+        secret,
+    );
     let opened = match reader.open(seq, message.payload.as_slice()) {
         Ok(payload) => Opened::Payload(payload),
         Err(ReadError::Processed(_)) => Opened::Processed,
-        Err(e @ ReadError::Open(_, OpenError::UpdateUnreadable)) => Opened::Lost(format!(
-            "{e}; later entries of the queue cannot be read (the QS is at fault)"
+        Err(e @ ReadError::Open(_, OpenError::UpdateUnreadable)) => Opened::ChainBroken(format!(
+            "{e}; the queue is re-keyed, and what the QS stored after it is lost (the QS is at fault)"
         )),
         Err(e) => Opened::Lost(e.to_string()),
     };
@@ -62,7 +86,7 @@ pub fn open_in_order(id: &Identity, messages: &[QueueMessage]) -> Vec<Result<Vec
                 "queue entry {} is below the position",
                 message.sequence_number
             )),
-            Opened::Lost(reason) => Err(reason),
+            Opened::Lost(reason) | Opened::ChainBroken(reason) => Err(reason),
         });
         id.qs_next_seq = id
             .qs_next_seq
@@ -102,6 +126,7 @@ mod tests {
             as_next_seq: 0,
             queue_private_key: Some(key.private.clone()),
             queue_ratchet: Some(secret),
+            queue_chain_start: 0,
         }
     }
 

@@ -328,6 +328,7 @@ impl Client {
             queue_ratchet: (!p.queue_ratchet.is_empty())
                 .then(|| arr(&p.queue_ratchet, "queue ratchet"))
                 .transpose()?,
+            queue_chain_start: 0,
         };
         self.store.put_ca(fid.domain().as_str(), ca).await?;
         self.store.insert_identity(&identity).await?;

@@ -27,7 +27,7 @@ fn auth_key(bytes: &[u8]) -> Result<[u8; 32], WireError> {
 }
 
 /// An X25519 public key (any 32 bytes are one).
-fn queue_key(bytes: &[u8]) -> Result<Vec<u8>, WireError> {
+pub(crate) fn queue_key(bytes: &[u8]) -> Result<Vec<u8>, WireError> {
     if bytes.len() != 32 {
         return Err(WireError::new(
             ErrorCode::Malformed,

@@ -9,6 +9,7 @@ pub mod fetch_key_packages;
 pub mod key_package_status;
 pub mod listen;
 pub mod publish_key_packages;
+pub mod rekey_queue;
 pub mod wakeup;
 
 use openmls::prelude::KeyPackage;
@@ -34,6 +35,7 @@ pub fn operation(name: &str) -> Option<&'static str> {
         qs::FETCH_KEY_PACKAGES,
         qs::DEQUEUE,
         qs::KEY_PACKAGE_STATUS,
+        qs::REKEY_QUEUE,
     ]
     .into_iter()
     .find(|op| *op == name)
@@ -59,6 +61,7 @@ pub async fn handle(server: &Server, request: &Request, now: u64) -> Result<Vec<
         qs::KEY_PACKAGE_STATUS => {
             key_package_status::key_package_status(server, request, now).await
         }
+        qs::REKEY_QUEUE => rekey_queue::rekey_queue(server, request, now).await,
         _ => Err(WireError::new(ErrorCode::NotFound, "unknown QS operation")),
     }
 }

@@ -330,6 +330,16 @@ pub trait QsStore {
         entries: &[EnqueueEntry],
         sealer: &queue_sealing::QueueSealer,
     ) -> impl Future<Output = StoreResult<Vec<Option<u64>>>> + Send;
+    // Requirement: QS-ENC-4
+    /// Replace a client's queue key and chain secret, recording `replay` in the same
+    /// transaction; returns the queue's next sequence number (where the new chain starts),
+    /// or `None` if the client is unknown. Takes the record's lock, as an enqueue does.
+    fn rekey_queue(
+        &self,
+        client_id: &QsId,
+        keys: &QueueKeys,
+        replay: &ReplayRecord,
+    ) -> impl Future<Output = StoreResult<Option<u64>>> + Send;
     /// How a client's key packages stand; `Ok(None)` if the client is unknown.
     fn key_package_status(
         &self,
@@ -787,6 +797,15 @@ impl QsStore for Store {
 
     async fn key_package_status(&self, client_id: &QsId) -> StoreResult<Option<KeyPackageStatus>> {
         delegate!(self, QsStore::key_package_status(client_id))
+    }
+
+    async fn rekey_queue(
+        &self,
+        client_id: &QsId,
+        keys: &QueueKeys,
+        replay: &ReplayRecord,
+    ) -> StoreResult<Option<u64>> {
+        delegate!(self, QsStore::rekey_queue(client_id, keys, replay))
     }
 
     async fn dequeue(

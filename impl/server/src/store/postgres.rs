@@ -33,7 +33,7 @@ use super::queue_sealing::{self, QueueChain, QueueSealer};
 use super::{
     AsClientRecord, AsStore, CaRecord, CreateGroup, CreateQsUser, CreateUser, DsStore,
     EnqueueEntry, FederatedEnqueue, KeyPackageStatus, OutboxEntry, OutboxSummary, QsClientRecord,
-    QsStore, QsUserRecord, ReplayRecord, ReplayService, StoreError, StoreResult,
+    QsStore, QsUserRecord, QueueKeys, ReplayRecord, ReplayService, StoreError, StoreResult,
     StoredConnectionPackage, StoredGroup, StoredKeyPackage, after_page, bound, fixed, from_db,
     month, rows, to_db,
 };
@@ -642,6 +642,31 @@ impl QsStore for PgStore {
             taken.insert(fixed::<16>(&client, "QS id is not 16 bytes")?, package);
         }
         Ok(taken.into_iter().collect())
+    }
+
+    async fn rekey_queue(
+        &self,
+        client_id: &QsId,
+        keys: &QueueKeys,
+        replay: &ReplayRecord,
+    ) -> StoreResult<Option<u64>> {
+        let mut tx = self.begin().await?;
+        super::ephemeral::postgres::record_request(&mut tx, ReplayService::Qs, replay).await?;
+        // The UPDATE takes the record's row lock: an enqueue holding it finishes first.
+        let next: Option<i64> = sqlx::query_scalar(
+            "UPDATE qs_clients SET queue_key = $1, ratchet_secret = $2 WHERE client_id = $3 RETURNING next_seq",
+        )
+        .bind(keys.queue_key.as_slice())
+        .bind(keys.ratchet.secret().as_slice())
+        .bind(client_id.as_slice())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(next) = next else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        tx.commit().await?;
+        Ok(Some(from_db(next)?))
     }
 
     async fn key_package_status(&self, client_id: &QsId) -> StoreResult<Option<KeyPackageStatus>> {

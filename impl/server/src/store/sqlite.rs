@@ -25,8 +25,9 @@ use super::queue_sealing::{self, QueueChain, QueueSealer};
 use super::{
     AsClientRecord, AsStore, CaRecord, CreateGroup, CreateQsUser, CreateUser, DsStore,
     EnqueueEntry, FederatedEnqueue, KeyPackageStatus, OutboxEntry, OutboxSummary, QsClientRecord,
-    QsStore, QsUserRecord, ReplayRecord, ReplayService, StoreResult, StoredConnectionPackage,
-    StoredGroup, StoredKeyPackage, after_page, bound, fixed, from_db, month, rows, to_db,
+    QsStore, QsUserRecord, QueueKeys, ReplayRecord, ReplayService, StoreResult,
+    StoredConnectionPackage, StoredGroup, StoredKeyPackage, after_page, bound, fixed, from_db,
+    month, rows, to_db,
 };
 
 /// How long a writer waits for the write lock before giving up with `SQLITE_BUSY`.
@@ -568,6 +569,31 @@ impl QsStore for SqliteStore {
         }
         tx.commit().await?;
         Ok(taken)
+    }
+
+    async fn rekey_queue(
+        &self,
+        client_id: &QsId,
+        keys: &QueueKeys,
+        replay: &ReplayRecord,
+    ) -> StoreResult<Option<u64>> {
+        let mut tx = self.write().await?;
+        super::ephemeral::sqlite::record_request(&mut tx, ReplayService::Qs, replay).await?;
+        // The UPDATE takes the record's row lock: an enqueue holding it finishes first.
+        let next: Option<i64> = sqlx::query_scalar(
+            "UPDATE qs_clients SET queue_key = ?, ratchet_secret = ? WHERE client_id = ? RETURNING next_seq",
+        )
+        .bind(keys.queue_key.as_slice())
+        .bind(keys.ratchet.secret().as_slice())
+        .bind(client_id.as_slice())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(next) = next else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        tx.commit().await?;
+        Ok(Some(from_db(next)?))
     }
 
     async fn key_package_status(&self, client_id: &QsId) -> StoreResult<Option<KeyPackageStatus>> {

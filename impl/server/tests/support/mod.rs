@@ -66,6 +66,36 @@ impl Drop for Storage {
     }
 }
 
+impl Storage {
+    /// Run `sql` on the test's database directly, as an operator (or an older version of
+    /// the server) would: the test's SQLite file, or its Postgres schema.
+    #[allow(dead_code)]
+    pub async fn execute(&self, sql: &str) {
+        use sqlx::Connection;
+        match &self.schema {
+            None => {
+                let url = format!("sqlite://{}", self._dir.path().join("phoenix.db").display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            Some((url, schema)) => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(format!("SET search_path TO {schema}")))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
 /// A fresh store on `backend`: SQLite in a temporary directory, or a new Postgres schema
 /// named `prefix` and random hex (the suites run in parallel on one database). `None` if
 /// Postgres is unreachable and not required.

@@ -8,6 +8,7 @@
 //! | `fetch_key_packages` | friendship token | [`FetchKeyPackagesRequest`] → [`FetchKeyPackagesResponse`] |
 //! | `dequeue` | QsClient | `DequeueRequest` → `DequeueResponse` |
 //! | `key_package_status` | QsClient | [`KeyPackageStatusRequest`] → [`KeyPackageStatusResponse`] |
+//! | `rekey_queue` | QsClient | [`RekeyQueueRequest`] → [`RekeyQueueResponse`] |
 //!
 //! Nothing here names an FID: QS records are pseudonymous.
 
@@ -21,6 +22,7 @@ pub const PUBLISH_KEY_PACKAGES: &str = "publish_key_packages";
 pub const FETCH_KEY_PACKAGES: &str = "fetch_key_packages";
 pub const DEQUEUE: &str = "dequeue";
 pub const KEY_PACKAGE_STATUS: &str = "key_package_status";
+pub const REKEY_QUEUE: &str = "rekey_queue";
 
 /// Most key packages one upload may carry.
 pub const MAX_KEY_PACKAGES: usize = 100;
@@ -138,6 +140,27 @@ pub struct KeyPackageStatusResponse {
     /// How often the last-resort package was handed out because the pool was empty,
     /// since the client record was created.
     pub last_resort_served: u64,
+}
+
+/// Give the calling client's queue a new queue key and a new chain (QS-ENC-4): for a client
+/// record created before queue encryption, or one whose chain broke. Entries already
+/// stored stay as they are; entries from [`RekeyQueueResponse::chain_start`] on are sealed
+/// under the new chain.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct RekeyQueueRequest {
+    pub timestamp: u64,
+    /// The client's new X25519 HPKE public key for its queue.
+    pub queue_key: VLBytes,
+    /// The first secret of the new chain.
+    pub queue_ratchet_secret: [u8; 32],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct RekeyQueueResponse {
+    /// The sequence number of the first entry sealed under the new chain.
+    pub chain_start: u64,
 }
 
 /// `Arbitrary` for [`openmls_traits::types::HpkeCiphertext`], which does not implement it
