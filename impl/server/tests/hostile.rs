@@ -916,15 +916,7 @@ async fn a_client_from_before_queue_encryption_rekeys_and_misses_nothing(backend
     let Some(server) = TestServer::start(backend, unlimited()).await else {
         return;
     };
-    let (mut alice, _alice_home) = client(&server, "alice@a.test").await;
-    let (mut bob, bob_home) = client(&server, "bob@a.test").await;
-    alice.connect("bob@a.test").await.unwrap();
-    assert_eq!(bob.requests().await.unwrap().len(), 1);
-    bob.accept("alice@a.test").await.unwrap();
-    alice.sync().await.unwrap();
-    alice.create_group("team").await.unwrap();
-    alice.invite("team", "bob@a.test").await.unwrap();
-    bob.sync().await.unwrap();
+    let ((mut alice, _alice_home), (mut bob, bob_home)) = alice_and_bob_in_team(&server).await;
     let bob_id = phoenix_client::store::Store::open(bob_home.path())
         .await
         .unwrap()
@@ -1028,6 +1020,20 @@ async fn a_client_from_before_queue_encryption_rekeys_and_misses_nothing(backend
         .unwrap_err();
     assert_eq!(again.code(), Some("REPLAYED"), "{again}");
     server.stop().await;
+}
+
+/// alice and bob, connected, both in alice's group "team".
+async fn alice_and_bob_in_team(server: &TestServer) -> ((Client, TempDir), (Client, TempDir)) {
+    let (mut alice, alice_home) = client(server, "alice@a.test").await;
+    let (mut bob, bob_home) = client(server, "bob@a.test").await;
+    alice.connect("bob@a.test").await.unwrap();
+    assert_eq!(bob.requests().await.unwrap().len(), 1);
+    bob.accept("alice@a.test").await.unwrap();
+    alice.sync().await.unwrap();
+    alice.create_group("team").await.unwrap();
+    alice.invite("team", "bob@a.test").await.unwrap();
+    bob.sync().await.unwrap();
+    ((alice, alice_home), (bob, bob_home))
 }
 
 async fn client(server: &TestServer, fid: &str) -> (Client, TempDir) {
@@ -1470,15 +1476,7 @@ async fn a_rolled_back_group_state_is_refused_and_changes_nothing(backend: Backe
     let Some(server) = TestServer::start(backend, unlimited()).await else {
         return;
     };
-    let (mut alice, _alice_home) = client(&server, "alice@a.test").await;
-    let (mut bob, _bob_home) = client(&server, "bob@a.test").await;
-    alice.connect("bob@a.test").await.unwrap();
-    assert_eq!(bob.requests().await.unwrap().len(), 1);
-    bob.accept("alice@a.test").await.unwrap();
-    alice.sync().await.unwrap();
-    alice.create_group("team").await.unwrap();
-    alice.invite("team", "bob@a.test").await.unwrap();
-    bob.sync().await.unwrap();
+    let ((mut alice, _alice_home), (mut bob, _bob_home)) = alice_and_bob_in_team(&server).await;
     let group = alice.group("team").await.unwrap();
     let store = &server.server.store;
 
