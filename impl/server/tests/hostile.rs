@@ -123,6 +123,7 @@ on_both_backends!(
     group_id_requests_are_rate_limited_per_address,
     the_listen_stream_authenticates_windows_acknowledges_and_resumes,
     a_client_from_before_queue_encryption_rekeys_and_misses_nothing,
+    a_broken_queue_chain_is_reported_and_rekeyed,
 );
 
 // ----- building valid requests ------------------------------------------------------
@@ -1019,6 +1020,78 @@ async fn a_client_from_before_queue_encryption_rekeys_and_misses_nothing(backend
         .await
         .unwrap_err();
     assert_eq!(again.code(), Some("REPLAYED"), "{again}");
+    server.stop().await;
+}
+
+// Requirement: QS-ENC-4, CL-LOSS-1
+/// The QS seals a ratchet update to a key bob does not hold (as a QS that lost or mixed up
+/// his queue key would): bob cannot follow the chain past it. His sync says so, once per
+/// entry it cannot read (nothing lost silently), re-keys the queue, and what alice sends
+/// after that reaches him again.
+async fn a_broken_queue_chain_is_reported_and_rekeyed(backend: Backend) {
+    let mut limits = unlimited();
+    limits.queue_sealer.update_interval = 2;
+    let Some(server) = TestServer::start(backend, limits).await else {
+        return;
+    };
+    let ((mut alice, _alice_home), (mut bob, bob_home)) = alice_and_bob_in_team(&server).await;
+    let queue = phoenix_client::store::Store::open(bob_home.path())
+        .await
+        .unwrap()
+        .identity()
+        .await
+        .unwrap()
+        .unwrap()
+        .qs_client_id;
+    let mut wrong = [0u8; 32];
+    OsRng.fill_bytes(&mut wrong);
+    let (queue_hex, wrong_hex) = (hex::encode(queue), hex::encode(wrong));
+    server
+        ._storage
+        .execute(&match backend {
+            Backend::Sqlite => format!(
+                "UPDATE qs_clients SET queue_key = x'{wrong_hex}' WHERE client_id = x'{queue_hex}'"
+            ),
+            Backend::Postgres => format!(
+                "UPDATE qs_clients SET queue_key = '\\x{wrong_hex}'::bytea WHERE client_id = '\\x{queue_hex}'::bytea"
+            ),
+        })
+        .await;
+    for text in ["one", "two", "three"] {
+        alice.send("team", text).await.unwrap();
+    }
+    let events = bob.sync().await.unwrap();
+    let errors: Vec<_> = events.iter().filter(|e| e["kind"] == "error").collect();
+    assert!(
+        errors.iter().any(|e| e["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("ratchet update"))),
+        "the broken chain is reported: {events:?}"
+    );
+    let received = events.iter().filter(|e| e["kind"] == "message").count();
+    assert_eq!(
+        received + errors.len(),
+        3,
+        "each message is either received or reported: {events:?}"
+    );
+    let rekeyed = phoenix_client::store::Store::open(bob_home.path())
+        .await
+        .unwrap()
+        .identity()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rekeyed.queue_chain_start > 0, "the queue was re-keyed");
+
+    alice.send("team", "after the repair").await.unwrap();
+    let events = bob.sync().await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "message" && e["text"] == "after the repair"),
+        "{events:?}"
+    );
+    assert!(!events.iter().any(|e| e["kind"] == "error"), "{events:?}");
     server.stop().await;
 }
 
