@@ -5,7 +5,9 @@
 //! Exit codes: 0 done; 1 the database failed (the message says why); 2 bad arguments or
 //! configuration; 3 the user, certificate or destination named does not exist.
 //!
-//! Invitation codes are not here yet: they come with the accounts issue.
+//! Invitation codes are not here yet: they come with the accounts issue. Key rotation here
+//! is the key-encryption key's (`keys change-kek`); the CA's is `rotate-ca-key`; the QS
+//! signing and queue-config keys cannot be rotated yet.
 
 use serde::Serialize;
 
@@ -38,6 +40,22 @@ pub enum AdminCommand {
     /// Federation peers known from the database.
     #[command(subcommand)]
     Peers(PeersCommand),
+    /// The server's private keys at rest.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Clone, clap::Subcommand, PartialEq, Eq)]
+pub enum KeysCommand {
+    /// Re-seal every private key in the database (CA signing keys, retired ones included;
+    /// the QS signing, group-token and queue-config keys) under the key-encryption key in
+    /// FILE (32 raw bytes or 64 hex digits, mode 0600), in one transaction. Stop every
+    /// server process on this database first (a running one still holds the old key), then
+    /// configure the new key and start them again: the old key opens nothing any more.
+    ChangeKek {
+        #[arg(long, value_name = "FILE")]
+        new_key_file: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, clap::Subcommand, PartialEq, Eq)]
@@ -126,13 +144,68 @@ struct PeerView {
     cache_valid_until: Option<u64>,
 }
 
+/// The configured key-encryption key, loaded only by the commands that need it.
+pub type KekLoader<'a> =
+    &'a (dyn Fn() -> Result<crate::keys_at_rest::KeyEncryptionKey, String> + Sync);
+
+// Requirement: OPS-KEK-2
+/// Re-seal every stored private key under `new`: each is opened with `current` first (a key
+/// it does not open stops the command, and nothing changes), then all are written in one
+/// transaction.
+async fn change_kek(
+    store: &Store,
+    current: &crate::keys_at_rest::KeyEncryptionKey,
+    new: &crate::keys_at_rest::KeyEncryptionKey,
+) -> Result<usize, AdminError> {
+    let mut pairs = Vec::new();
+    for (name, stored) in store.stored_private_keys().await.map_err(db)? {
+        let opened = current.open(&name, &stored).map_err(|e| AdminError {
+            code: 1,
+            message: format!("{e}; nothing was changed"),
+        })?;
+        let sealed = new.seal(&name, opened.key()).map_err(|e| AdminError {
+            code: 1,
+            message: format!("{e}; nothing was changed"),
+        })?;
+        pairs.push((stored, sealed));
+    }
+    store.reseal_private_keys(&pairs).await.map_err(db)?;
+    Ok(pairs.len())
+}
+
 /// Run one admin command; returns what to print on stdout.
-pub async fn run(store: &Store, args: &AdminArgs, now: u64) -> Result<String, AdminError> {
+pub async fn run(
+    store: &Store,
+    args: &AdminArgs,
+    now: u64,
+    kek: KekLoader<'_>,
+) -> Result<String, AdminError> {
     let json = args.json;
     let out = |value: serde_json::Value, text: String| -> String {
         if json { value.to_string() } else { text }
     };
     match &args.command {
+        AdminCommand::Keys(KeysCommand::ChangeKek { new_key_file }) => {
+            let current = kek().map_err(|message| AdminError { code: 2, message })?;
+            let new = crate::keys_at_rest::KeySource::File(new_key_file.clone())
+                .load(&|_| None)
+                .map_err(|e| AdminError {
+                    code: 2,
+                    message: format!("the new key-encryption key: {e}"),
+                })?;
+            let count = change_kek(store, &current, &new).await?;
+            tracing::info!(
+                keys = count,
+                "admin: re-sealed the private keys under a new key-encryption key"
+            );
+            Ok(out(
+                serde_json::json!({"resealed": count, "new_key_file": new_key_file.display().to_string()}),
+                format!(
+                    "re-sealed {count} private keys under the key in {}; configure it (--key-encryption-key-file, PHOENIX_KEY_ENCRYPTION_KEY, or the data directory's key-encryption-key file) before starting the server: the old key opens nothing any more",
+                    new_key_file.display()
+                ),
+            ))
+        }
         AdminCommand::Users(UsersCommand::List) => {
             let users = store.list_users().await.map_err(db)?;
             let text = users

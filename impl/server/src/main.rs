@@ -91,7 +91,8 @@ async fn run_admin(
             ),
         }
     })?;
-    phoenix_server::admin::run(&store, admin, phoenix_server::server::now()).await
+    let kek = || load_key_encryption_key(settings);
+    phoenix_server::admin::run(&store, admin, phoenix_server::server::now(), &kek).await
 }
 
 fn init_tracing(format: LogFormat, quiet: bool) {

@@ -361,7 +361,7 @@ impl Server {
 }
 
 /// The name the CA signing keys are sealed under ([`crate::keys_at_rest`]).
-const CA_KEY: &str = "ca";
+pub(crate) const CA_KEY: &str = "ca";
 
 fn new_ca(domain: &Domain, kek: &KeyEncryptionKey) -> Result<CaRecord, StartError> {
     let key = crypto::generate_signing_key(&mut OsRng);
@@ -539,7 +539,7 @@ async fn load_or_create_token_key(
 }
 
 /// The name the queue-config private key is sealed under ([`crate::keys_at_rest`]).
-const QUEUE_CONFIG_KEY: &str = "queue_config";
+pub(crate) const QUEUE_CONFIG_KEY: &str = "queue_config";
 
 async fn load_or_create_queue_config_key(
     store: &Store,

@@ -558,3 +558,80 @@ fn two_servers_federate_over_tls_with_keys_sealed_at_rest() {
     }
     assert!(phoenix_e2e::tls::https_get(a.url(), "/health", &other_ca.ca_file()).is_ok());
 }
+
+// Requirement: OPS-KEK-2
+/// The operator changes the key-encryption key with the server stopped: `admin keys
+/// change-kek` re-seals every private key under the new key, in one transaction. The old
+/// key then opens nothing (the server refuses to start with it), the new one starts the
+/// server with the same CA and keys, and alice and bob, connected before, still talk. A new
+/// key file that others can read is refused, and nothing changes.
+#[test]
+fn the_key_encryption_key_is_changed_with_the_server_stopped() {
+    use std::os::unix::fs::PermissionsExt;
+    // A fixed port: the clients find the server at the same address after the restart.
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut a = TestServer::start_with("a.test", None, &listen, &[]);
+    let url = a.url().to_owned();
+    let alice = Cli::for_server("alice", &a);
+    let bob = Cli::for_server("bob", &a);
+    alice.run(&["register", "alice@a.test", "--server", &url]);
+    bob.run(&["register", "bob@a.test", "--server", &url]);
+    alice.run(&["connect", "bob@a.test"]);
+    bob.run(&["accept", "alice@a.test"]);
+    alice.sync_until(WAIT, |e| e["kind"] == "connected");
+    alice.run(&["group", "create", "team"]);
+    alice.run(&["group", "invite", "team", "bob@a.test"]);
+    bob.sync_until(WAIT, |e| e["kind"] == "joined");
+    let ca_before = a.get("/.well-known/phoenix").unwrap().1;
+    let before = stored_private_keys(&a);
+    a.pause();
+
+    let dir = tempfile::tempdir().unwrap();
+    let new_key = dir.path().join("new-kek");
+    std::fs::write(&new_key, format!("{}\n", "5a".repeat(32))).unwrap();
+    std::fs::set_permissions(&new_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let path = new_key.display().to_string();
+    let (code, _, err) = a.admin(&["keys", "change-kek", "--new-key-file", &path]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+    assert_eq!(stored_private_keys(&a), before, "nothing changed");
+
+    std::fs::set_permissions(&new_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, out, err) = a.admin(&["keys", "change-kek", "--new-key-file", &path]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("re-sealed {} private keys", before.len())),
+        "{out}"
+    );
+    let after = stored_private_keys(&a);
+    assert_eq!(after.len(), before.len());
+    for ((what, old), (_, new)) in before.iter().zip(&after) {
+        assert_ne!(old, new, "{what} was not re-sealed");
+        assert!(new.starts_with(b"phxkek1\0"), "{what}");
+    }
+    // The old key (the data directory's default file) opens nothing any more.
+    let refused = std::process::Command::new(phoenix_e2e::binary("phoenix-server"))
+        .args(a.args())
+        .arg("rotate-ca-key")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("key-encryption key does not open"), "{err}");
+    // Running it again with the old key configured fails the same way, changing nothing.
+    let (code, _, err) = a.admin(&["keys", "change-kek", "--new-key-file", &path]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("nothing was changed"), "{err}");
+    assert_eq!(stored_private_keys(&a), after);
+
+    // The operator configures the new key: the server starts, with the same CA.
+    let default = a.data_dir().join("key-encryption-key");
+    std::fs::copy(&new_key, &default).unwrap();
+    std::fs::set_permissions(&default, std::fs::Permissions::from_mode(0o600)).unwrap();
+    a.start_again();
+    assert_eq!(a.get("/.well-known/phoenix").unwrap().1, ca_before);
+    alice.run(&["send", "team", "after the new key"]);
+    bob.sync_until(WAIT, |e| {
+        e["kind"] == "message" && e["text"] == "after the new key" && e["verified"] == true
+    });
+}

@@ -100,6 +100,18 @@ pub trait AdminStore {
         old: &[u8],
         new: &[u8],
     ) -> impl Future<Output = StoreResult<u64>> + Send;
+    // Requirement: OPS-KEK-2
+    /// [`AdminStore::reseal_private_key`] for every (old, new) pair, in one transaction:
+    /// all of them or none.
+    fn reseal_private_keys(
+        &self,
+        pairs: &[(Vec<u8>, Vec<u8>)],
+    ) -> impl Future<Output = StoreResult<u64>> + Send;
+    /// Every stored private key as (the name it is sealed under, the stored bytes): the CA
+    /// signing keys (current and retired), the server keys, the queue-config key.
+    fn stored_private_keys(
+        &self,
+    ) -> impl Future<Output = StoreResult<Vec<(String, Vec<u8>)>>> + Send;
 }
 
 use std::future::Future;
@@ -155,7 +167,22 @@ impl AdminStore for Store {
         delegate!(self, record_outbox_error(destination, error, at))
     }
     async fn reseal_private_key(&self, old: &[u8], new: &[u8]) -> StoreResult<u64> {
-        delegate!(self, reseal_private_key(old, new))
+        self.reseal_private_keys(&[(old.to_vec(), new.to_vec())])
+            .await
+    }
+    async fn reseal_private_keys(&self, pairs: &[(Vec<u8>, Vec<u8>)]) -> StoreResult<u64> {
+        delegate!(self, reseal_private_keys(pairs))
+    }
+    async fn stored_private_keys(&self) -> StoreResult<Vec<(String, Vec<u8>)>> {
+        let mut keys = Vec::new();
+        for key in delegate!(self, stored_ca_keys())? {
+            keys.push((crate::server::CA_KEY.to_owned(), key));
+        }
+        keys.extend(delegate!(self, stored_server_keys())?);
+        for key in delegate!(self, stored_queue_config_keys())? {
+            keys.push((crate::server::QUEUE_CONFIG_KEY.to_owned(), key));
+        }
+        Ok(keys)
     }
     async fn cached_peers(&self) -> StoreResult<Vec<(String, u64, u64)>> {
         let rows = delegate!(self, cached_fids())?;
@@ -201,6 +228,9 @@ mod sql {
          VALUES ($1, $2, $3) ON CONFLICT (destination) DO UPDATE SET \
          error = excluded.error, failed_at = excluded.failed_at";
     pub const CLEAR_ERROR: &str = "DELETE FROM ds_outbox_errors WHERE destination = $1";
+    pub const CA_KEYS: &str = "SELECT signing_key FROM as_ca ORDER BY id";
+    pub const SERVER_KEYS: &str = "SELECT name, private_key FROM server_keys ORDER BY name";
+    pub const QUEUE_CONFIG_KEYS: &str = "SELECT queue_config_private_key FROM qs_config";
     pub const RESEAL: [&str; 3] = [
         "UPDATE as_ca SET signing_key = $1 WHERE signing_key = $2",
         "UPDATE server_keys SET private_key = $1 WHERE private_key = $2",
@@ -309,23 +339,42 @@ macro_rules! backend {
                     .transpose()
             }
 
-            pub(super) async fn reseal_private_key(
+            pub(super) async fn reseal_private_keys(
                 pool: &$pool,
-                old: &[u8],
-                new: &[u8],
+                pairs: &[(Vec<u8>, Vec<u8>)],
             ) -> StoreResult<u64> {
                 let mut tx = pool.begin_with($begin).await?;
                 let mut rows = 0;
-                for statement in sql::RESEAL {
-                    rows += sqlx::query(statement)
-                        .bind(new)
-                        .bind(old)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
+                for (old, new) in pairs {
+                    for statement in sql::RESEAL {
+                        rows += sqlx::query(statement)
+                            .bind(new.as_slice())
+                            .bind(old.as_slice())
+                            .execute(&mut *tx)
+                            .await?
+                            .rows_affected();
+                    }
                 }
                 tx.commit().await?;
                 Ok(rows)
+            }
+
+            pub(super) async fn stored_ca_keys(pool: &$pool) -> StoreResult<Vec<Vec<u8>>> {
+                Ok(sqlx::query_scalar(sql::CA_KEYS).fetch_all(pool).await?)
+            }
+
+            pub(super) async fn stored_server_keys(
+                pool: &$pool,
+            ) -> StoreResult<Vec<(String, Vec<u8>)>> {
+                Ok(sqlx::query_as(sql::SERVER_KEYS).fetch_all(pool).await?)
+            }
+
+            pub(super) async fn stored_queue_config_keys(
+                pool: &$pool,
+            ) -> StoreResult<Vec<Vec<u8>>> {
+                Ok(sqlx::query_scalar(sql::QUEUE_CONFIG_KEYS)
+                    .fetch_all(pool)
+                    .await?)
             }
 
             pub(super) async fn delete_user(pool: &$pool, fid: &str) -> StoreResult<bool> {
