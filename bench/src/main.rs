@@ -36,6 +36,7 @@ use phoenix_client::client::Client;
 use phoenix_e2e::{TestDatabase, TestServer};
 
 mod baseline;
+mod listeners;
 mod plot;
 
 const DOMAIN: &str = "bench.test";
@@ -82,6 +83,8 @@ struct Plan {
     commits: usize,
     concurrency: usize,
     concurrent_messages: usize,
+    /// Idle live listeners opened at the end of the run.
+    listeners: usize,
     baseline_seconds: u32,
     verifies: u32,
 }
@@ -96,6 +99,7 @@ impl Plan {
                 commits: 2,
                 concurrency: 2,
                 concurrent_messages: 3,
+                listeners: 10,
                 baseline_seconds: 1,
                 verifies: 200,
             }
@@ -107,6 +111,7 @@ impl Plan {
                 commits: 5,
                 concurrency: 16,
                 concurrent_messages: 20,
+                listeners: 1_000,
                 baseline_seconds: 10,
                 verifies: 5_000,
             }
@@ -289,6 +294,11 @@ fn start_server(backend: &str, postgres_url: &str) -> BenchResult<TestServer> {
             "off".into(),
             "--group-tokens-per-day".into(),
             "1000000".into(),
+            // The idle listeners all come from this machine.
+            "--max-connections".into(),
+            "4096".into(),
+            "--max-connections-per-ip".into(),
+            "4096".into(),
         ],
     ))
 }
@@ -479,26 +489,71 @@ async fn run_backend(
             .count();
     }
 
-    let rss = std::fs::read_to_string(format!("/proc/{}/status", meter.server_pid))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
+    let rss = rss_kib(meter.server_pid);
+    let sender_count = senders.len();
+
+    // Idle live listeners (QS-LISTEN-1): streams spread over the users, each drained and
+    // then left idle; the server's RSS before and after.
+    let mut who = Vec::new();
+    for user in std::iter::once(&alice).chain(members.iter()) {
+        let id = phoenix_client::store::Store::open(user._home.path())
+            .await
+            .map_err(fail("open a client store"))?
+            .identity()
+            .await
+            .map_err(fail("read an identity"))?
+            .ok_or("a user without an identity")?;
+        who.push(listeners::Listener {
+            client_id: id.qs_client_id,
+            key: ed25519_dalek::SigningKey::from_bytes(&id.qs_client_key),
+            start: id.qs_next_seq,
         });
+    }
+    let rss_before_listeners = rss_kib(meter.server_pid);
+    let mut streams = Vec::with_capacity(plan.listeners);
+    for i in 0..plan.listeners {
+        let listener = who.get(i % who.len()).ok_or("no users")?;
+        streams.push(listeners::open(&url, DOMAIN, listener).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_with_listeners = rss_kib(meter.server_pid);
+    drop(streams);
+    let listener_kib = match (rss_before_listeners, rss_with_listeners) {
+        (Some(before), Some(after)) if plan.listeners > 0 => {
+            Some((after - before) / plan.listeners as f64)
+        }
+        _ => None,
+    };
     Ok(json!({
         "backend": backend,
         "registration": { "latency": latency(&mut registration), "cpu": registered },
         "connections": connections,
         "groups": groups,
         "concurrent": {
-            "senders": senders.len(),
+            "senders": sender_count,
             "messages_each": per_sender,
             "cpu": concurrent,
         },
         "server_rss_mib_at_end": rss.map(|kb| kb / 1024.0),
+        "listeners": {
+            "idle_streams": plan.listeners,
+            "server_rss_mib_before": rss_before_listeners.map(|kb| kb / 1024.0),
+            "server_rss_mib_with_streams": rss_with_listeners.map(|kb| kb / 1024.0),
+            "kib_per_idle_stream": listener_kib,
+        },
     }))
+}
+
+/// The resident set of process `pid` in KiB, from `/proc/<pid>/status`.
+fn rss_kib(pid: u32) -> Option<f64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
 }
 
 fn unix_now() -> u64 {
@@ -540,6 +595,8 @@ fn ratios(result: &Value, baselines: &Value, verify_us: f64) -> Value {
         "concurrent_messages_per_cpu_second_over_baseline": divide(enqueue, one_row_tx),
         "concurrent_messages_per_second_reached_over_baseline": divide(enqueue_reached, one_row_tx),
         "budget_concurrent": ">= 0.7",
+        "kib_per_idle_listener": result["listeners"]["kib_per_idle_stream"],
+        "budget_idle_listener": "<= 5 KiB",
         "commit_over_public_group_validate": Value::Null,
         "commit_over_public_group_validate_note": "not measured yet: the bare openmls PublicGroup baseline is missing",
         "verify_us": verify_us,
@@ -578,6 +635,19 @@ fn print_summary(backend: &str, result: &Value, ratios: &Value) {
             .as_f64()
             .unwrap_or(0.0),
         result["concurrent"]["cpu"]["server_cpu_ms"]
+            .as_f64()
+            .unwrap_or(0.0),
+    );
+    println!(
+        "listeners: {} idle streams, server RSS {:.1} -> {:.1} MiB, {:.2} KiB each",
+        result["listeners"]["idle_streams"],
+        result["listeners"]["server_rss_mib_before"]
+            .as_f64()
+            .unwrap_or(0.0),
+        result["listeners"]["server_rss_mib_with_streams"]
+            .as_f64()
+            .unwrap_or(0.0),
+        result["listeners"]["kib_per_idle_stream"]
             .as_f64()
             .unwrap_or(0.0),
     );
