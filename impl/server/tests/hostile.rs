@@ -918,13 +918,7 @@ async fn a_client_from_before_queue_encryption_rekeys_and_misses_nothing(backend
         return;
     };
     let ((mut alice, _alice_home), (mut bob, bob_home)) = alice_and_bob_in_team(&server).await;
-    let bob_id = phoenix_client::store::Store::open(bob_home.path())
-        .await
-        .unwrap()
-        .identity()
-        .await
-        .unwrap()
-        .unwrap();
+    let bob_id = stored_identity(&bob_home).await;
     let queue = bob_id.qs_client_id;
 
     // Back to before queue encryption, on both sides.
@@ -964,13 +958,7 @@ async fn a_client_from_before_queue_encryption_rekeys_and_misses_nothing(backend
             .any(|e| e["kind"] == "message" && e["text"] == "stored unsealed"),
         "{events:?}"
     );
-    let rekeyed = phoenix_client::store::Store::open(bob_home.path())
-        .await
-        .unwrap()
-        .identity()
-        .await
-        .unwrap()
-        .unwrap();
+    let rekeyed = stored_identity(&bob_home).await;
     assert!(rekeyed.queue_private_key.is_some() && rekeyed.queue_ratchet.is_some());
     assert_eq!(rekeyed.queue_chain_start, last.sequence_number + 1);
 
@@ -1035,14 +1023,7 @@ async fn a_broken_queue_chain_is_reported_and_rekeyed(backend: Backend) {
         return;
     };
     let ((mut alice, _alice_home), (mut bob, bob_home)) = alice_and_bob_in_team(&server).await;
-    let queue = phoenix_client::store::Store::open(bob_home.path())
-        .await
-        .unwrap()
-        .identity()
-        .await
-        .unwrap()
-        .unwrap()
-        .qs_client_id;
+    let queue = stored_identity(&bob_home).await.qs_client_id;
     let mut wrong = [0u8; 32];
     OsRng.fill_bytes(&mut wrong);
     let (queue_hex, wrong_hex) = (hex::encode(queue), hex::encode(wrong));
@@ -1074,13 +1055,7 @@ async fn a_broken_queue_chain_is_reported_and_rekeyed(backend: Backend) {
         3,
         "each message is either received or reported: {events:?}"
     );
-    let rekeyed = phoenix_client::store::Store::open(bob_home.path())
-        .await
-        .unwrap()
-        .identity()
-        .await
-        .unwrap()
-        .unwrap();
+    let rekeyed = stored_identity(&bob_home).await;
     assert!(rekeyed.queue_chain_start > 0, "the queue was re-keyed");
 
     alice.send("team", "after the repair").await.unwrap();
@@ -1093,6 +1068,17 @@ async fn a_broken_queue_chain_is_reported_and_rekeyed(backend: Backend) {
     );
     assert!(!events.iter().any(|e| e["kind"] == "error"), "{events:?}");
     server.stop().await;
+}
+
+/// The identity a client stored in `home` (its queue position and chain included).
+async fn stored_identity(home: &TempDir) -> phoenix_client::store::Identity {
+    phoenix_client::store::Store::open(home.path())
+        .await
+        .unwrap()
+        .identity()
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 /// alice and bob, connected, both in alice's group "team".
