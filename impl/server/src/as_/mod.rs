@@ -11,7 +11,7 @@ pub mod issue_group_tokens;
 pub mod register;
 
 use phoenix_types::error::{ErrorCode, WireError};
-use phoenix_types::ids::Fid;
+use phoenix_types::ids::{ClientId, Fid};
 use phoenix_types::messages::{Auth, as_};
 
 use crate::auth::Request;
@@ -105,8 +105,11 @@ async fn check_not_invalidated(
     let Ok(fid) = Fid::parse(&auth.fid) else {
         return Ok(());
     };
+    let Ok(client_id) = ClientId::parse(&auth.client_id) else {
+        return Ok(());
+    };
     let fid = fid.to_string();
-    let Some(client) = AsStore::client(&server.store, &fid, &auth.client_id)
+    let Some(client) = AsStore::client(&server.store, &fid, client_id.as_str())
         .await
         .map_err(server.internal())?
     else {
