@@ -113,6 +113,7 @@ impl MaliciousPeer {
             ca_fingerprint: hex::encode(crypto::sha256(&ca)),
             queue_config_key: hex::encode(&queue_config_key.public),
             qs_verifying_key: hex::encode(qs_key.verifying_key().to_bytes()),
+            push_vapid_key: None,
         };
         let fetches = Arc::new(AtomicUsize::new(0));
         let counter = fetches.clone();

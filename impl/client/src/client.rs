@@ -47,6 +47,7 @@ use recovery::CommitAftermath;
 mod group_tokens;
 mod listen;
 mod overview;
+pub mod push;
 pub mod queue_entry;
 mod recovery;
 mod registration;

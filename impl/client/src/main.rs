@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
 use phoenix_client::client::PinStatus;
+use phoenix_client::error::usage;
 use phoenix_client::{Client, ClientError};
 
 // Requirement: CLI-HELP-1 (every argument and option has help text, defaults shown)
@@ -134,6 +135,13 @@ enum Command {
         /// The contact (default: yourself).
         fid: Option<String>,
     },
+    /// Push notifications: a Web Push endpoint (RFC 8030/8291/8292, which UnifiedPush
+    /// distributors speak too) that your server notifies when your queue gets something
+    /// and no `listen` is running. The notification carries no content.
+    Push {
+        #[command(subcommand)]
+        command: PushCommand,
+    },
     /// Mark a contact verified: CODE is what `phoenix fingerprint` shows on their device
     /// (spaces optional); a wrong code is refused.
     Verify {
@@ -141,6 +149,34 @@ enum Command {
         fid: String,
         /// The code their device shows.
         code: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PushCommand {
+    /// Register URL as this client's push endpoint. Without --p256dh/--auth, the
+    /// subscription's keys are generated here (printed, to give the push service's
+    /// receiving side; `phoenix push decrypt` opens notifications with them).
+    Set {
+        /// The push endpoint (https://...), from the push service or distributor.
+        url: String,
+        /// The subscription's public key, base64url (a browser PushSubscription's p256dh),
+        /// when another program holds its private key. Needs --auth.
+        #[arg(long, requires = "auth")]
+        p256dh: Option<String>,
+        /// The subscription's auth secret, base64url (16 bytes). Needs --p256dh.
+        #[arg(long, requires = "p256dh")]
+        auth: Option<String>,
+    },
+    /// Remove the push endpoint: no more notifications.
+    Clear,
+    /// Show the push endpoint and its keys.
+    Show,
+    /// Decrypt a notification body the push service delivered (a file, or - for stdin),
+    /// with the key `push set` generated; prints what it says (nothing, for Phoenix).
+    Decrypt {
+        /// The body, as delivered (binary, aes128gcm).
+        file: PathBuf,
     },
 }
 
@@ -218,6 +254,12 @@ impl Command {
             Command::Fingerprint { fid: Some(fid) } => format!("show {fid}'s fingerprint"),
             Command::Fingerprint { fid: None } => "show your fingerprint".to_owned(),
             Command::Verify { fid, .. } => format!("verify {fid}"),
+            Command::Push { command } => match command {
+                PushCommand::Set { .. } => "set the push endpoint".to_owned(),
+                PushCommand::Clear => "clear the push endpoint".to_owned(),
+                PushCommand::Show => "show the push endpoint".to_owned(),
+                PushCommand::Decrypt { .. } => "decrypt a push notification".to_owned(),
+            },
         }
     }
 }
@@ -533,6 +575,63 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
                 format!("sent to {group}"),
             )
         }
+        Command::Push { command } => match command {
+            PushCommand::Set { url, p256dh, auth } => {
+                let keys = p256dh.as_deref().zip(auth.as_deref());
+                let status = client.set_push(&url, keys).await?;
+                let mut text = format!("push endpoint set: {}", status.url);
+                if status.decrypts_here {
+                    text.push_str(&format!(
+                        "\nits keys (give them to the receiving side; `phoenix push decrypt` opens notifications here):\n  p256dh {}\n  auth   {}",
+                        status.p256dh, status.auth
+                    ));
+                }
+                (serde_json::to_value(&status).unwrap_or(Value::Null), text)
+            }
+            PushCommand::Clear => {
+                client.clear_push().await?;
+                (json!({"cleared": true}), "push endpoint cleared".to_owned())
+            }
+            PushCommand::Show => match client.push_status().await? {
+                Some(status) => {
+                    let text = format!(
+                        "push endpoint: {}\n  p256dh {}\n  auth   {}\n  {}",
+                        status.url,
+                        status.p256dh,
+                        status.auth,
+                        if status.decrypts_here {
+                            "notifications decrypt here (phoenix push decrypt)"
+                        } else {
+                            "the private key is held elsewhere"
+                        }
+                    );
+                    (serde_json::to_value(&status).unwrap_or(Value::Null), text)
+                }
+                None => (Value::Null, "no push endpoint set".to_owned()),
+            },
+            PushCommand::Decrypt { file } => {
+                let body = if file.as_os_str() == "-" {
+                    let mut body = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut body)
+                        .map_err(|e| usage(format!("cannot read stdin: {e}")))?;
+                    body
+                } else {
+                    std::fs::read(&file)
+                        .map_err(|e| usage(format!("cannot read {}: {e}", file.display())))?
+                };
+                let plain = client.decrypt_push(&body).await?;
+                let text = if plain.is_empty() {
+                    "a notification with no content: your queue has something (run phoenix sync)"
+                        .to_owned()
+                } else {
+                    format!("a notification saying: {}", String::from_utf8_lossy(&plain))
+                };
+                (
+                    json!({"content": base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &plain)}),
+                    text,
+                )
+            }
+        },
         Command::Renew => {
             let r = client.renew().await?;
             let text = format!(

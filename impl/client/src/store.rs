@@ -10,6 +10,16 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use crate::error::ClientError;
 
+/// A Web Push subscription as this client registered it (QS-PUSH-1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushSubscription {
+    pub url: String,
+    pub p256dh: Vec<u8>,
+    pub auth: [u8; 16],
+    /// The P-256 private key, if this client generated the subscription.
+    pub private_key: Option<Vec<u8>>,
+}
+
 /// The client's identity and service records.
 #[derive(Clone)]
 pub struct Identity {
@@ -380,6 +390,49 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    // Requirement: QS-PUSH-1
+    /// Record (or with `None` forget) the push endpoint set at the QS.
+    pub async fn set_push(&self, push: Option<&PushSubscription>) -> Result<(), ClientError> {
+        sqlx::query(
+            "UPDATE identity SET push_url = ?, push_p256dh = ?, push_auth = ?, push_private_key = ? WHERE id = 1",
+        )
+        .bind(push.map(|p| p.url.as_str()))
+        .bind(push.map(|p| p.p256dh.as_slice()))
+        .bind(push.map(|p| p.auth.as_slice()))
+        .bind(push.and_then(|p| p.private_key.as_deref()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The push endpoint set at the QS, if any.
+    pub async fn push(&self) -> Result<Option<PushSubscription>, ClientError> {
+        let row = sqlx::query(
+            "SELECT push_url, push_p256dh, push_auth, push_private_key FROM identity WHERE id = 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let url: Option<String> = row.try_get("push_url")?;
+        let p256dh: Option<Vec<u8>> = row.try_get("push_p256dh")?;
+        let auth: Option<Vec<u8>> = row.try_get("push_auth")?;
+        let private_key: Option<Vec<u8>> = row.try_get("push_private_key")?;
+        let (Some(url), Some(p256dh), Some(auth)) = (url, p256dh, auth) else {
+            return Ok(None);
+        };
+        let auth: [u8; 16] = auth.try_into().map_err(|_| {
+            ClientError::Store("the stored push auth secret is not 16 bytes".into())
+        })?;
+        Ok(Some(PushSubscription {
+            url,
+            p256dh,
+            auth,
+            private_key,
+        }))
     }
 
     // Requirement: QS-Q-2, QS-ENC-1

@@ -35,6 +35,8 @@
 //! | `--tls-cert` | `PHOENIX_TLS_CERT` | `tls_cert` | none (plain HTTP) |
 //! | `--tls-key` | `PHOENIX_TLS_KEY` | `tls_key` | none |
 //! | `--allow-plain-http` | `PHOENIX_ALLOW_PLAIN_HTTP` | `allow_plain_http` | false |
+//! | `--push-contact` | `PHOENIX_PUSH_CONTACT` | `push_contact` | `mailto:postmaster@DOMAIN` |
+//! | `--push-allow-http` | `PHOENIX_PUSH_ALLOW_HTTP` | `push_allow_http` | false |
 //! | `--tls-ca-file` | `PHOENIX_TLS_CA_FILE` | `tls_ca_file` | none (the public web roots only) |
 //! | `--key-encryption-key-file` | `PHOENIX_KEY_ENCRYPTION_KEY_FILE` | `key_encryption_key_file` | `DATA_DIR/key-encryption-key` |
 //! | | `PHOENIX_KEY_ENCRYPTION_KEY` (64 hex digits) | | |
@@ -180,6 +182,14 @@ pub struct Args {
     /// front (without TLS and without this flag, only loopback addresses are served).
     #[arg(long, env = "PHOENIX_ALLOW_PLAIN_HTTP")]
     pub allow_plain_http: bool,
+    /// How push services reach this server's operator: the VAPID `sub` claim of every push
+    /// notification (`mailto:ADDRESS` or an `https://` URL).
+    #[arg(long, env = "PHOENIX_PUSH_CONTACT", value_name = "URI")]
+    pub push_contact: Option<String>,
+    /// Accept plain `http://` push endpoints (a UnifiedPush distributor on a private
+    /// network, tests); otherwise clients may set only `https://` endpoints.
+    #[arg(long, env = "PHOENIX_PUSH_ALLOW_HTTP")]
+    pub push_allow_http: bool,
     /// More CA certificates (PEM) to trust for peers' HTTPS, besides the public web roots
     /// (a private CA, or tests).
     #[arg(long, env = "PHOENIX_TLS_CA_FILE", value_name = "FILE")]
@@ -249,6 +259,8 @@ pub struct FileConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub allow_plain_http: Option<bool>,
+    pub push_contact: Option<String>,
+    pub push_allow_http: Option<bool>,
     pub tls_ca_file: Option<PathBuf>,
     pub key_encryption_key_file: Option<PathBuf>,
     pub rate_limits: Option<crate::ratelimit::RateLimitFile>,
@@ -297,6 +309,8 @@ pub enum ConfigError {
     ParseFile { path: PathBuf, message: String },
     #[error("invalid log format {0:?}: expected text or json")]
     LogFormat(String),
+    #[error("invalid push contact {0:?}: expected mailto:ADDRESS or an https:// URL (RFC 8292)")]
+    PushContact(String),
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
     #[error("{0}")]
@@ -446,6 +460,16 @@ impl Settings {
             return Err(ConfigError::PlainHttp(listen));
         }
         federation.tls_ca_file = args.tls_ca_file.or(file.tls_ca_file);
+        // Requirement: QS-PUSH-2
+        limits.push.allow_http = args.push_allow_http || file.push_allow_http.unwrap_or(false);
+        if let Some(contact) = args.push_contact.or(file.push_contact) {
+            if !(contact.starts_with("mailto:") || contact.starts_with("https://"))
+                || contact.len() < 10
+            {
+                return Err(ConfigError::PushContact(contact));
+            }
+            limits.push.contact = Some(contact);
+        }
         // Requirement: OPS-KEK-1
         let key_source = if env_set(crate::keys_at_rest::ENV) {
             crate::keys_at_rest::KeySource::Env
@@ -862,6 +886,8 @@ pub const KEYS: &[&str] = &[
     "tls_cert",
     "tls_key",
     "allow_plain_http",
+    "push_contact",
+    "push_allow_http",
     "tls_ca_file",
     "key_encryption_key_file",
     "rate_limits",
@@ -905,22 +931,23 @@ pub fn explain(
     for key in KEYS {
         let flag = key.replace('_', "-");
         let env_name = format!("PHOENIX_{}", key.to_ascii_uppercase());
-        let (raw, source) =
-            if *key == "allow_plain_http" && argv.iter().any(|a| a == "--allow-plain-http") {
-                (Some("true".into()), Source::Flag)
-            } else if *key == "key_encryption_key_file"
-                && settings.key_source == crate::keys_at_rest::KeySource::Env
-            {
-                (Some("true".into()), Source::Env)
-            } else if let Some(v) = flag_value(argv, &flag) {
-                (Some(v), Source::Flag)
-            } else if let Some(v) = env(&env_name) {
-                (Some(v), Source::Env)
-            } else if let Some(v) = file.get(*key) {
-                (Some(v.to_string()), Source::File)
-            } else {
-                (None, Source::Default)
-            };
+        let (raw, source) = if (*key == "allow_plain_http" || *key == "push_allow_http")
+            && argv.iter().any(|a| *a == format!("--{flag}"))
+        {
+            (Some("true".into()), Source::Flag)
+        } else if *key == "key_encryption_key_file"
+            && settings.key_source == crate::keys_at_rest::KeySource::Env
+        {
+            (Some("true".into()), Source::Env)
+        } else if let Some(v) = flag_value(argv, &flag) {
+            (Some(v), Source::Flag)
+        } else if let Some(v) = env(&env_name) {
+            (Some(v), Source::Env)
+        } else if let Some(v) = file.get(*key) {
+            (Some(v.to_string()), Source::File)
+        } else {
+            (None, Source::Default)
+        };
         let value = match *key {
             "domain" => settings.domain.to_string(),
             "listen" => settings.listen.to_string(),
@@ -959,6 +986,12 @@ pub fn explain(
                 .map(|t| t.key.display().to_string())
                 .unwrap_or_else(|| "none".into()),
             "allow_plain_http" => settings.allow_plain_http.to_string(),
+            "push_allow_http" => l.push.allow_http.to_string(),
+            "push_contact" => l
+                .push
+                .contact
+                .clone()
+                .unwrap_or_else(|| format!("mailto:postmaster@{}", settings.domain)),
             "tls_ca_file" => settings
                 .federation
                 .tls_ca_file

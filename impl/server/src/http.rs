@@ -14,6 +14,8 @@
 //! - `/.well-known/polyproto-core` and `/.p2/core/v1/...`: [`crate::polyproto`].
 
 use std::convert::Infallible;
+
+use base64::Engine as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -384,6 +386,10 @@ pub fn discovery(server: &Server) -> Discovery {
         ca_fingerprint: hex::encode(server.ca().certificate.fingerprint()),
         queue_config_key: hex::encode(&server.queue_config_key.public),
         qs_verifying_key: hex::encode(server.qs_signing_key.verifying_key().to_bytes()),
+        push_vapid_key: Some(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(server.pusher.vapid_public_key()),
+        ),
     }
 }
 
@@ -511,6 +517,24 @@ async fn metrics(server: &Server) -> String {
         let _ = writeln!(
             out,
             "phoenix_connections_closed_total{{reason=\"{reason}\"}} {}",
+            value.load(Ordering::Relaxed)
+        );
+    }
+    // Requirement: QS-PUSH-2
+    let push = server.pusher.metrics();
+    let _ = writeln!(
+        out,
+        "# HELP phoenix_push_notifications_total Push notifications, by outcome (sent: accepted by the push service; failed: refused or not delivered; gone: endpoint reported gone and deleted; dropped: too many in flight).\n# TYPE phoenix_push_notifications_total counter"
+    );
+    for (outcome, value) in [
+        ("sent", &push.sent),
+        ("failed", &push.failed),
+        ("gone", &push.gone),
+        ("dropped", &push.dropped),
+    ] {
+        let _ = writeln!(
+            out,
+            "phoenix_push_notifications_total{{outcome=\"{outcome}\"}} {}",
             value.load(Ordering::Relaxed)
         );
     }

@@ -61,6 +61,8 @@ pub struct Limits {
     /// default one random key per process, which only in-process tests use.
     // Requirement: OPS-KEK-1
     pub key_encryption: KeyEncryptionKey,
+    /// How push notifications are sent ([`crate::qs::push`]).
+    pub push: crate::qs::push::PushSettings,
 }
 
 impl Default for Limits {
@@ -81,6 +83,7 @@ impl Default for Limits {
             rate_limits: crate::ratelimit::RateLimitConfig::default(),
             edge: crate::edge::EdgeLimits::default(),
             key_encryption: KeyEncryptionKey::default(),
+            push: Default::default(),
         }
     }
 }
@@ -124,6 +127,8 @@ pub struct Server {
     pub queue_configs: crate::qs::QueueConfigCache,
     /// Wakes the live streams of a queue after an enqueue committed (`qs/listen`).
     pub queue_wakeup: Arc<dyn crate::qs::wakeup::QueueWakeup>,
+    /// Sends push notifications to clients with no live stream ([`crate::qs::push`]).
+    pub pusher: crate::qs::push::Pusher,
     /// The test-only observation tap (off until a test starts it; see [`crate::observe`]).
     #[cfg(feature = "observe")]
     pub observer: crate::observe::Observer,
@@ -224,7 +229,17 @@ impl Server {
         let queue_config_key = load_or_create_queue_config_key(&store, kek).await?;
         let qs_signing_key = load_or_create_signing_key(&store, QS_SIGNING_KEY, kek).await?;
         let group_token_key = load_or_create_token_key(&store, kek).await?;
+        let vapid_key = load_or_create_vapid_key(&store, kek).await?;
         let peers = Peers::new(&federation).map_err(StartError::Keys)?;
+        let pusher = crate::qs::push::Pusher::new(
+            limits.push.clone(),
+            domain.as_str(),
+            &vapid_key,
+            &queue_config_key.private,
+            store.clone(),
+            crate::tls::extra_roots(federation.tls_ca_file.as_deref()).map_err(StartError::Keys)?,
+        )
+        .map_err(StartError::Keys)?;
         Ok(Arc::new(Self {
             domain,
             store,
@@ -240,6 +255,7 @@ impl Server {
             outbox_wakeup: Notify::new(),
             queue_configs: Default::default(),
             queue_wakeup: Arc::new(crate::qs::wakeup::InProcess::default()),
+            pusher,
             #[cfg(feature = "observe")]
             observer: crate::observe::Observer::default(),
         }))
@@ -536,6 +552,37 @@ async fn load_or_create_token_key(
         ));
     }
     Ok(key)
+}
+
+/// Name of the QS's VAPID key (P-256, RFC 8292) in the `server_keys` table.
+const VAPID_KEY: &str = "vapid";
+
+// Requirement: QS-PUSH-2, OPS-KEK-1
+/// The QS's VAPID private key, created on first start and sealed like the others.
+async fn load_or_create_vapid_key(
+    store: &Store,
+    kek: &KeyEncryptionKey,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, StartError> {
+    if store.server_key(VAPID_KEY).await?.is_none() {
+        let (private, public) = crate::qs::push::generate_vapid_key();
+        let sealed = kek.seal(VAPID_KEY, &private)?;
+        store.insert_server_key(VAPID_KEY, &sealed, &public).await?;
+    }
+    // Another process may have won the race: use whatever is stored.
+    let (private, public) = store
+        .server_key(VAPID_KEY)
+        .await?
+        .ok_or(StartError::Keys("VAPID key missing after creation".into()))?;
+    let opened = kek.open(VAPID_KEY, &private)?;
+    if let Opened::Clear(key) = &opened {
+        reseal(store, kek, VAPID_KEY, &private, key).await?;
+    }
+    if crate::qs::push::vapid_public_of(opened.key()).as_deref() != Some(public.as_slice()) {
+        return Err(StartError::Keys(
+            "stored VAPID key pair does not match".into(),
+        ));
+    }
+    Ok(zeroize::Zeroizing::new(opened.key().to_vec()))
 }
 
 /// The name the queue-config private key is sealed under ([`crate::keys_at_rest`]).

@@ -124,6 +124,7 @@ on_both_backends!(
     the_listen_stream_authenticates_windows_acknowledges_and_resumes,
     a_client_from_before_queue_encryption_rekeys_and_misses_nothing,
     a_broken_queue_chain_is_reported_and_rekeyed,
+    push_notifications_reach_offline_clients_only_and_say_nothing,
 );
 
 // ----- building valid requests ------------------------------------------------------
@@ -2066,5 +2067,218 @@ async fn the_listen_stream_authenticates_windows_acknowledges_and_resumes(backen
         .unwrap();
     assert_eq!(left.first().map(|m| m.sequence_number), Some(90));
     assert!(server.healthy().await);
+    server.stop().await;
+}
+
+/// A Web Push receiver on loopback, as a push service: records each POST (path, headers,
+/// body) and answers 201, or 410 on paths under `/gone/`.
+struct PushReceiver {
+    url: String,
+    got: tokio::sync::mpsc::UnboundedReceiver<(String, BTreeMap<String, String>, Vec<u8>)>,
+}
+
+async fn push_receiver() -> PushReceiver {
+    use warp::Filter;
+    let (tx, got) = tokio::sync::mpsc::unbounded_channel();
+    let route = warp::post()
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::bytes())
+        .map(
+            move |path: warp::path::FullPath,
+                  headers: warp::http::HeaderMap,
+                  body: bytes::Bytes| {
+                let headers = headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                    .collect();
+                let _ = tx.send((path.as_str().to_owned(), headers, body.to_vec()));
+                let status = if path.as_str().starts_with("/gone/") {
+                    warp::http::StatusCode::GONE
+                } else {
+                    warp::http::StatusCode::CREATED
+                };
+                warp::reply::with_status("", status)
+            },
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    PushReceiver { url, got }
+}
+
+impl PushReceiver {
+    async fn next(&mut self) -> (String, BTreeMap<String, String>, Vec<u8>) {
+        tokio::time::timeout(std::time::Duration::from_secs(10), self.got.recv())
+            .await
+            .expect("no push notification within 10 s")
+            .unwrap()
+    }
+
+    /// Nothing arrives within `secs`.
+    async fn quiet(&mut self, secs: u64) -> bool {
+        tokio::time::timeout(std::time::Duration::from_secs(secs), self.got.recv())
+            .await
+            .is_err()
+    }
+}
+
+// Requirement: QS-PUSH-1, QS-PUSH-2, QS-PUSH-3
+async fn push_notifications_reach_offline_clients_only_and_say_nothing(backend: Backend) {
+    use phoenix_server::store::push::PushStore;
+    use web_push_native::jwt_simple::prelude::*;
+    let mut limits = unlimited();
+    limits.push.allow_http = true;
+    let Some(server) = TestServer::start(backend, limits).await else {
+        return;
+    };
+    let mut receiver = push_receiver().await;
+    let ((mut alice, _ah), (mut bob, bob_home)) = alice_and_bob_in_team(&server).await;
+    let bob_id = stored_identity(&bob_home).await;
+
+    // An endpoint that is not https is refused by a server that does not allow it: checked
+    // in the unit tests of qs::push; here plain HTTP is allowed for the loopback receiver.
+    let status = bob
+        .set_push(&format!("{}/push/bob", receiver.url), None)
+        .await
+        .unwrap();
+    assert!(status.decrypts_here);
+    // Stored sealed: the row does not show where bob is notified.
+    let stored = server
+        .server
+        .store
+        .push_endpoints(&[bob_id.qs_client_id])
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(
+        !stored[0].1.windows(9).any(|w| w == b"127.0.0.1"),
+        "the push endpoint is stored in the clear"
+    );
+
+    // bob is offline (no stream): alice's message notifies him.
+    alice.send("team", "secret plans").await.unwrap();
+    let (path, headers, body) = receiver.next().await;
+    assert_eq!(path, "/push/bob");
+    assert_eq!(
+        headers.get("content-encoding").map(String::as_str),
+        Some("aes128gcm")
+    );
+    assert!(headers.contains_key("ttl"));
+    // VAPID (RFC 8292): signed by the key the server publishes, for this push service.
+    let discovery: phoenix_types::discovery::Discovery = reqwest::get(format!(
+        "{}{}",
+        server.url,
+        phoenix_types::discovery::WELL_KNOWN_PATH
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let vapid_key = discovery
+        .push_vapid_key
+        .expect("discovery names the VAPID key");
+    let authorization = headers.get("authorization").expect("a VAPID authorization");
+    let (token, k) = authorization
+        .strip_prefix("vapid t=")
+        .and_then(|rest| rest.split_once(", k="))
+        .expect("vapid t=..., k=...");
+    assert_eq!(k, vapid_key);
+    let public = ES256PublicKey::from_bytes(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, k).unwrap(),
+    )
+    .unwrap();
+    let options = VerificationOptions {
+        allowed_audiences: Some(HashSet::from_strings(&[&receiver.url])),
+        ..Default::default()
+    };
+    let claims = public
+        .verify_token::<NoCustomClaims>(token, Some(options))
+        .expect("the VAPID token verifies for this push service");
+    assert_eq!(claims.subject.as_deref(), Some("mailto:postmaster@a.test"));
+    // bob can decrypt it, and it says nothing: no group, no sender, no text.
+    let plain = bob.decrypt_push(&body).await.unwrap();
+    assert!(
+        plain.is_empty(),
+        "the notification carries content: {plain:?}"
+    );
+    let everything = format!("{headers:?}").into_bytes();
+    for secret in [&b"alice"[..], b"team", b"secret plans"] {
+        assert!(!everything.windows(secret.len()).any(|w| w == secret));
+    }
+    assert!(
+        bob.sync()
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e["text"] == "secret plans")
+    );
+
+    // bob listening (a live stream on this server): no notification, the stream has it.
+    let (mut ws, nonce) = listen_connect(&server).await;
+    let bob_key = ed25519_dalek::SigningKey::from_bytes(&bob_id.qs_client_key);
+    let position = stored_identity(&bob_home).await.qs_next_seq;
+    send_frame(
+        &mut ws,
+        listen_init(bob_id.qs_client_id, &bob_key, position, nonce),
+    )
+    .await;
+    // The stream is subscribed once it says the queue is drained.
+    loop {
+        if matches!(frame(&mut ws).await, qs::ListenFrame::Empty { .. }) {
+            break;
+        }
+    }
+    alice.send("team", "while you listen").await.unwrap();
+    loop {
+        if matches!(frame(&mut ws).await, qs::ListenFrame::Message(_)) {
+            break;
+        }
+    }
+    assert!(receiver.quiet(2).await, "a listening client was notified");
+    drop(ws);
+
+    // An endpoint the push service says is gone (410) is deleted, and counted.
+    bob.set_push(&format!("{}/gone/bob", receiver.url), None)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    alice.send("team", "anyone there?").await.unwrap();
+    let (path, _, _) = receiver.next().await;
+    assert_eq!(path, "/gone/bob");
+    let mut deleted = false;
+    for _ in 0..100 {
+        if server
+            .server
+            .store
+            .push_endpoints(&[bob_id.qs_client_id])
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            deleted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(deleted, "a gone endpoint was kept");
+    let metrics = reqwest::get(format!("{}/metrics", server.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("phoenix_push_notifications_total{outcome=\"gone\"} 1"));
+    assert!(metrics.contains("phoenix_push_notifications_total{outcome=\"sent\"} 1"));
+
+    // Cleared: nothing more.
+    bob.set_push(&format!("{}/push/bob", receiver.url), None)
+        .await
+        .unwrap();
+    bob.clear_push().await.unwrap();
+    assert!(bob.push_status().await.unwrap().is_none());
+    alice.send("team", "hello?").await.unwrap();
+    assert!(receiver.quiet(2).await, "a cleared endpoint was notified");
     server.stop().await;
 }

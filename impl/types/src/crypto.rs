@@ -267,6 +267,9 @@ pub fn hpke_open(
 pub mod hpke_info {
     pub const QUEUE_CONFIG: &[u8] = b"phoenix-v1 sealed queue config";
     pub const CONNECTION_ESTABLISHMENT: &[u8] = b"phoenix-v1 connection establishment";
+    /// A client's push endpoint, sealed by the QS to its own queue-config key (aad = the
+    /// QS client id) before it is stored.
+    pub const PUSH_ENDPOINT: &[u8] = b"phoenix-v1 push endpoint";
 }
 
 #[cfg(test)]

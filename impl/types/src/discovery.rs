@@ -25,6 +25,12 @@ pub struct Discovery {
     pub queue_config_key: String,
     /// The QS's Ed25519 key that signs QS-to-QS messages, hex.
     pub qs_verifying_key: String,
+    /// The QS's VAPID public key (RFC 8292): an uncompressed P-256 point, base64url
+    /// without padding, as a browser's `applicationServerKey` takes it. Push services
+    /// that restrict a subscription to one application server check notifications
+    /// against it. Absent from servers that do not send push notifications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_vapid_key: Option<String>,
 }
 
 pub const WELL_KNOWN_PATH: &str = "/.well-known/phoenix";

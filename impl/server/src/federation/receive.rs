@@ -96,6 +96,10 @@ pub async fn enqueue(server: &Server, body: &[u8], now: u64) -> Result<Vec<u8>, 
         Stored::Enqueued(Some(_)) => {
             // Requirement: QS-LISTEN-2 (after the commit)
             server.queue_wakeup.wake(&client_id);
+            // Requirement: QS-PUSH-2
+            if !server.queue_wakeup.is_listening(&client_id) {
+                server.pusher.notify(vec![client_id]);
+            }
             server
                 .metrics
                 .federation_received

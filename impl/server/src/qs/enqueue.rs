@@ -66,11 +66,17 @@ async fn deliver(
         .store
         .enqueue(&batch, &server.limits.queue_sealer)
         .await?;
+    let mut offline = Vec::new();
     for ((i, result), entry) in batch_index.into_iter().zip(results).zip(&batch) {
         let outcome = match result {
             Some(seq) => {
                 // Requirement: QS-LISTEN-2 (after the commit)
                 server.queue_wakeup.wake(&entry.client_id);
+                if !server.queue_wakeup.is_listening(&entry.client_id)
+                    && !offline.contains(&entry.client_id)
+                {
+                    offline.push(entry.client_id);
+                }
                 EnqueueOutcome::Delivered(seq)
             }
             // The store answers `None` both for a duplicate and for a client record that
@@ -85,6 +91,8 @@ async fn deliver(
             *slot = Some(outcome);
         }
     }
+    // Requirement: QS-PUSH-2 (after the commit, to clients with no live stream here)
+    server.pusher.notify(offline);
     Ok(outcomes
         .into_iter()
         .map(|o| o.unwrap_or(EnqueueOutcome::Undeliverable("not processed".into())))

@@ -9,6 +9,7 @@ pub mod fetch_key_packages;
 pub mod key_package_status;
 pub mod listen;
 pub mod publish_key_packages;
+pub mod push;
 pub mod rekey_queue;
 pub mod wakeup;
 
@@ -36,6 +37,7 @@ pub fn operation(name: &str) -> Option<&'static str> {
         qs::DEQUEUE,
         qs::KEY_PACKAGE_STATUS,
         qs::REKEY_QUEUE,
+        qs::SET_PUSH_ENDPOINT,
     ]
     .into_iter()
     .find(|op| *op == name)
@@ -62,6 +64,7 @@ pub async fn handle(server: &Server, request: &Request, now: u64) -> Result<Vec<
             key_package_status::key_package_status(server, request, now).await
         }
         qs::REKEY_QUEUE => rekey_queue::rekey_queue(server, request, now).await,
+        qs::SET_PUSH_ENDPOINT => push::set_push_endpoint(server, request, now).await,
         _ => Err(WireError::new(ErrorCode::NotFound, "unknown QS operation")),
     }
 }

@@ -22,6 +22,9 @@ pub trait QueueWakeup: Send + Sync + std::fmt::Debug {
     fn subscribe(&self, client: QsId) -> Arc<Notify>;
     /// Something was committed to `client`'s queue.
     fn wake(&self, client: &QsId);
+    /// Whether a live stream of `client`'s queue is subscribed (here: in this process),
+    /// so that it needs no push notification.
+    fn is_listening(&self, client: &QsId) -> bool;
 }
 
 /// Wake-ups within this process.
@@ -58,6 +61,14 @@ impl QueueWakeup for InProcess {
         if handles.is_empty() {
             waiting.remove(client);
         }
+    }
+
+    fn is_listening(&self, client: &QsId) -> bool {
+        self.waiting.lock().is_ok_and(|waiting| {
+            waiting
+                .get(client)
+                .is_some_and(|handles| handles.iter().any(|w| w.strong_count() > 0))
+        })
     }
 }
 

@@ -9,6 +9,7 @@
 //! | `dequeue` | QsClient | `DequeueRequest` → `DequeueResponse` |
 //! | `key_package_status` | QsClient | [`KeyPackageStatusRequest`] → [`KeyPackageStatusResponse`] |
 //! | `rekey_queue` | QsClient | [`RekeyQueueRequest`] → [`RekeyQueueResponse`] |
+//! | `set_push_endpoint` | QsClient | [`SetPushEndpointRequest`] → `Empty` |
 //!
 //! Nothing here names an FID: QS records are pseudonymous.
 
@@ -23,6 +24,12 @@ pub const FETCH_KEY_PACKAGES: &str = "fetch_key_packages";
 pub const DEQUEUE: &str = "dequeue";
 pub const KEY_PACKAGE_STATUS: &str = "key_package_status";
 pub const REKEY_QUEUE: &str = "rekey_queue";
+pub const SET_PUSH_ENDPOINT: &str = "set_push_endpoint";
+
+/// Longest push endpoint URL the QS accepts (bytes).
+pub const MAX_PUSH_URL_LEN: usize = 1024;
+/// Length of an uncompressed P-256 public key (RFC 8291 `p256dh`).
+pub const PUSH_P256DH_LEN: usize = 65;
 
 /// Most key packages one upload may carry.
 pub const MAX_KEY_PACKAGES: usize = 100;
@@ -161,6 +168,31 @@ pub struct RekeyQueueRequest {
 pub struct RekeyQueueResponse {
     /// The sequence number of the first entry sealed under the new chain.
     pub chain_start: u64,
+}
+
+/// A Web Push subscription (RFC 8030 endpoint, RFC 8291 keys), as a browser's
+/// `PushSubscription` or a UnifiedPush distributor gives it. The QS POSTs a notification
+/// to `url`, encrypted to `p256dh` with `auth` (RFC 8291, `aes128gcm`) and signed with
+/// its VAPID key (RFC 8292, published in discovery as `push_vapid_key`). The
+/// notification carries no content: it only says that the queue has something.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct PushEndpoint {
+    /// `https://` URL of the push resource (at most [`MAX_PUSH_URL_LEN`] bytes).
+    pub url: VLBytes,
+    /// The user agent's P-256 public key, uncompressed ([`PUSH_P256DH_LEN`] bytes).
+    pub p256dh: VLBytes,
+    /// The user agent's authentication secret.
+    pub auth: [u8; 16],
+}
+
+/// Set (or, with `None`, clear) the push endpoint of the signing client record. The QS
+/// stores it sealed to itself and opens it only to send a notification.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct SetPushEndpointRequest {
+    pub timestamp: u64,
+    pub endpoint: Option<PushEndpoint>,
 }
 
 /// `Arbitrary` for [`openmls_traits::types::HpkeCiphertext`], which does not implement it
