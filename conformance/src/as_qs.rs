@@ -21,8 +21,8 @@ use phoenix_client::api::{Api, Signer};
 use phoenix_client::mls::{self, CIPHERSUITE, Provider};
 use phoenix_model::adversary::AdvOp;
 use phoenix_model::call::{
-    AsCall, AsSigner, Call, ConnectionPackageArg, KeyPackageArg, Outcome, PackageDefect, QsCall,
-    QsSigner, Reply,
+    AsCall, AsSigner, Call, ConnectionPackageArg, KeyPackageArg, Outcome, PackageDefect, PushArg,
+    QsCall, QsSigner, Reply,
 };
 use phoenix_model::ids::{ClientName, DomainId, Fid, FidArg, KeyId, MsgId, PkgId, QsCid, Token};
 use phoenix_model::state::{Config, Op, State, step};
@@ -440,6 +440,22 @@ fn transitions(state: &RefState) -> BoxedStrategy<Call> {
                 queue_key: KeyId(fresh),
             })
         });
+    // Requirement: QS-PUSH-1
+    let qs_push = (
+        qs_signer(&p, fresh),
+        prop::bool::weighted(0.9),
+        prop::option::weighted(0.8, prop::bool::weighted(0.8)),
+    )
+        .prop_map(move |(signer, is_fresh, endpoint)| {
+            Call::Qs(QsCall::SetPushEndpoint {
+                signer,
+                fresh: is_fresh,
+                endpoint: endpoint.map(|https| PushArg {
+                    subscription: KeyId(fresh),
+                    https,
+                }),
+            })
+        });
     // Requirement: QS-LISTEN-1, QS-LISTEN-2
     // A listen stream always names a client record (there is no anonymous stream): an
     // anonymous signer stands for an unknown record.
@@ -482,6 +498,7 @@ fn transitions(state: &RefState) -> BoxedStrategy<Call> {
         2 => qs_dequeue,
         2 => qs_listen,
         1 => qs_rekey,
+        1 => qs_push,
     ]
     .boxed()
 }
@@ -573,6 +590,9 @@ pub fn requirements(call: &Call, outcome: &Outcome) -> Vec<&'static str> {
             }
             QsCall::RekeyQueue { .. } => {
                 out.push(if auth { "QS-AUTH-1" } else { "QS-ENC-4" });
+            }
+            QsCall::SetPushEndpoint { .. } => {
+                out.push(if auth { "QS-AUTH-1" } else { "QS-PUSH-1" });
             }
             QsCall::Listen { .. } => {
                 out.push("QS-LISTEN-1");
@@ -1166,6 +1186,11 @@ impl AsQsSut {
                 let (id, key) = self.qs_signer_parts(signer);
                 Ok(self.listen(id, &key, *start).await)
             }
+            QsCall::SetPushEndpoint {
+                signer,
+                fresh,
+                endpoint,
+            } => self.set_push_endpoint(signer, *fresh, *endpoint).await,
             QsCall::RekeyQueue {
                 signer,
                 fresh,
@@ -1197,6 +1222,51 @@ impl AsQsSut {
                 })
             }
         }
+    }
+
+    // Requirement: QS-PUSH-1
+    /// `qs/set_push_endpoint` with a subscription at a loopback port where nothing listens
+    /// (what the QS sends there after an enqueue is refused at once and counted: traffic
+    /// stays on this machine). `https: false` names a plain `http://` URL, which the
+    /// server under test (default settings) refuses.
+    async fn set_push_endpoint(
+        &self,
+        signer: &QsSigner,
+        fresh: bool,
+        endpoint: Option<PushArg>,
+    ) -> Result<Observed, HarnessError> {
+        let (id, key) = self.qs_signer_parts(signer);
+        let signer = match signer {
+            QsSigner::Anonymous => Signer::Anonymous,
+            QsSigner::Client { .. } => Signer::QsClient { id, key: &key },
+        };
+        let endpoint = endpoint.map(|e| {
+            let scheme = if e.https { "https" } else { "http" };
+            qs::PushEndpoint {
+                url: VLBytes::new(
+                    format!("{scheme}://127.0.0.1:1/push/{}", e.subscription.0).into_bytes(),
+                ),
+                p256dh: VLBytes::new(P256_GENERATOR.to_vec()),
+                auth: [e.subscription.0 as u8; 16],
+            }
+        });
+        let r = answer(
+            self.api
+                .call::<_, Empty>(
+                    "qs",
+                    qs::SET_PUSH_ENDPOINT,
+                    &qs::SetPushEndpointRequest {
+                        timestamp: timestamp(fresh),
+                        endpoint,
+                    },
+                    signer,
+                )
+                .await,
+        )?;
+        Ok(match r {
+            Err(code) => Observed::Error(code),
+            Ok(Empty {}) => Observed::Empty,
+        })
     }
 
     // Requirement: QS-LISTEN-1, QS-LISTEN-2
@@ -1456,3 +1526,13 @@ impl crate::runner::Suite for AsQs {
         sut.check_queues(&state.model, None).await
     }
 }
+
+/// The base point of P-256, uncompressed: a valid `p256dh` for the endpoints this suite
+/// sets (nobody decrypts what is sent to them).
+const P256_GENERATOR: [u8; 65] = [
+    0x04, 0x6b, 0x17, 0xd1, 0xf2, 0xe1, 0x2c, 0x42, 0x47, 0xf8, 0xbc, 0xe6, 0xe5, 0x63, 0xa4, 0x40,
+    0xf2, 0x77, 0x03, 0x7d, 0x81, 0x2d, 0xeb, 0x33, 0xa0, 0xf4, 0xa1, 0x39, 0x45, 0xd8, 0x98, 0xc2,
+    0x96, 0x4f, 0xe3, 0x42, 0xe2, 0xfe, 0x1a, 0x7f, 0x9b, 0x8e, 0xe7, 0xeb, 0x4a, 0x7c, 0x0f, 0x9e,
+    0x16, 0x2b, 0xce, 0x33, 0x57, 0x6b, 0x31, 0x5e, 0xce, 0xcb, 0xb6, 0x40, 0x68, 0x37, 0xbf, 0x51,
+    0xf5,
+];

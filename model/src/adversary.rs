@@ -315,14 +315,21 @@ pub fn snapshot(server: &Homeserver) -> Vec<Row> {
         });
     }
     for (id, client) in server.qs.clients.iter() {
+        let mut idents = vec![
+            Ident::QsClient(id.0),
+            Ident::QsUser(client.user.0),
+            Ident::Key(client.auth_key),
+        ];
+        // Requirement: QS-PUSH-1
+        // The push endpoint is sealed to the QS's queue-config key, which the snapshot
+        // does not hold (it is sealed under the key-encryption key): ciphertext.
+        if client.push.is_some() {
+            idents.push(Ident::Opaque);
+        }
         rows.push(Row {
             service: Service::Qs,
             table: "qs_clients",
-            idents: vec![
-                Ident::QsClient(id.0),
-                Ident::QsUser(client.user.0),
-                Ident::Key(client.auth_key),
-            ],
+            idents,
         });
         for p in client.key_packages.iter() {
             let mut idents = vec![Ident::QsClient(id.0), Ident::Key(p.leaf_key)];
@@ -481,7 +488,8 @@ pub fn observe(domain: DomainId, call: &Call) -> Observation {
             QsCall::PublishKeyPackages { signer, .. }
             | QsCall::Dequeue { signer, .. }
             | QsCall::Listen { signer, .. }
-            | QsCall::RekeyQueue { signer, .. } => {
+            | QsCall::RekeyQueue { signer, .. }
+            | QsCall::SetPushEndpoint { signer, .. } => {
                 if let QsSigner::Client { id, .. } = signer {
                     o.qs_ids.insert(id.0);
                 }

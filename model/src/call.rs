@@ -168,6 +168,24 @@ pub enum QsCall {
         /// The new queue key (each re-key request names a new one).
         queue_key: KeyId,
     },
+    /// Set (or, with `None`, clear) the signer's push endpoint (QS-PUSH-1). What the QS
+    /// sends to it after an enqueue is not in the model: a notification carries nothing
+    /// and goes outside the system (the hostile test checks it with a real receiver).
+    SetPushEndpoint {
+        signer: QsSigner,
+        fresh: bool,
+        endpoint: Option<PushArg>,
+    },
+}
+
+/// A push endpoint as a client gives it: a subscription (named by its key) at an
+/// `https://` URL, or at a plain `http://` one, which the QS refuses unless its operator
+/// allowed it (the model's QS does not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct PushArg {
+    pub subscription: KeyId,
+    pub https: bool,
 }
 
 /// Most messages a listen stream sends before an acknowledgement

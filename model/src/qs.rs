@@ -39,6 +39,8 @@ pub struct QsClient {
     pub auth_key: KeyId,
     pub key_packages: Vec<StoredKeyPackage>,
     pub queue: Queue,
+    /// The push endpoint (its subscription), stored sealed to the QS itself (QS-PUSH-1).
+    pub push: Option<KeyId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -99,7 +101,9 @@ pub fn handle(state: &mut QsState, ghost: &mut Ghost, config: &Config, call: &Qs
 pub fn replay_protected(call: &QsCall) -> bool {
     matches!(
         call,
-        QsCall::PublishKeyPackages { .. } | QsCall::RekeyQueue { .. }
+        QsCall::PublishKeyPackages { .. }
+            | QsCall::RekeyQueue { .. }
+            | QsCall::SetPushEndpoint { .. }
     )
 }
 
@@ -151,6 +155,7 @@ fn handle_call(state: &mut QsState, ghost: &mut Ghost, config: &Config, call: &Q
                     auth_key: *client_key,
                     key_packages: Vec::new(),
                     queue: Queue::new(),
+                    push: None,
                 },
             );
             Ok(Reply::QsUserCreated { user, client })
@@ -208,6 +213,25 @@ fn handle_call(state: &mut QsState, ghost: &mut Ghost, config: &Config, call: &Q
                 return Err(ErrorCode::Internal);
             };
             Ok(Reply::ChainStart(record.queue.next_seq))
+        }
+        // Requirement: QS-PUSH-1
+        QsCall::SetPushEndpoint {
+            signer,
+            fresh,
+            endpoint,
+        } => {
+            let (id, _) = authenticate(state, signer)?;
+            if !fresh {
+                return Err(ErrorCode::StaleRequest);
+            }
+            if endpoint.is_some_and(|e| !e.https) {
+                return Err(ErrorCode::Malformed);
+            }
+            let Some(record) = state.clients.get_mut(&id) else {
+                return Err(ErrorCode::Internal);
+            };
+            record.push = endpoint.map(|e| e.subscription);
+            Ok(Reply::Empty)
         }
         // Requirement: QS-LISTEN-1, QS-LISTEN-2, QS-LISTEN-3
         QsCall::Listen { signer, start } => {
