@@ -19,6 +19,20 @@ fn opens(data: &[u8]) {
     );
 }
 
+/// A push endpoint as a client sends it is checked without panicking; a stored (sealed)
+/// endpoint record that is not one opens to nothing.
+fn push_endpoint(data: &[u8]) {
+    use phoenix_server::qs::push::{check_endpoint, open_endpoint};
+    if let Ok(endpoint) = phoenix_types::codec::decode::<PushEndpoint>(data, 4096) {
+        let _ = check_endpoint(&endpoint, false);
+        let _ = check_endpoint(&endpoint, true);
+    }
+    assert!(
+        open_endpoint(&[5; 32], &[1; 16], data).is_none(),
+        "a push endpoint record opened without the QS's key"
+    );
+}
+
 fuzz_target!(|data: &[u8]| {
     dispatch(
         &[
@@ -47,6 +61,10 @@ fuzz_target!(|data: &[u8]| {
             opens,
             decodes::<RekeyQueueRequest>,
             decodes::<RekeyQueueResponse>,
+            // Push notifications (QS-PUSH-1).
+            decodes::<SetPushEndpointRequest>,
+            decodes::<PushEndpoint>,
+            push_endpoint,
         ],
         data,
     );

@@ -32,6 +32,7 @@ enum Value {
     ListenFrame(ListenFrame),
     QueueEntry(phoenix_types::queue_ratchet::QueueEntry),
     RekeyQueueRequest(RekeyQueueRequest),
+    SetPushEndpointRequest(SetPushEndpointRequest),
 }
 
 fuzz_target!(|value: Value| {
@@ -56,5 +57,6 @@ fuzz_target!(|value: Value| {
         Value::ListenFrame(v) => roundtrip(&v),
         Value::QueueEntry(v) => roundtrip(&v),
         Value::RekeyQueueRequest(v) => roundtrip(&v),
+        Value::SetPushEndpointRequest(v) => roundtrip(&v),
     }
 });

@@ -752,6 +752,29 @@ async fn valid_bodies(server: &TestServer) -> BTreeMap<String, Vec<Vec<u8>>> {
         ),
     );
     add("qs", qs::DEQUEUE, qs_alice.sign(qs::DEQUEUE, &dequeue));
+    // Requirement: QS-PUSH-1 (a loopback port where nothing listens)
+    add(
+        "qs",
+        qs::SET_PUSH_ENDPOINT,
+        qs_alice.sign(
+            qs::SET_PUSH_ENDPOINT,
+            &codec::encode(&qs::SetPushEndpointRequest {
+                timestamp: now(),
+                endpoint: Some(qs::PushEndpoint {
+                    url: VLBytes::new(b"https://127.0.0.1:1/push".to_vec()),
+                    p256dh: VLBytes::new(
+                        hex::decode(
+                            "046b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296\
+                             4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5",
+                        )
+                        .unwrap(),
+                    ),
+                    auth: [3; 16],
+                }),
+            })
+            .unwrap(),
+        ),
+    );
     add(
         "qs",
         qs::KEY_PACKAGE_STATUS,
