@@ -702,6 +702,7 @@ impl FedSut {
             },
             queue_config: VLBytes::new(self.victim_config(usize::from(send.queue_domain.0))?),
             payload: VLBytes::new(self.names.message_tag(send.msg).to_vec()),
+            notification: phoenix_types::messages::Notification::Send,
         };
         let body = peer.sign(&tbs)?;
         let url = self

@@ -215,6 +215,7 @@ pub async fn probe(
         timestamp: phoenix_client::client::now().saturating_sub(24 * 3600),
         queue_config: VLBytes::new(queue_config),
         payload: VLBytes::new(b"probe".to_vec()),
+        notification: phoenix_types::messages::Notification::Send,
     })?;
     Ok(match post(http, url, body).await? {
         Err(code) if code == "STALE_REQUEST" => Reach::Reaches,

@@ -588,6 +588,7 @@ fn main() {
         timestamp: NOW,
         queue_config: b(&codec::encode(&sealed).unwrap()),
         payload: b(&codec::encode(&QueuePayload::GroupMessage(message)).unwrap()),
+        notification: phoenix_types::messages::Notification::Send,
     };
     let fed_tbs_bytes = codec::encode(&fed_tbs).unwrap();
     c.select(

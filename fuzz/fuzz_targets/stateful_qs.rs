@@ -511,6 +511,7 @@ impl Run<'_> {
                 queue_config: config,
                 payload: payload.clone(),
                 dedup,
+                notify: true,
             });
             targets.push(
                 matches!(target, QueueTarget::ThisClient)

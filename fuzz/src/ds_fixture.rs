@@ -202,6 +202,7 @@ fn app_message(
         group_id: VLBytes::new(gid.to_vec()),
         ear_key: ear,
         message: VLBytes::new(encoded(&message)),
+        notification: phoenix_types::messages::Notification::Send,
     })
 }
 

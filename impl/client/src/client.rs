@@ -26,6 +26,7 @@ use phoenix_types::codec;
 use phoenix_types::crypto::{self, HpkeKeyPair, SymmetricKey, hpke_info, label};
 use phoenix_types::discovery::Resolver;
 use phoenix_types::ids::{ClientId, Domain, Fid, QualifiedGroupId};
+pub use phoenix_types::messages::Notification;
 use phoenix_types::messages::as_::{self, ConnectionPackage, ConnectionPackagePayload};
 use phoenix_types::messages::client::{
     ADD_PACKAGE_AAD, ApplicationPayload, ClientCredentialInfo, ConnectionEstablishmentPackage,
@@ -1402,6 +1403,7 @@ impl Client {
         id: &Identity,
         record: &Group,
         payload: &ApplicationPayload,
+        notification: Notification,
     ) -> Result<(), ClientError> {
         self.require_settled(record).await?;
         let mut group = self.load_group(&record.group_id)?;
@@ -1420,6 +1422,7 @@ impl Client {
                 group_id: VLBytes::new(record.group_id.clone()),
                 ear_key: record.ear_key,
                 message: VLBytes::new(message),
+                notification,
             },
             Signer::DsLeaf {
                 leaf_index: group.own_leaf_index().u32(),
@@ -1905,6 +1908,8 @@ impl Client {
             &id,
             &record,
             &ApplicationPayload::Friendship(self.friendship_package(&id)),
+            // The requester learns that we accepted: worth a notification.
+            Notification::Send,
         )
         .await?;
         Ok(())
@@ -2554,11 +2559,28 @@ impl Client {
 
     /// Send `text` to the group `name`.
     pub async fn send(&mut self, name: &str, text: &str) -> Result<(), ClientError> {
-        let result = self.send_inner(name, text).await;
+        self.send_with(name, text, Notification::Send).await
+    }
+
+    // Requirement: QS-PUSH-4
+    /// [`Client::send`], saying whether the recipients' servers may announce it by push
+    /// notification (`Suppress`: they receive it unannounced).
+    pub async fn send_with(
+        &mut self,
+        name: &str,
+        text: &str,
+        notification: Notification,
+    ) -> Result<(), ClientError> {
+        let result = self.send_inner(name, text, notification).await;
         self.finish(result).await
     }
 
-    async fn send_inner(&mut self, name: &str, text: &str) -> Result<(), ClientError> {
+    async fn send_inner(
+        &mut self,
+        name: &str,
+        text: &str,
+        notification: Notification,
+    ) -> Result<(), ClientError> {
         let id = self.identity().await?;
         self.pull_into_events(&id).await?;
         let record = self.user_group(name).await?;
@@ -2569,7 +2591,10 @@ impl Client {
             return Err(usage("messages are limited to 64 KiB"));
         }
         let payload = ApplicationPayload::Text(text.to_owned());
-        match self.send_in_group(&id, &record, &payload).await {
+        match self
+            .send_in_group(&id, &record, &payload, notification)
+            .await
+        {
             // Requirement: CL-RESYNC-1 (the DS is at a later epoch although our queue was
             // just processed: catch up, or resync if nothing queued can bring us there,
             // then send once more at the new epoch)
@@ -2580,7 +2605,8 @@ impl Client {
                 if !record.active || self.load_group(&record.group_id)?.epoch().as_u64() == before {
                     return Err(e);
                 }
-                self.send_in_group(&id, &record, &payload).await
+                self.send_in_group(&id, &record, &payload, notification)
+                    .await
             }
             other => other,
         }

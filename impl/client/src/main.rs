@@ -101,6 +101,10 @@ enum Command {
         group: String,
         /// The message.
         text: String,
+        /// Ask the recipients' servers not to announce it by push notification (they
+        /// still receive it).
+        #[arg(long)]
+        silent: bool,
     },
     /// Fetch and process new messages, invitations, connection requests and confirmations
     /// (renews this client's certificate first when a third of its lifetime is left).
@@ -568,8 +572,17 @@ async fn run(cli: Cli) -> Result<(Value, String), ClientError> {
             }
         },
         Command::Groups => groups(&client).await?,
-        Command::Send { group, text } => {
-            client.send(&group, &text).await?;
+        Command::Send {
+            group,
+            text,
+            silent,
+        } => {
+            let notification = if silent {
+                phoenix_client::client::Notification::Suppress
+            } else {
+                phoenix_client::client::Notification::Send
+            };
+            client.send_with(&group, &text, notification).await?;
             (
                 json!({"group": group, "sent": true}),
                 format!("sent to {group}"),

@@ -647,6 +647,7 @@ mod tests {
             group_id: group_id.clone().into(),
             ear_key: secret,
             message: vec![1, 2, 3].into(),
+            notification: phoenix_types::messages::Notification::Send,
         })
         .unwrap();
         let envelope = codec::encode(&RequestEnvelope {

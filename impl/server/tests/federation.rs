@@ -169,6 +169,7 @@ fn entry(destination: &str, queue_config: Vec<u8>, payload: &[u8]) -> OutboxEntr
         queue_config,
         payload: payload.to_vec(),
         dedup,
+        notify: true,
     }
 }
 
@@ -247,6 +248,7 @@ async fn each_refusal_has_its_own_code(b_store: Store) {
         timestamp: now(),
         queue_config: VLBytes::new(forged_entry.queue_config.clone()),
         payload: VLBytes::new(forged_entry.payload.clone()),
+        notification: phoenix_types::messages::Notification::Send,
     })
     .unwrap();
     let forger = crypto::generate_signing_key(&mut OsRng);

@@ -502,6 +502,7 @@ impl DsIdentity {
             group_id: VLBytes::new(gid.clone()),
             ear_key,
             message: VLBytes::new(message.tls_serialize_detached().unwrap()),
+            notification: phoenix_types::messages::Notification::Send,
         };
         let info = ds::ExternalCommitInfoRequest {
             group_id: VLBytes::new(gid),
@@ -1961,6 +1962,7 @@ async fn enqueue_for(server: &TestServer, client: [u8; 16], n: u8, tag: u8) {
                 dedup[1] = i;
                 dedup
             },
+            notify: true,
         })
         .collect();
     let outcomes = phoenix_server::qs::enqueue::enqueue_local(&server.server, &entries)
@@ -2236,6 +2238,28 @@ async fn push_notifications_reach_offline_clients_only_and_say_nothing(backend: 
             .unwrap()
             .iter()
             .any(|e| e["text"] == "secret plans")
+    );
+
+    // Requirement: QS-PUSH-4
+    // A message its sender asked to be silent is delivered unannounced.
+    alice
+        .send_with(
+            "team",
+            "quietly",
+            phoenix_types::messages::Notification::Suppress,
+        )
+        .await
+        .unwrap();
+    assert!(
+        receiver.quiet(2).await,
+        "a suppressed message was announced"
+    );
+    assert!(
+        bob.sync()
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e["text"] == "quietly")
     );
 
     // bob listening (a live stream on this server): no notification, the stream has it.

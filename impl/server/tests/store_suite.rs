@@ -1881,6 +1881,8 @@ fn outbox_entry(n: u8) -> OutboxEntry {
         queue_config: vec![n; 40],
         payload: vec![n; 200],
         dedup: [n; 16],
+        // Both values, so that the column round-trips (QS-PUSH-4).
+        notify: n.is_multiple_of(2),
     }
 }
 

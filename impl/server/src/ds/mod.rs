@@ -121,6 +121,7 @@ pub fn fan_out_entry(
         queue_config: codec::encode(&member.queue_config)?,
         payload: codec::encode(payload)?,
         dedup,
+        notify: true,
     })
 }
 

@@ -11,8 +11,8 @@ use zeroize::Zeroize;
 use phoenix_types::codec;
 use phoenix_types::crypto::SymmetricKey;
 use phoenix_types::error::{ErrorCode, WireError};
-use phoenix_types::messages::Empty;
 use phoenix_types::messages::ds::{GroupMessage, QueuePayload, SendMessageRequest};
+use phoenix_types::messages::{Empty, Notification};
 
 use crate::auth::{Request, check_fresh};
 use crate::ds::commit;
@@ -47,7 +47,13 @@ pub async fn send_message(
         message: req.message.clone(),
         new_credentials: Vec::new(),
     });
-    let outbox = fan_out_to_members(&group.state.members, Some(sender), &payload)?;
+    let mut outbox = fan_out_to_members(&group.state.members, Some(sender), &payload)?;
+    // Requirement: QS-PUSH-4
+    if req.notification == Notification::Suppress {
+        for entry in &mut outbox {
+            entry.notify = false;
+        }
+    }
     // Requirement: ADV-REPLAY-2
     let recorded = server
         .store

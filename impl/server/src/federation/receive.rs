@@ -15,11 +15,11 @@ use phoenix_types::codec;
 use phoenix_types::crypto;
 use phoenix_types::error::{ErrorCode, WireError};
 use phoenix_types::ids::Domain;
-use phoenix_types::messages::Empty;
 use phoenix_types::messages::federation::{
     self, FederatedEnqueue, FederatedEnqueueTbs, MAX_FEDERATED_MESSAGE,
 };
 use phoenix_types::messages::qs::SealedQueueConfig;
+use phoenix_types::messages::{Empty, Notification};
 
 use crate::auth::check_fresh;
 use crate::qs::open_queue_config;
@@ -96,8 +96,10 @@ pub async fn enqueue(server: &Server, body: &[u8], now: u64) -> Result<Vec<u8>, 
         Stored::Enqueued(Some(_)) => {
             // Requirement: QS-LISTEN-2 (after the commit)
             server.queue_wakeup.wake(&client_id);
-            // Requirement: QS-PUSH-2
-            if !server.queue_wakeup.is_listening(&client_id) {
+            // Requirement: QS-PUSH-2, QS-PUSH-4
+            if tbs.notification == Notification::Send
+                && !server.queue_wakeup.is_listening(&client_id)
+            {
                 server.pusher.notify(vec![client_id]);
             }
             server

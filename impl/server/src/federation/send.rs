@@ -9,6 +9,7 @@ use phoenix_types::codec;
 use phoenix_types::crypto;
 use phoenix_types::error::{ErrorCode, Problem, WireError};
 use phoenix_types::ids::Domain;
+use phoenix_types::messages::Notification;
 use phoenix_types::messages::federation::{self, FederatedEnqueue, FederatedEnqueueTbs};
 
 use crate::server::{Server, now};
@@ -38,6 +39,12 @@ pub fn build(
         message_id: entry.dedup,
         timestamp,
         queue_config: VLBytes::new(entry.queue_config.clone()),
+        // Requirement: QS-PUSH-4
+        notification: if entry.notify {
+            Notification::Send
+        } else {
+            Notification::Suppress
+        },
         payload: VLBytes::new(entry.payload.clone()),
     })?;
     let signature = crypto::sign(&server.qs_signing_key, federation::LABEL, &tbs);

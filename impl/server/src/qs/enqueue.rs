@@ -72,7 +72,9 @@ async fn deliver(
             Some(seq) => {
                 // Requirement: QS-LISTEN-2 (after the commit)
                 server.queue_wakeup.wake(&entry.client_id);
-                if !server.queue_wakeup.is_listening(&entry.client_id)
+                // Requirement: QS-PUSH-4 (not for a message its sender asked to be silent)
+                if entries.get(i).is_some_and(|e| e.notify)
+                    && !server.queue_wakeup.is_listening(&entry.client_id)
                     && !offline.contains(&entry.client_id)
                 {
                     offline.push(entry.client_id);
@@ -132,6 +134,7 @@ mod tests {
             queue_config: codec::encode(&sealed).unwrap(),
             payload: vec![dedup; 8],
             dedup: [dedup; 16],
+            notify: true,
         }
     }
 

@@ -15,9 +15,11 @@
 //! Bounded: at most `max_in_flight` notifications (and endpoint lookups) at a time, each
 //! with a timeout; beyond that a notification is dropped and counted, never queued.
 //!
-//! Not built: the DS's per-message "suppress notification" flag (every enqueue notifies);
-//! with several processes on one database, a client with a live stream on another process
-//! is notified too.
+//! A message whose sender suppressed its notification (QS-PUSH-4: `ds/send_message`'s
+//! `notification`, kept with each outbox entry and passed to remote QSs) notifies nobody.
+//!
+//! Not built: with several processes on one database, a client with a live stream on
+//! another process is notified too.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -469,6 +469,8 @@ pub struct OutboxEntry {
     pub payload: Vec<u8>,
     /// Idempotency key, random per entry.
     pub dedup: [u8; 16],
+    /// Whether the recipient's QS may send a push notification (QS-PUSH-4).
+    pub notify: bool,
 }
 
 /// Outcome of [`QsStore::enqueue_federated`].

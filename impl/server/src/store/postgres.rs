@@ -931,7 +931,7 @@ impl DsStore for PgStore {
 
     async fn due_outbox(&self, now: u64, limit: u32) -> StoreResult<Vec<(i64, OutboxEntry)>> {
         sqlx::query(
-            "SELECT id, destination, queue_config, payload, dedup FROM ds_outbox \
+            "SELECT id, destination, queue_config, payload, dedup, notify FROM ds_outbox \
              WHERE next_attempt_at <= $1 ORDER BY id LIMIT $2",
         )
         .bind(bound(now))
@@ -1023,7 +1023,7 @@ impl DsStore for PgStore {
                      AND o.id < d.id \
                      AND (o.id <> ALL($2::bigint[]) OR o.next_attempt_at > $4 OR o.claimed_until > $4)) \
                ORDER BY d.id FOR UPDATE OF d SKIP LOCKED) \
-             RETURNING id, destination, queue_config, payload, dedup",
+             RETURNING id, destination, queue_config, payload, dedup, notify",
         )
         .bind(bound(lease_until))
         .bind(ids)
@@ -1057,7 +1057,7 @@ impl DsStore for PgStore {
                      AND (d.destination <> $3 OR o.queue_config = d.queue_config) \
                      AND (o.next_attempt_at > $2 OR o.claimed_until > $2)) \
                ORDER BY d.id LIMIT $4 FOR UPDATE OF d SKIP LOCKED) \
-             RETURNING id, destination, queue_config, payload, dedup",
+             RETURNING id, destination, queue_config, payload, dedup, notify",
         )
         .bind(bound(lease_until))
         .bind(bound(now))
@@ -1123,11 +1123,12 @@ async fn insert_outbox(
         .map(|entry| entry.payload.as_slice())
         .collect();
     let dedups: Vec<&[u8]> = outbox.iter().map(|entry| entry.dedup.as_slice()).collect();
+    let notify: Vec<bool> = outbox.iter().map(|entry| entry.notify).collect();
     let ids: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO ds_outbox (destination, queue_config, payload, dedup) \
-         SELECT destination, queue_config, payload, dedup \
-         FROM UNNEST($1::text[], $2::bytea[], $3::bytea[], $4::bytea[]) \
-             WITH ORDINALITY AS o(destination, queue_config, payload, dedup, n) \
+        "INSERT INTO ds_outbox (destination, queue_config, payload, dedup, notify) \
+         SELECT destination, queue_config, payload, dedup, notify \
+         FROM UNNEST($1::text[], $2::bytea[], $3::bytea[], $4::bytea[], $5::boolean[]) \
+             WITH ORDINALITY AS o(destination, queue_config, payload, dedup, notify, n) \
          ORDER BY n \
          RETURNING id",
     )
@@ -1135,6 +1136,7 @@ async fn insert_outbox(
     .bind(&queue_configs)
     .bind(&payloads)
     .bind(&dedups)
+    .bind(&notify)
     .fetch_all(&mut **tx)
     .await?;
     // RETURNING promises no order; the ids were drawn in insertion order.

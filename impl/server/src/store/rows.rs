@@ -147,7 +147,7 @@ pub(super) fn group(row: &impl Columns) -> StoreResult<StoredGroup> {
     })
 }
 
-/// Columns: id, destination, queue_config, payload, dedup.
+/// Columns: id, destination, queue_config, payload, dedup, notify.
 pub(super) fn outbox(row: &impl Columns) -> StoreResult<(i64, OutboxEntry)> {
     Ok((
         row.int("id")?,
@@ -156,6 +156,7 @@ pub(super) fn outbox(row: &impl Columns) -> StoreResult<(i64, OutboxEntry)> {
             queue_config: row.bytes("queue_config")?,
             payload: row.bytes("payload")?,
             dedup: row.array("dedup", "outbox dedup key is not 16 bytes")?,
+            notify: row.flag("notify")?,
         },
     ))
 }

@@ -849,7 +849,7 @@ impl DsStore for SqliteStore {
 
     async fn due_outbox(&self, now: u64, limit: u32) -> StoreResult<Vec<(i64, OutboxEntry)>> {
         sqlx::query(
-            "SELECT id, destination, queue_config, payload, dedup FROM ds_outbox \
+            "SELECT id, destination, queue_config, payload, dedup, notify FROM ds_outbox \
              WHERE next_attempt_at <= ? ORDER BY id LIMIT ?",
         )
         .bind(bound(now))
@@ -940,7 +940,7 @@ impl DsStore for SqliteStore {
                      AND o.id < d.id \
                      AND (o.id NOT IN (SELECT value FROM json_each(?2)) \
                           OR o.next_attempt_at > ?4 OR o.claimed_until > ?4))) \
-             RETURNING id, destination, queue_config, payload, dedup",
+             RETURNING id, destination, queue_config, payload, dedup, notify",
         )
         .bind(bound(lease_until))
         .bind(id_list(ids))
@@ -970,7 +970,7 @@ impl DsStore for SqliteStore {
                      AND (d.destination <> ?3 OR o.queue_config = d.queue_config) \
                      AND (o.next_attempt_at > ?2 OR o.claimed_until > ?2)) \
                ORDER BY d.id LIMIT ?4) \
-             RETURNING id, destination, queue_config, payload, dedup",
+             RETURNING id, destination, queue_config, payload, dedup, notify",
         )
         .bind(bound(lease_until))
         .bind(bound(now))
@@ -1027,12 +1027,13 @@ async fn insert_outbox(
     let mut ids = Vec::with_capacity(outbox.len());
     for entry in outbox {
         let id = sqlx::query(
-            "INSERT INTO ds_outbox (destination, queue_config, payload, dedup) VALUES (?, ?, ?, ?)",
+            "INSERT INTO ds_outbox (destination, queue_config, payload, dedup, notify) VALUES (?, ?, ?, ?, ?)",
         )
         .bind(&entry.destination)
         .bind(entry.queue_config.as_slice())
         .bind(entry.payload.as_slice())
         .bind(entry.dedup.as_slice())
+        .bind(entry.notify)
         .execute(&mut **tx)
         .await?
         .last_insert_rowid();

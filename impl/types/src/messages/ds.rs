@@ -197,6 +197,9 @@ pub struct SendMessageRequest {
     pub ear_key: [u8; 32],
     /// TLS-encoded `MlsMessage` (a `PrivateMessage` of the current epoch).
     pub message: VLBytes,
+    /// Whether the recipients' QS may send a push notification for this message
+    /// (QS-PUSH-4); with `Suppress` they still receive it, unannounced.
+    pub notification: crate::messages::Notification,
 }
 
 /// What the DS enqueues in a member's QS queue.

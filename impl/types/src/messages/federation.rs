@@ -32,6 +32,8 @@ pub struct FederatedEnqueueTbs {
     pub queue_config: VLBytes,
     /// An encoded `QueuePayload`.
     pub payload: VLBytes,
+    /// Whether the receiving QS may send the recipient a push notification (QS-PUSH-4).
+    pub notification: crate::messages::Notification,
 }
 
 /// The body of `POST /phoenix/v1/federation/enqueue`: the encoded [`FederatedEnqueueTbs`]

@@ -119,3 +119,14 @@ pub struct Empty {}
 pub fn operation_label(service: &str, operation: &str) -> String {
     format!("{service}/{operation}")
 }
+
+/// Whether a message may be announced by a push notification (QS-PUSH-4): the sender of an
+/// application message chooses (`ds/send_message`), and the DS passes it on with each
+/// fan-out entry, to a remote QS too (`FederatedEnqueueTbs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[repr(u8)]
+pub enum Notification {
+    Send = 0,
+    Suppress = 1,
+}
