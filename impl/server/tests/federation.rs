@@ -45,14 +45,12 @@ async fn run(
     listener: tokio::net::TcpListener,
     url: String,
 ) -> Running {
-    let server = Server::start_with(
-        Domain::parse(domain).unwrap(),
-        store,
-        Limits::default(),
-        federation,
-    )
-    .await
-    .unwrap();
+    let mut limits = Limits::default();
+    // The push receivers of these tests are plain HTTP on loopback.
+    limits.push.allow_http = true;
+    let server = Server::start_with(Domain::parse(domain).unwrap(), store, limits, federation)
+        .await
+        .unwrap();
     Running {
         _shutdown: support::serve(server.clone(), listener),
         server,
@@ -308,6 +306,75 @@ async fn each_refusal_has_its_own_code(b_store: Store) {
 
     // Only the genuine message reached the queue.
     assert_eq!(queue(&f.b, client, &key).await, vec![b"payload 1".to_vec()]);
+}
+
+// Requirement: QS-PUSH-2, QS-PUSH-4
+/// A message a.test fans out to a client of b.test makes b.test's QS notify the client's
+/// push endpoint, unless the sender suppressed the notification: the choice travels in the
+/// signed federated enqueue.
+async fn push_follows_the_senders_choice_across_federation(b_store: Store) {
+    let f = federation(b_store).await;
+    let (client, key) = queue_on(&f.b).await;
+    let mut receiver = support::push_receiver().await;
+    let api = Api::new(&f.b.url).unwrap();
+    let _: phoenix_types::messages::Empty = api
+        .call(
+            "qs",
+            qs::SET_PUSH_ENDPOINT,
+            &qs::SetPushEndpointRequest {
+                timestamp: now(),
+                endpoint: Some(qs::PushEndpoint {
+                    url: VLBytes::new(format!("{}/push/b", receiver.url).into_bytes()),
+                    p256dh: VLBytes::new(
+                        hex::decode(
+                            "046b17d1f2e12c4247f8bce6e563a440f277037d812deb33a0f4a13945d898c296\
+                             4fe342e2fe1a7f9b8ee7eb4a7c0f9e162bce33576b315ececbb6406837bf51f5",
+                        )
+                        .unwrap(),
+                    ),
+                    auth: [1; 16],
+                }),
+            },
+            Signer::QsClient {
+                id: client,
+                key: &key,
+            },
+        )
+        .await
+        .unwrap();
+    let b_domain = Domain::parse("b.test").unwrap();
+    let announced = entry("b.test", sealed_for(&f.b.server, client), b"announced");
+    let body =
+        phoenix_server::federation::send::build(&f.a.server, &b_domain, &announced, now()).unwrap();
+    assert_eq!(post(&f.b.url, body).await, (200, None));
+    let (path, _, _) = receiver.next().await;
+    assert_eq!(path, "/push/b");
+    let mut silent = entry("b.test", sealed_for(&f.b.server, client), b"silent");
+    silent.notify = false;
+    let body =
+        phoenix_server::federation::send::build(&f.a.server, &b_domain, &silent, now()).unwrap();
+    assert_eq!(post(&f.b.url, body).await, (200, None));
+    assert!(
+        receiver.quiet(2).await,
+        "a suppressed message was announced"
+    );
+    assert_eq!(
+        queue(&f.b, client, &key).await,
+        vec![b"announced".to_vec(), b"silent".to_vec()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_push_follows_the_senders_choice_across_federation() {
+    let (store, _storage) = store(Backend::Sqlite).await.unwrap();
+    push_follows_the_senders_choice_across_federation(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_push_follows_the_senders_choice_across_federation() {
+    if let Some((store, _storage)) = store(Backend::Postgres).await {
+        push_follows_the_senders_choice_across_federation(store).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2095,59 +2095,6 @@ async fn the_listen_stream_authenticates_windows_acknowledges_and_resumes(backen
     server.stop().await;
 }
 
-/// A Web Push receiver on loopback, as a push service: records each POST (path, headers,
-/// body) and answers 201, or 410 on paths under `/gone/`.
-struct PushReceiver {
-    url: String,
-    got: tokio::sync::mpsc::UnboundedReceiver<(String, BTreeMap<String, String>, Vec<u8>)>,
-}
-
-async fn push_receiver() -> PushReceiver {
-    use warp::Filter;
-    let (tx, got) = tokio::sync::mpsc::unbounded_channel();
-    let route = warp::post()
-        .and(warp::path::full())
-        .and(warp::header::headers_cloned())
-        .and(warp::body::bytes())
-        .map(
-            move |path: warp::path::FullPath,
-                  headers: warp::http::HeaderMap,
-                  body: bytes::Bytes| {
-                let headers = headers
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
-                    .collect();
-                let _ = tx.send((path.as_str().to_owned(), headers, body.to_vec()));
-                let status = if path.as_str().starts_with("/gone/") {
-                    warp::http::StatusCode::GONE
-                } else {
-                    warp::http::StatusCode::CREATED
-                };
-                warp::reply::with_status("", status)
-            },
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(warp::serve(route).incoming(listener).run());
-    PushReceiver { url, got }
-}
-
-impl PushReceiver {
-    async fn next(&mut self) -> (String, BTreeMap<String, String>, Vec<u8>) {
-        tokio::time::timeout(std::time::Duration::from_secs(10), self.got.recv())
-            .await
-            .expect("no push notification within 10 s")
-            .unwrap()
-    }
-
-    /// Nothing arrives within `secs`.
-    async fn quiet(&mut self, secs: u64) -> bool {
-        tokio::time::timeout(std::time::Duration::from_secs(secs), self.got.recv())
-            .await
-            .is_err()
-    }
-}
-
 // Requirement: QS-PUSH-1, QS-PUSH-2, QS-PUSH-3
 async fn push_notifications_reach_offline_clients_only_and_say_nothing(backend: Backend) {
     use phoenix_server::store::push::PushStore;
@@ -2157,7 +2104,7 @@ async fn push_notifications_reach_offline_clients_only_and_say_nothing(backend: 
     let Some(server) = TestServer::start(backend, limits).await else {
         return;
     };
-    let mut receiver = push_receiver().await;
+    let mut receiver = support::push_receiver().await;
     let ((mut alice, _ah), (mut bob, bob_home)) = alice_and_bob_in_team(&server).await;
     let bob_id = stored_identity(&bob_home).await;
 

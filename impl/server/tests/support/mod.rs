@@ -12,6 +12,7 @@
     reason = "test support: a failure to set up is a test failure; each suite uses a part"
 )]
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rand_core::{OsRng, RngCore};
@@ -182,3 +183,59 @@ macro_rules! on_both_backends {
 
 #[allow(unused_imports, reason = "not every suite runs its tests this way")]
 pub(crate) use on_both_backends;
+
+/// A Web Push receiver on loopback, as a push service: records each POST (path, headers,
+/// body) and answers 201, or 410 on paths under `/gone/`.
+#[allow(dead_code, reason = "not every suite sends push notifications")]
+pub struct PushReceiver {
+    pub url: String,
+    got: tokio::sync::mpsc::UnboundedReceiver<(String, BTreeMap<String, String>, Vec<u8>)>,
+}
+
+#[allow(dead_code, reason = "not every suite sends push notifications")]
+pub async fn push_receiver() -> PushReceiver {
+    use warp::Filter;
+    let (tx, got) = tokio::sync::mpsc::unbounded_channel();
+    let route = warp::post()
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::bytes())
+        .map(
+            move |path: warp::path::FullPath,
+                  headers: warp::http::HeaderMap,
+                  body: bytes::Bytes| {
+                let headers = headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                    .collect();
+                let _ = tx.send((path.as_str().to_owned(), headers, body.to_vec()));
+                let status = if path.as_str().starts_with("/gone/") {
+                    warp::http::StatusCode::GONE
+                } else {
+                    warp::http::StatusCode::CREATED
+                };
+                warp::reply::with_status("", status)
+            },
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    PushReceiver { url, got }
+}
+
+#[allow(dead_code, reason = "not every suite sends push notifications")]
+impl PushReceiver {
+    pub async fn next(&mut self) -> (String, BTreeMap<String, String>, Vec<u8>) {
+        tokio::time::timeout(std::time::Duration::from_secs(10), self.got.recv())
+            .await
+            .expect("no push notification within 10 s")
+            .unwrap()
+    }
+
+    /// Nothing arrives within `secs`.
+    pub async fn quiet(&mut self, secs: u64) -> bool {
+        tokio::time::timeout(std::time::Duration::from_secs(secs), self.got.recv())
+            .await
+            .is_err()
+    }
+}
