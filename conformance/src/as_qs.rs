@@ -456,6 +456,14 @@ fn transitions(state: &RefState) -> BoxedStrategy<Call> {
                 }),
             })
         });
+    // Requirement: QS-REC-1
+    let qs_delete =
+        (qs_signer(&p, fresh), prop::bool::weighted(0.9)).prop_map(move |(signer, is_fresh)| {
+            Call::Qs(QsCall::DeleteClient {
+                signer,
+                fresh: is_fresh,
+            })
+        });
     // Requirement: QS-LISTEN-1, QS-LISTEN-2
     // A listen stream always names a client record (there is no anonymous stream): an
     // anonymous signer stands for an unknown record.
@@ -499,6 +507,7 @@ fn transitions(state: &RefState) -> BoxedStrategy<Call> {
         2 => qs_listen,
         1 => qs_rekey,
         1 => qs_push,
+        1 => qs_delete,
     ]
     .boxed()
 }
@@ -593,6 +602,9 @@ pub fn requirements(call: &Call, outcome: &Outcome) -> Vec<&'static str> {
             }
             QsCall::SetPushEndpoint { .. } => {
                 out.push(if auth { "QS-AUTH-1" } else { "QS-PUSH-1" });
+            }
+            QsCall::DeleteClient { .. } => {
+                out.push(if auth { "QS-AUTH-1" } else { "QS-REC-1" });
             }
             QsCall::Listen { .. } => {
                 out.push("QS-LISTEN-1");
@@ -1191,6 +1203,31 @@ impl AsQsSut {
                 fresh,
                 endpoint,
             } => self.set_push_endpoint(signer, *fresh, *endpoint).await,
+            QsCall::DeleteClient { signer, fresh } => {
+                let (id, key) = self.qs_signer_parts(signer);
+                let signer = match signer {
+                    QsSigner::Anonymous => Signer::Anonymous,
+                    QsSigner::Client { .. } => Signer::QsClient { id, key: &key },
+                };
+                let r = answer(
+                    self.api
+                        .call::<_, qs::DeleteClientResponse>(
+                            "qs",
+                            qs::DELETE_CLIENT,
+                            &qs::DeleteClientRequest {
+                                timestamp: timestamp(*fresh),
+                            },
+                            signer,
+                        )
+                        .await,
+                )?;
+                Ok(match r {
+                    Err(code) => Observed::Error(code),
+                    Ok(resp) => Observed::ClientDeleted {
+                        user: resp.user_deleted == 1,
+                    },
+                })
+            }
             QsCall::RekeyQueue {
                 signer,
                 fresh,

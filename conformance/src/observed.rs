@@ -37,6 +37,9 @@ pub enum Observed {
     },
     /// Where a re-keyed queue's new chain starts.
     ChainStart(u64),
+    ClientDeleted {
+        user: bool,
+    },
     QsUserCreated,
     /// The packages served, by id, sorted.
     KeyPackages {
@@ -98,6 +101,7 @@ pub fn expected(outcome: &Outcome) -> Observed {
             },
             Reply::Certificates { count } => Observed::Certificates { count: *count },
             Reply::ChainStart(seq) => Observed::ChainStart(*seq),
+            Reply::ClientDeleted { user } => Observed::ClientDeleted { user: *user },
             Reply::QsUserCreated { .. } => Observed::QsUserCreated,
             Reply::KeyPackages { packages } => {
                 let mut ids: Vec<u32> = packages.iter().map(|(_, id)| id.0).collect();

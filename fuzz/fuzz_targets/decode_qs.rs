@@ -65,6 +65,8 @@ fuzz_target!(|data: &[u8]| {
             decodes::<SetPushEndpointRequest>,
             decodes::<PushEndpoint>,
             push_endpoint,
+            decodes::<DeleteClientRequest>,
+            decodes::<DeleteClientResponse>,
         ],
         data,
     );

@@ -33,6 +33,8 @@ enum Value {
     QueueEntry(phoenix_types::queue_ratchet::QueueEntry),
     RekeyQueueRequest(RekeyQueueRequest),
     SetPushEndpointRequest(SetPushEndpointRequest),
+    DeleteClientRequest(DeleteClientRequest),
+    DeleteClientResponse(DeleteClientResponse),
 }
 
 fuzz_target!(|value: Value| {
@@ -58,5 +60,7 @@ fuzz_target!(|value: Value| {
         Value::QueueEntry(v) => roundtrip(&v),
         Value::RekeyQueueRequest(v) => roundtrip(&v),
         Value::SetPushEndpointRequest(v) => roundtrip(&v),
+        Value::DeleteClientRequest(v) => roundtrip(&v),
+        Value::DeleteClientResponse(v) => roundtrip(&v),
     }
 });

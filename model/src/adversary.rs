@@ -489,7 +489,8 @@ pub fn observe(domain: DomainId, call: &Call) -> Observation {
             | QsCall::Dequeue { signer, .. }
             | QsCall::Listen { signer, .. }
             | QsCall::RekeyQueue { signer, .. }
-            | QsCall::SetPushEndpoint { signer, .. } => {
+            | QsCall::SetPushEndpoint { signer, .. }
+            | QsCall::DeleteClient { signer, .. } => {
                 if let QsSigner::Client { id, .. } = signer {
                     o.qs_ids.insert(id.0);
                 }

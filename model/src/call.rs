@@ -176,6 +176,12 @@ pub enum QsCall {
         fresh: bool,
         endpoint: Option<PushArg>,
     },
+    /// Delete the signer's client record (QS-REC-1), and its user record when no other
+    /// client is left; the reply says which.
+    DeleteClient {
+        signer: QsSigner,
+        fresh: bool,
+    },
 }
 
 /// A push endpoint as a client gives it: a subscription (named by its key) at an
@@ -327,6 +333,10 @@ pub enum Reply {
     },
     /// Where a re-keyed queue's new chain starts.
     ChainStart(Seq),
+    /// A client record was deleted; `user`: its user record with it.
+    ClientDeleted {
+        user: bool,
+    },
     QsUserCreated {
         user: QsUid,
         client: QsCid,

@@ -104,6 +104,7 @@ pub fn replay_protected(call: &QsCall) -> bool {
         QsCall::PublishKeyPackages { .. }
             | QsCall::RekeyQueue { .. }
             | QsCall::SetPushEndpoint { .. }
+            | QsCall::DeleteClient { .. }
     )
 }
 
@@ -232,6 +233,23 @@ fn handle_call(state: &mut QsState, ghost: &mut Ghost, config: &Config, call: &Q
             };
             record.push = endpoint.map(|e| e.subscription);
             Ok(Reply::Empty)
+        }
+        // Requirement: QS-REC-1
+        // The record goes with its queue and key packages; the user record goes when it
+        // has no client left. Fan-out to it afterwards finds no record (undeliverable).
+        QsCall::DeleteClient { signer, fresh } => {
+            let (id, _) = authenticate(state, signer)?;
+            if !fresh {
+                return Err(ErrorCode::StaleRequest);
+            }
+            let Some(record) = state.clients.remove(&id) else {
+                return Err(ErrorCode::Internal);
+            };
+            let lonely = !state.clients.values().any(|c| c.user == record.user);
+            if lonely {
+                state.users.remove(&record.user);
+            }
+            Ok(Reply::ClientDeleted { user: lonely })
         }
         // Requirement: QS-LISTEN-1, QS-LISTEN-2, QS-LISTEN-3
         QsCall::Listen { signer, start } => {

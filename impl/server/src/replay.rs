@@ -21,7 +21,9 @@
 //!
 //! - AS `publish_connection_packages`, `renew_certificate`, `issue_group_tokens`,
 //!   `enqueue_connection` (unsigned, but its sealed bytes are a client's one request:
-//!   a copy is the client retrying after a lost answer or a replay, CL-AMBIG-3); QS `publish_key_packages`;
+//!   a copy is the client retrying after a lost answer or a replay, CL-AMBIG-3); QS
+//!   `publish_key_packages`, `rekey_queue`, `set_push_endpoint`, `delete_client` (refused
+//!   before authentication: a replayed deletion is `REPLAYED`, not `UNKNOWN_CLIENT`);
 //!   DS `create_group`, `join_connection_group`, `add_users`, `remove_users`, `update`:
 //!   protected here.
 //! - DS `send_message`: its own record, by the MLS message (`ds_seen_messages`,
@@ -75,7 +77,10 @@ pub fn protected(service: &str, operation: &str) -> Option<ReplayService> {
             | as_::ISSUE_GROUP_TOKENS
             | as_::ENQUEUE_CONNECTION,
         ) => Some(ReplayService::As),
-        ("qs", qs::PUBLISH_KEY_PACKAGES) => Some(ReplayService::Qs),
+        (
+            "qs",
+            qs::PUBLISH_KEY_PACKAGES | qs::REKEY_QUEUE | qs::SET_PUSH_ENDPOINT | qs::DELETE_CLIENT,
+        ) => Some(ReplayService::Qs),
         (
             "ds",
             ds::CREATE_GROUP

@@ -125,6 +125,7 @@ on_both_backends!(
     a_client_from_before_queue_encryption_rekeys_and_misses_nothing,
     a_broken_queue_chain_is_reported_and_rekeyed,
     push_notifications_reach_offline_clients_only_and_say_nothing,
+    a_deleted_client_record_leaves_nothing_behind,
 );
 
 // ----- building valid requests ------------------------------------------------------
@@ -1950,6 +1951,22 @@ fn assert_refused(frame: &qs::ListenFrame, code: &str) {
 
 /// Enqueue `n` messages for `client` the way the outbox does (waking its streams).
 async fn enqueue_for(server: &TestServer, client: [u8; 16], n: u8, tag: u8) {
+    let outcomes = try_enqueue_for(server, client, n, tag).await;
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, phoenix_server::qs::enqueue::EnqueueOutcome::Delivered(_))),
+        "{outcomes:?}"
+    );
+}
+
+/// [`enqueue_for`], returning what happened to each entry.
+async fn try_enqueue_for(
+    server: &TestServer,
+    client: [u8; 16],
+    n: u8,
+    tag: u8,
+) -> Vec<phoenix_server::qs::enqueue::EnqueueOutcome> {
     let queue_config = codec::encode(&sealed_queue_config(&server.server, client)).unwrap();
     let entries: Vec<phoenix_server::store::OutboxEntry> = (0..n)
         .map(|i| phoenix_server::store::OutboxEntry {
@@ -1965,15 +1982,9 @@ async fn enqueue_for(server: &TestServer, client: [u8; 16], n: u8, tag: u8) {
             notify: true,
         })
         .collect();
-    let outcomes = phoenix_server::qs::enqueue::enqueue_local(&server.server, &entries)
+    phoenix_server::qs::enqueue::enqueue_local(&server.server, &entries)
         .await
-        .unwrap();
-    assert!(
-        outcomes
-            .iter()
-            .all(|o| matches!(o, phoenix_server::qs::enqueue::EnqueueOutcome::Delivered(_))),
-        "{outcomes:?}"
-    );
+        .unwrap()
 }
 
 fn sequence(frame: &qs::ListenFrame) -> u64 {
@@ -2274,5 +2285,142 @@ async fn push_notifications_reach_offline_clients_only_and_say_nothing(backend: 
     assert!(bob.push_status().await.unwrap().is_none());
     alice.send("team", "hello?").await.unwrap();
     assert!(receiver.quiet(2).await, "a cleared endpoint was notified");
+    server.stop().await;
+}
+
+// Requirement: QS-REC-1, ADV-REPLAY-3
+/// `qs/delete_client`: the record goes with its queue, key packages and push endpoint, and
+/// its user record (it was the only client: the friendship token fetches nothing more);
+/// the record's requests are refused afterwards, a replay of the deletion is refused, and
+/// fan-out addressed to it is stored nowhere.
+async fn a_deleted_client_record_leaves_nothing_behind(backend: Backend) {
+    use phoenix_server::store::QsStore;
+    use phoenix_server::store::push::PushStore;
+    let Some(server) = TestServer::start(backend, unlimited()).await else {
+        return;
+    };
+    let api = server.api();
+    let owner = QsIdentity::create(&api).await;
+    let other = QsIdentity::create(&api).await;
+    fn signer(who: &QsIdentity) -> Signer<'_> {
+        Signer::QsClient {
+            id: who.client_id,
+            key: &who.key,
+        }
+    }
+    let packages = owner.key_packages(&server.server, 3);
+    let _: Empty = api
+        .call(
+            "qs",
+            qs::PUBLISH_KEY_PACKAGES,
+            &qs::PublishKeyPackagesRequest {
+                timestamp: now(),
+                add_packages: packages,
+            },
+            signer(&owner),
+        )
+        .await
+        .unwrap();
+    enqueue_for(&server, owner.client_id, 5, 1).await;
+    enqueue_for(&server, other.client_id, 2, 1).await;
+
+    // Signed by another record's key: refused, nothing deleted.
+    let forged = api
+        .call::<_, qs::DeleteClientResponse>(
+            "qs",
+            qs::DELETE_CLIENT,
+            &qs::DeleteClientRequest { timestamp: now() },
+            Signer::QsClient {
+                id: owner.client_id,
+                key: &other.key,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(forged.code(), Some("BAD_SIGNATURE"), "{forged}");
+
+    let body = owner.sign(
+        qs::DELETE_CLIENT,
+        &codec::encode(&qs::DeleteClientRequest { timestamp: now() }).unwrap(),
+    );
+    let answer = api
+        .post_sealed("qs", qs::DELETE_CLIENT, &body, None)
+        .await
+        .unwrap();
+    let deleted: qs::DeleteClientResponse = codec::decode(&answer, 64).unwrap();
+    assert_eq!(deleted.user_deleted, 1);
+    let again = api
+        .post_sealed("qs", qs::DELETE_CLIENT, &body, None)
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Some("REPLAYED"), "{again}");
+
+    let store = &server.server.store;
+    assert!(
+        QsStore::client(store, &owner.client_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .push_endpoints(&[owner.client_id])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let (left, _) = QsStore::dequeue(store, &owner.client_id, 0, 500)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "the queue outlived its record");
+    let refused = api
+        .call::<_, phoenix_types::messages::DequeueResponse>(
+            "qs",
+            qs::DEQUEUE,
+            &DequeueRequest {
+                timestamp: now(),
+                sequence_number_start: 0,
+                max: 10,
+            },
+            signer(&owner),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some("UNKNOWN_CLIENT"), "{refused}");
+    // The friendship token fetches nothing: the user record is gone.
+    let fetched = api
+        .call::<_, qs::FetchKeyPackagesResponse>(
+            "qs",
+            qs::FETCH_KEY_PACKAGES,
+            &qs::FetchKeyPackagesRequest {
+                friendship_token: owner.token,
+            },
+            Signer::Anonymous,
+        )
+        .await;
+    match fetched {
+        Ok(r) => assert!(
+            r.add_packages.is_empty(),
+            "key packages outlived their record"
+        ),
+        Err(e) => assert!(e.code().is_some(), "{e}"),
+    }
+    // Fan-out to the deleted record is stored nowhere; the other queue is untouched.
+    let outcomes = try_enqueue_for(&server, owner.client_id, 3, 2).await;
+    assert!(
+        outcomes.iter().all(|o| matches!(
+            o,
+            phoenix_server::qs::enqueue::EnqueueOutcome::Undeliverable(_)
+        )),
+        "{outcomes:?}"
+    );
+    let (left, _) = QsStore::dequeue(store, &owner.client_id, 0, 500)
+        .await
+        .unwrap();
+    assert!(left.is_empty());
+    let (kept, _) = QsStore::dequeue(store, &other.client_id, 0, 500)
+        .await
+        .unwrap();
+    assert_eq!(kept.len(), 2);
     server.stop().await;
 }

@@ -3,6 +3,7 @@
 //! names an FID or a group member, and it never reads AS or DS state.
 
 pub mod create_user;
+pub mod delete_client;
 pub mod dequeue;
 pub mod enqueue;
 pub mod fetch_key_packages;
@@ -38,6 +39,7 @@ pub fn operation(name: &str) -> Option<&'static str> {
         qs::KEY_PACKAGE_STATUS,
         qs::REKEY_QUEUE,
         qs::SET_PUSH_ENDPOINT,
+        qs::DELETE_CLIENT,
     ]
     .into_iter()
     .find(|op| *op == name)
@@ -65,6 +67,7 @@ pub async fn handle(server: &Server, request: &Request, now: u64) -> Result<Vec<
         }
         qs::REKEY_QUEUE => rekey_queue::rekey_queue(server, request, now).await,
         qs::SET_PUSH_ENDPOINT => push::set_push_endpoint(server, request, now).await,
+        qs::DELETE_CLIENT => delete_client::delete_client(server, request, now).await,
         _ => Err(WireError::new(ErrorCode::NotFound, "unknown QS operation")),
     }
 }

@@ -17,6 +17,7 @@ pub mod admin;
 pub mod ephemeral;
 pub mod postgres;
 pub mod push;
+pub mod qs_records;
 pub mod queue_sealing;
 pub mod sessions;
 pub mod sqlite;

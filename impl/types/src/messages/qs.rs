@@ -10,6 +10,7 @@
 //! | `key_package_status` | QsClient | [`KeyPackageStatusRequest`] → [`KeyPackageStatusResponse`] |
 //! | `rekey_queue` | QsClient | [`RekeyQueueRequest`] → [`RekeyQueueResponse`] |
 //! | `set_push_endpoint` | QsClient | [`SetPushEndpointRequest`] → `Empty` |
+//! | `delete_client` | QsClient | [`DeleteClientRequest`] → [`DeleteClientResponse`] |
 //!
 //! Nothing here names an FID: QS records are pseudonymous.
 
@@ -25,6 +26,7 @@ pub const DEQUEUE: &str = "dequeue";
 pub const KEY_PACKAGE_STATUS: &str = "key_package_status";
 pub const REKEY_QUEUE: &str = "rekey_queue";
 pub const SET_PUSH_ENDPOINT: &str = "set_push_endpoint";
+pub const DELETE_CLIENT: &str = "delete_client";
 
 /// Longest push endpoint URL the QS accepts (bytes).
 pub const MAX_PUSH_URL_LEN: usize = 1024;
@@ -193,6 +195,22 @@ pub struct PushEndpoint {
 pub struct SetPushEndpointRequest {
     pub timestamp: u64,
     pub endpoint: Option<PushEndpoint>,
+}
+
+/// Delete the signing client record with everything the QS keeps for it: its queue, its key
+/// packages, its push endpoint and its delivery records. When it was its user's last
+/// client, the user record (and its friendship token) goes too.
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct DeleteClientRequest {
+    pub timestamp: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, TlsSerialize, TlsDeserialize, TlsSize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct DeleteClientResponse {
+    /// 1 if the user record was deleted with it (it had no other client), else 0.
+    pub user_deleted: u8,
 }
 
 /// `Arbitrary` for [`openmls_traits::types::HpkeCiphertext`], which does not implement it
