@@ -431,22 +431,22 @@ fn transitions(state: &RefState) -> BoxedStrategy<Call> {
                 })
             })
         });
+    // The signer of a signed QS request and whether it is fresh (mostly).
+    let signed_qs = || (qs_signer(&p, fresh), prop::bool::weighted(0.9));
     // Requirement: QS-ENC-4
-    let qs_rekey =
-        (qs_signer(&p, fresh), prop::bool::weighted(0.9)).prop_map(move |(signer, is_fresh)| {
-            Call::Qs(QsCall::RekeyQueue {
-                signer,
-                fresh: is_fresh,
-                queue_key: KeyId(fresh),
-            })
-        });
+    let qs_rekey = signed_qs().prop_map(move |(signer, is_fresh)| {
+        Call::Qs(QsCall::RekeyQueue {
+            signer,
+            fresh: is_fresh,
+            queue_key: KeyId(fresh),
+        })
+    });
     // Requirement: QS-PUSH-1
     let qs_push = (
-        qs_signer(&p, fresh),
-        prop::bool::weighted(0.9),
+        signed_qs(),
         prop::option::weighted(0.8, prop::bool::weighted(0.8)),
     )
-        .prop_map(move |(signer, is_fresh, endpoint)| {
+        .prop_map(move |((signer, is_fresh), endpoint)| {
             Call::Qs(QsCall::SetPushEndpoint {
                 signer,
                 fresh: is_fresh,
@@ -457,13 +457,12 @@ fn transitions(state: &RefState) -> BoxedStrategy<Call> {
             })
         });
     // Requirement: QS-REC-1
-    let qs_delete =
-        (qs_signer(&p, fresh), prop::bool::weighted(0.9)).prop_map(move |(signer, is_fresh)| {
-            Call::Qs(QsCall::DeleteClient {
-                signer,
-                fresh: is_fresh,
-            })
-        });
+    let qs_delete = signed_qs().prop_map(move |(signer, is_fresh)| {
+        Call::Qs(QsCall::DeleteClient {
+            signer,
+            fresh: is_fresh,
+        })
+    });
     // Requirement: QS-LISTEN-1, QS-LISTEN-2
     // A listen stream always names a client record (there is no anonymous stream): an
     // anonymous signer stands for an unknown record.
@@ -1113,10 +1112,7 @@ impl AsQsSut {
                     timestamp: timestamp(*fresh),
                     add_packages,
                 };
-                let signer = match signer {
-                    QsSigner::Anonymous => Signer::Anonymous,
-                    QsSigner::Client { .. } => Signer::QsClient { id, key: &key },
-                };
+                let signer = signed_by(signer, id, &key);
                 let r = answer(
                     self.api
                         .call::<_, Empty>("qs", qs::PUBLISH_KEY_PACKAGES, &request, signer)
@@ -1164,10 +1160,7 @@ impl AsQsSut {
                 max,
             } => {
                 let (id, key) = self.qs_signer_parts(signer);
-                let signer = match signer {
-                    QsSigner::Anonymous => Signer::Anonymous,
-                    QsSigner::Client { .. } => Signer::QsClient { id, key: &key },
-                };
+                let signer = signed_by(signer, id, &key);
                 let r = answer(
                     self.api
                         .call::<_, DequeueResponse>(
@@ -1205,10 +1198,7 @@ impl AsQsSut {
             } => self.set_push_endpoint(signer, *fresh, *endpoint).await,
             QsCall::DeleteClient { signer, fresh } => {
                 let (id, key) = self.qs_signer_parts(signer);
-                let signer = match signer {
-                    QsSigner::Anonymous => Signer::Anonymous,
-                    QsSigner::Client { .. } => Signer::QsClient { id, key: &key },
-                };
+                let signer = signed_by(signer, id, &key);
                 let r = answer(
                     self.api
                         .call::<_, qs::DeleteClientResponse>(
@@ -1235,10 +1225,7 @@ impl AsQsSut {
             } => {
                 let (id, key) = self.qs_signer_parts(signer);
                 let new_key = self.names.key(*queue_key).verifying_key().to_bytes();
-                let signer = match signer {
-                    QsSigner::Anonymous => Signer::Anonymous,
-                    QsSigner::Client { .. } => Signer::QsClient { id, key: &key },
-                };
+                let signer = signed_by(signer, id, &key);
                 let r = answer(
                     self.api
                         .call::<_, qs::RekeyQueueResponse>(
@@ -1273,10 +1260,7 @@ impl AsQsSut {
         endpoint: Option<PushArg>,
     ) -> Result<Observed, HarnessError> {
         let (id, key) = self.qs_signer_parts(signer);
-        let signer = match signer {
-            QsSigner::Anonymous => Signer::Anonymous,
-            QsSigner::Client { .. } => Signer::QsClient { id, key: &key },
-        };
+        let signer = signed_by(signer, id, &key);
         let endpoint = endpoint.map(|e| {
             let scheme = if e.https { "https" } else { "http" };
             qs::PushEndpoint {
@@ -1573,3 +1557,12 @@ const P256_GENERATOR: [u8; 65] = [
     0x16, 0x2b, 0xce, 0x33, 0x57, 0x6b, 0x31, 0x5e, 0xce, 0xcb, 0xb6, 0x40, 0x68, 0x37, 0xbf, 0x51,
     0xf5,
 ];
+
+/// The real signer of a model QS signer, given its record id and key
+/// ([`AsQsSut::qs_signer_parts`]): anonymous, or the client record signing with the key.
+fn signed_by<'a>(signer: &QsSigner, id: QsId, key: &'a ed25519_dalek::SigningKey) -> Signer<'a> {
+    match signer {
+        QsSigner::Anonymous => Signer::Anonymous,
+        QsSigner::Client { .. } => Signer::QsClient { id, key },
+    }
+}

@@ -249,6 +249,11 @@ fn handle_call(state: &mut QsState, ghost: &mut Ghost, config: &Config, call: &Q
             if lonely {
                 state.users.remove(&record.user);
             }
+            // Its owner's dequeues were of a queue that no longer exists: no owner to
+            // check them against (`only_owner_dequeues` ranges over live queues).
+            ghost
+                .dequeues
+                .retain(|(queue, _)| *queue != QueueRef::Qs(id));
             Ok(Reply::ClientDeleted { user: lonely })
         }
         // Requirement: QS-LISTEN-1, QS-LISTEN-2, QS-LISTEN-3

@@ -88,25 +88,14 @@ impl PushStore for Store {
     }
 
     async fn forget_push_endpoint(&self, client_id: &QsId, sealed: &[u8]) -> StoreResult<bool> {
-        let done = match self {
-            Store::Sqlite(store) => sqlx::query(sql::FORGET)
-                .bind(client_id.as_slice())
-                .bind(sealed)
-                .execute(store.pool())
-                .await?
-                .rows_affected(),
-            Store::Postgres(store) => sqlx::query(sql::FORGET)
-                .bind(client_id.as_slice())
-                .bind(sealed)
-                .execute(store.pool())
-                .await?
-                .rows_affected(),
-        };
-        Ok(done == 1)
+        match self {
+            Store::Sqlite(store) => sqlite::forget(store.pool(), client_id, sealed).await,
+            Store::Postgres(store) => postgres::forget(store.pool(), client_id, sealed).await,
+        }
     }
 }
 
-/// Both backends' `set`, from one body.
+/// Both backends' `set` and `forget`, from one body.
 macro_rules! backend {
     ($name:ident, $pool:ty, $begin:expr) => {
         mod $name {
@@ -133,6 +122,20 @@ macro_rules! backend {
                 }
                 tx.commit().await?;
                 Ok(true)
+            }
+
+            pub(super) async fn forget(
+                pool: &$pool,
+                client_id: &QsId,
+                sealed: &[u8],
+            ) -> StoreResult<bool> {
+                let done = sqlx::query(sql::FORGET)
+                    .bind(client_id.as_slice())
+                    .bind(sealed)
+                    .execute(pool)
+                    .await?
+                    .rows_affected();
+                Ok(done == 1)
             }
         }
     };
