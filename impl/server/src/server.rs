@@ -230,6 +230,15 @@ impl Server {
         let qs_signing_key = load_or_create_signing_key(&store, QS_SIGNING_KEY, kek).await?;
         let group_token_key = load_or_create_token_key(&store, kek).await?;
         let vapid_key = load_or_create_vapid_key(&store, kek).await?;
+        // Requirement: QS-LISTEN-4 (Postgres: several processes may share the database)
+        let queue_wakeup: Arc<dyn crate::qs::wakeup::QueueWakeup> = match &store {
+            Store::Postgres(pg) => Arc::new(
+                crate::qs::wakeup::PgNotify::start(pg.pool().clone())
+                    .await
+                    .map_err(|e| StartError::Store(StoreError::Database(e)))?,
+            ),
+            Store::Sqlite(_) => Arc::new(crate::qs::wakeup::InProcess::default()),
+        };
         let peers = Peers::new(&federation).map_err(StartError::Keys)?;
         let pusher = crate::qs::push::Pusher::new(
             limits.push.clone(),
@@ -254,7 +263,7 @@ impl Server {
             metrics: Metrics::default(),
             outbox_wakeup: Notify::new(),
             queue_configs: Default::default(),
-            queue_wakeup: Arc::new(crate::qs::wakeup::InProcess::default()),
+            queue_wakeup,
             pusher,
             #[cfg(feature = "observe")]
             observer: crate::observe::Observer::default(),

@@ -126,6 +126,7 @@ on_both_backends!(
     a_broken_queue_chain_is_reported_and_rekeyed,
     push_notifications_reach_offline_clients_only_and_say_nothing,
     a_deleted_client_record_leaves_nothing_behind,
+    a_listener_on_another_process_is_woken,
 );
 
 // ----- building valid requests ------------------------------------------------------
@@ -1907,9 +1908,14 @@ async fn send_frame(ws: &mut Ws, bytes: Vec<u8>) {
 
 /// Open a listen stream: the socket and the server's challenge.
 async fn listen_connect(server: &TestServer) -> (Ws, [u8; 32]) {
+    listen_connect_to(&server.url).await
+}
+
+/// [`listen_connect`] to the server at `base` (`http://...`).
+async fn listen_connect_to(base: &str) -> (Ws, [u8; 32]) {
     let url = format!(
         "{}{}",
-        server.url.replacen("http://", "ws://", 1),
+        base.replacen("http://", "ws://", 1),
         qs::LISTEN_PATH
     );
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
@@ -2423,4 +2429,49 @@ async fn a_deleted_client_record_leaves_nothing_behind(backend: Backend) {
         .unwrap();
     assert_eq!(kept.len(), 2);
     server.stop().await;
+}
+
+// Requirement: QS-LISTEN-4
+/// Two server processes on one Postgres database (two servers, two pools, one schema): a
+/// stream open on the second gets what the first enqueued at once, woken through
+/// `LISTEN/NOTIFY`, not at its periodic check (every `RECHECK`, 25 s). SQLite is one
+/// process: nothing to check there.
+async fn a_listener_on_another_process_is_woken(backend: Backend) {
+    let Some(first) = TestServer::start(backend, unlimited()).await else {
+        return;
+    };
+    let Some(store) = first._storage.another_store().await else {
+        return;
+    };
+    let second = Server::start(Domain::parse(DOMAIN).unwrap(), store, unlimited())
+        .await
+        .unwrap();
+    let (listener, second_url) = support::listen().await;
+    let _stop = support::serve(second, listener);
+
+    let owner = QsIdentity::create(&first.api()).await;
+    let (mut ws, nonce) = listen_connect_to(&second_url).await;
+    send_frame(&mut ws, listen_init(owner.client_id, &owner.key, 0, nonce)).await;
+    assert!(matches!(
+        frame(&mut ws).await,
+        qs::ListenFrame::Empty { .. }
+    ));
+    for round in 0..3u8 {
+        let started = std::time::Instant::now();
+        enqueue_for(&first, owner.client_id, 1, round).await;
+        // An `Empty` after the previous round's message may come first.
+        let got = loop {
+            match frame(&mut ws).await {
+                qs::ListenFrame::Empty { .. } => continue,
+                other => break other,
+            }
+        };
+        let took = started.elapsed();
+        assert!(matches!(got, qs::ListenFrame::Message(_)), "{got:?}");
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "woken after {took:?}: by the periodic check, not by the other process"
+        );
+    }
+    first.stop().await;
 }

@@ -19,7 +19,8 @@
 //! `notification`, kept with each outbox entry and passed to remote QSs) notifies nobody.
 //!
 //! Not built: with several processes on one database, a client with a live stream on
-//! another process is notified too.
+//! another process is notified too (whether a client listens is known per process; the
+//! wake-ups themselves do reach every process, [`crate::qs::wakeup::PgNotify`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,16 +1,18 @@
 //! Waking the live streams of a client's queue (`qs/listen`) when something was enqueued
 //! for it: after the enqueue's transaction committed, never before.
 //!
-//! Behind a small trait, [`QueueWakeup`], so that several server processes sharing one
-//! database can carry the wake-up between them (Postgres `LISTEN/NOTIFY`, a broker); only
-//! the in-process kind, [`InProcess`], exists yet: with several processes a stream learns
-//! of a message enqueued by another process only at its next periodic check (every
-//! [`crate::qs::listen::RECHECK`]).
+//! Behind a small trait, [`QueueWakeup`], with two kinds:
+//! - [`InProcess`]: the streams of this process (SQLite, one process);
+//! - [`PgNotify`]: on Postgres, the wake-ups also go to every other process sharing the
+//!   database, by `NOTIFY` after the commit (coalesced: one `pg_notify` per batch of up to
+//!   [`NOTIFY_BATCH`] clients) and `LISTEN` (Postgres's own engine, no broker). A wake-up
+//!   that cannot be sent (the outgoing buffer is full, the database is away) is dropped:
+//!   a stream still checks its queue every [`crate::qs::listen::RECHECK`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 use phoenix_types::ids::QsId;
 
@@ -69,6 +71,121 @@ impl QueueWakeup for InProcess {
                 .get(client)
                 .is_some_and(|handles| handles.iter().any(|w| w.strong_count() > 0))
         })
+    }
+}
+
+/// Most client ids one `pg_notify` carries (33 bytes each: a payload stays under
+/// Postgres's 8,000-byte limit).
+pub const NOTIFY_BATCH: usize = 200;
+
+/// Wake-ups waiting to be sent to the other processes; beyond, they are dropped.
+const OUTGOING: usize = 16 * 1024;
+
+/// Wake-ups shared through Postgres `LISTEN/NOTIFY` between the processes of one database
+/// (one schema: the channel is `phoenix_queue_<schema>`), on top of this process's own.
+#[derive(Debug)]
+pub struct PgNotify {
+    local: Arc<InProcess>,
+    outgoing: mpsc::Sender<QsId>,
+    /// Dropped with this value: the listening task then ends and closes its connection
+    /// (the sending task ends when `outgoing` is dropped).
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl PgNotify {
+    // Requirement: QS-LISTEN-4
+    /// Listen on the database's channel, and start the task that sends this process's
+    /// wake-ups. Both run as long as the runtime does.
+    pub async fn start(pool: sqlx::PgPool) -> Result<Self, sqlx::Error> {
+        let schema: String = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&pool)
+            .await?;
+        let channel = format!("phoenix_queue_{schema}");
+        let mut instance = [0u8; 8];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut instance);
+        let instance = hex::encode(instance);
+        let local = Arc::new(InProcess::default());
+        let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+        listener.listen(&channel).await?;
+        let woken = local.clone();
+        let me = instance.clone();
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            loop {
+                let received = tokio::select! {
+                    _ = &mut stopped => break,
+                    received = listener.recv() => received,
+                };
+                match received {
+                    Ok(notification) => {
+                        let Some((from, ids)) = notification.payload().split_once(':') else {
+                            continue;
+                        };
+                        if from == me {
+                            continue;
+                        }
+                        for id in ids.split(',') {
+                            if let Some(id) =
+                                hex::decode(id).ok().and_then(|b| <QsId>::try_from(b).ok())
+                            {
+                                woken.wake(&id);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // PgListener reconnects on the next recv; what was sent meanwhile
+                        // is lost (the streams' periodic check picks it up).
+                        tracing::warn!(error = %e, "queue wake-up listener: connection lost");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        let (outgoing, mut pending) = mpsc::channel::<QsId>(OUTGOING);
+        tokio::spawn(async move {
+            while let Some(first) = pending.recv().await {
+                let mut batch = BTreeSet::from([first]);
+                while batch.len() < NOTIFY_BATCH {
+                    match pending.try_recv() {
+                        Ok(id) => {
+                            batch.insert(id);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let ids: Vec<String> = batch.iter().map(hex::encode).collect();
+                let payload = format!("{instance}:{}", ids.join(","));
+                if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(&channel)
+                    .bind(payload)
+                    .execute(&pool)
+                    .await
+                {
+                    tracing::warn!(error = %e, "queue wake-up not sent to the other processes");
+                }
+            }
+        });
+        Ok(Self {
+            local,
+            outgoing,
+            _stop: stop,
+        })
+    }
+}
+
+impl QueueWakeup for PgNotify {
+    fn subscribe(&self, client: QsId) -> Arc<Notify> {
+        self.local.subscribe(client)
+    }
+
+    fn wake(&self, client: &QsId) {
+        self.local.wake(client);
+        // Called after the commit; sent by the task (never inside a transaction).
+        let _ = self.outgoing.try_send(*client);
+    }
+
+    fn is_listening(&self, client: &QsId) -> bool {
+        self.local.is_listening(client)
     }
 }
 

@@ -128,7 +128,7 @@ impl PgStore {
     }
 
     /// The pool, for the other stores of this backend ([`super::sessions`]).
-    pub(super) fn pool(&self) -> &PgPool {
+    pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
     }
 

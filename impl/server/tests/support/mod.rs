@@ -68,6 +68,16 @@ impl Drop for Storage {
 }
 
 impl Storage {
+    /// Another connection pool on the same Postgres schema, as a second server process
+    /// sharing the database would have (`None` for SQLite).
+    #[allow(dead_code)]
+    pub async fn another_store(&self) -> Option<Store> {
+        let (url, schema) = self.schema.as_ref()?;
+        Some(Store::Postgres(
+            PgStore::connect_with_schema(url, schema).await.unwrap(),
+        ))
+    }
+
     /// Run `sql` on the test's database directly, as an operator (or an older version of
     /// the server) would: the test's SQLite file, or its Postgres schema.
     #[allow(dead_code)]
