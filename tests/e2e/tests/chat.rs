@@ -621,3 +621,61 @@ fn push_notifications_through_the_cli() {
         "a cleared endpoint was notified"
     );
 }
+
+// Requirement: QS-LISTEN-4
+/// Two `phoenix-server` processes of one domain sharing one Postgres database and one
+/// key-encryption key, as behind a load balancer: alice talks to the first, bob to the
+/// second. bob's `listen` (on the second) gets alice's message (sent through the first)
+/// within seconds, woken through Postgres `LISTEN/NOTIFY`, not by its stream's 25-second
+/// check.
+#[test]
+fn two_processes_on_one_database_deliver_live() {
+    let Some(database) = phoenix_e2e::TestDatabase::for_test() else {
+        return;
+    };
+    let url = database.url.clone();
+    let kek_dir = tempfile::tempdir().unwrap();
+    let kek = kek_dir.path().join("kek");
+    std::fs::write(&kek, "11".repeat(32)).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let kek_flag = [
+        "--key-encryption-key-file".to_string(),
+        kek.display().to_string(),
+    ];
+    let first = TestServer::start_with("a.test", Some(database), "127.0.0.1:0", &kek_flag);
+    let mut second_flags = kek_flag.to_vec();
+    second_flags.extend(["--database-url".to_string(), url]);
+    let second = TestServer::start_with("a.test", None, "127.0.0.1:0", &second_flags);
+
+    let alice = Cli::for_server("alice", &first);
+    let bob = Cli::for_server("bob", &second);
+    alice.run(&["register", "alice@a.test", "--server", first.url()]);
+    bob.run(&["register", "bob@a.test", "--server", second.url()]);
+    alice.run(&["connect", "bob@a.test"]);
+    bob.run(&["accept", "alice@a.test"]);
+    alice.sync_until(Duration::from_secs(30), |e| e["kind"] == "connected");
+    alice.run(&["group", "create", "team"]);
+    alice.run(&["group", "invite", "team", "bob@a.test"]);
+    bob.sync_until(Duration::from_secs(30), |e| e["kind"] == "joined");
+
+    let mut listener = bob.listen();
+    listener.wait_for(Duration::from_secs(30), |e| e["kind"] == "listening");
+    for text in ["through the first process", "and again"] {
+        let sent = std::time::Instant::now();
+        alice.run(&["send", "team", text]);
+        let event = listener.wait_for(Duration::from_secs(20), |e| e["kind"] == "message");
+        let took = sent.elapsed();
+        eprintln!("two processes: {text:?} arrived {took:?} after `phoenix send` began");
+        assert_eq!(event["text"], text, "{event}");
+        assert!(
+            took < Duration::from_secs(8),
+            "took {took:?}: woken by the stream's own check, not by the other process"
+        );
+    }
+    let status = listener.interrupt().expect("listen did not stop on Ctrl-C");
+    assert!(status.success(), "{status:?}: {}", listener.stderr());
+}
