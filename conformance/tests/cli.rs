@@ -276,7 +276,12 @@ fn junit_names_are_stable_and_the_table_counts_transitions() {
             "test case name {name:?} is not a requirement id"
         );
     }
-    assert!(cases1.iter().any(|n| n == "AS-REG-1"), "{cases1:?}");
+    // Which requirements two short cases touch depends on the seed and on the generators'
+    // weights (this named AS-REG-1 until the QS gained operations): only "some" is stable.
+    assert!(
+        !cases1.is_empty() && !cases2.is_empty(),
+        "{cases1:?} {cases2:?}"
+    );
     assert!(
         stdout
             .lines()
