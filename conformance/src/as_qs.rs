@@ -454,6 +454,7 @@ fn transitions(state: &RefState) -> BoxedStrategy<Call> {
                     subscription: KeyId(fresh),
                     https,
                 }),
+                request: fresh,
             })
         });
     // Requirement: QS-REC-1
@@ -461,6 +462,7 @@ fn transitions(state: &RefState) -> BoxedStrategy<Call> {
         Call::Qs(QsCall::DeleteClient {
             signer,
             fresh: is_fresh,
+            request: fresh,
         })
     });
     // Requirement: QS-LISTEN-1, QS-LISTEN-2
@@ -1195,8 +1197,9 @@ impl AsQsSut {
                 signer,
                 fresh,
                 endpoint,
+                ..
             } => self.set_push_endpoint(signer, *fresh, *endpoint).await,
-            QsCall::DeleteClient { signer, fresh } => {
+            QsCall::DeleteClient { signer, fresh, .. } => {
                 let (id, key) = self.qs_signer_parts(signer);
                 let signer = signed_by(signer, id, &key);
                 let r = answer(

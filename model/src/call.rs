@@ -175,12 +175,17 @@ pub enum QsCall {
         signer: QsSigner,
         fresh: bool,
         endpoint: Option<PushArg>,
+        /// Tells requests apart (a real one carries its own timestamp): two requests
+        /// with the same arguments are two requests, not a replay.
+        request: u32,
     },
     /// Delete the signer's client record (QS-REC-1), and its user record when no other
     /// client is left; the reply says which.
     DeleteClient {
         signer: QsSigner,
         fresh: bool,
+        /// Tells requests apart, as for `SetPushEndpoint`.
+        request: u32,
     },
 }
 

@@ -220,6 +220,7 @@ fn handle_call(state: &mut QsState, ghost: &mut Ghost, config: &Config, call: &Q
             signer,
             fresh,
             endpoint,
+            ..
         } => {
             let (id, _) = authenticate(state, signer)?;
             if !fresh {
@@ -237,7 +238,7 @@ fn handle_call(state: &mut QsState, ghost: &mut Ghost, config: &Config, call: &Q
         // Requirement: QS-REC-1
         // The record goes with its queue and key packages; the user record goes when it
         // has no client left. Fan-out to it afterwards finds no record (undeliverable).
-        QsCall::DeleteClient { signer, fresh } => {
+        QsCall::DeleteClient { signer, fresh, .. } => {
             let (id, _) = authenticate(state, signer)?;
             if !fresh {
                 return Err(ErrorCode::StaleRequest);
