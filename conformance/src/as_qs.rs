@@ -649,6 +649,18 @@ fn now() -> u64 {
     phoenix_client::client::now()
 }
 
+/// [`timestamp`] for a request the model tells apart by its number `request` although its
+/// arguments may repeat (`SetPushEndpoint`, `DeleteClient`): a fresh one goes back
+/// `request % 240` seconds (inside the 300-second window), so two such requests sent in
+/// the same second are different bytes, not a replay, as they are two requests in the model.
+fn numbered_timestamp(fresh: bool, request: u32) -> u64 {
+    if fresh {
+        now().saturating_sub(u64::from(request % 240))
+    } else {
+        timestamp(false)
+    }
+}
+
 fn timestamp(fresh: bool) -> u64 {
     if fresh {
         now()
@@ -1197,9 +1209,16 @@ impl AsQsSut {
                 signer,
                 fresh,
                 endpoint,
-                ..
-            } => self.set_push_endpoint(signer, *fresh, *endpoint).await,
-            QsCall::DeleteClient { signer, fresh, .. } => {
+                request,
+            } => {
+                self.set_push_endpoint(signer, *fresh, *endpoint, *request)
+                    .await
+            }
+            QsCall::DeleteClient {
+                signer,
+                fresh,
+                request,
+            } => {
                 let (id, key) = self.qs_signer_parts(signer);
                 let signer = signed_by(signer, id, &key);
                 let r = answer(
@@ -1208,7 +1227,7 @@ impl AsQsSut {
                             "qs",
                             qs::DELETE_CLIENT,
                             &qs::DeleteClientRequest {
-                                timestamp: timestamp(*fresh),
+                                timestamp: numbered_timestamp(*fresh, *request),
                             },
                             signer,
                         )
@@ -1261,6 +1280,7 @@ impl AsQsSut {
         signer: &QsSigner,
         fresh: bool,
         endpoint: Option<PushArg>,
+        request: u32,
     ) -> Result<Observed, HarnessError> {
         let (id, key) = self.qs_signer_parts(signer);
         let signer = signed_by(signer, id, &key);
@@ -1280,7 +1300,7 @@ impl AsQsSut {
                     "qs",
                     qs::SET_PUSH_ENDPOINT,
                     &qs::SetPushEndpointRequest {
-                        timestamp: timestamp(fresh),
+                        timestamp: numbered_timestamp(fresh, request),
                         endpoint,
                     },
                     signer,
